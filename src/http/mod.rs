@@ -1,0 +1,1 @@
+//! HTTP/1.1 and WebSocket serving on a monoio core.

@@ -1,0 +1,7 @@
+//! The `starcite` node: configuration, per-core runtime, HTTP/WebSocket gateway,
+//! routing of requests to the core that owns a session's group.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod node;
