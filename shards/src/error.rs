@@ -1,0 +1,23 @@
+/// Outcomes of a command that are not successes. Business errors are decided by
+/// the replicated state machine, so every replica agrees on them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("session exists")]
+    SessionExists,
+    #[error("expected seq {expected}, current seq is {current}")]
+    ExpectedSeqConflict { expected: u64, current: u64 },
+    #[error("producer {producer_id} expected seq {expected}, got {got}")]
+    ProducerSeqConflict { producer_id: String, expected: u64, got: u64 },
+    #[error("producer sequence was already used with different event content")]
+    ProducerReplayConflict,
+    #[error("hot tier is full")]
+    Backpressure,
+    #[error("not the leader")]
+    NotLeader { leader: Option<u64> },
+    #[error("group unavailable")]
+    Unavailable,
+    #[error("archive read unavailable")]
+    ArchiveReadUnavailable,
+}

@@ -1,0 +1,22 @@
+//! Every bound of the engine in one place.
+
+/// Producer entries kept per session before the least recently used is dropped.
+pub const PRODUCERS_PER_SESSION: usize = 10_000;
+/// Default per-producer dedupe window (decision 2); configurable per node, must be
+/// identical on every replica because it is part of the state machine.
+pub const DEFAULT_DEDUPE_WINDOW: usize = 128;
+/// Largest tail read served in one request (contract §12.3).
+pub const MAX_READ_EVENTS: usize = 1_000;
+/// Accounting overhead per hot event on top of its rendered bytes.
+pub const HOT_EVENT_OVERHEAD: u64 = 64;
+/// Log bytes written since the last checkpoint that trigger a new checkpoint.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Raft ticks: the driver ticks every `TICK_MS`.
+pub const TICK_MS: u64 = 100;
+pub const ELECTION_TICKS: usize = 10;
+pub const HEARTBEAT_TICKS: usize = 2;
+/// Raft message and in-flight limits.
+pub const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
+pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// Proposals waiting for apply per core; beyond it appends answer 503.
+pub const MAX_PENDING_PROPOSALS: usize = 65_536;

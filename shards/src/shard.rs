@@ -1,0 +1,551 @@
+//! The engine of one core: every local group replica it owns, driven sans-IO.
+//!
+//! One write at a time: `prepare_write` collects the `Ready` of every group with
+//! work into one buffer of log records; the driver appends it to the current
+//! segment and syncs once (group commit); `on_durable` advances every group,
+//! applies what is committed and returns the answers. Between the two calls the
+//! shard must not be given proposals or messages (raft's `Ready` contract).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{Ready, StateRole};
+use starcite_wire::record::{
+    decode_command, decode_snapshot, AppendCommand, Command, CreateCommand, EntryRecord, LogRecord,
+    Origin,
+};
+
+use crate::error::EngineError;
+use crate::group::Group;
+use crate::limits::{MAX_PENDING_PROPOSALS, MAX_READ_EVENTS};
+use crate::placement::group_of;
+use crate::raft_storage::GroupStorage;
+use crate::recovery::{encode_record, entry_kind, Recovered};
+use crate::state::machine::{Notification, Outcome};
+use crate::state::{GroupMachine, Session};
+
+/// Static configuration of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub core: u32,
+    pub cores: u32,
+    pub num_groups: u32,
+    /// This node's Raft id in every group.
+    pub raft_id: u64,
+    /// The local groups and their voters.
+    pub groups: Vec<(u32, Vec<u64>)>,
+    pub dedupe_window: usize,
+    pub producer_cap: usize,
+    /// Hot-tier bytes this core may hold before appends answer 429.
+    pub hot_bytes_limit: u64,
+    /// Random per process start: tells this incarnation's proposals apart.
+    pub incarnation: u64,
+    pub checkpoint_bytes: u64,
+}
+
+/// A client command before it is stamped and proposed.
+#[derive(Debug, Clone)]
+pub enum Proposal {
+    Create {
+        id: String,
+        tenant_id: String,
+        title: Option<String>,
+        metadata_json: String,
+        principal_id: String,
+        principal_type: String,
+    },
+    Append {
+        session: String,
+        producer_id: String,
+        producer_seq: u64,
+        fingerprint: [u8; 16],
+        expected_seq: Option<u64>,
+        body: String,
+    },
+}
+
+impl Proposal {
+    pub fn session(&self) -> &str {
+        match self {
+            Proposal::Create { id, .. } => id,
+            Proposal::Append { session, .. } => session,
+        }
+    }
+}
+
+/// Everything the driver must do after a step of the shard.
+pub struct Outputs<W> {
+    pub completions: Vec<(W, Result<Outcome, EngineError>)>,
+    pub notifications: Vec<Notification>,
+    pub messages: Vec<Message>,
+}
+
+impl<W> Default for Outputs<W> {
+    fn default() -> Self {
+        Self { completions: Vec::new(), notifications: Vec::new(), messages: Vec::new() }
+    }
+}
+
+impl<W> Outputs<W> {
+    pub fn extend(&mut self, other: Outputs<W>) {
+        self.completions.extend(other.completions);
+        self.notifications.extend(other.notifications);
+        self.messages.extend(other.messages);
+    }
+}
+
+/// A page of events read from applied state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub events: Vec<(u64, Bytes)>,
+    pub last_seq: u64,
+}
+
+/// What a tail or an append needs to know about a session before acting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub tenant_id: String,
+    pub last_seq: u64,
+}
+
+/// A list row, rendered as JSON (contract §4.2 plus `last_seq`, `updated_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRow {
+    pub id: String,
+    pub json: String,
+}
+
+struct Pending<W> {
+    waiter: W,
+    group: u32,
+    /// Hot bytes reserved by an append until it is applied or fails.
+    reserved: u64,
+}
+
+pub struct Shard<W> {
+    pub(crate) cfg: ShardConfig,
+    pub(crate) groups: BTreeMap<u32, Group>,
+    /// Every session of this core → its group, for O(page) listing.
+    index: BTreeMap<String, u32>,
+    pending: HashMap<u64, Pending<W>>,
+    next_token: u64,
+    hot_bytes: u64,
+    reserved_bytes: u64,
+    dirty: BTreeSet<u32>,
+    in_flight: Vec<(u32, Ready)>,
+    pub(crate) log_bytes_since_checkpoint: u64,
+    pub(crate) last_checkpoint_bytes: u64,
+}
+
+impl<W> Shard<W> {
+    /// Builds the shard from what recovery found (empty for a fresh data dir).
+    pub fn new(cfg: ShardConfig, mut recovered: Recovered, logger: &slog::Logger) -> Result<Self, String> {
+        let mut shard = Shard {
+            groups: BTreeMap::new(),
+            index: BTreeMap::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            hot_bytes: 0,
+            reserved_bytes: 0,
+            dirty: BTreeSet::new(),
+            in_flight: Vec::new(),
+            log_bytes_since_checkpoint: 0,
+            last_checkpoint_bytes: 0,
+            cfg,
+        };
+        for (gid, voters) in shard.cfg.groups.clone() {
+            let rec = recovered.groups.remove(&gid).unwrap_or_default();
+            let group = shard.rebuild_group(gid, voters, rec, logger)?;
+            shard.hot_bytes += group.machine.hot_bytes();
+            for id in group.machine.sessions.keys() {
+                shard.index.insert(id.clone(), gid);
+            }
+            shard.groups.insert(gid, group);
+            shard.dirty.insert(gid);
+        }
+        Ok(shard)
+    }
+
+    fn rebuild_group(
+        &self,
+        gid: u32,
+        voters: Vec<u64>,
+        rec: crate::recovery::RecoveredGroup,
+        logger: &slog::Logger,
+    ) -> Result<Group, String> {
+        let mut storage = rec.storage;
+        if storage.voters().is_empty() {
+            storage = GroupStorage::new(voters);
+        }
+        let mut machine = match rec.snapshot_state {
+            Some(data) => decode_snapshot(&data)
+                .map(|s| GroupMachine::restore(s, self.cfg.dedupe_window, self.cfg.producer_cap))
+                .map_err(|e| format!("group {gid}: snapshot does not decode: {e}"))?,
+            None => GroupMachine::new(self.cfg.dedupe_window, self.cfg.producer_cap),
+        };
+        let from = storage.snapshot_index();
+        let commit = storage.hard_state().commit.min(storage.last_index_now()).max(from);
+        for entry in storage.entries_in(from + 1, commit) {
+            apply_entry_to(&mut machine, entry);
+        }
+        let mut group = Group::new(gid, self.cfg.raft_id, storage, machine, commit, logger)
+            .map_err(|e| format!("group {gid}: raft: {e}"))?;
+        group.campaign_if_sole_voter().map_err(|e| format!("group {gid}: campaign: {e}"))?;
+        Ok(group)
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
+    }
+
+    pub fn group_of(&self, session: &str) -> u32 {
+        group_of(session, self.cfg.num_groups)
+    }
+
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot_bytes
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether every local group has a leader (readiness).
+    pub fn all_groups_led(&self) -> bool {
+        self.groups.values().all(|g| g.leader_id().is_some())
+    }
+
+    pub fn leaders(&self) -> usize {
+        self.groups.values().filter(|g| g.is_leader()).count()
+    }
+
+    /// Stamps and proposes a client command on its group's local leader. The
+    /// result arrives later in `Outputs::completions` with `waiter`.
+    pub fn propose(&mut self, proposal: Proposal, waiter: W, now_us: i64) -> Result<(), (W, EngineError)> {
+        assert!(self.in_flight.is_empty(), "propose between prepare_write and on_durable");
+        let gid = self.group_of(proposal.session());
+        let Some(group) = self.groups.get_mut(&gid) else {
+            return Err((waiter, EngineError::Unavailable));
+        };
+        if !group.is_leader() {
+            let leader = group.leader_id();
+            return Err((waiter, EngineError::NotLeader { leader }));
+        }
+        if self.pending.len() >= MAX_PENDING_PROPOSALS {
+            return Err((waiter, EngineError::Unavailable));
+        }
+        let reserved = match &proposal {
+            Proposal::Append { body, .. } => body.len() as u64 + 128,
+            Proposal::Create { .. } => 0,
+        };
+        if reserved > 0 && self.hot_bytes + self.reserved_bytes + reserved > self.cfg.hot_bytes_limit {
+            return Err((waiter, EngineError::Backpressure));
+        }
+        let token = self.next_token;
+        let origin = Origin { incarnation: self.cfg.incarnation, token };
+        let data = starcite_wire::record::encode(&stamp(proposal, origin, now_us));
+        if let Err(e) = group.node.propose(Vec::new(), data.to_vec()) {
+            tracing::debug!(group = gid, error = %e, "proposal dropped by raft");
+            return Err((waiter, EngineError::Unavailable));
+        }
+        self.next_token += 1;
+        self.reserved_bytes += reserved;
+        self.pending.insert(token, Pending { waiter, group: gid, reserved });
+        self.dirty.insert(gid);
+        Ok(())
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn tick(&mut self) {
+        for (gid, group) in self.groups.iter_mut() {
+            if group.node.tick() {
+                self.dirty.insert(*gid);
+            }
+        }
+    }
+
+    /// Delivers a Raft message from a peer.
+    pub fn step(&mut self, group: u32, msg: Message) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if let Err(e) = g.node.step(msg) {
+                tracing::debug!(group, error = %e, "raft step rejected a message");
+            }
+            self.dirty.insert(group);
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.dirty.iter().any(|gid| {
+            self.groups.get(gid).is_some_and(|g| g.node.has_ready() || g.commit_unpersisted)
+        })
+    }
+
+    /// Collects every group's `Ready` into log records appended to `buf`.
+    /// Messages a leader may send before persisting, and entries already
+    /// committed, are handled at once and returned.
+    pub fn prepare_write(&mut self, buf: &mut Vec<u8>) -> Outputs<W> {
+        assert!(self.in_flight.is_empty(), "prepare_write twice without on_durable");
+        let mut out = Outputs::default();
+        let start = buf.len();
+        for gid in std::mem::take(&mut self.dirty) {
+            let Some(group) = self.groups.get_mut(&gid) else { continue };
+            if group.commit_unpersisted && !group.node.has_ready() {
+                group.commit_unpersisted = false;
+                let hs = group.node.store().hard_state();
+                push_hard_state(gid, hs, buf);
+                continue;
+            }
+            if !group.node.has_ready() {
+                continue;
+            }
+            let mut rd = group.node.ready();
+            out.messages.extend(rd.take_messages());
+            if let Some(ss) = rd.ss() {
+                if ss.raft_state != StateRole::Leader {
+                    fail_pending_of(&mut self.pending, &mut self.reserved_bytes, gid, &mut out);
+                }
+            }
+            if !rd.snapshot().is_empty() {
+                self.install_snapshot(gid, rd.snapshot().clone(), buf);
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_committed(gid, committed, &mut out);
+            let group = self.groups.get_mut(&gid).expect("group exists");
+            if !rd.entries().is_empty() {
+                group.node.mut_store().append(rd.entries());
+                push_entries(gid, rd.entries(), buf);
+            }
+            if let Some(hs) = rd.hs() {
+                group.commit_unpersisted = false;
+                group.node.mut_store().set_hard_state(hs.clone());
+                push_hard_state(gid, hs, buf);
+            }
+            self.in_flight.push((gid, rd));
+        }
+        self.log_bytes_since_checkpoint += (buf.len() - start) as u64;
+        out
+    }
+
+    /// Called once the bytes of the last `prepare_write` are durable.
+    pub fn on_durable(&mut self) -> Outputs<W> {
+        let mut out = Outputs::default();
+        for (gid, mut rd) in std::mem::take(&mut self.in_flight) {
+            out.messages.extend(rd.take_persisted_messages());
+            let group = self.groups.get_mut(&gid).expect("group exists");
+            let mut light = group.node.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                group.node.mut_store().set_commit(commit);
+                group.commit_unpersisted = true;
+            }
+            out.messages.extend(light.take_messages());
+            let committed = light.take_committed_entries();
+            self.apply_committed(gid, committed, &mut out);
+            let group = self.groups.get_mut(&gid).expect("group exists");
+            group.node.advance_apply();
+            if group.node.has_ready() || group.commit_unpersisted {
+                self.dirty.insert(gid);
+            }
+        }
+        out
+    }
+
+    fn install_snapshot(&mut self, gid: u32, snap: raft::eraftpb::Snapshot, buf: &mut Vec<u8>) {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let voters = meta.get_conf_state().voters.clone();
+        let machine = match decode_snapshot(&snap.data) {
+            Ok(s) => GroupMachine::restore(s, self.cfg.dedupe_window, self.cfg.producer_cap),
+            Err(e) => {
+                // A snapshot that passed Raft but does not decode means a peer is broken.
+                panic!("group {gid}: received snapshot does not decode: {e}");
+            }
+        };
+        let group = self.groups.get_mut(&gid).expect("group exists");
+        self.hot_bytes = self.hot_bytes.saturating_sub(group.machine.hot_bytes()) + machine.hot_bytes();
+        self.index.retain(|_, g| *g != gid);
+        for id in machine.sessions.keys() {
+            self.index.insert(id.clone(), gid);
+        }
+        group.machine = machine;
+        group.applied = index;
+        group.node.mut_store().apply_snapshot(index, term, voters.clone(), snap.data.clone());
+        let record = LogRecord::Snapshot { group: gid, index, term, voters, state: snap.data.to_vec() };
+        encode_record(&record, buf);
+    }
+
+    fn apply_committed(&mut self, gid: u32, entries: Vec<Entry>, out: &mut Outputs<W>) {
+        for entry in entries {
+            let group = self.groups.get_mut(&gid).expect("group exists");
+            if entry.index <= group.applied {
+                continue;
+            }
+            group.applied = entry.index;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                continue;
+            }
+            let cmd = match decode_command(&entry.data) {
+                Ok(cmd) => cmd,
+                Err(e) => panic!("group {gid}: committed entry {} does not decode: {e}", entry.index),
+            };
+            let applied = group.machine.apply(cmd);
+            self.hot_bytes = (self.hot_bytes as i64 + applied.hot_delta).max(0) as u64;
+            if let Some(id) = applied.created {
+                self.index.insert(id, gid);
+            }
+            if let Some(n) = applied.notification {
+                out.notifications.push(n);
+            }
+            if applied.origin.incarnation == self.cfg.incarnation {
+                if let Some(p) = self.pending.remove(&applied.origin.token) {
+                    self.reserved_bytes -= p.reserved;
+                    out.completions.push((p.waiter, applied.result));
+                }
+            }
+        }
+    }
+
+    /// Looks a session up in applied state.
+    pub fn session_info(&self, id: &str) -> Option<SessionInfo> {
+        let s = self.session(id)?;
+        Some(SessionInfo { tenant_id: s.tenant_id.clone(), last_seq: s.last_seq })
+    }
+
+    fn session(&self, id: &str) -> Option<&Session> {
+        let gid = self.index.get(id)?;
+        self.groups.get(gid)?.machine.sessions.get(id)
+    }
+
+    /// Up to `limit` events with `seq > after` from this replica's applied state.
+    pub fn read(&self, id: &str, after: u64, limit: usize) -> Result<ReadResult, EngineError> {
+        let s = self.session(id).ok_or(EngineError::SessionNotFound)?;
+        if after < s.archived_seq {
+            // The cold tier (archive) is not wired yet; never skip events silently.
+            return Err(EngineError::ArchiveReadUnavailable);
+        }
+        let limit = limit.min(MAX_READ_EVENTS);
+        let events = s.hot_after(after, limit).map(|e| (e.seq, e.frame.clone())).collect();
+        Ok(ReadResult { events, last_seq: s.last_seq })
+    }
+
+    /// Sessions with id > `cursor`, ascending, matching tenant and filters.
+    pub fn list(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        tenant: Option<&str>,
+        filters: &[(String, String)],
+    ) -> Vec<ListRow> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = cursor.map_or(Unbounded, |c| Excluded(c.to_owned()));
+        self.index
+            .range((lower, Unbounded))
+            .filter_map(|(id, gid)| self.groups.get(gid)?.machine.sessions.get(id))
+            .filter(|s| tenant.is_none_or(|t| s.tenant_id == t) && s.matches(filters))
+            .take(limit)
+            .map(|s| ListRow { id: s.id.clone(), json: render_list_row(s) })
+            .collect()
+    }
+}
+
+fn stamp(proposal: Proposal, origin: Origin, now_us: i64) -> Command {
+    match proposal {
+        Proposal::Create { id, tenant_id, title, metadata_json, principal_id, principal_type } => {
+            Command::Create(CreateCommand {
+                origin,
+                id,
+                tenant_id,
+                title,
+                metadata_json,
+                principal_id,
+                principal_type,
+                created_at_us: now_us,
+            })
+        }
+        Proposal::Append { session, producer_id, producer_seq, fingerprint, expected_seq, body } => {
+            Command::Append(AppendCommand {
+                origin,
+                session,
+                producer_id,
+                producer_seq,
+                fingerprint,
+                expected_seq,
+                body,
+                inserted_at_us: now_us,
+            })
+        }
+    }
+}
+
+fn apply_entry_to(machine: &mut GroupMachine, entry: &Entry) {
+    if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+        return;
+    }
+    match decode_command(&entry.data) {
+        Ok(cmd) => {
+            machine.apply(cmd);
+        }
+        Err(e) => panic!("log entry {} does not decode: {e}", entry.index),
+    }
+}
+
+fn fail_pending_of<W>(
+    pending: &mut HashMap<u64, Pending<W>>,
+    reserved_bytes: &mut u64,
+    gid: u32,
+    out: &mut Outputs<W>,
+) {
+    let tokens: Vec<u64> = pending.iter().filter(|(_, p)| p.group == gid).map(|(t, _)| *t).collect();
+    for token in tokens {
+        if let Some(p) = pending.remove(&token) {
+            *reserved_bytes -= p.reserved;
+            // Ambiguous: the entry may still commit under the new leader (§6.7).
+            out.completions.push((p.waiter, Err(EngineError::Unavailable)));
+        }
+    }
+}
+
+fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
+    let entries = entries
+        .iter()
+        .map(|e| EntryRecord {
+            term: e.term,
+            index: e.index,
+            kind: entry_kind(e.get_entry_type()),
+            data: e.data.to_vec(),
+            context: e.context.to_vec(),
+        })
+        .collect();
+    encode_record(&LogRecord::Entries { group: gid, entries }, buf);
+}
+
+fn push_hard_state(gid: u32, hs: &raft::eraftpb::HardState, buf: &mut Vec<u8>) {
+    let record = LogRecord::HardState { group: gid, term: hs.term, vote: hs.vote, commit: hs.commit };
+    encode_record(&record, buf);
+}
+
+fn render_list_row(s: &Session) -> String {
+    use crate::time::format_micros;
+    let principal = serde_json::json!({
+        "tenant_id": s.tenant_id, "id": s.principal_id, "type": s.principal_type,
+    });
+    format!(
+        "{{\"id\":{},\"title\":{},\"tenant_id\":{},\"creator_principal\":{},\"metadata\":{},\"last_seq\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"}}",
+        json_str(&s.id),
+        s.title.as_deref().map_or_else(|| "null".to_owned(), json_str),
+        json_str(&s.tenant_id),
+        principal,
+        s.metadata_json,
+        s.last_seq,
+        format_micros(s.created_at_us),
+        format_micros(s.updated_at_us),
+    )
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+pub(crate) fn push_entries_pub(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
+    push_entries(gid, entries, buf);
+}
