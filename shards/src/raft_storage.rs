@@ -37,6 +37,10 @@ impl GroupStorage {
         self.hard_state.commit = commit;
     }
 
+    pub fn set_voters(&mut self, voters: Vec<u64>) {
+        self.conf_state.voters = voters;
+    }
+
     pub fn voters(&self) -> &[u64] {
         &self.conf_state.voters
     }

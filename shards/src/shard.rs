@@ -20,7 +20,6 @@ use crate::error::EngineError;
 use crate::group::Group;
 use crate::limits::{MAX_PENDING_PROPOSALS, MAX_READ_EVENTS};
 use crate::placement::group_of;
-use crate::raft_storage::GroupStorage;
 use crate::recovery::{encode_record, entry_kind, Recovered};
 use crate::state::machine::{Notification, Outcome};
 use crate::state::{GroupMachine, Session};
@@ -176,7 +175,9 @@ impl<W> Shard<W> {
     ) -> Result<Group, String> {
         let mut storage = rec.storage;
         if storage.voters().is_empty() {
-            storage = GroupStorage::new(voters);
+            // Membership is static: a group without a snapshot record yet gets
+            // its voters from placement.
+            storage.set_voters(voters);
         }
         let mut machine = match rec.snapshot_state {
             Some(data) => decode_snapshot(&data)
