@@ -1,1 +1,240 @@
+//! Node configuration from the reference's environment variables (contract §12).
+//!
+//! Every value is validated at boot; a bad value stops boot with a message that
+//! names the variable (decision 12).
 
+use std::path::PathBuf;
+
+use starcite_shards::limits::{DEFAULT_CHECKPOINT_BYTES, DEFAULT_DEDUPE_WINDOW, PRODUCERS_PER_SESSION};
+
+/// How the process was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `starcite start`: production defaults, configuration from the environment.
+    Start,
+    /// `starcite dev`: embedded defaults (single node, auth none, ./starcite-data).
+    Dev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub cores: u32,
+    pub num_groups: u32,
+    pub write_node_ids: Vec<String>,
+    pub replication_factor: u32,
+    pub dedupe_window: usize,
+    pub producer_cap: usize,
+    /// Hot-tier memory bound for the whole node (`STARCITE_EVENT_STORE_MAX_SIZE`).
+    pub event_store_max_bytes: u64,
+    pub checkpoint_bytes: u64,
+    pub telemetry: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { var, reason: reason.into() }
+}
+
+/// A source of variables (the process environment, or a map in tests).
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+}
+
+impl Config {
+    pub fn from_env(profile: Profile, env: &impl Env) -> Result<Config, ConfigError> {
+        let dev = profile == Profile::Dev;
+        check_auth_mode(env, dev)?;
+        let node_name = non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
+        let port = int(env, "PORT", 4000u64, 1, u64::from(u16::MAX))? as u16;
+        let data_dir = non_blank(env, "STARCITE_RAFT_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(if dev { "./starcite-data" } else { "priv/raft" }));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let cores = int(env, "STARCITE_CORES", cpus, 1, 1024)? as u32;
+        let num_groups = int(env, "STARCITE_NUM_GROUPS", 256, 1, 1 << 20)? as u32;
+        let write_node_ids = write_nodes(env, &node_name)?;
+        let default_rf = if dev { 1 } else { 3 };
+        let replication_factor = int(env, "STARCITE_WRITE_REPLICATION_FACTOR", default_rf, 1, 7)? as u32;
+        check_topology(&node_name, &write_node_ids, replication_factor)?;
+        let dedupe_window =
+            int(env, "STARCITE_PRODUCER_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW as u64, 1, 65_536)? as usize;
+        let event_store_max_bytes = size(env, "STARCITE_EVENT_STORE_MAX_SIZE", 2 << 30)?;
+        let checkpoint_bytes = size(env, "STARCITE_LOG_CHECKPOINT_SIZE", DEFAULT_CHECKPOINT_BYTES)?;
+        let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
+        Ok(Config {
+            node_name,
+            port,
+            data_dir,
+            cores,
+            num_groups,
+            write_node_ids,
+            replication_factor,
+            dedupe_window,
+            producer_cap: PRODUCERS_PER_SESSION,
+            event_store_max_bytes,
+            checkpoint_bytes,
+            telemetry,
+        })
+    }
+}
+
+fn check_auth_mode(env: &impl Env, dev: bool) -> Result<(), ConfigError> {
+    let default = if dev { "none" } else { "jwt" };
+    let mode = env.get("STARCITE_AUTH_MODE").map(|v| v.trim().to_lowercase());
+    let mode = mode.filter(|m| !m.is_empty()).unwrap_or_else(|| default.to_owned());
+    match mode.as_str() {
+        "none" => Ok(()),
+        "jwt" => Err(err(
+            "STARCITE_AUTH_MODE",
+            "jwt mode is not available in this build yet; set STARCITE_AUTH_MODE=none to run without authentication",
+        )),
+        other => Err(err("STARCITE_AUTH_MODE", format!("must be jwt or none, got {other:?}"))),
+    }
+}
+
+fn write_nodes(env: &impl Env, node_name: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = env.get("STARCITE_WRITE_NODE_IDS") else {
+        return Ok(vec![node_name.to_owned()]);
+    };
+    let mut ids: Vec<String> = Vec::new();
+    for id in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !ids.iter().any(|x| x == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    if ids.is_empty() {
+        return Err(err("STARCITE_WRITE_NODE_IDS", "lists no node"));
+    }
+    Ok(ids)
+}
+
+fn check_topology(node: &str, writers: &[String], rf: u32) -> Result<(), ConfigError> {
+    if rf as usize > writers.len() {
+        let reason = format!("replication factor {rf} exceeds the {} write node(s)", writers.len());
+        return Err(err("STARCITE_WRITE_REPLICATION_FACTOR", reason));
+    }
+    if writers.len() > 1 || rf > 1 {
+        return Err(err(
+            "STARCITE_WRITE_NODE_IDS",
+            "multi-node clusters are not available in this build yet; use one write node with STARCITE_WRITE_REPLICATION_FACTOR=1",
+        ));
+    }
+    if writers[0] != node {
+        let reason = format!("this node ({node}, from RELEASE_NODE) is not listed");
+        return Err(err("STARCITE_WRITE_NODE_IDS", reason));
+    }
+    Ok(())
+}
+
+fn non_blank(env: &impl Env, var: &str) -> Option<String> {
+    env.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Integer grammar of §12.1: trimmed, fully parsed, optional sign, in range.
+fn int(env: &impl Env, var: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = env.get(var) else { return Ok(default) };
+    let v: i128 = raw.trim().parse().map_err(|_| err(var, format!("not an integer: {raw:?}")))?;
+    if v < i128::from(min) || v > i128::from(max) {
+        return Err(err(var, format!("must be between {min} and {max}, got {v}")));
+    }
+    Ok(v as u64)
+}
+
+/// Boolean grammar of §12.1.
+fn boolean(env: &impl Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    let Some(raw) = env.get(var) else { return Ok(default) };
+    match raw.trim().to_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(err(var, format!("not a boolean: {raw:?}"))),
+    }
+}
+
+/// Size grammar of §12.1: digits, optional spaces, optional unit; no unit = MiB.
+pub fn parse_size(raw: &str) -> Option<u64> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" => 1 << 20,
+        "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| *v > 0)
+}
+
+fn size(env: &impl Env, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = env.get(var) else { return Ok(default) };
+    parse_size(&raw).ok_or_else(|| err(var, format!("not a positive size (e.g. 256MB, 4G): {raw:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_defaults() {
+        let c = Config::from_env(Profile::Dev, &[("STARCITE_CORES", "2")]).unwrap();
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.data_dir, PathBuf::from("./starcite-data"));
+        assert_eq!(c.num_groups, 256);
+        assert_eq!(c.cores, 2);
+        assert_eq!(c.event_store_max_bytes, 2 << 30);
+    }
+
+    #[test]
+    fn start_refuses_jwt_until_it_exists() {
+        let e = Config::from_env(Profile::Start, &[("PORT", "1")]).unwrap_err();
+        assert_eq!(e.var, "STARCITE_AUTH_MODE");
+        let e = Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", "bogus")]).unwrap_err();
+        assert_eq!(e.var, "STARCITE_AUTH_MODE");
+        assert!(Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", " NONE "), ("STARCITE_WRITE_REPLICATION_FACTOR", "1")]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [("PORT", "x"), ("PORT", "70000"), ("STARCITE_NUM_GROUPS", "0"), ("STARCITE_EVENT_STORE_MAX_SIZE", "12Q"), ("STARCITE_ENABLE_TELEMETRY", "maybe"), ("STARCITE_WRITE_REPLICATION_FACTOR", "2")] {
+            let e = Config::from_env(Profile::Dev, &[(var, val)]).unwrap_err();
+            assert_eq!(e.var, var, "{var}={val}");
+        }
+    }
+
+    #[test]
+    fn size_grammar() {
+        assert_eq!(parse_size("256MB"), Some(256 << 20));
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("1024"), Some(1024 << 20));
+        assert_eq!(parse_size("10 kib"), Some(10 << 10));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("MB"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+}

@@ -1,1 +1,54 @@
-fn main(){}
+//! `starcite`: a clustered, durable session event log with the Starcite
+//! HTTP/WebSocket API.
+
+use clap::{Parser, Subcommand};
+use starcite::config::{Config, ProcessEnv, Profile};
+
+#[derive(Parser)]
+#[command(name = "starcite", version, about = "Durable session event log with the Starcite HTTP/WebSocket API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node configured from the environment (contract §12 variables:
+    /// PORT, RELEASE_NODE, STARCITE_WRITE_NODE_IDS, STARCITE_WRITE_REPLICATION_FACTOR,
+    /// STARCITE_NUM_GROUPS, STARCITE_RAFT_DATA_DIR, STARCITE_AUTH_MODE, STARCITE_CORES,
+    /// STARCITE_EVENT_STORE_MAX_SIZE, STARCITE_PRODUCER_DEDUPE_WINDOW, ...).
+    /// Defaults: auth jwt (not yet available: set STARCITE_AUTH_MODE=none),
+    /// data dir priv/raft, port 4000.
+    Start,
+    /// Run a single development node with embedded defaults: auth none, data
+    /// under ./starcite-data, port 4000, replication factor 1, no external
+    /// services. Every environment variable of `start` still overrides a default.
+    Dev,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let profile = match cli.command {
+        Command::Start => Profile::Start,
+        Command::Dev => Profile::Dev,
+    };
+    let cfg = match Config::from_env(profile, &ProcessEnv) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("starcite: configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing::warn!("STARCITE_AUTH_MODE=none: every request runs as tenant \"service\" with no authentication");
+    if let Err(e) = starcite::node::run(cfg) {
+        eprintln!("starcite: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,1 +1,23 @@
+//! A running node: one thread per core, each with its own monoio runtime.
+//!
+//! ```text
+//!   core c thread (monoio, io_uring)
+//!   +-----------------------------------------------------------+
+//!   | HTTP accept loop (SO_REUSEPORT) -> connection tasks       |
+//!   |    gateway: validate, render, route by group -> core      |
+//!   |                          | flume (CoreRequest)            |
+//!   | engine loop: Shard (groups g % cores == c)  <-------------+-- other cores' gateways
+//!   |    group commit -> raft-c-N.log (write + fdatasync)       |
+//!   |    completions -> reply channels; events -> tail subscribers|
+//!   +-----------------------------------------------------------+
+//! ```
 
+pub mod bootstrap;
+pub mod engine_loop;
+pub mod gateway;
+pub mod messages;
+pub mod segment_log;
+pub mod shutdown;
+pub mod tail;
+
+pub use bootstrap::run;

@@ -1,0 +1,177 @@
+//! The engine task of one core: the only code that touches its `Shard`.
+//!
+//! Each turn drains the inbox (proposals, reads, subscriptions), then writes
+//! every group's ready work as ONE batch with ONE `fdatasync` (group commit), then
+//! answers what became committed. While a batch is being synced new requests
+//! queue in the inbox and form the next batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use starcite_shards::limits::TICK_MS;
+use starcite_shards::shard::{Outputs, Shard};
+use starcite_shards::state::machine::Notification;
+
+use super::messages::{CommandResult, CoreRequest, CoreStats, LiveEvent, Reply, Subscriber};
+use super::segment_log::SegmentLog;
+
+type Waiter = Reply<CommandResult>;
+
+pub struct EngineLoop {
+    shard: Shard<Waiter>,
+    log: SegmentLog,
+    inbox: flume::Receiver<CoreRequest>,
+    subscribers: HashMap<String, Vec<Subscriber>>,
+    ready_flag: Arc<AtomicBool>,
+    stats: CoreStats,
+    write_buf: Vec<u8>,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+impl EngineLoop {
+    pub fn new(
+        shard: Shard<Waiter>,
+        log: SegmentLog,
+        inbox: flume::Receiver<CoreRequest>,
+        ready_flag: Arc<AtomicBool>,
+    ) -> Self {
+        let stats = CoreStats { core: shard.config().core, groups: shard.config().groups.len(), ..Default::default() };
+        Self { shard, log, inbox, subscribers: HashMap::new(), ready_flag, stats, write_buf: Vec::new() }
+    }
+
+    /// Runs until a `Shutdown` request; the log is synced after every batch, so
+    /// returning needs no extra flush.
+    pub async fn run(mut self) {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            while let Ok(req) = self.inbox.try_recv() {
+                if !self.handle(req) {
+                    return;
+                }
+            }
+            if self.shard.has_ready() {
+                self.write_batch().await;
+                continue;
+            }
+            if Instant::now() >= next_tick {
+                self.shard.tick();
+                next_tick = Instant::now() + tick;
+                self.ready_flag.store(self.shard.all_groups_led(), Ordering::Relaxed);
+                continue;
+            }
+            monoio::select! {
+                req = self.inbox.recv_async() => match req {
+                    Ok(req) => if !self.handle(req) { return },
+                    Err(_) => return,
+                },
+                _ = monoio::time::sleep_until(next_tick.into()) => {}
+            }
+        }
+    }
+
+    async fn write_batch(&mut self) {
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
+        let early = self.shard.prepare_write(&mut buf);
+        self.dispatch(early);
+        if !buf.is_empty() {
+            self.stats.writes += 1;
+            self.stats.write_bytes += buf.len() as u64;
+            match self.log.append_durable(buf).await {
+                Ok(b) => buf = b,
+                Err(e) => fatal_disk_error(self.stats.core, "append", &e),
+            }
+        }
+        self.write_buf = buf;
+        let out = self.shard.on_durable();
+        self.stats.entries_written += out.completions.len() as u64;
+        self.dispatch(out);
+        if self.shard.wants_checkpoint() {
+            let mut contents = Vec::new();
+            self.shard.checkpoint(&mut contents);
+            if let Err(e) = self.log.rotate(contents).await {
+                fatal_disk_error(self.stats.core, "checkpoint", &e);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, out: Outputs<Waiter>) {
+        for (waiter, result) in out.completions {
+            // The requester may have timed out and gone; nothing to do then.
+            let _ = waiter.send(result);
+        }
+        for n in out.notifications {
+            self.notify(n);
+        }
+        // Single-node build: no peers, so Raft messages (none expected) are dropped.
+    }
+
+    fn notify(&mut self, n: Notification) {
+        let Some(subs) = self.subscribers.get_mut(&n.session) else { return };
+        // A subscriber whose buffer is full is dropped: its socket notices the
+        // closed channel and resumes by replay from its cursor (bounded memory).
+        subs.retain(|s| s.tx.try_send(LiveEvent { seq: n.seq, frame: n.frame.clone() }).is_ok());
+        if subs.is_empty() {
+            self.subscribers.remove(&n.session);
+        }
+    }
+
+    /// Handles one request; false means shut down.
+    fn handle(&mut self, req: CoreRequest) -> bool {
+        match req {
+            CoreRequest::Propose { proposal, reply } => {
+                if let Err((reply, e)) = self.shard.propose(proposal, reply, now_us()) {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            CoreRequest::Info { session, reply } => {
+                let _ = reply.send(self.shard.session_info(&session));
+            }
+            CoreRequest::Read { session, after, limit, reply } => {
+                let _ = reply.send(self.shard.read(&session, after, limit));
+            }
+            CoreRequest::List { cursor, limit, tenant, filters, reply } => {
+                let _ = reply.send(self.shard.list(cursor.as_deref(), limit, tenant.as_deref(), &filters));
+            }
+            CoreRequest::Subscribe { session, subscriber, reply } => {
+                let info = self.shard.session_info(&session);
+                if info.is_some() {
+                    self.subscribers.entry(session).or_default().push(subscriber);
+                }
+                let _ = reply.send(info);
+            }
+            CoreRequest::Unsubscribe { session, id } => {
+                if let Some(subs) = self.subscribers.get_mut(&session) {
+                    subs.retain(|s| s.id != id);
+                    if subs.is_empty() {
+                        self.subscribers.remove(&session);
+                    }
+                }
+            }
+            CoreRequest::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.leaders = self.shard.leaders();
+                stats.hot_bytes = self.shard.hot_bytes();
+                stats.pending = self.shard.pending_len();
+                stats.tail_subscribers = self.subscribers.values().map(Vec::len).sum();
+                let _ = reply.send(stats);
+            }
+            CoreRequest::Shutdown => return false,
+        }
+        true
+    }
+}
+
+/// An unrecoverable disk error stops the whole process loudly rather than
+/// leaving one core dead while the others serve.
+fn fatal_disk_error(core: u32, what: &str, e: &std::io::Error) -> ! {
+    tracing::error!(core, error = %e, "log {what} failed; stopping the node");
+    eprintln!("starcite: core {core}: log {what} failed: {e}");
+    std::process::exit(70);
+}

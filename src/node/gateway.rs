@@ -1,0 +1,331 @@
+//! The HTTP routes of the public API on one core (contract §1, §3, §5).
+//!
+//! The gateway validates and renders on the core the connection landed on, then
+//! sends one message to the core that owns the session's group. The happy path
+//! of an append is one cross-core hop there and one back.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use starcite_shards::placement::{core_of, group_of};
+use starcite_shards::shard::{ListRow, Proposal};
+use starcite_shards::state::machine::Outcome;
+use starcite_shards::EngineError;
+
+use super::messages::{CoreRequest, Reply as ReplyTx};
+use super::shutdown::Shutdown;
+use super::tail::{run_tail, TailSpec};
+use crate::api::error::ApiError;
+use crate::api::principal::{AuthContext, Principal, PrincipalType};
+use crate::api::query::{list_params, parse_query, tail_params};
+use crate::api::render::{render_append_result, render_event_body, render_session_created, render_session_page, SessionView};
+use crate::api::validate::{fingerprint, generate_session_id, parse_body, validate_append, validate_create};
+use crate::http::{Handler, Reply, Request, Response};
+
+/// Consensus command timeout (contract §12.3).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// Timeout of a read or lookup on another core.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+/// Everything a core's gateway needs; shared by its connection tasks.
+pub struct Gateway {
+    pub core: u32,
+    pub cores: Arc<Vec<flume::Sender<CoreRequest>>>,
+    pub num_groups: u32,
+    pub ready: Arc<Vec<Arc<AtomicBool>>>,
+    pub shutdown: Shutdown,
+    pub telemetry: bool,
+    pub next_subscriber: Cell<u64>,
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, req: Request) -> Reply {
+        match self.route(req).await {
+            Ok(reply) => reply,
+            Err(e) => Reply::Http(error_response(&e)),
+        }
+    }
+}
+
+pub fn error_response(e: &ApiError) -> Response {
+    Response::json(e.status, e.to_json())
+}
+
+fn json(status: u16, body: String) -> Result<Reply, ApiError> {
+    Ok(Reply::Http(Response::json(status, Bytes::from(body))))
+}
+
+impl Gateway {
+    async fn route(&self, req: Request) -> Result<Reply, ApiError> {
+        let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+        let segments: Vec<&str> = req.path.split('/').skip(1).collect();
+        match (method, segments.as_slice()) {
+            ("GET", ["health", "live"]) => json(200, r#"{"status":"ok"}"#.to_owned()),
+            ("GET", ["health", "ready"]) => self.health_ready(),
+            ("GET", ["metrics"]) if self.telemetry => self.metrics().await,
+            (_, ["v1", "sessions", ..]) => {
+                let route = self.v1_route(method, &segments[2..]).ok_or_else(ApiError::not_found)?;
+                check_accept(&req)?;
+                let auth = AuthContext::none();
+                match route {
+                    V1::Create => self.create(&req, &auth).await,
+                    V1::List => self.list(&req, &auth).await,
+                    V1::Append(id) => self.append(&req, &auth, id).await,
+                    V1::Tail(id) => self.tail(&req, &auth, id).await,
+                }
+            }
+            _ => Err(ApiError::not_found()),
+        }
+    }
+
+    fn v1_route(&self, method: &str, rest: &[&str]) -> Option<V1> {
+        match (method, rest) {
+            ("POST", []) => Some(V1::Create),
+            ("GET", []) => Some(V1::List),
+            ("POST", [id, "append"]) => decode_id(id).map(V1::Append),
+            ("GET", [id, "tail"]) => decode_id(id).map(V1::Tail),
+            _ => None,
+        }
+    }
+
+    fn owner(&self, session: &str) -> u32 {
+        core_of(group_of(session, self.num_groups), self.cores.len() as u32)
+    }
+
+    /// Sends a request to a core and awaits its answer, both within `timeout`.
+    async fn ask<T>(
+        &self,
+        core: u32,
+        timeout: Duration,
+        make: impl FnOnce(ReplyTx<T>) -> CoreRequest,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = flume::bounded(1);
+        let inbox = &self.cores[core as usize];
+        let exchange = async {
+            inbox.send_async(make(tx)).await.map_err(|_| ApiError::raft_unavailable())?;
+            rx.recv_async().await.map_err(|_| ApiError::raft_unavailable())
+        };
+        monoio::time::timeout(timeout, exchange).await.map_err(|_| ApiError::raft_timeout())?
+    }
+
+    async fn create(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
+        let body = parse_body(&req.body)?;
+        let input = validate_create(&body, auth)?;
+        let id = input.id.clone().unwrap_or_else(generate_session_id);
+        let metadata_json = serde_json::Value::Object(input.metadata.clone()).to_string();
+        let principal = &auth.principal;
+        let proposal = Proposal::Create {
+            id: id.clone(),
+            tenant_id: principal.tenant_id.clone(),
+            title: input.title.clone(),
+            metadata_json,
+            principal_id: principal.id.clone(),
+            principal_type: principal.kind.as_str().to_owned(),
+        };
+        let outcome = self.command(&id, proposal).await?;
+        let Outcome::Created { created_at_us } = outcome else { return Err(ApiError::internal_error()) };
+        let view = SessionView {
+            id: &id,
+            title: input.title.as_deref(),
+            tenant_id: &principal.tenant_id,
+            creator: principal,
+            metadata: &input.metadata,
+            last_seq: 0,
+            created_at_us,
+            updated_at_us: created_at_us,
+        };
+        json(201, render_session_created(&view))
+    }
+
+    async fn command(&self, session: &str, proposal: Proposal) -> Result<Outcome, ApiError> {
+        let core = self.owner(session);
+        let result = self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose { proposal, reply }).await?;
+        result.map_err(engine_error)
+    }
+
+    async fn append(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
+        // Validate first so the happy path is one hop; a client error is only
+        // reported once the session is known to exist (404 precedes 400, §3).
+        let validated = parse_body(&req.body).and_then(|body| validate_append(&body, auth));
+        let input = match validated {
+            Ok(input) => input,
+            Err(e) => {
+                self.lookup(&id).await?;
+                return Err(e);
+            }
+        };
+        let proposal = Proposal::Append {
+            session: id.clone(),
+            producer_id: input.producer_id.clone(),
+            producer_seq: input.producer_seq,
+            fingerprint: fingerprint(&input).to_le_bytes(),
+            expected_seq: input.expected_seq,
+            body: render_event_body(&input, &auth.principal.tenant_id),
+        };
+        match self.command(&id, proposal).await? {
+            Outcome::Appended { seq, last_seq, deduped } => json(201, render_append_result(seq, last_seq, deduped)),
+            _ => Err(ApiError::internal_error()),
+        }
+    }
+
+    /// The session's tenant and last seq, or 404.
+    async fn lookup(&self, id: &str) -> Result<starcite_shards::shard::SessionInfo, ApiError> {
+        let session = id.to_owned();
+        let info = self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info { session, reply }).await?;
+        info.ok_or_else(ApiError::session_not_found)
+    }
+
+    async fn list(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
+        let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
+        let params = list_params(&query)?;
+        if !auth.allows("session:read") {
+            return Err(ApiError::forbidden_scope());
+        }
+        let limit = params.limit as usize;
+        let tenant = if auth.none_mode { None } else { Some(auth.principal.tenant_id.clone()) };
+        // Each core returns its first limit+1 matches; the merged page is exact.
+        let mut rows: Vec<ListRow> = Vec::new();
+        for core in 0..self.cores.len() as u32 {
+            let (cursor, tenant, filters) = (params.cursor.clone(), tenant.clone(), params.filters.clone());
+            let part = self
+                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List { cursor, limit: limit + 1, tenant, filters, reply })
+                .await
+                .map_err(|_| ApiError::archive_read_unavailable())?;
+            rows.extend(part);
+        }
+        rows.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let principals: Vec<Principal> = rows.iter().map(row_principal).collect();
+        let views: Vec<SessionView<'_>> = rows.iter().zip(&principals).map(|(r, p)| row_view(r, p)).collect();
+        let next = if more { rows.last().map(|r| r.id.as_str()) } else { None };
+        json(200, render_session_page(&views, next))
+    }
+
+    async fn tail(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
+        if !req.is_websocket_upgrade() {
+            return Err(ApiError::invalid_websocket_upgrade());
+        }
+        let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
+        let params = tail_params(&query)?;
+        if !auth.lock_allows(&id) {
+            return Err(ApiError::forbidden_session());
+        }
+        self.lookup(&id).await?;
+        if !auth.allows("session:read") {
+            return Err(ApiError::forbidden_scope());
+        }
+        let sub_id = self.next_subscriber.get();
+        self.next_subscriber.set(sub_id + 1);
+        let spec = TailSpec {
+            session: id.clone(),
+            cursor: params.cursor,
+            batch_size: params.batch_size as usize,
+            owner: self.cores[self.owner(&id) as usize].clone(),
+            subscriber_id: (u64::from(self.core) << 48) | sub_id,
+            shutdown: self.shutdown.clone(),
+        };
+        Ok(Reply::WebSocket(Box::new(move |ws| Box::pin(run_tail(ws, spec)))))
+    }
+
+    fn health_ready(&self) -> Result<Reply, ApiError> {
+        let ready = self.ready.iter().all(|r| r.load(Ordering::Relaxed));
+        if self.shutdown.is_fired() {
+            return json(503, r#"{"status":"starting","mode":"write_node","reason":"shutting_down"}"#.to_owned());
+        }
+        if ready {
+            json(200, r#"{"status":"ok","mode":"write_node"}"#.to_owned())
+        } else {
+            json(503, r#"{"status":"starting","mode":"write_node","reason":"raft_sync","detail":{"startup_mode":"write","consensus_ready?":false}}"#.to_owned())
+        }
+    }
+
+    async fn metrics(&self) -> Result<Reply, ApiError> {
+        let mut out = String::new();
+        let mut lines = |name: &str, help: &str, kind: &str, values: &[(u32, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (core, v) in values {
+                out.push_str(&format!("{name}{{core=\"{core}\"}} {v}\n"));
+            }
+        };
+        let mut stats = Vec::new();
+        for core in 0..self.cores.len() as u32 {
+            stats.push(self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Stats { reply }).await?);
+        }
+        let col = |f: fn(&super::messages::CoreStats) -> u64| stats.iter().map(|s| (s.core, f(s))).collect::<Vec<_>>();
+        lines("starcite_log_writes_total", "Group-commit log writes (one fdatasync each).", "counter", &col(|s| s.writes));
+        lines("starcite_log_write_bytes_total", "Bytes appended to the Raft log.", "counter", &col(|s| s.write_bytes));
+        lines("starcite_commands_applied_total", "Client commands answered after commit.", "counter", &col(|s| s.entries_written));
+        lines("starcite_hot_tier_bytes", "Bytes of unarchived events held in memory.", "gauge", &col(|s| s.hot_bytes));
+        lines("starcite_raft_leaders", "Raft groups led by this node.", "gauge", &col(|s| s.leaders as u64));
+        lines("starcite_tail_subscribers", "Live tail subscriptions.", "gauge", &col(|s| s.tail_subscribers as u64));
+        Ok(Reply::Http(Response::json(200, Bytes::from(out)).with_header("content-type", "text/plain; version=0.0.4")))
+    }
+}
+
+enum V1 {
+    Create,
+    List,
+    Append(String),
+    Tail(String),
+}
+
+/// Percent-decodes a path segment; an empty id matches no route.
+fn decode_id(raw: &str) -> Option<String> {
+    let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    (!id.is_empty()).then_some(id)
+}
+
+/// `/v1` answers JSON only: an `Accept` that excludes it is 406 (§1).
+fn check_accept(req: &Request) -> Result<(), ApiError> {
+    let Some(accept) = req.header("accept") else { return Ok(()) };
+    let ok = accept.split(',').any(|range| {
+        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        matches!(media.as_str(), "" | "*/*" | "application/*" | "application/json")
+    });
+    if ok { Ok(()) } else { Err(ApiError::not_acceptable()) }
+}
+
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::SessionNotFound => ApiError::session_not_found(),
+        EngineError::SessionExists => ApiError::session_exists(),
+        EngineError::ExpectedSeqConflict { expected, current } => ApiError::expected_seq_conflict(expected, current),
+        EngineError::ProducerSeqConflict { producer_id, expected, got } => {
+            ApiError::producer_seq_conflict(&producer_id, expected, got)
+        }
+        EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
+        EngineError::Backpressure => ApiError::event_store_backpressure(),
+        EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
+        EngineError::ArchiveReadUnavailable => ApiError::archive_read_unavailable(),
+    }
+}
+
+fn row_principal(r: &ListRow) -> Principal {
+    let kind = match r.principal_type.as_str() {
+        "user" => PrincipalType::User,
+        "agent" => PrincipalType::Agent,
+        _ => PrincipalType::Service,
+    };
+    Principal { tenant_id: r.tenant_id.clone(), id: r.principal_id.clone(), kind }
+}
+
+fn row_view<'a>(r: &'a ListRow, p: &'a Principal) -> SessionView<'a> {
+    SessionView {
+        id: &r.id,
+        title: r.title.as_deref(),
+        tenant_id: &r.tenant_id,
+        creator: p,
+        metadata: &r.metadata,
+        last_seq: r.last_seq,
+        created_at_us: r.created_at_us,
+        updated_at_us: r.updated_at_us,
+    }
+}
+
+/// Shared handle type used by the bootstrap.
+pub type GatewayRc = Rc<Gateway>;

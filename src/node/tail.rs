@@ -1,0 +1,182 @@
+//! One tail WebSocket: replay from the cursor, then live, gap-free (§7, §14.5).
+//!
+//! The socket subscribes at the owner core first, then replays with reads of up
+//! to 1,000 events. Live events are sent only when they are exactly `cursor + 1`;
+//! anything else (a gap, or the subscription dropped because this socket fell
+//! behind) sends it back to replay from its cursor. Memory per socket is bounded
+//! by the subscription buffer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::messages::{CoreRequest, LiveEvent, Subscriber, SUBSCRIBER_DEPTH};
+use super::shutdown::Shutdown;
+use crate::http::{WebSocket, WsEvent, WsReader, WsWriter};
+
+/// Events per replay read (contract §12.3).
+const REPLAY_READ: usize = 1_000;
+/// Timeout of one replay read or subscription at the owner core.
+const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Close codes (§7.3, §14.19).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_INTERNAL: u16 = 1011;
+
+pub struct TailSpec {
+    pub session: String,
+    pub cursor: u64,
+    pub batch_size: usize,
+    pub owner: flume::Sender<CoreRequest>,
+    pub subscriber_id: u64,
+    pub shutdown: Shutdown,
+}
+
+enum Stop {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The peer is gone or closed; just drop the connection.
+    Gone,
+}
+
+pub async fn run_tail(ws: WebSocket, spec: TailSpec) {
+    let (mut reader, mut writer) = ws.split();
+    let mut tail = Tail { spec, live: None };
+    let stop = tail.run(&mut reader, &mut writer).await;
+    tail.unsubscribe();
+    if let Stop::Close(code, reason) = stop {
+        let _ = writer.close(code, reason).await;
+    }
+}
+
+struct Tail {
+    spec: TailSpec,
+    live: Option<flume::Receiver<LiveEvent>>,
+}
+
+impl Tail {
+    async fn run(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Stop {
+        loop {
+            if self.live.is_none() {
+                match self.subscribe().await {
+                    Ok(rx) => self.live = Some(rx),
+                    Err(stop) => return stop,
+                }
+            }
+            if let Err(stop) = self.replay(writer).await {
+                return stop;
+            }
+            if let Err(stop) = self.follow(reader, writer).await {
+                return stop;
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<flume::Receiver<LiveEvent>, Stop> {
+        let (tx, rx) = flume::bounded(SUBSCRIBER_DEPTH);
+        let subscriber = Subscriber { id: self.spec.subscriber_id, tx };
+        let session = self.spec.session.clone();
+        let info = self.ask(|reply| CoreRequest::Subscribe { session, subscriber, reply }).await?;
+        match info {
+            Some(_) => Ok(rx),
+            None => Err(Stop::Close(CLOSE_INTERNAL, "session_not_found")),
+        }
+    }
+
+    fn unsubscribe(&self) {
+        let session = self.spec.session.clone();
+        let _ = self.spec.owner.try_send(CoreRequest::Unsubscribe { session, id: self.spec.subscriber_id });
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> CoreRequest) -> Result<T, Stop> {
+        let (tx, rx) = flume::bounded(1);
+        let exchange = async {
+            self.spec.owner.send_async(make(tx)).await.ok()?;
+            rx.recv_async().await.ok()
+        };
+        match monoio::time::timeout(OWNER_TIMEOUT, exchange).await {
+            Ok(Some(v)) => Ok(v),
+            _ => Err(Stop::Close(CLOSE_INTERNAL, "raft_unavailable")),
+        }
+    }
+
+    /// Sends every event after the cursor that the owner has, in frames of at
+    /// most `batch_size` (a frame never spans two reads).
+    async fn replay(&mut self, writer: &mut WsWriter) -> Result<(), Stop> {
+        loop {
+            if self.spec.shutdown.is_fired() {
+                return Err(Stop::Close(CLOSE_GOING_AWAY, "going_away"));
+            }
+            let (session, after) = (self.spec.session.clone(), self.spec.cursor);
+            let read = self
+                .ask(|reply| CoreRequest::Read { session, after, limit: REPLAY_READ, reply })
+                .await?
+                .map_err(|e| match e {
+                    starcite_shards::EngineError::ArchiveReadUnavailable => {
+                        Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable")
+                    }
+                    _ => Stop::Close(CLOSE_INTERNAL, "raft_unavailable"),
+                })?;
+            if read.events.is_empty() {
+                return Ok(());
+            }
+            let contiguous = read.events.iter().enumerate().all(|(i, (seq, _))| *seq == after + 1 + i as u64);
+            if !contiguous {
+                return Err(Stop::Close(CLOSE_INTERNAL, "event_gap_detected"));
+            }
+            for chunk in read.events.chunks(self.spec.batch_size.max(1)) {
+                let frame = self.frame(chunk.iter().map(|(_, f)| f));
+                writer.send_text(frame).await.map_err(|_| Stop::Gone)?;
+                self.spec.cursor = chunk.last().map_or(self.spec.cursor, |(seq, _)| *seq);
+            }
+        }
+    }
+
+    /// Live phase. Returns Ok to go back to replay (gap or dropped subscription).
+    async fn follow(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Result<(), Stop> {
+        let Some(live) = self.live.clone() else { return Ok(()) };
+        loop {
+            monoio::select! {
+                event = live.recv_async() => match event {
+                    Ok(e) if e.seq <= self.spec.cursor => {}
+                    Ok(e) if e.seq == self.spec.cursor + 1 => {
+                        let frame = self.frame(std::iter::once(&e.frame));
+                        writer.send_text(frame).await.map_err(|_| Stop::Gone)?;
+                        self.spec.cursor = e.seq;
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(_) => {
+                        // Dropped for falling behind: resubscribe, then replay.
+                        self.live = None;
+                        return Ok(());
+                    }
+                },
+                inbound = reader.next() => match inbound {
+                    WsEvent::Ping(payload) => writer.send_pong(payload).await.map_err(|_| Stop::Gone)?,
+                    WsEvent::Close(_) => return Err(Stop::Close(CLOSE_NORMAL, "")),
+                    WsEvent::Closed => return Err(Stop::Gone),
+                    _ => {}
+                },
+                _ = self.spec.shutdown.wait() => return Err(Stop::Close(CLOSE_GOING_AWAY, "going_away")),
+            }
+        }
+    }
+
+    /// One text frame: the event itself for batch_size 1, else a JSON array.
+    fn frame<'a>(&self, mut events: impl Iterator<Item = &'a Bytes>) -> Bytes {
+        if self.spec.batch_size <= 1 {
+            return events.next().cloned().unwrap_or_default();
+        }
+        let mut out = Vec::with_capacity(256);
+        out.push(b'[');
+        for (i, e) in events.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(e);
+        }
+        out.push(b']');
+        Bytes::from(out)
+    }
+}
