@@ -108,11 +108,18 @@ pub struct SessionInfo {
     pub last_seq: u64,
 }
 
-/// A list row, rendered as JSON (contract §4.2 plus `last_seq`, `updated_at`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A list row (contract §4.2 plus `last_seq`, `updated_at`); the gateway renders it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListRow {
     pub id: String,
-    pub json: String,
+    pub title: Option<String>,
+    pub tenant_id: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub last_seq: u64,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
 }
 
 struct Pending<W> {
@@ -444,7 +451,7 @@ impl<W> Shard<W> {
             .filter_map(|(id, gid)| self.groups.get(gid)?.machine.sessions.get(id))
             .filter(|s| tenant.is_none_or(|t| s.tenant_id == t) && s.matches(filters))
             .take(limit)
-            .map(|s| ListRow { id: s.id.clone(), json: render_list_row(s) })
+            .map(list_row)
             .collect()
     }
 }
@@ -525,26 +532,18 @@ fn push_hard_state(gid: u32, hs: &raft::eraftpb::HardState, buf: &mut Vec<u8>) {
     encode_record(&record, buf);
 }
 
-fn render_list_row(s: &Session) -> String {
-    use crate::time::format_micros;
-    let principal = serde_json::json!({
-        "tenant_id": s.tenant_id, "id": s.principal_id, "type": s.principal_type,
-    });
-    format!(
-        "{{\"id\":{},\"title\":{},\"tenant_id\":{},\"creator_principal\":{},\"metadata\":{},\"last_seq\":{},\"created_at\":\"{}\",\"updated_at\":\"{}\"}}",
-        json_str(&s.id),
-        s.title.as_deref().map_or_else(|| "null".to_owned(), json_str),
-        json_str(&s.tenant_id),
-        principal,
-        s.metadata_json,
-        s.last_seq,
-        format_micros(s.created_at_us),
-        format_micros(s.updated_at_us),
-    )
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+fn list_row(s: &Session) -> ListRow {
+    ListRow {
+        id: s.id.clone(),
+        title: s.title.clone(),
+        tenant_id: s.tenant_id.clone(),
+        principal_id: s.principal_id.clone(),
+        principal_type: s.principal_type.clone(),
+        metadata: s.metadata.clone(),
+        last_seq: s.last_seq,
+        created_at_us: s.created_at_us,
+        updated_at_us: s.updated_at_us,
+    }
 }
 
 pub(crate) fn push_entries_pub(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
