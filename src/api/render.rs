@@ -1,0 +1,372 @@
+//! JSON rendering of API responses and stored events (§4, §5.3, §14.3, §14.18).
+//!
+//! Bodies are written directly into a `String` with a fixed member order, so the bytes
+//! we store and stream are deterministic and no intermediate `Value` is built.
+//! Timestamps are Unix microseconds rendered as RFC 3339 UTC with exactly six
+//! fractional digits and `Z` (§14.3), whatever tier they come from.
+
+use std::fmt::Write;
+
+use serde_json::{Map, Value};
+
+use crate::api::principal::Principal;
+use crate::api::validate::AppendInput;
+
+/// Appends `s` as a JSON string literal (quotes, `\"`, `\\`, control characters escaped).
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0C}' => out.push_str("\\f"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `v` as compact JSON, members in stored order, numbers as originally written.
+pub fn push_json_value(out: &mut String, v: &Value) {
+    // Writing a `Value` into a `String` cannot fail: `Value` keys are strings and
+    // `String` never refuses bytes.
+    let _ = write!(out, "{v}");
+}
+
+/// Appends an object given as a `Map` without cloning it into a `Value`.
+pub fn push_json_map(out: &mut String, map: &Map<String, Value>) {
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, k);
+        out.push(':');
+        push_json_value(out, v);
+    }
+    out.push('}');
+}
+
+fn push_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+const MICROS_PER_SECOND: i64 = 1_000_000;
+const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+
+/// Unix microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`. Total over `i64`: instants before
+/// 1970 use floor division; years outside 0..=9999 get a sign or extra digits (not
+/// RFC 3339, but never a panic).
+pub fn format_micros(us: i64) -> String {
+    let (year, month, day) = civil_from_days(us.div_euclid(MICROS_PER_DAY));
+    let in_day = us.rem_euclid(MICROS_PER_DAY);
+    let secs = in_day / MICROS_PER_SECOND;
+    let micros = in_day % MICROS_PER_SECOND;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 → proleptic Gregorian (year, month, day), after Howard
+/// Hinnant's `civil_from_days`: shift to eras of 400 years starting on March 1st so
+/// leap days fall at the end of the (shifted) year.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365, from March 1st
+    let mp = (5 * doy + 2) / 153; // 0..=11, March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both values are small by construction (1..=31, 1..=12).
+    (year, day_or_month(month), day_or_month(day))
+}
+
+fn day_or_month(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// The stored event's members without braces, `seq` and `inserted_at` (the engine adds
+/// those at apply time, see [`render_event`]). Absent `source` and `idempotency_key` are
+/// omitted rather than `null` (§14.18); `tenant_id` is always present (§14.3).
+pub fn render_event_body(input: &AppendInput, tenant_id: &str) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("\"type\":");
+    push_json_str(&mut out, &input.event_type);
+    out.push_str(",\"payload\":");
+    push_json_value(&mut out, &input.payload);
+    out.push_str(",\"actor\":");
+    push_json_str(&mut out, &input.actor);
+    out.push_str(",\"producer_id\":");
+    push_json_str(&mut out, &input.producer_id);
+    let _ = write!(out, ",\"producer_seq\":{}", input.producer_seq);
+    if let Some(source) = &input.source {
+        out.push_str(",\"source\":");
+        push_json_str(&mut out, source);
+    }
+    out.push_str(",\"metadata\":");
+    push_json_map(&mut out, &input.metadata);
+    out.push_str(",\"refs\":");
+    push_json_map(&mut out, &input.refs);
+    if let Some(key) = &input.idempotency_key {
+        out.push_str(",\"idempotency_key\":");
+        push_json_str(&mut out, key);
+    }
+    out.push_str(",\"tenant_id\":");
+    push_json_str(&mut out, tenant_id);
+    out
+}
+
+/// A complete event frame: `{"seq":N,` + body + `,"inserted_at":"…"}`.
+pub fn render_event(seq: u64, body: &str, inserted_at_us: i64) -> String {
+    let mut out = String::with_capacity(body.len() + 64);
+    let _ = write!(out, "{{\"seq\":{seq},{body},\"inserted_at\":");
+    push_json_str(&mut out, &format_micros(inserted_at_us));
+    out.push('}');
+    out
+}
+
+/// What the session responses need to know about one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView<'a> {
+    pub id: &'a str,
+    pub title: Option<&'a str>,
+    pub tenant_id: &'a str,
+    pub creator: &'a Principal,
+    pub metadata: &'a Map<String, Value>,
+    pub last_seq: u64,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+/// `POST /v1/sessions` 201 body (§4.1): no top-level `tenant_id`.
+pub fn render_session_created(s: &SessionView<'_>) -> String {
+    render_session(s, false)
+}
+
+/// One `GET /v1/sessions` row (§4.2 plus `last_seq`/`updated_at`, §14.8).
+pub fn render_session_row(s: &SessionView<'_>) -> String {
+    render_session(s, true)
+}
+
+fn render_session(s: &SessionView<'_>, with_tenant: bool) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"id\":");
+    push_json_str(&mut out, s.id);
+    out.push_str(",\"title\":");
+    push_opt_str(&mut out, s.title);
+    if with_tenant {
+        out.push_str(",\"tenant_id\":");
+        push_json_str(&mut out, s.tenant_id);
+    }
+    out.push_str(",\"creator_principal\":");
+    push_principal(&mut out, s.creator);
+    out.push_str(",\"metadata\":");
+    push_json_map(&mut out, s.metadata);
+    let _ = write!(out, ",\"last_seq\":{},\"created_at\":", s.last_seq);
+    push_json_str(&mut out, &format_micros(s.created_at_us));
+    out.push_str(",\"updated_at\":");
+    push_json_str(&mut out, &format_micros(s.updated_at_us));
+    out.push('}');
+    out
+}
+
+fn push_principal(out: &mut String, p: &Principal) {
+    out.push_str("{\"tenant_id\":");
+    push_json_str(out, &p.tenant_id);
+    out.push_str(",\"id\":");
+    push_json_str(out, &p.id);
+    out.push_str(",\"type\":");
+    push_json_str(out, p.kind.as_str());
+    out.push('}');
+}
+
+/// `GET /v1/sessions` 200 body: `{"sessions":[…],"next_cursor":…}`.
+pub fn render_session_page(rows: &[SessionView<'_>], next_cursor: Option<&str>) -> String {
+    let mut out = String::from("{\"sessions\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&render_session_row(row));
+    }
+    out.push_str("],\"next_cursor\":");
+    push_opt_str(&mut out, next_cursor);
+    out.push('}');
+    out
+}
+
+/// Append 201 body (§5.3), for fresh appends and dedupes alike.
+pub fn render_append_result(seq: u64, last_seq: u64, deduped: bool) -> String {
+    format!("{{\"seq\":{seq},\"last_seq\":{last_seq},\"deduped\":{deduped}}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::principal::PrincipalType;
+    use serde_json::json;
+
+    #[test]
+    fn json_strings_match_serde() {
+        let samples = [
+            "",
+            "plain",
+            "q\"b\\s/",
+            "\n\r\t\u{8}\u{c}",
+            "\u{0}\u{1f}\u{7f}",
+            "é😀",
+        ];
+        for s in samples {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(
+                serde_json::from_str::<String>(&out).ok().as_deref(),
+                Some(s)
+            );
+            assert_eq!(Some(out), serde_json::to_string(s).ok());
+        }
+    }
+
+    #[test]
+    fn format_micros_known_instants() {
+        let table: [(i64, &str); 9] = [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (1, "1970-01-01T00:00:00.000001Z"),
+            (-1, "1969-12-31T23:59:59.999999Z"),
+            (951_782_400_000_000, "2000-02-29T00:00:00.000000Z"),
+            (1_709_164_800_123_456, "2024-02-29T00:00:00.123456Z"),
+            (1_772_360_130_482_113, "2026-03-01T10:15:30.482113Z"),
+            (4_107_542_399_999_999, "2100-02-28T23:59:59.999999Z"),
+            (4_107_542_400_000_000, "2100-03-01T00:00:00.000000Z"),
+            (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
+        ];
+        for (us, want) in table {
+            assert_eq!(format_micros(us), want, "{us}");
+        }
+    }
+
+    #[test]
+    fn format_micros_agrees_with_chrono() {
+        let mut us: i64 = -62_135_596_800_000_000; // 0001-01-01
+        let step = 7_777_777_777_777; // ~90 days plus odd hours/micros
+        while us < 253_402_300_799_999_999 {
+            let want = chrono::DateTime::from_timestamp_micros(us)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+            assert_eq!(Some(format_micros(us)), want, "{us}");
+            us += step;
+        }
+    }
+
+    #[test]
+    fn format_micros_is_total() {
+        for us in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let s = format_micros(us);
+            assert!(s.ends_with('Z') && s.len() > 20, "{s}");
+        }
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            tenant_id: "acme".into(),
+            id: "u-42".into(),
+            kind: PrincipalType::User,
+        }
+    }
+
+    fn session<'a>(
+        p: &'a Principal,
+        m: &'a Map<String, Value>,
+        title: Option<&'a str>,
+    ) -> SessionView<'a> {
+        SessionView {
+            id: "ses_Q2x0cHZ3bXhyZ2Fq",
+            title,
+            tenant_id: "acme",
+            creator: p,
+            metadata: m,
+            last_seq: 0,
+            created_at_us: 1_772_360_130_482_113,
+            updated_at_us: 1_772_360_130_482_113,
+        }
+    }
+
+    #[test]
+    fn created_session_shape() {
+        let p = principal();
+        let m = json!({"workflow": "legal"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let body = render_session_created(&session(&p, &m, Some("Contract review")));
+        assert_eq!(
+            body,
+            concat!(
+                r#"{"id":"ses_Q2x0cHZ3bXhyZ2Fq","title":"Contract review","#,
+                r#""creator_principal":{"tenant_id":"acme","id":"u-42","type":"user"},"#,
+                r#""metadata":{"workflow":"legal"},"last_seq":0,"#,
+                r#""created_at":"2026-03-01T10:15:30.482113Z","#,
+                r#""updated_at":"2026-03-01T10:15:30.482113Z"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn list_row_and_page_shape() {
+        let p = principal();
+        let m = Map::new();
+        let mut row = session(&p, &m, None);
+        row.last_seq = 5;
+        row.updated_at_us = 0;
+        let page: Value =
+            serde_json::from_str(&render_session_page(&[row], Some("ses_Q2x0cHZ3bXhyZ2Fq")))
+                .expect("valid JSON");
+        assert_eq!(
+            page,
+            json!({
+                "sessions": [{
+                    "id": "ses_Q2x0cHZ3bXhyZ2Fq",
+                    "title": null,
+                    "tenant_id": "acme",
+                    "creator_principal": {"tenant_id": "acme", "id": "u-42", "type": "user"},
+                    "metadata": {},
+                    "last_seq": 5,
+                    "created_at": "2026-03-01T10:15:30.482113Z",
+                    "updated_at": "1970-01-01T00:00:00.000000Z"
+                }],
+                "next_cursor": "ses_Q2x0cHZ3bXhyZ2Fq"
+            })
+        );
+        assert_eq!(
+            render_session_page(&[], None),
+            r#"{"sessions":[],"next_cursor":null}"#
+        );
+    }
+
+    #[test]
+    fn append_result_shape() {
+        assert_eq!(
+            render_append_result(17, 17, false),
+            r#"{"seq":17,"last_seq":17,"deduped":false}"#
+        );
+        assert_eq!(
+            render_append_result(1, 2, true),
+            r#"{"seq":1,"last_seq":2,"deduped":true}"#
+        );
+    }
+}
