@@ -3,7 +3,7 @@
 
 use raft::{Config, RawNode, StateRole};
 
-use crate::limits::{ELECTION_TICKS, HEARTBEAT_TICKS, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG};
+use crate::limits::{ELECTION_TICKS, HEARTBEAT_TICKS, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG, SNAPSHOT_RETRY_TICKS};
 use crate::raft_storage::GroupStorage;
 use crate::state::GroupMachine;
 
@@ -11,6 +11,11 @@ pub struct Group {
     pub id: u32,
     pub node: RawNode<GroupStorage>,
     pub machine: GroupMachine,
+    /// (term, role) when the election timeout was last chosen.
+    timeout_chosen_for: (u64, StateRole),
+    chosen_timeout: usize,
+    /// Peers in raft's Snapshot state → ticks spent waiting.
+    snapshot_waits: std::collections::BTreeMap<u64, usize>,
     /// Highest log index applied to `machine`.
     pub applied: u64,
     /// Commit index advanced by a light ready that no log record holds yet.
@@ -40,7 +45,9 @@ impl Group {
             ..Default::default()
         };
         let node = RawNode::new(&config, storage, logger)?;
-        Ok(Self { id, node, machine, applied, commit_unpersisted: false })
+        let mut group = Self { id, node, machine, applied, commit_unpersisted: false, timeout_chosen_for: (u64::MAX, StateRole::Follower), chosen_timeout: ELECTION_TICKS, snapshot_waits: Default::default() };
+        group.choose_election_timeout(0);
+        Ok(group)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -51,6 +58,61 @@ impl Group {
         match self.node.raft.leader_id {
             0 => None,
             id => Some(id),
+        }
+    }
+
+    /// Re-chooses the randomized election timeout after a term or role change.
+    ///
+    /// The `raft` crate picks it from a thread-local RNG, which would make a
+    /// simulated run irreproducible; we override it with a value derived from
+    /// `(salt, node, group, term)`, which is just as spread across nodes and
+    /// terms, and deterministic for a given salt (a per-process random value
+    /// in production, the seed in simulation).
+    pub fn choose_election_timeout(&mut self, salt: u64) {
+        // Raft may reset the timeout without a term or role change (e.g. a
+        // follower hearing a leader), so the value is re-applied after every
+        // call; it is recomputed only when (term, role) changes.
+        let key = (self.node.raft.term, self.node.raft.state);
+        if key == self.timeout_chosen_for {
+            self.node.raft.set_randomized_election_timeout(self.chosen_timeout);
+            return;
+        }
+        self.timeout_chosen_for = key;
+        let mut bytes = [0u8; 20];
+        bytes[..8].copy_from_slice(&salt.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.id.to_le_bytes());
+        bytes[12..20].copy_from_slice(&(self.node.raft.term ^ (self.node.raft.id << 48)).to_le_bytes());
+        let h = xxhash_rust::xxh3::xxh3_64(&bytes);
+        let timeout = ELECTION_TICKS + (h % ELECTION_TICKS as u64) as usize;
+        self.chosen_timeout = timeout;
+        self.node.raft.set_randomized_election_timeout(timeout);
+    }
+
+    /// A leader whose snapshot to a follower went unanswered (lost message,
+    /// partition, crashed peer) would wait forever in raft's Snapshot state;
+    /// after `SNAPSHOT_RETRY_TICKS` we report the send failed so raft probes
+    /// and sends a fresh snapshot.
+    pub fn snapshot_watchdog(&mut self) {
+        if !self.is_leader() {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_waits.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let ticks = self.snapshot_waits.entry(id).or_insert(0);
+            *ticks += 1;
+            if *ticks >= SNAPSHOT_RETRY_TICKS {
+                *ticks = 0;
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
         }
     }
 

@@ -15,6 +15,8 @@ pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 pub const TICK_MS: u64 = 100;
 pub const ELECTION_TICKS: usize = 10;
 pub const HEARTBEAT_TICKS: usize = 2;
+/// Ticks a leader waits for a follower to apply a snapshot before resending.
+pub const SNAPSHOT_RETRY_TICKS: usize = 30;
 /// Raft message and in-flight limits.
 pub const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 pub const MAX_INFLIGHT_MSGS: usize = 256;

@@ -6,7 +6,7 @@
 //! applies what is committed and returns the answers. Between the two calls the
 //! shard must not be given proposals or messages (raft's `Ready` contract).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType, Message};
@@ -77,7 +77,8 @@ impl Proposal {
 pub struct Outputs<W> {
     pub completions: Vec<(W, Result<Outcome, EngineError>)>,
     pub notifications: Vec<Notification>,
-    pub messages: Vec<Message>,
+    /// Raft messages to peers, with the group they belong to.
+    pub messages: Vec<(u32, Message)>,
 }
 
 impl<W> Default for Outputs<W> {
@@ -134,7 +135,7 @@ pub struct Shard<W> {
     pub(crate) groups: BTreeMap<u32, Group>,
     /// Every session of this core → its group, for O(page) listing.
     index: BTreeMap<String, u32>,
-    pending: HashMap<u64, Pending<W>>,
+    pending: BTreeMap<u64, Pending<W>>,
     next_token: u64,
     hot_bytes: u64,
     reserved_bytes: u64,
@@ -150,7 +151,7 @@ impl<W> Shard<W> {
         let mut shard = Shard {
             groups: BTreeMap::new(),
             index: BTreeMap::new(),
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_token: 1,
             hot_bytes: 0,
             reserved_bytes: 0,
@@ -200,6 +201,7 @@ impl<W> Shard<W> {
         let mut group = Group::new(gid, self.cfg.raft_id, storage, machine, commit, logger)
             .map_err(|e| format!("group {gid}: raft: {e}"))?;
         group.campaign_if_sole_voter().map_err(|e| format!("group {gid}: campaign: {e}"))?;
+        group.choose_election_timeout(self.cfg.incarnation);
         Ok(group)
     }
 
@@ -266,8 +268,14 @@ impl<W> Shard<W> {
 
     /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) {
+        let salt = self.cfg.incarnation;
         for (gid, group) in self.groups.iter_mut() {
             if group.node.tick() {
+                self.dirty.insert(*gid);
+            }
+            group.choose_election_timeout(salt);
+            group.snapshot_watchdog();
+            if group.node.has_ready() {
                 self.dirty.insert(*gid);
             }
         }
@@ -279,6 +287,7 @@ impl<W> Shard<W> {
             if let Err(e) = g.node.step(msg) {
                 tracing::debug!(group, error = %e, "raft step rejected a message");
             }
+            g.choose_election_timeout(self.cfg.incarnation);
             self.dirty.insert(group);
         }
     }
@@ -308,7 +317,7 @@ impl<W> Shard<W> {
                 continue;
             }
             let mut rd = group.node.ready();
-            out.messages.extend(rd.take_messages());
+            out.messages.extend(rd.take_messages().into_iter().map(|m| (gid, m)));
             if let Some(ss) = rd.ss() {
                 if ss.raft_state != StateRole::Leader {
                     fail_pending_of(&mut self.pending, &mut self.reserved_bytes, gid, &mut out);
@@ -323,7 +332,17 @@ impl<W> Shard<W> {
             if !rd.entries().is_empty() {
                 group.node.mut_store().append(rd.entries());
                 push_entries(gid, rd.entries(), buf);
+                #[cfg(feature = "broken-ack-before-sync")]
+                {
+                    // BROKEN ON PURPOSE (test-only feature): applies and answers
+                    // entries before they are durable or committed.
+                    let ents = rd.entries().clone();
+                    if self.groups.get(&gid).is_some_and(|g| g.is_leader()) {
+                        self.apply_committed(gid, ents, &mut out);
+                    }
+                }
             }
+            let group = self.groups.get_mut(&gid).expect("group exists");
             if let Some(hs) = rd.hs() {
                 group.commit_unpersisted = false;
                 group.node.mut_store().set_hard_state(hs.clone());
@@ -339,14 +358,14 @@ impl<W> Shard<W> {
     pub fn on_durable(&mut self) -> Outputs<W> {
         let mut out = Outputs::default();
         for (gid, mut rd) in std::mem::take(&mut self.in_flight) {
-            out.messages.extend(rd.take_persisted_messages());
+            out.messages.extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
             let group = self.groups.get_mut(&gid).expect("group exists");
             let mut light = group.node.advance(rd);
             if let Some(commit) = light.commit_index() {
                 group.node.mut_store().set_commit(commit);
                 group.commit_unpersisted = true;
             }
-            out.messages.extend(light.take_messages());
+            out.messages.extend(light.take_messages().into_iter().map(|m| (gid, m)));
             let committed = light.take_committed_entries();
             self.apply_committed(gid, committed, &mut out);
             let group = self.groups.get_mut(&gid).expect("group exists");
@@ -411,6 +430,35 @@ impl<W> Shard<W> {
                 }
             }
         }
+    }
+
+    /// The local groups' ids.
+    pub fn group_ids(&self) -> Vec<u32> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// `(term, index, data)` of the entries this replica holds for a group, with
+    /// its commit index: what a checker compares across replicas.
+    pub fn log_view(&self, group: u32) -> Option<(u64, Vec<(u64, u64, Bytes)>)> {
+        let g = self.groups.get(&group)?;
+        let store = g.node.store();
+        let commit = g.node.raft.raft_log.committed;
+        let entries = store
+            .entries_in(store.snapshot_index() + 1, u64::MAX)
+            .iter()
+            .map(|e| (e.term, e.index, e.data.clone()))
+            .collect();
+        Some((commit, entries))
+    }
+
+    /// Leader of a group as this replica knows it.
+    pub fn leader_of(&self, group: u32) -> Option<u64> {
+        self.groups.get(&group)?.leader_id()
+    }
+
+    /// Sessions held by this replica (ids).
+    pub fn session_ids(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
     }
 
     /// Looks a session up in applied state.
@@ -498,7 +546,7 @@ fn apply_entry_to(machine: &mut GroupMachine, entry: &Entry) {
 }
 
 fn fail_pending_of<W>(
-    pending: &mut HashMap<u64, Pending<W>>,
+    pending: &mut BTreeMap<u64, Pending<W>>,
     reserved_bytes: &mut u64,
     gid: u32,
     out: &mut Outputs<W>,
