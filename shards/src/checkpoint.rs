@@ -40,7 +40,8 @@ impl<W> Shard<W> {
             let tail: Vec<_> = store.entries_in(applied + 1, u64::MAX).to_vec();
             let record = LogRecord::Snapshot { group: *gid, index: applied, term, voters, state: state.clone() };
             encode_record(&record, buf);
-            let hs_record = LogRecord::HardState { group: *gid, term: hs.term, vote: hs.vote, commit: hs.commit };
+            let commit = hs.commit.max(applied);
+            let hs_record = LogRecord::HardState { group: *gid, term: hs.term, vote: hs.vote, commit };
             encode_record(&hs_record, buf);
             if !tail.is_empty() {
                 crate::shard::push_entries_pub(*gid, &tail, buf);

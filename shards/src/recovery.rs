@@ -123,10 +123,13 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
             }
         }
         ArchivedLogRecord::HardState { term, vote, commit, .. } => {
+            // A snapshot is committed by definition: never let a hard state
+            // move the commit index below it.
+            let commit = commit.to_native().max(g.storage.snapshot_index());
             g.storage.set_hard_state(HardState {
                 term: term.to_native(),
                 vote: vote.to_native(),
-                commit: commit.to_native(),
+                commit,
                 ..Default::default()
             });
         }

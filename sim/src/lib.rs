@@ -22,9 +22,25 @@ pub struct SeedReport {
 }
 
 /// Runs one seed to completion.
+///
+/// A panic anywhere in the engine is itself a violation: it is caught and
+/// reported with the seed rather than ending the batch.
 pub fn run_seed(seed: u64) -> SeedReport {
     let config = SimConfig::from_seed(seed);
-    let mut world = World::new(config.clone());
-    world.run();
-    SeedReport { seed, config, stats: world.stats.clone(), violations: world.checker.violations.clone() }
+    let run = std::panic::catch_unwind(|| {
+        let mut world = World::new(config.clone());
+        world.run();
+        (world.stats.clone(), world.checker.violations.clone())
+    });
+    match run {
+        Ok((stats, violations)) => SeedReport { seed, config, stats, violations },
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            SeedReport { seed, config, stats: Stats::default(), violations: vec![format!("engine panicked: {msg}")] }
+        }
+    }
 }

@@ -51,6 +51,8 @@ fn main() {
         Some(seed) => (seed, 1),
         None => (args.from, args.seeds),
     };
+    // Panics are reported per seed; keep their default backtraces off the output.
+    std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut totals = starcite_sim::world::Stats::default();
