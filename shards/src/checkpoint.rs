@@ -19,7 +19,9 @@ impl<W> Shard<W> {
     /// fraction of the bytes written.
     pub fn wants_checkpoint(&self) -> bool {
         let threshold = self.cfg.checkpoint_bytes.max(2 * self.last_checkpoint_bytes);
-        self.log_bytes_since_checkpoint >= threshold && !self.has_ready()
+        let due = self.log_bytes_since_checkpoint >= threshold
+            || (self.log_bytes_since_checkpoint > 0 && crate::fault::point("shard.checkpoint.force"));
+        due && !self.has_ready()
     }
 
     /// Writes the full checkpoint (the contents of a fresh segment after its

@@ -109,7 +109,7 @@ impl Group {
         for id in waiting {
             let ticks = self.snapshot_waits.entry(id).or_insert(0);
             *ticks += 1;
-            if *ticks >= SNAPSHOT_RETRY_TICKS {
+            if *ticks >= SNAPSHOT_RETRY_TICKS || crate::fault::point("group.snapshot.resend_early") {
                 *ticks = 0;
                 self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
             }

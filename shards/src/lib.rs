@@ -21,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod fault;
 pub mod group;
 pub mod limits;
 pub mod placement;

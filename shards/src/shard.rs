@@ -242,7 +242,7 @@ impl<W> Shard<W> {
             let leader = group.leader_id();
             return Err((waiter, EngineError::NotLeader { leader }));
         }
-        if self.pending.len() >= MAX_PENDING_PROPOSALS {
+        if self.pending.len() >= MAX_PENDING_PROPOSALS || crate::fault::point("shard.propose.reject") {
             return Err((waiter, EngineError::Unavailable));
         }
         let reserved = match &proposal {
@@ -314,6 +314,11 @@ impl<W> Shard<W> {
                 continue;
             }
             if !group.node.has_ready() {
+                continue;
+            }
+            if crate::fault::point("shard.prepare.defer_group") {
+                // Leave it for the next batch: batching must not matter.
+                self.dirty.insert(gid);
                 continue;
             }
             let mut rd = group.node.ready();
@@ -479,7 +484,7 @@ impl<W> Shard<W> {
             // The cold tier (archive) is not wired yet; never skip events silently.
             return Err(EngineError::ArchiveReadUnavailable);
         }
-        let limit = limit.min(MAX_READ_EVENTS);
+        let limit = if crate::fault::point("shard.read.short") { 1 } else { limit.min(MAX_READ_EVENTS) };
         let events = s.hot_after(after, limit).map(|e| (e.seq, e.frame.clone())).collect();
         Ok(ReadResult { events, last_seq: s.last_seq })
     }

@@ -32,6 +32,8 @@ pub struct SimConfig {
     pub tails: usize,
     /// After healing, pending work must finish within this much virtual time.
     pub liveness_bound_us: u64,
+    /// Probability with which each reached fault point in the engine fires.
+    pub fault_point_probability: f64,
 }
 
 impl SimConfig {
@@ -61,6 +63,7 @@ impl SimConfig {
             checkpoint_bytes: [4 * 1024, 64 * 1024, u64::MAX][r.range(0, 2) as usize],
             tails: r.range(0, 3) as usize,
             liveness_bound_us: 60_000_000,
+            fault_point_probability: [0.0, 0.01, 0.05][r.range(0, 2) as usize],
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct SeedReport {
     pub config: SimConfig,
     pub stats: Stats,
     pub violations: Vec<String>,
+    pub fault_points: starcite_shards::fault::FaultReport,
 }
 
 /// Runs one seed to completion.
@@ -27,20 +28,23 @@ pub struct SeedReport {
 /// reported with the seed rather than ending the batch.
 pub fn run_seed(seed: u64) -> SeedReport {
     let config = SimConfig::from_seed(seed);
+    starcite_shards::fault::install(seed ^ 0xFA17, config.fault_point_probability);
     let run = std::panic::catch_unwind(|| {
         let mut world = World::new(config.clone());
         world.run();
         (world.stats.clone(), world.checker.violations.clone())
     });
+    let fault_points = starcite_shards::fault::uninstall();
     match run {
-        Ok((stats, violations)) => SeedReport { seed, config, stats, violations },
+        Ok((stats, violations)) => SeedReport { seed, config, stats, violations, fault_points },
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "non-string panic".to_owned());
-            SeedReport { seed, config, stats: Stats::default(), violations: vec![format!("engine panicked: {msg}")] }
+            let violations = vec![format!("engine panicked: {msg}")];
+            SeedReport { seed, config, stats: Stats::default(), violations, fault_points }
         }
     }
 }

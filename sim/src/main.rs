@@ -56,12 +56,14 @@ fn main() {
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut totals = starcite_sim::world::Stats::default();
+    let mut points = starcite_shards::fault::FaultReport::default();
     for seed in from..from + count {
         let report = run_seed(seed);
         if args.verbose {
             println!("seed {seed}: {:?}\n  {:?}", report.config, report.stats);
         }
         add(&mut totals, &report.stats);
+        points.merge(&report.fault_points);
         if !report.violations.is_empty() {
             println!("seed {seed} FAILED:");
             for v in report.violations.iter().take(10) {
@@ -79,6 +81,12 @@ fn main() {
         totals.dropped, totals.duplicated, totals.fsync_spikes, totals.disk_full, totals.client_timeouts,
         totals.checkpoints, totals.dedupes, totals.expected_conflicts
     );
+    println!("fault points (reached / fired):");
+    for name in starcite_shards::fault::ALL_POINTS {
+        let reached = points.reached.get(name).copied().unwrap_or(0);
+        let fired = points.fired.get(name).copied().unwrap_or(0);
+        println!("  {name:32} {reached:>9} / {fired}{}", if fired == 0 { "   <- never fired" } else { "" });
+    }
     println!("invariant violations: {} seed(s) {:?}", failed.len(), failed);
     if !failed.is_empty() {
         std::process::exit(1);

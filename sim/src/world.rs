@@ -391,6 +391,10 @@ impl World {
             self.send_message(node, group, msg);
         }
         for (attempt, result) in out.completions {
+            if !self.faults_over && self.rng.chance(self.cfg.drop) {
+                self.stats.dropped += 1; // the client's timeout retries
+                continue;
+            }
             let d = self.net_delay();
             self.schedule(d, Event::Reply { attempt, result });
         }
@@ -468,7 +472,9 @@ impl World {
 
     fn send(&mut self, attempt: u64, node: usize) {
         let Some(a) = self.work.attempts.get(&attempt).copied() else { return };
-        if !self.nodes[node].up || self.work.ops[a.op].done {
+        let lost = !self.faults_over && self.rng.chance(self.cfg.drop);
+        if lost || !self.nodes[node].up || self.work.ops[a.op].done {
+            self.stats.dropped += u64::from(lost);
             return; // lost: the client's timeout retries
         }
         let group = self.work.ops[a.op].group;
