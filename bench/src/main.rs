@@ -1,0 +1,732 @@
+//! `starcite-bench`: closed-loop load generator for the Starcite HTTP API.
+//!
+//! ```text
+//! starcite-bench append --url http://127.0.0.1:4000 --producers 1,16,64 \
+//!     --duration-secs 10 --payload-bytes 200 [--sessions N] [--json out.json]
+//! starcite-bench idle-cpu --pid P --secs 10
+//! ```
+//!
+//! `append`: for each producer count, every producer is one OS thread with its
+//! own keep-alive TCP connection sending raw HTTP/1.1 POSTs (request bytes
+//! precomputed; only `producer_seq` changes), one request in flight at a time.
+//! Latency of every request completed after the warm-up is recorded in a
+//! per-producer HDR histogram; histograms are merged per run.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "starcite-bench", about = "Load generator and benchmarks for Starcite")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Closed-loop append throughput/latency over HTTP.
+    Append(AppendArgs),
+    /// CPU use of an (idle) process, in % of one core, from /proc/PID/stat.
+    IdleCpu(IdleArgs),
+}
+
+#[derive(Args, Clone)]
+struct AppendArgs {
+    /// Base URL of a Starcite node (http only).
+    #[arg(long, default_value = "http://127.0.0.1:4000")]
+    url: String,
+    /// Comma-separated producer counts; one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    producers: Vec<usize>,
+    /// Measured duration of each run (warm-up excluded).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Warm-up before measuring, per run.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Approximate size of the event payload in bytes.
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// Number of sessions shared by the producers (round-robin). 0 = one
+    /// session per producer.
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    /// Bearer token to send (for JWT-mode servers).
+    #[arg(long)]
+    token: Option<String>,
+    /// Write the JSON report here as well.
+    #[arg(long)]
+    json: Option<String>,
+    /// Per-request I/O timeout.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// Process id to measure.
+    #[arg(long)]
+    pid: u32,
+    /// Measurement window.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Write the JSON report here as well.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Append(a) => cmd_append(a),
+        Cmd::IdleCpu(a) => cmd_idle_cpu(a),
+    };
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------
+// URL / HTTP plumbing
+// ---------------------------------------------------------------------------
+
+struct Target {
+    addr: SocketAddr,
+    host_header: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    if hostport.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    let with_port = if hostport.starts_with('[') {
+        if hostport.contains("]:") {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:80")
+        }
+    } else if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {with_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{with_port} resolves to nothing"))?;
+    Ok(Target {
+        addr,
+        host_header: hostport.to_string(),
+    })
+}
+
+struct Conn {
+    addr: SocketAddr,
+    timeout: Duration,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    rbuf: Box<[u8; 65536]>,
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    body: Vec<u8>,
+    close: bool,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Conn {
+            addr,
+            timeout,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+            rbuf: Box::new([0u8; 65536]),
+        }
+    }
+
+    fn ensure(&mut self) -> std::io::Result<()> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(self.timeout))?;
+            s.set_write_timeout(Some(self.timeout))?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends `req` and reads one response. On error the connection is dropped.
+    fn roundtrip(&mut self, req: &[u8]) -> std::io::Result<Resp> {
+        self.ensure()?;
+        let r = self.roundtrip_inner(req);
+        match &r {
+            Ok(resp) if resp.close => self.stream = None,
+            Err(_) => self.stream = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let s = self.stream.as_mut().unwrap();
+        let n = s.read(&mut self.rbuf[..])?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&self.rbuf[..n]);
+        Ok(())
+    }
+
+    fn roundtrip_inner(&mut self, req: &[u8]) -> std::io::Result<Resp> {
+        self.stream.as_mut().unwrap().write_all(req)?;
+        let head_end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p;
+            }
+            self.fill()?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "non-UTF-8 head"))?;
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, "bad status line"))?;
+        let mut len = None;
+        let mut close = false;
+        let mut chunked = false;
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.eq_ignore_ascii_case("close");
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.to_ascii_lowercase().contains("chunked");
+                }
+            }
+        }
+        self.buf.drain(..head_end + 4);
+        if chunked {
+            return Err(std::io::Error::new(
+                ErrorKind::Unsupported,
+                "chunked responses are not supported by the bench client",
+            ));
+        }
+        let body = match len {
+            Some(n) => {
+                while self.buf.len() < n {
+                    self.fill()?;
+                }
+                self.buf.drain(..n).collect()
+            }
+            None => {
+                close = true;
+                loop {
+                    match self.fill() {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                std::mem::take(&mut self.buf)
+            }
+        };
+        Ok(Resp {
+            status,
+            body,
+            close,
+        })
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+fn post_once(t: &Target, path: &str, body: &[u8], token: Option<&str>, timeout: Duration) -> std::io::Result<Resp> {
+    let mut c = Conn::new(t.addr, timeout);
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        t.host_header,
+        body.len()
+    );
+    if let Some(tok) = token {
+        req.push_str(&format!("Authorization: Bearer {tok}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    c.roundtrip(&bytes)
+}
+
+fn pct(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// append
+// ---------------------------------------------------------------------------
+
+/// Precomputed request: `prefix` + producer_seq + `suffix`, with the
+/// Content-Length patched per request.
+struct ReqTemplate {
+    head_before_len: Vec<u8>,
+    body_prefix: Vec<u8>,
+    body_suffix: Vec<u8>,
+}
+
+impl ReqTemplate {
+    fn new(host: &str, session: &str, producer_id: &str, payload_bytes: usize, token: Option<&str>) -> Self {
+        let mut head = format!(
+            "POST /v1/sessions/{}/append HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n",
+            pct(session)
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head.push_str("Content-Length: ");
+        // Payload {"data":"xxx…"} sized to roughly payload_bytes.
+        let fill = payload_bytes.saturating_sub(11).max(1);
+        let pid = serde_json::to_string(producer_id).unwrap();
+        let body_prefix = format!(
+            r#"{{"type":"bench.append","payload":{{"data":"{}"}},"producer_id":{pid},"producer_seq":"#,
+            "x".repeat(fill)
+        );
+        ReqTemplate {
+            head_before_len: head.into_bytes(),
+            body_prefix: body_prefix.into_bytes(),
+            body_suffix: b"}".to_vec(),
+        }
+    }
+
+    fn render(&self, seq: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let digits = itoa(seq);
+        let len = self.body_prefix.len() + digits.len() + self.body_suffix.len();
+        out.extend_from_slice(&self.head_before_len);
+        out.extend_from_slice(itoa(len as u64).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.body_prefix);
+        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(&self.body_suffix);
+    }
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+#[derive(Default)]
+struct ProducerResult {
+    ok: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    hist: Option<Histogram<u64>>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits.
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram")
+}
+
+struct RunResult {
+    producers: usize,
+    sessions: usize,
+    ok: u64,
+    errors: u64,
+    measured_secs: f64,
+    hist: Histogram<u64>,
+    error_samples: Vec<String>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl RunResult {
+    fn throughput(&self) -> f64 {
+        if self.measured_secs > 0.0 {
+            self.ok as f64 / self.measured_secs
+        } else {
+            0.0
+        }
+    }
+    fn to_json(&self) -> Value {
+        let h = &self.hist;
+        let empty = h.len() == 0;
+        let q = |p: f64| if empty { Value::Null } else { json!(ms(h.value_at_quantile(p))) };
+        json!({
+            "producers": self.producers,
+            "sessions": self.sessions,
+            "appends": self.ok,
+            "errors": self.errors,
+            "measured_secs": self.measured_secs,
+            "throughput_per_sec": self.throughput(),
+            "latency_ms": {
+                "p50": q(0.50),
+                "p90": q(0.90),
+                "p99": q(0.99),
+                "p99_9": q(0.999),
+                "max": if empty { Value::Null } else { json!(ms(h.max())) },
+                "mean": if empty { Value::Null } else { json!(h.mean() / 1000.0) },
+            },
+            "error_samples": self.error_samples,
+        })
+    }
+}
+
+fn create_session(t: &Target, id: &str, token: Option<&str>, timeout: Duration) -> Result<(), String> {
+    let body = json!({"id": id, "title": "bench", "metadata": {"bench": "append"}}).to_string();
+    match post_once(t, "/v1/sessions", body.as_bytes(), token, timeout) {
+        Ok(r) if r.status == 201 || r.status == 409 => Ok(()),
+        Ok(r) => Err(format!(
+            "create session {id}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        )),
+        Err(e) => Err(format!("create session {id}: {e}")),
+    }
+}
+
+fn run_append(args: &AppendArgs, t: &Target, producers: usize, run_tag: &str) -> Result<RunResult, String> {
+    let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let token = args.token.as_deref();
+    let n_sessions = if args.sessions == 0 { producers } else { args.sessions };
+    let sessions: Vec<String> = (0..n_sessions).map(|i| format!("bench-{run_tag}-p{producers}-s{i}")).collect();
+    for s in &sessions {
+        create_session(t, s, token, timeout)?;
+    }
+    let warmup = Duration::from_secs_f64(args.warmup_secs.max(0.0));
+    let measure = Duration::from_secs(args.duration_secs);
+    // Common clock for all producers.
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+
+    let handles: Vec<_> = (0..producers)
+        .map(|i| {
+            let session = sessions[i % sessions.len()].clone();
+            let producer_id = format!("bench-{run_tag}-{producers}-{i}");
+            let tpl = ReqTemplate::new(&t.host_header, &session, &producer_id, args.payload_bytes, token);
+            let addr = t.addr;
+            std::thread::Builder::new()
+                .name(format!("producer-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || producer_loop(addr, timeout, tpl, start, measure_from, end))
+                .expect("spawn producer thread")
+        })
+        .collect();
+
+    let mut hist = new_hist();
+    let mut ok = 0;
+    let mut errors = 0;
+    let mut samples = Vec::new();
+    for h in handles {
+        let r = h.join().map_err(|_| "producer thread panicked".to_string())?;
+        ok += r.ok;
+        errors += r.errors;
+        if let Some(ph) = r.hist {
+            hist.add(&ph).map_err(|e| format!("merge histogram: {e:?}"))?;
+        }
+        for s in r.error_samples {
+            if samples.len() < 5 && !samples.contains(&s) {
+                samples.push(s);
+            }
+        }
+    }
+    Ok(RunResult {
+        producers,
+        sessions: n_sessions,
+        ok,
+        errors,
+        measured_secs: measure.as_secs_f64(),
+        hist,
+        error_samples: samples,
+    })
+}
+
+fn producer_loop(
+    addr: SocketAddr,
+    timeout: Duration,
+    tpl: ReqTemplate,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) -> ProducerResult {
+    let mut res = ProducerResult::default();
+    let mut hist = new_hist();
+    let mut conn = Conn::new(addr, timeout);
+    let mut req = Vec::with_capacity(tpl.head_before_len.len() + tpl.body_prefix.len() + 64);
+    let now = Instant::now();
+    if start > now {
+        std::thread::sleep(start - now);
+    }
+    let _ = conn.ensure();
+    let mut seq: u64 = 1;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        tpl.render(seq, &mut req);
+        let r = conn.roundtrip(&req);
+        let t1 = Instant::now();
+        let measured = t0 >= measure_from && t1 <= end;
+        match r {
+            Ok(resp) if resp.status == 201 => {
+                seq += 1;
+                if measured {
+                    res.ok += 1;
+                    let us = (t1 - t0).as_micros().max(1) as u64;
+                    let _ = hist.record(us.min(60_000_000));
+                }
+            }
+            Ok(resp) => {
+                // A 409 producer_seq_conflict would mean our seq bookkeeping
+                // diverged (e.g. an earlier timeout that committed); a retry
+                // of the same seq dedupes, so keep the seq and move on.
+                if measured {
+                    res.errors += 1;
+                }
+                if res.error_samples.len() < 3 {
+                    res.error_samples.push(format!(
+                        "{} {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                    ));
+                }
+                if resp.status == 409 {
+                    // Resync: the seq was probably already accepted.
+                    seq += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                if measured {
+                    res.errors += 1;
+                }
+                if res.error_samples.len() < 3 {
+                    res.error_samples.push(format!("io: {e}"));
+                }
+                // Same seq is retried on a new connection (dedupes if it landed).
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    res.hist = Some(hist);
+    res
+}
+
+fn cmd_append(args: AppendArgs) -> i32 {
+    let t = match parse_url(&args.url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if args.producers.is_empty() || args.producers.contains(&0) {
+        eprintln!("error: --producers must be positive counts");
+        return 2;
+    }
+    let run_tag = format!(
+        "{:x}",
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    );
+    let mut results = Vec::new();
+    for &n in &args.producers {
+        eprintln!(
+            "running: {n} producers, {} s (+{} s warm-up), payload {} B, sessions {}",
+            args.duration_secs,
+            args.warmup_secs,
+            args.payload_bytes,
+            if args.sessions == 0 { n } else { args.sessions }
+        );
+        match run_append(&args, &t, n, &run_tag) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+    }
+    println!(
+        "{:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "producers", "sessions", "appends/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+    );
+    for r in &results {
+        let h = &r.hist;
+        let f = |p: f64| {
+            if h.len() == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", ms(h.value_at_quantile(p)))
+            }
+        };
+        println!(
+            "{:>9} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            r.producers,
+            r.sessions,
+            r.throughput(),
+            f(0.5),
+            f(0.9),
+            f(0.99),
+            f(0.999),
+            if h.len() == 0 { "-".to_string() } else { format!("{:.3}", ms(h.max())) },
+            r.errors
+        );
+    }
+    let doc = json!({
+        "benchmark": "append",
+        "url": args.url,
+        "duration_secs": args.duration_secs,
+        "warmup_secs": args.warmup_secs,
+        "payload_bytes": args.payload_bytes,
+        "sessions_option": args.sessions,
+        "closed_loop": true,
+        "results": results.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    println!("{text}");
+    if let Some(path) = &args.json {
+        if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+            eprintln!("error: write {path}: {e}");
+            return 1;
+        }
+    }
+    let any_ok = results.iter().any(|r| r.ok > 0);
+    if any_ok {
+        0
+    } else {
+        eprintln!("error: no append succeeded");
+        1
+    }
+}
+
+// ---------------------------------------------------------------------------
+// idle-cpu
+// ---------------------------------------------------------------------------
+
+/// utime + stime in clock ticks from /proc/PID/stat.
+fn proc_cpu_ticks(pid: u32) -> Result<u64, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+    // Fields after the command name (which may contain spaces/parens).
+    let after = s
+        .rfind(')')
+        .map(|i| &s[i + 1..])
+        .ok_or("malformed /proc stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after ')' : f[0] = state (field 3); utime = field 14 → f[11], stime = field 15 → f[12].
+    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
+    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
+    Ok(utime + stime)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&v: &u64| v > 0)
+        .unwrap_or(100)
+}
+
+fn cmd_idle_cpu(a: IdleArgs) -> i32 {
+    let hz = clock_ticks_per_sec();
+    let t0 = Instant::now();
+    let before = match proc_cpu_ticks(a.pid) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    std::thread::sleep(Duration::from_secs(a.secs.max(1)));
+    let after = match proc_cpu_ticks(a.pid) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu_secs = (after.saturating_sub(before)) as f64 / hz as f64;
+    let pct = cpu_secs / wall * 100.0;
+    println!("pid {} used {:.3} s CPU in {:.2} s wall: {:.2}% of one core", a.pid, cpu_secs, wall, pct);
+    let doc = json!({
+        "benchmark": "idle-cpu",
+        "pid": a.pid,
+        "wall_secs": wall,
+        "cpu_secs": cpu_secs,
+        "clock_ticks_per_sec": hz,
+        "percent_of_one_core": pct,
+    });
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    println!("{text}");
+    if let Some(path) = &a.json {
+        if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+            eprintln!("error: write {path}: {e}");
+            return 1;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_renders_valid_json_with_content_length() {
+        let t = ReqTemplate::new("h:1", "s 1", "p", 200, None);
+        let mut out = Vec::new();
+        t.render(12345, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        let (head, body) = s.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/sessions/s%201/append HTTP/1.1\r\n"));
+        let cl: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(cl, body.len());
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["producer_seq"], 12345);
+        assert_eq!(v["producer_id"], "p");
+        let payload_len = serde_json::to_string(&v["payload"]).unwrap().len();
+        assert!((195..=205).contains(&payload_len), "{payload_len}");
+    }
+
+    #[test]
+    fn parses_urls() {
+        let t = parse_url("http://127.0.0.1:4000").unwrap();
+        assert_eq!(t.addr.port(), 4000);
+        assert_eq!(t.host_header, "127.0.0.1:4000");
+        assert!(parse_url("https://x").is_err());
+    }
+}

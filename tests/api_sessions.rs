@@ -1,0 +1,509 @@
+//! Black-box tests: session create / list, routing envelope, content
+//! negotiation, HEAD, health endpoints (api-contract §1, §4.1, §4.2, §5.1,
+//! §5.2, §5.5, §14).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 20
+        && id.starts_with("ses_")
+        && id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn assert_service_principal(p: &Value) {
+    assert_eq!(
+        p,
+        &json!({"tenant_id": "service", "id": "service", "type": "service"}),
+        "creator_principal"
+    );
+}
+
+#[test]
+fn create_generates_id_and_has_contract_shape() {
+    let s = Server::start_default();
+    let (st, v) = post_json(s.port(), "/v1/sessions", &json!({}));
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().expect("id string");
+    assert!(is_generated_id(id), "generated id {id:?} is not ses_ + 16 url-safe chars");
+    assert_eq!(v["title"], Value::Null);
+    assert_eq!(v["metadata"], json!({}));
+    assert_eq!(v["last_seq"], json!(0));
+    assert_service_principal(&v["creator_principal"]);
+    let created = v["created_at"].as_str().expect("created_at");
+    assert!(is_micro_ts(created), "created_at {created:?}");
+    assert_eq!(v["updated_at"], v["created_at"], "updated_at == created_at");
+    assert!(v.get("tenant_id").is_none(), "no top-level tenant_id in create response: {v}");
+    let keys: std::collections::BTreeSet<_> = v.as_object().unwrap().keys().cloned().collect();
+    let want: std::collections::BTreeSet<String> = [
+        "id",
+        "title",
+        "creator_principal",
+        "metadata",
+        "last_seq",
+        "created_at",
+        "updated_at",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(keys, want, "create response keys");
+    let ct = get(s.port(), "/health/live");
+    assert!(ct.header("content-type").unwrap_or("").starts_with("application/json"));
+
+    // Two generated ids differ.
+    let (_, v2) = post_json(s.port(), "/v1/sessions", &json!({"title": null}));
+    assert!(is_generated_id(v2["id"].as_str().unwrap()));
+    assert_ne!(v["id"], v2["id"]);
+}
+
+#[test]
+fn create_with_given_id_title_metadata() {
+    let s = Server::start_default();
+    let meta = json!({"workflow": "legal", "nested": {"a": [1, 2, {"b": null}]}, "tenant_id": "beta"});
+    let v = create_session_with(
+        s.port(),
+        json!({"id": "my session/1", "title": "Contract review", "metadata": meta,
+               "creator_principal": {"tenant_id": "evil"}, "tenant_id": "evil", "unknown": 5}),
+    );
+    assert_eq!(v["id"], "my session/1");
+    assert_eq!(v["title"], "Contract review");
+    assert_eq!(v["metadata"], meta, "metadata stored verbatim (tenant_id not injected/checked)");
+    assert_service_principal(&v["creator_principal"]);
+    assert_eq!(v["last_seq"], 0);
+
+    // Empty-string title is allowed.
+    let v = create_session_with(s.port(), json!({"id": "t-empty", "title": ""}));
+    assert_eq!(v["title"], "");
+    // Whitespace id is a valid id (nothing is trimmed).
+    let v = create_session_with(s.port(), json!({"id": " "}));
+    assert_eq!(v["id"], " ");
+    // Content-Type is irrelevant: JSON is parsed whatever it says (§14.16).
+    let r = request(
+        s.port(),
+        "POST",
+        "/v1/sessions",
+        &[("Content-Type", "text/plain")],
+        Some(br#"{"id":"ct-text"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["id"], "ct-text");
+    let r = request(s.port(), "POST", "/v1/sessions", &[], Some(br#"{"id":"ct-none"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["id"], "ct-none");
+}
+
+#[test]
+fn create_validation_errors() {
+    let s = Server::start_default();
+    let p = s.port();
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"id": ""}), "invalid_event"),
+        (json!({"id": 123}), "invalid_event"),
+        (json!({"id": true}), "invalid_event"),
+        (json!({"id": ["a"]}), "invalid_event"),
+        (json!({"id": {"a": 1}}), "invalid_event"),
+        (json!({"title": 5}), "invalid_event"),
+        (json!({"title": {"a": 1}}), "invalid_event"),
+        (json!({"title": ["x"]}), "invalid_event"),
+        (json!({"metadata": []}), "invalid_metadata"),
+        (json!({"metadata": "x"}), "invalid_metadata"),
+        (json!({"metadata": 1}), "invalid_metadata"),
+        (json!({"metadata": true}), "invalid_metadata"),
+        // Order: id, then title, then metadata.
+        (json!({"id": 1, "title": 2, "metadata": "x"}), "invalid_event"),
+        (json!({"title": 2, "metadata": "x"}), "invalid_event"),
+    ];
+    for (body, code) in cases {
+        let (st, v) = post_json(p, "/v1/sessions", &body);
+        assert_error(st, &v, 400, code);
+        if code == "invalid_event" {
+            assert_eq!(v["message"], "Invalid event payload", "{body}");
+        } else {
+            assert_eq!(v["message"], "Invalid metadata payload", "{body}");
+        }
+    }
+    // Null counts as absent.
+    let v = create_session_with(p, json!({"id": "nulls", "title": null, "metadata": null}));
+    assert_eq!(v["metadata"], json!({}));
+    // A non-object top level contributes no fields → a generated id.
+    let (st, v) = post_json(p, "/v1/sessions", &json!([1, 2, 3]));
+    assert_eq!(st, 201, "{v}");
+    assert!(is_generated_id(v["id"].as_str().unwrap()), "{v}");
+    // None of the failures created anything: only the successful creates exist.
+    let rows = list_all(p, "");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+#[test]
+fn create_duplicate_is_session_exists() {
+    let s = Server::start_default();
+    create_session_with(s.port(), json!({"id": "dup", "title": "first", "metadata": {"k": "v"}}));
+    let (st, v) = post_json(
+        s.port(),
+        "/v1/sessions",
+        &json!({"id": "dup", "title": "second", "metadata": {"k": "other"}}),
+    );
+    assert_error(st, &v, 409, "session_exists");
+    assert_eq!(v["message"], "Session already exists");
+    // No side effects: the original is unchanged.
+    let rows = list_all(s.port(), "");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["title"], "first");
+    assert_eq!(rows[0]["metadata"], json!({"k": "v"}));
+}
+
+#[test]
+fn malformed_json_is_invalid_event() {
+    let s = Server::start_default();
+    for body in [&b"{\"id\":"[..], b"{not json}", b"\xff\xfe", b"{\"id\":\"a\"} trailing"] {
+        let r = post_raw(s.port(), "/v1/sessions", body);
+        assert_error_resp(&r, 400, "invalid_event");
+    }
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sessions array: {v}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn list_pages_with_limit_and_cursor() {
+    let s = Server::start_default();
+    let p = s.port();
+    // Created out of order; list is ascending by id bytes.
+    let mut want: Vec<String> = Vec::new();
+    for i in [5, 3, 7, 1, 2, 6, 4] {
+        let id = format!("s-{i:02}");
+        create_session_with(p, json!({"id": id, "title": format!("t{i}"), "metadata": {"i": i.to_string()}}));
+        want.push(id);
+    }
+    // "B-upper" sorts before "s-.." in byte order.
+    create_session(p, "B-upper");
+    want.push("B-upper".into());
+    want.sort();
+
+    let (st, v) = get_json(p, "/v1/sessions?limit=3");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v), want[0..3].to_vec());
+    assert_eq!(v["next_cursor"], json!(want[2]));
+
+    let (st, v) = get_json(p, &format!("/v1/sessions?limit=3&cursor={}", want[2]));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v), want[3..6].to_vec());
+    assert_eq!(v["next_cursor"], json!(want[5]));
+
+    let (st, v) = get_json(p, &format!("/v1/sessions?limit=3&cursor={}", want[5]));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v), want[6..8].to_vec());
+    assert_eq!(v["next_cursor"], Value::Null, "next_cursor null on the last page: {v}");
+    assert!(v.as_object().unwrap().contains_key("next_cursor"), "next_cursor key present");
+
+    // Cursor is "strictly greater than" and need not be an existing id.
+    let (_, v) = get_json(p, "/v1/sessions?limit=100&cursor=s-035");
+    assert_eq!(ids(&v), vec!["s-04", "s-05", "s-06", "s-07"]);
+    let (_, v) = get_json(p, "/v1/sessions?cursor=zzz");
+    assert_eq!(ids(&v), Vec::<String>::new());
+    assert_eq!(v["next_cursor"], Value::Null);
+
+    // Default limit (100) returns all 8; digits-string limit is accepted.
+    let (_, v) = get_json(p, "/v1/sessions");
+    assert_eq!(ids(&v), want);
+    assert_eq!(v["next_cursor"], Value::Null);
+    let (st, v) = get_json(p, "/v1/sessions?limit=002");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v), want[0..2].to_vec());
+    let (st, v) = get_json(p, "/v1/sessions?limit=%2B2");
+    assert_eq!(st, 200, "limit=+2: {v}");
+    assert_eq!(ids(&v), want[0..2].to_vec());
+    let (st, v) = get_json(p, "/v1/sessions?limit=1000");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v).len(), 8);
+}
+
+#[test]
+fn list_next_cursor_null_when_last_page_is_full() {
+    // §14.14: next_cursor is null on the last page, also when that page is full.
+    let s = Server::start_default();
+    for i in 0..4 {
+        create_session(s.port(), &format!("full-{i}"));
+    }
+    let (_, v) = get_json(s.port(), "/v1/sessions?limit=2");
+    assert_eq!(v["next_cursor"], "full-1");
+    let (_, v) = get_json(s.port(), "/v1/sessions?limit=2&cursor=full-1");
+    assert_eq!(ids(&v), vec!["full-2", "full-3"]);
+    assert_eq!(v["next_cursor"], Value::Null, "{v}");
+}
+
+#[test]
+fn list_rows_shape_and_last_seq() {
+    let s = Server::start_default();
+    let p = s.port();
+    let created = create_session_with(p, json!({"id": "row", "title": "T", "metadata": {"a": "b"}}));
+    create_session(p, "row-empty");
+    for i in 1..=3 {
+        append_ok(p, "row", &event("w", i));
+    }
+    let (st, v) = get_json(p, "/v1/sessions");
+    assert_eq!(st, 200);
+    let rows = v["sessions"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let row = &rows[0];
+    assert_eq!(row["id"], "row");
+    assert_eq!(row["title"], "T");
+    assert_eq!(row["tenant_id"], "service");
+    assert_service_principal(&row["creator_principal"]);
+    assert_eq!(row["metadata"], json!({"a": "b"}));
+    assert_eq!(row["created_at"], created["created_at"]);
+    assert_eq!(row["last_seq"], 3, "list row last_seq (§14.8): {row}");
+    let upd = row["updated_at"].as_str().expect("updated_at");
+    assert!(is_micro_ts(upd), "updated_at {upd:?}");
+    assert!(upd >= created["created_at"].as_str().unwrap(), "updated_at >= created_at");
+    assert_eq!(rows[1]["id"], "row-empty");
+    assert_eq!(rows[1]["last_seq"], 0);
+    assert_eq!(rows[1]["title"], Value::Null);
+}
+
+#[test]
+fn list_invalid_limit_cursor_metadata() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "x");
+    for q in ["limit=0", "limit=1001", "limit=abc", "limit=-1", "limit=1.5", "limit=", "limit=1e2", "limit[a]=1"] {
+        let (st, v) = get_json(p, &format!("/v1/sessions?{q}"));
+        assert_error(st, &v, 400, "invalid_limit");
+        assert_eq!(v["message"], "Invalid limit value", "{q}");
+    }
+    for q in ["cursor=", "cursor[a]=b", "cursor[]=b"] {
+        let (st, v) = get_json(p, &format!("/v1/sessions?{q}"));
+        assert_error(st, &v, 400, "invalid_cursor");
+        assert_eq!(v["message"], "Invalid cursor value", "{q}");
+    }
+    for q in ["metadata=x", "metadata[]=x", "metadata[a][b]=x", "metadata[a][]=x"] {
+        let (st, v) = get_json(p, &format!("/v1/sessions?{q}"));
+        assert_error(st, &v, 400, "invalid_metadata");
+        assert_eq!(v["message"], "Invalid metadata payload", "{q}");
+    }
+    // Order: limit, then cursor, then metadata.
+    let (st, v) = get_json(p, "/v1/sessions?limit=0&cursor=&metadata=x");
+    assert_error(st, &v, 400, "invalid_limit");
+    let (st, v) = get_json(p, "/v1/sessions?cursor=&metadata=x");
+    assert_error(st, &v, 400, "invalid_cursor");
+}
+
+#[test]
+fn list_metadata_filters_nested_and_dotted() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session_with(p, json!({"id": "a", "metadata": {"team": "red", "env": "prod"}}));
+    create_session_with(p, json!({"id": "b", "metadata": {"team": "red", "env": "dev"}}));
+    create_session_with(p, json!({"id": "c", "metadata": {"team": "blue", "env": "prod", "a.b": "1"}}));
+    create_session_with(p, json!({"id": "d", "metadata": {"a": {"b": "1"}, "n": 1, "team": "red team"}}));
+    create_session(p, "e");
+
+    let q = |query: &str| -> Vec<String> {
+        let (st, v) = get_json(p, &format!("/v1/sessions?{query}"));
+        assert_eq!(st, 200, "{query}: {v}");
+        ids(&v)
+    };
+    assert_eq!(q("metadata[team]=red"), vec!["a", "b"]);
+    assert_eq!(q("metadata%5Bteam%5D=red"), vec!["a", "b"], "percent-encoded brackets");
+    assert_eq!(q("metadata[team]=red&metadata[env]=prod"), vec!["a"]);
+    assert_eq!(q("metadata.team=red"), vec!["a", "b"]);
+    assert_eq!(q("metadata.team=red+team"), vec!["d"], "form decoding of +");
+    assert_eq!(q("metadata.team=red%20team"), vec!["d"]);
+    assert_eq!(q("metadata.env=prod&metadata[team]=blue"), vec!["c"]);
+    // Dotted form filters the literal top-level key "a.b", not a path.
+    assert_eq!(q("metadata.a.b=1"), vec!["c"]);
+    // Same key in both forms: the dotted one wins.
+    assert_eq!(q("metadata[team]=blue&metadata.team=red"), vec!["a", "b"]);
+    assert_eq!(q("metadata.team=red&metadata[team]=blue"), vec!["a", "b"]);
+    // Query values are strings: numeric metadata never matches over HTTP.
+    assert_eq!(q("metadata[n]=1"), Vec::<String>::new());
+    // No match.
+    assert_eq!(q("metadata[team]=green"), Vec::<String>::new());
+    // Dotted non-scalar values are dropped silently (no filter).
+    assert_eq!(q("metadata.team[x]=red"), vec!["a", "b", "c", "d", "e"]);
+    // Filters combine with paging.
+    let (_, v) = get_json(p, "/v1/sessions?metadata[team]=red&limit=1");
+    assert_eq!(ids(&v), vec!["a"]);
+    assert_eq!(v["next_cursor"], "a");
+    let (_, v) = get_json(p, "/v1/sessions?metadata[team]=red&limit=1&cursor=a");
+    assert_eq!(ids(&v), vec!["b"]);
+    assert_eq!(v["next_cursor"], Value::Null, "no more matching rows after b: {v}");
+}
+
+#[test]
+fn unknown_routes_are_not_found_envelope() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "r");
+    for (m, path) in [
+        ("GET", "/nope"),
+        ("GET", "/"),
+        ("POST", "/v1/sessions/r/unknown"),
+        ("DELETE", "/v1/sessions"),
+        ("PUT", "/v1/sessions/r/append"),
+        ("GET", "/v1/sessions/r/append"),
+        ("POST", "/health/live"),
+        ("GET", "/v1/sessions/r"),
+        ("GET", "/v2/sessions"),
+    ] {
+        let r = request(p, m, path, &[], if m == "GET" { None } else { Some(b"{}") });
+        assert_error_resp(&r, 404, "not_found");
+    }
+}
+
+#[test]
+fn accept_header_negotiation() {
+    let s = Server::start_default();
+    let p = s.port();
+    for accept in ["text/html", "text/plain", "application/xml"] {
+        let r = request(p, "GET", "/v1/sessions", &[("Accept", accept)], None);
+        assert_eq!(r.status, 406, "Accept: {accept} → {} {}", r.status, r.text());
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("406 body not JSON: {:?}", r.text()));
+        assert!(v["error"].is_string() && v["message"].is_string(), "406 envelope: {v}");
+        let r = request(p, "POST", "/v1/sessions", &[("Accept", accept)], Some(b"{}"));
+        assert_eq!(r.status, 406, "POST with Accept: {accept}: {}", r.text());
+    }
+    // Nothing was created by the refused POSTs.
+    assert_eq!(list_all(p, "").len(), 0);
+    for accept in [
+        "application/json",
+        "*/*",
+        "application/*",
+        "text/html, application/json;q=0.9",
+        "text/html,*/*;q=0.8",
+    ] {
+        let r = request(p, "GET", "/v1/sessions", &[("Accept", accept)], None);
+        assert_eq!(r.status, 200, "Accept: {accept} → {} {}", r.status, r.text());
+    }
+    // Health routes are not /v1 routes.
+    let r = request(p, "GET", "/health/live", &[("Accept", "text/html")], None);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn head_behaves_like_get_without_body() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "h");
+    for path in ["/health/live", "/health/ready", "/v1/sessions", "/v1/sessions?limit=1"] {
+        let r = raw_request(
+            p,
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert!(r.body.is_empty());
+    }
+    // HEAD on an unknown route is 404 like GET.
+    let r = raw_request(p, b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 404);
+    // HEAD followed by GET on one keep-alive connection: the HEAD response
+    // must not carry a body that would corrupt the next response.
+    let mut st = connect(p, IO_TIMEOUT).unwrap();
+    use std::io::Write;
+    st.write_all(b"HEAD /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let r1 = read_response(&mut st, &mut buf, true).unwrap();
+    assert_eq!(r1.status, 200);
+    let r2 = read_response(&mut st, &mut buf, false).unwrap();
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.json(), json!({"status": "ok"}));
+}
+
+#[test]
+fn health_endpoints() {
+    let s = Server::start_default();
+    let (st, v) = get_json(s.port(), "/health/live");
+    assert_eq!((st, v), (200, json!({"status": "ok"})));
+    let (st, v) = get_json(s.port(), "/health/ready");
+    assert_eq!((st, v), (200, json!({"status": "ok", "mode": "write_node"})));
+    let r = get(s.port(), "/health/ready");
+    assert!(r.header("content-type").unwrap_or("").starts_with("application/json"));
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let s = Server::start_default();
+    let p = s.port();
+    // Many requests on one connection.
+    let mut c = HttpConn::new(p);
+    for i in 0..20 {
+        let (st, v) = c.post_json("/v1/sessions", &json!({"id": format!("ka-{i:02}")}));
+        assert_eq!(st, 201, "{v}");
+    }
+    // Pipelined requests: answers in order.
+    let mut st = connect(p, IO_TIMEOUT).unwrap();
+    use std::io::Write;
+    let mut reqs = Vec::new();
+    for i in 0..5 {
+        let body = format!(r#"{{"id":"pipe-{i}"}}"#);
+        reqs.extend_from_slice(
+            format!(
+                "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    st.write_all(&reqs).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        let r = read_response(&mut st, &mut buf, false).unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(r.json()["id"], format!("pipe-{i}"));
+    }
+    assert_eq!(list_all(p, "").len(), 25);
+}
+
+#[test]
+fn garbage_and_hostile_requests_do_not_hurt_the_server() {
+    let s = Server::start_default();
+    let p = s.port();
+    // Plain garbage: a 400 or a closed connection, never a hang or crash.
+    for raw in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nBad Header Without Colon\r\n\r\n",
+    ] {
+        match try_request(p, raw, false, IO_TIMEOUT) {
+            Ok(r) => assert!(
+                (400..500).contains(&r.status) || r.status == 505,
+                "garbage {raw:?} → {}",
+                r.status
+            ),
+            Err(e) => assert!(
+                e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+                "garbage {raw:?} made the server hang: {e}"
+            ),
+        }
+    }
+    // Conflicting duplicated Content-Length (request smuggling) must be refused.
+    let raw = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"id\":\"smug\"}";
+    if let Ok(r) = try_request(p, raw, false, IO_TIMEOUT) {
+        assert_eq!(r.status, 400, "conflicting Content-Length → {} {}", r.status, r.text());
+    }
+    // A client that connects and sends half a request then goes away.
+    {
+        use std::io::Write;
+        let mut c = connect(p, IO_TIMEOUT).unwrap();
+        c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"id\"").unwrap();
+    }
+    // The server is alive and correct afterwards.
+    let (st, v) = get_json(p, "/health/live");
+    assert_eq!((st, v), (200, json!({"status": "ok"})));
+    assert!(!list_all(p, "").iter().any(|r| r["id"] == "smug"));
+    create_session(p, "after-garbage");
+}
