@@ -1,56 +1,102 @@
-//! Checkpoints: how the per-core log stays bounded.
+//! Log compaction: per-group snapshots and segment reclamation.
 //!
-//! When enough log has been written since the last checkpoint, the shard writes a
-//! new segment that starts with, for every group, a snapshot of its state machine
-//! at the applied index (sessions, producer windows and unarchived events —
-//! decision 7), its hard state, and the entries after the applied index. Once
-//! that segment is durable every older segment is obsolete and the driver deletes
-//! them. Recovery replays segments in order, so a crash at any point of this
-//! leaves a log that recovers to the same state.
+//! The log is a sequence of segments; the driver starts a new one when the
+//! current one is full. Every group is *pinned* to the segment holding its
+//! latest snapshot record (or, before its first snapshot, the first segment):
+//! it needs that segment and every later one to recover. Segments older than
+//! every pin are obsolete and the driver deletes them.
+//!
+//! When the live log outgrows `checkpoint_bytes` (or twice the state it
+//! protects, whichever is larger, so rewriting state stays a bounded share of
+//! the writes), each write batch carries snapshots of a few of the groups with
+//! the oldest pins — bounded by `SNAPSHOT_BYTES_PER_BATCH` — so the oldest
+//! segment frees up without ever stalling a core on one huge checkpoint. A
+//! snapshot record holds the group's state machine at its applied index, its
+//! hard state and its entries after the applied index; its pin moves to the
+//! current segment once the batch is durable.
 
 use starcite_wire::record::{encode, LogRecord};
 
+use crate::limits::SNAPSHOT_BYTES_PER_BATCH;
 use crate::recovery::encode_record;
 use crate::shard::Shard;
 
 impl<W> Shard<W> {
-    /// Whether the log has grown enough to be worth a checkpoint. The threshold
-    /// grows with the checkpoint itself so rewriting state stays a bounded
-    /// fraction of the bytes written.
-    pub fn wants_checkpoint(&self) -> bool {
-        let threshold = self.cfg.checkpoint_bytes.max(2 * self.last_checkpoint_bytes);
-        let due = self.log_bytes_since_checkpoint >= threshold
-            || (self.log_bytes_since_checkpoint > 0 && crate::fault::point("shard.checkpoint.force"));
-        due && !self.has_ready()
+    /// Whether the current segment is full and the driver should start the next.
+    pub fn wants_new_segment(&self) -> bool {
+        self.segment_sizes.get(&self.segment).copied().unwrap_or(0) >= self.cfg.segment_bytes
     }
 
-    /// Writes the full checkpoint (the contents of a fresh segment after its
-    /// header) into `buf` and compacts every group's in-memory log.
-    pub fn checkpoint(&mut self, buf: &mut Vec<u8>) {
-        let start = buf.len();
-        for (gid, group) in self.groups.iter_mut() {
-            let applied = group.applied;
-            let store = group.node.store();
-            let term = if applied == store.snapshot_index() {
-                store.snapshot_term()
-            } else {
-                raft::Storage::term(store, applied).expect("applied entry is in the log")
-            };
-            let state = encode(&group.machine.snapshot()).to_vec();
-            let voters = store.voters().to_vec();
-            let hs = store.hard_state().clone();
-            let tail: Vec<_> = store.entries_in(applied + 1, u64::MAX).to_vec();
-            let record = LogRecord::Snapshot { group: *gid, index: applied, term, voters, state: state.clone() };
-            encode_record(&record, buf);
-            let commit = hs.commit.max(applied);
-            let hs_record = LogRecord::HardState { group: *gid, term: hs.term, vote: hs.vote, commit };
-            encode_record(&hs_record, buf);
-            if !tail.is_empty() {
-                crate::shard::push_entries_pub(*gid, &tail, buf);
-            }
-            group.node.mut_store().compact_to(applied, term, bytes::Bytes::from(state));
+    /// The driver started segment `seq` (after the current one).
+    pub fn segment_started(&mut self, seq: u64) {
+        assert!(seq > self.segment, "segments only move forward");
+        self.segment = seq;
+        self.segment_sizes.insert(seq, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
+    }
+
+    /// Segments with a lower number hold nothing any group needs.
+    pub fn obsolete_before(&self) -> u64 {
+        self.pins.values().copied().min().unwrap_or(self.segment)
+    }
+
+    /// Forgets the sizes of deleted segments.
+    pub fn segments_deleted(&mut self, before: u64) {
+        self.segment_sizes.retain(|seq, _| *seq >= before);
+    }
+
+    /// Bytes of the segments recovery would read.
+    pub fn live_log_bytes(&self) -> u64 {
+        self.segment_sizes.values().sum()
+    }
+
+    fn compaction_due(&self) -> bool {
+        if self.obsolete_before() >= self.segment {
+            return false; // every group already pinned to the current segment
         }
-        self.last_checkpoint_bytes = (buf.len() - start) as u64;
-        self.log_bytes_since_checkpoint = 0;
+        let threshold = self.cfg.checkpoint_bytes.max(2 * self.hot_bytes());
+        self.live_log_bytes() >= threshold || crate::fault::point("shard.checkpoint.force")
+    }
+
+    /// Appends snapshot records of the oldest-pinned groups to `buf` when
+    /// compaction is due. Their pins move when the batch is durable.
+    pub(crate) fn compact_some(&mut self, buf: &mut Vec<u8>) {
+        if !self.compaction_due() {
+            return;
+        }
+        let current = self.segment;
+        let mut oldest: Vec<(u64, u32)> =
+            self.pins.iter().filter(|(_, seg)| **seg < current).map(|(g, seg)| (*seg, *g)).collect();
+        oldest.sort_unstable();
+        let start = buf.len();
+        for (_, gid) in oldest {
+            if buf.len() - start >= SNAPSHOT_BYTES_PER_BATCH {
+                break;
+            }
+            self.snapshot_group(gid, buf);
+            self.pending_pins.push((gid, current));
+        }
+    }
+
+    fn snapshot_group(&mut self, gid: u32, buf: &mut Vec<u8>) {
+        let Some(group) = self.groups.get_mut(&gid) else { return };
+        let applied = group.applied;
+        let store = group.node.store();
+        let term = if applied == store.snapshot_index() {
+            store.snapshot_term()
+        } else {
+            raft::Storage::term(store, applied).expect("applied entry is in the log")
+        };
+        let state = encode(&group.machine.snapshot()).to_vec();
+        let voters = store.voters().to_vec();
+        let hs = store.hard_state().clone();
+        let tail = store.entries_in(applied + 1, u64::MAX).to_vec();
+        let record = LogRecord::Snapshot { group: gid, index: applied, term, voters, state: state.clone() };
+        encode_record(&record, buf);
+        let commit = hs.commit.max(applied);
+        encode_record(&LogRecord::HardState { group: gid, term: hs.term, vote: hs.vote, commit }, buf);
+        if !tail.is_empty() {
+            crate::shard::push_entries_pub(gid, &tail, buf);
+        }
+        group.node.mut_store().compact_to(applied, term, bytes::Bytes::from(state));
     }
 }

@@ -9,8 +9,13 @@ pub const DEFAULT_DEDUPE_WINDOW: usize = 128;
 pub const MAX_READ_EVENTS: usize = 1_000;
 /// Accounting overhead per hot event on top of its rendered bytes.
 pub const HOT_EVENT_OVERHEAD: u64 = 64;
-/// Log bytes written since the last checkpoint that trigger a new checkpoint.
+/// Live log size beyond which groups are snapshotted so old segments free up.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Size at which the driver starts a new log segment.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Snapshot bytes added to one write batch at most (beyond the first group), so
+/// compaction never stalls a core.
+pub const SNAPSHOT_BYTES_PER_BATCH: usize = 4 * 1024 * 1024;
 /// Raft ticks: the driver ticks every `TICK_MS`.
 pub const TICK_MS: u64 = 100;
 pub const ELECTION_TICKS: usize = 10;

@@ -28,6 +28,9 @@ pub struct RecoveredGroup {
     pub storage: GroupStorage,
     /// State-machine snapshot at `storage.snapshot_index()`, if any.
     pub snapshot_state: Option<bytes::Bytes>,
+    /// The segment holding the latest snapshot record (or the group's first
+    /// record): the oldest segment this group needs.
+    pub pin_segment: Option<u64>,
 }
 
 pub struct Recovered {
@@ -36,6 +39,8 @@ pub struct Recovered {
     pub truncate: Option<(String, u64)>,
     /// Sequence number of the last segment (the one to keep appending to).
     pub last_segment: Option<u64>,
+    /// `(segment, valid length)` of every segment, in order.
+    pub segments: Vec<(u64, u64)>,
     pub records: u64,
 }
 
@@ -57,7 +62,8 @@ pub fn recover(
     core: u32,
     owns: impl Fn(u32) -> bool,
 ) -> Result<Recovered, RecoveryError> {
-    let mut out = Recovered { groups: BTreeMap::new(), truncate: None, last_segment: None, records: 0 };
+    let mut out =
+        Recovered { groups: BTreeMap::new(), truncate: None, last_segment: None, segments: Vec::new(), records: 0 };
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let decoded = decode_segment(&seg.bytes)
@@ -82,10 +88,15 @@ pub fn recover(
             if !owns(group) {
                 return Err(RecoveryError::ForeignGroup { file: seg.name.clone(), group, core });
             }
-            replay(out.groups.entry(group).or_default(), record);
+            let g = out.groups.entry(group).or_default();
+            if g.pin_segment.is_none() || matches!(record, ArchivedLogRecord::Snapshot { .. }) {
+                g.pin_segment = Some(seg.seq);
+            }
+            replay(g, record);
             out.records += 1;
         }
         out.last_segment = Some(seg.seq);
+        out.segments.push((seg.seq, decoded.valid_len.max(starcite_wire::log::SEGMENT_HEADER_LEN as u64)));
     }
     Ok(out)
 }

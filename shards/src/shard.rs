@@ -40,7 +40,10 @@ pub struct ShardConfig {
     pub hot_bytes_limit: u64,
     /// Random per process start: tells this incarnation's proposals apart.
     pub incarnation: u64,
+    /// Live log size beyond which groups are snapshotted (see `checkpoint`).
     pub checkpoint_bytes: u64,
+    /// Segment size at which the driver starts the next segment.
+    pub segment_bytes: u64,
 }
 
 /// A client command before it is stamped and proposed.
@@ -141,8 +144,13 @@ pub struct Shard<W> {
     reserved_bytes: u64,
     dirty: BTreeSet<u32>,
     in_flight: Vec<(u32, Ready)>,
-    pub(crate) log_bytes_since_checkpoint: u64,
-    pub(crate) last_checkpoint_bytes: u64,
+    /// The segment the driver appends to, and the bytes of every live segment.
+    pub(crate) segment: u64,
+    pub(crate) segment_sizes: BTreeMap<u64, u64>,
+    /// Each group's oldest needed segment (see `checkpoint`).
+    pub(crate) pins: BTreeMap<u32, u64>,
+    /// Pins that move once the current batch is durable.
+    pub(crate) pending_pins: Vec<(u32, u64)>,
 }
 
 impl<W> Shard<W> {
@@ -157,12 +165,19 @@ impl<W> Shard<W> {
             reserved_bytes: 0,
             dirty: BTreeSet::new(),
             in_flight: Vec::new(),
-            log_bytes_since_checkpoint: 0,
-            last_checkpoint_bytes: 0,
+            segment: recovered.segments.last().map_or(1, |s| s.0),
+            segment_sizes: recovered.segments.iter().copied().collect(),
+            pins: BTreeMap::new(),
+            pending_pins: Vec::new(),
             cfg,
         };
+        if shard.segment_sizes.is_empty() {
+            shard.segment_sizes.insert(shard.segment, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
+        }
+        let first_segment = shard.segment_sizes.keys().next().copied().unwrap_or(shard.segment);
         for (gid, voters) in shard.cfg.groups.clone() {
             let rec = recovered.groups.remove(&gid).unwrap_or_default();
+            shard.pins.insert(gid, rec.pin_segment.unwrap_or(first_segment));
             let group = shard.rebuild_group(gid, voters, rec, logger)?;
             shard.hot_bytes += group.machine.hot_bytes();
             for id in group.machine.sessions.keys() {
@@ -355,12 +370,16 @@ impl<W> Shard<W> {
             }
             self.in_flight.push((gid, rd));
         }
-        self.log_bytes_since_checkpoint += (buf.len() - start) as u64;
+        self.compact_some(buf);
+        *self.segment_sizes.entry(self.segment).or_default() += (buf.len() - start) as u64;
         out
     }
 
     /// Called once the bytes of the last `prepare_write` are durable.
     pub fn on_durable(&mut self) -> Outputs<W> {
+        for (gid, seg) in std::mem::take(&mut self.pending_pins) {
+            self.pins.insert(gid, seg);
+        }
         let mut out = Outputs::default();
         for (gid, mut rd) in std::mem::take(&mut self.in_flight) {
             out.messages.extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
@@ -404,6 +423,7 @@ impl<W> Shard<W> {
         group.node.mut_store().apply_snapshot(index, term, voters.clone(), snap.data.clone());
         let record = LogRecord::Snapshot { group: gid, index, term, voters, state: snap.data.to_vec() };
         encode_record(&record, buf);
+        self.pending_pins.push((gid, self.segment));
     }
 
     fn apply_committed(&mut self, gid: u32, entries: Vec<Entry>, out: &mut Outputs<W>) {

@@ -47,14 +47,19 @@ impl SimDisk {
         }
     }
 
-    /// A checkpoint: a new durable segment, then the older ones are deleted.
-    pub fn rotate(&mut self, contents: &[u8]) {
-        self.sync();
+    /// Starts the next segment (its header durable at once, as the driver syncs it).
+    pub fn start_segment(&mut self) -> u64 {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let mut durable = Vec::new();
         encode_segment_header(self.core, &mut durable);
-        durable.extend_from_slice(contents);
-        self.segments = vec![Segment { seq, durable, pending: Vec::new() }];
+        self.segments.push(Segment { seq, durable, pending: Vec::new() });
+        seq
+    }
+
+    /// Deletes segments numbered below `before` (never the current one).
+    pub fn delete_before(&mut self, before: u64) {
+        let last = self.segments.last().map_or(0, |s| s.seq);
+        self.segments.retain(|s| s.seq >= before || s.seq == last);
     }
 
     pub fn crash(&mut self, rng: &mut Rng) -> CrashLoss {
@@ -103,6 +108,10 @@ impl SimDisk {
                 SegmentInput { name: segment_file_name(self.core, s.seq), seq: s.seq, bytes }
             })
             .collect()
+    }
+
+    pub fn oldest(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.seq)
     }
 
     pub fn bytes(&self) -> usize {

@@ -155,6 +155,7 @@ impl World {
             hot_bytes_limit: 1 << 40,
             incarnation: self.rng.next_u64(),
             checkpoint_bytes: self.cfg.checkpoint_bytes,
+            segment_bytes: (self.cfg.checkpoint_bytes / 4).clamp(2048, 1 << 20),
         }
     }
 
@@ -376,10 +377,14 @@ impl World {
         c.writing = false;
         let shard = c.shard.as_mut().expect("running core has a shard");
         let out = shard.on_durable();
-        if shard.wants_checkpoint() {
-            let mut contents = Vec::new();
-            shard.checkpoint(&mut contents);
-            c.disk.rotate(&contents);
+        if shard.wants_new_segment() {
+            let seq = c.disk.start_segment();
+            shard.segment_started(seq);
+        }
+        let before = shard.obsolete_before();
+        if c.disk.oldest() < before {
+            c.disk.delete_before(before);
+            shard.segments_deleted(before);
             self.stats.checkpoints += 1;
         }
         self.dispatch(node, out);

@@ -157,6 +157,7 @@ fn start_engine(ctx: &CoreContext) -> Result<EngineLoop, String> {
         hot_bytes_limit: cfg.event_store_max_bytes / u64::from(cores),
         incarnation: rand::random(),
         checkpoint_bytes: cfg.checkpoint_bytes,
+        segment_bytes: starcite_shards::limits::DEFAULT_SEGMENT_BYTES.min(cfg.checkpoint_bytes / 2).max(1 << 20),
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let shard = Shard::new(shard_cfg, recovered, &logger).map_err(|e| format!("core {core}: {e}"))?;

@@ -92,12 +92,17 @@ impl EngineLoop {
         let out = self.shard.on_durable();
         self.stats.entries_written += out.completions.len() as u64;
         self.dispatch(out);
-        if self.shard.wants_checkpoint() {
-            let mut contents = Vec::new();
-            self.shard.checkpoint(&mut contents);
-            if let Err(e) = self.log.rotate(contents).await {
-                fatal_disk_error(self.stats.core, "checkpoint", &e);
+        if self.shard.wants_new_segment() {
+            match self.log.start_segment().await {
+                Ok(seq) => self.shard.segment_started(seq),
+                Err(e) => fatal_disk_error(self.stats.core, "new segment", &e),
             }
+        }
+        let before = self.shard.obsolete_before();
+        match self.log.delete_before(before) {
+            Ok(0) => {}
+            Ok(_) => self.shard.segments_deleted(before),
+            Err(e) => fatal_disk_error(self.stats.core, "segment deletion", &e),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Files are `<data>/log/raft-<core>-<seq>.log`. Appends go to the last segment
 //! through io_uring (`write_all_at` + `sync_data`, one of each per group-commit
-//! batch). A checkpoint starts the next segment and then deletes the older ones.
+//! batch). The shard says when to start the next segment and which old ones no
+//! group needs any more.
 //! Boot-time reading uses plain blocking I/O: nothing else runs yet.
 
 use std::fs;
@@ -19,6 +20,8 @@ pub struct SegmentLog {
     seq: u64,
     file: monoio::fs::File,
     len: u64,
+    /// Lowest segment number that may still exist on disk.
+    oldest: u64,
 }
 
 impl SegmentLog {
@@ -43,7 +46,8 @@ impl SegmentLog {
         assert_eq!(len % 16, 0, "segment length keeps frames aligned");
         let file = monoio::fs::File::from_std(std_file).map_err(|e| format!("{}: {e}", path.display()))?;
         tracing::info!(core, segment = %path.display(), records = recovered.records, "log recovered");
-        Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len }, recovered))
+        let oldest = recovered.segments.first().map_or(seq, |s| s.0);
+        Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len, oldest }, recovered))
     }
 
     /// Appends `buf` and makes it durable. Returns the buffer for reuse.
@@ -56,33 +60,45 @@ impl SegmentLog {
         Ok(buf)
     }
 
-    /// Starts the next segment with `contents` (a checkpoint), makes it durable,
-    /// then deletes every older segment.
-    pub async fn rotate(&mut self, contents: Vec<u8>) -> io::Result<()> {
+    /// Starts the next segment (header only, durable) and appends there from
+    /// now on. Returns its number.
+    pub async fn start_segment(&mut self) -> io::Result<u64> {
         let next = self.seq + 1;
         let path = self.dir.join(segment_file_name(self.core, next));
-        let mut bytes = Vec::with_capacity(contents.len() + 16);
-        encode_segment_header(self.core, &mut bytes);
-        bytes.extend_from_slice(&contents);
+        let mut header = Vec::with_capacity(16);
+        encode_segment_header(self.core, &mut header);
         let std_file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         let file = monoio::fs::File::from_std(std_file)?;
-        let len = bytes.len() as u64;
-        let (res, _) = file.write_all_at(bytes, 0).await;
+        let len = header.len() as u64;
+        let (res, _) = file.write_all_at(header, 0).await;
         res?;
         file.sync_all().await?;
         sync_dir(&self.dir).map_err(io::Error::other)?;
-        let old = self.seq;
         self.file = file;
         self.seq = next;
         self.len = len;
+        Ok(next)
+    }
+
+    /// Deletes every segment numbered below `before` (nothing in them is needed).
+    pub fn delete_before(&mut self, before: u64) -> io::Result<usize> {
+        let before = before.min(self.seq);
+        if before <= self.oldest {
+            return Ok(0);
+        }
+        self.oldest = before;
+        let mut deleted = 0;
         for seq in segment_seqs(&self.dir, self.core).map_err(io::Error::other)? {
-            if seq <= old {
+            if seq < before && seq < self.seq {
                 fs::remove_file(self.dir.join(segment_file_name(self.core, seq)))?;
+                deleted += 1;
             }
         }
-        sync_dir(&self.dir).map_err(io::Error::other)?;
-        tracing::info!(core = self.core, segment = next, bytes = len, "checkpoint written, older segments removed");
-        Ok(())
+        if deleted > 0 {
+            sync_dir(&self.dir).map_err(io::Error::other)?;
+            tracing::debug!(core = self.core, deleted, before, "obsolete log segments removed");
+        }
+        Ok(deleted)
     }
 }
 
