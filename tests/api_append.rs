@@ -563,3 +563,166 @@ fn backpressure_when_hot_tier_full() {
     let evs = read_all_events(p, "bp", acked, Duration::from_secs(20));
     assert_eq!(seqs(&evs), (1..=acked).collect::<Vec<_>>());
 }
+
+#[test]
+fn pipelined_appends_on_one_connection_keep_order() {
+    // Several appends of one producer in flight on one keep-alive connection
+    // (HTTP pipelining): processed and answered in request order.
+    use std::io::Write;
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "pipe");
+    const N: u64 = 50;
+    let mut reqs = Vec::new();
+    for i in 1..=N {
+        let body = json!({"type": "t", "payload": {"i": i}, "producer_id": "pp", "producer_seq": i}).to_string();
+        reqs.extend_from_slice(
+            format!(
+                "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                append_path("pipe"),
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let mut st = connect(p, IO_TIMEOUT).unwrap();
+    st.write_all(&reqs).unwrap();
+    let mut buf = Vec::new();
+    for i in 1..=N {
+        let r = read_response(&mut st, &mut buf, false).unwrap_or_else(|e| panic!("response {i}: {e}"));
+        assert_eq!(
+            (r.status, r.json()),
+            (201, json!({"seq": i, "last_seq": i, "deduped": false})),
+            "pipelined append {i}"
+        );
+    }
+    // Retrying the whole pipeline (a client that lost the answers) dedupes every one.
+    st.write_all(&reqs).unwrap();
+    for i in 1..=N {
+        let r = read_response(&mut st, &mut buf, false).unwrap();
+        assert_eq!((r.status, r.json()), (201, json!({"seq": i, "last_seq": N, "deduped": true})));
+    }
+}
+
+#[test]
+fn concurrent_producers_on_one_session_get_distinct_dense_seqs() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "cc");
+    const K: usize = 6;
+    const PER: u64 = 150;
+    let hs: Vec<_> = (0..K)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = HttpConn::new(p);
+                let mut got = Vec::new();
+                for i in 1..=PER {
+                    let (st, v) = c.post_json(&append_path("cc"), &event(&format!("p{k}"), i));
+                    assert_eq!(st, 201, "{v}");
+                    let seq = v["seq"].as_u64().unwrap();
+                    assert!(v["last_seq"].as_u64().unwrap() >= seq);
+                    got.push(seq);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = Vec::new();
+    for h in hs {
+        let got = h.join().unwrap();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "one producer's seqs must increase");
+        all.extend(got);
+    }
+    all.sort();
+    assert_eq!(all, (1..=K as u64 * PER).collect::<Vec<_>>(), "seqs dense and distinct");
+    assert_eq!(session_last_seq(p, "cc"), K as u64 * PER);
+}
+
+#[test]
+fn payload_json_roundtrips_exactly() {
+    // The payload is opaque: strings with escapes, control characters,
+    // non-BMP characters and large integers come back as sent.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "rt");
+    let raw = r#"{"type":"t\u00e9\"x","producer_id":"p\u0000id","producer_seq":1,"payload":{"s":"line\nbreak\ttab \\ back \"quote\" \u0001\u001f nul:\u0000 emoji:😀 pair:\ud83d\ude00 ü","big":12345678901234567890,"neg":-9223372036854775808,"half":0.5,"arr":[[],{},[null,true,false]],"empty":"","deep":{"a":{"b":{"c":{"d":{"e":[1,[2,[3]]]}}}}},"k with spaces":1,"":"empty key"}}"#;
+    let r = post_raw(p, &append_path("rt"), raw.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sent: Value = serde_json::from_str(raw).unwrap();
+    let evs = read_all_events(p, "rt", 1, Duration::from_secs(10));
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["payload"], sent["payload"], "payload roundtrip");
+    assert_eq!(evs[0]["type"], sent["type"]);
+    assert_eq!(evs[0]["producer_id"], sent["producer_id"]);
+    // The identical bytes again dedupe (fingerprint stable over odd content).
+    let r = post_raw(p, &append_path("rt"), raw.as_bytes());
+    assert_eq!((r.status, r.json()), (201, json!({"seq": 1, "last_seq": 1, "deduped": true})));
+}
+
+#[test]
+fn producer_cap_evicts_least_recently_used() {
+    // §6.2 / §14.2: at most 10,000 producer entries per session; beyond that
+    // the producer whose last accepted append has the smallest seq is forgotten.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "cap");
+    const CAP: u64 = 10_000;
+    let threads = 4u64;
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = HttpConn::new(p);
+                let mut k = t;
+                while k < CAP {
+                    let b = json!({"type": "t", "payload": {}, "producer_id": format!("p{k}"), "producer_seq": 1});
+                    let (st, v) = c.post_json(&append_path("cap"), &b);
+                    assert_eq!(st, 201, "p{k}: {v}");
+                    k += threads;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(session_last_seq(p, "cap"), CAP);
+    // Find which producer got seq 1 and seq 2 (the two least recently used).
+    let evs = read_all_events(p, "cap", 2, Duration::from_secs(10));
+    let lru0 = evs[0]["producer_id"].as_str().unwrap().to_string();
+    let lru1 = evs[1]["producer_id"].as_str().unwrap().to_string();
+    // Touch lru0 again so lru1 becomes the oldest.
+    let mk = |pid: &str, n: u64| json!({"type": "t", "payload": {"n": n}, "producer_id": pid, "producer_seq": n});
+    assert_eq!(append(p, "cap", &mk(&lru0, 2)), (201, json!({"seq": CAP + 1, "last_seq": CAP + 1, "deduped": false})));
+    // A new producer: 10,001 entries → lru1 is evicted.
+    assert_eq!(append(p, "cap", &mk("newcomer", 1)), (201, json!({"seq": CAP + 2, "last_seq": CAP + 2, "deduped": false})));
+    // lru1 is unknown again: it must start at 1.
+    let (st, v) = append(p, "cap", &mk(&lru1, 2));
+    assert_error(st, &v, 409, "producer_seq_conflict");
+    assert_eq!(v["message"], format!("Producer {lru1} expected seq 1, got 2"));
+    // lru0 was kept.
+    assert_eq!(append(p, "cap", &mk(&lru0, 3)).0, 201);
+}
+
+#[test]
+fn integers_beyond_u64_are_still_int_or_digits() {
+    // "int-or-digits": any JSON integer or digit string; only range checks
+    // (≥ 0 / ≥ 1) apply after parsing. A huge value is therefore valid and
+    // simply does not match: 409, not 400. refs.to_seq/step are stored as sent.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "huge");
+    let big = "99999999999999999999999";
+    let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"expected_seq":{big}}}"#);
+    let r = post_raw(p, &append_path("huge"), raw.as_bytes());
+    assert_error_resp(&r, 409, "expected_seq_conflict");
+    assert_eq!(r.json()["message"], format!("Expected seq {big}, current seq is 0"));
+    for ps in [big.to_string(), format!("\"{big}\"")] {
+        let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":{ps}}}"#);
+        let r = post_raw(p, &append_path("huge"), raw.as_bytes());
+        assert_error_resp(&r, 409, "producer_seq_conflict");
+        assert_eq!(r.json()["message"], format!("Producer p expected seq 1, got {big}"));
+    }
+    let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"refs":{{"to_seq":{big},"step":"{big}"}}}}"#);
+    let r = post_raw(p, &append_path("huge"), raw.as_bytes());
+    assert_eq!(r.status, 201, "huge refs.to_seq/step: {}", r.text());
+}

@@ -507,3 +507,193 @@ fn garbage_and_hostile_requests_do_not_hurt_the_server() {
     assert!(!list_all(p, "").iter().any(|r| r["id"] == "smug"));
     create_session(p, "after-garbage");
 }
+
+#[test]
+fn list_default_limit_is_100() {
+    let s = Server::start_default();
+    let p = s.port();
+    let mut c = HttpConn::new(p);
+    for i in 0..150 {
+        let (st, v) = c.post_json("/v1/sessions", &json!({"id": format!("d-{i:03}")}));
+        assert_eq!(st, 201, "{v}");
+    }
+    let (st, v) = get_json(p, "/v1/sessions");
+    assert_eq!(st, 200);
+    let page = ids(&v);
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0], "d-000");
+    assert_eq!(page[99], "d-099");
+    assert_eq!(v["next_cursor"], "d-099");
+    let (_, v) = get_json(p, "/v1/sessions?cursor=d-099");
+    assert_eq!(ids(&v).len(), 50);
+    assert_eq!(v["next_cursor"], Value::Null);
+    assert_eq!(list_all(p, "").len(), 150);
+}
+
+#[test]
+fn concurrent_create_of_one_id_has_exactly_one_winner() {
+    let s = Server::start_default();
+    let p = s.port();
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        let hs: Vec<_> = (0..8)
+            .map(|k| {
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    post_json(p, "/v1/sessions", &json!({"id": id, "title": format!("t{k}")}))
+                })
+            })
+            .collect();
+        let results: Vec<(u16, Value)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<&Value> = results.iter().filter(|(st, _)| *st == 201).map(|(_, v)| v).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (st, v) in &results {
+            if *st != 201 {
+                assert_error(*st, v, 409, "session_exists");
+            }
+        }
+        let rows = list_all(p, "");
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).expect("row");
+        assert_eq!(row["title"], winners[0]["title"], "stored session is the winner's");
+    }
+}
+
+#[test]
+fn metrics_endpoint() {
+    // §14.17: on by default at /metrics (Prometheus text), off with
+    // STARCITE_ENABLE_TELEMETRY=false (then 404).
+    let s = Server::start_default();
+    create_session(s.port(), "m");
+    append_ok(s.port(), "m", &event("w", 1));
+    let r = get(s.port(), "/metrics");
+    assert_eq!(r.status, 200, "/metrics: {} {}", r.status, r.text());
+    let cts: Vec<&str> = r.headers.iter().filter(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(cts.len(), 1, "exactly one Content-Type header on /metrics, got {cts:?}");
+    assert!(cts[0].starts_with("text/plain"), "/metrics Content-Type {:?}", cts[0]);
+    let text = r.text();
+    assert!(text.lines().any(|l| l.starts_with("starcite_")), "no starcite_ metric family:\n{text}");
+    drop(s);
+    let s = Server::start(ServerOpts::new().env("STARCITE_ENABLE_TELEMETRY", "false"));
+    let r = get(s.port(), "/metrics");
+    assert_error_resp(&r, 404, "not_found");
+}
+
+#[test]
+fn http_client_compatibility() {
+    use std::io::Write;
+    let s = Server::start_default();
+    let p = s.port();
+    // Accept with parameters.
+    let r = request(p, "GET", "/v1/sessions", &[("Accept", "application/json; charset=utf-8")], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // HTTP/1.0 request.
+    let r = raw_request(p, b"GET /health/live HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"status": "ok"}));
+    // Chunked request body (streaming clients send these).
+    let r = raw_request(
+        p,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n{\"id\"\r\n9\r\n:\"chunk\"}\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 201, "chunked body: {} {}", r.status, r.text());
+    assert_eq!(r.json()["id"], "chunk");
+    // Expect: 100-continue (curl sends it for bodies over 1 KiB): the server
+    // answers 100 Continue (or the final status) without waiting for the body.
+    let body = format!(r#"{{"id":"expect","title":"{}"}}"#, "t".repeat(2000));
+    let mut st = connect(p, IO_TIMEOUT).unwrap();
+    st.write_all(
+        format!(
+            "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    st.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    let mut buf = Vec::new();
+    let first = read_response(&mut st, &mut buf, false)
+        .unwrap_or_else(|e| panic!("no 100 Continue within 3 s of `Expect: 100-continue`: {e}"));
+    assert_eq!(first.status, 100, "interim response");
+    st.write_all(body.as_bytes()).unwrap();
+    let r = read_response(&mut st, &mut buf, false).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["id"], "expect");
+}
+
+#[test]
+fn idle_connections_and_huge_headers_do_not_block_others() {
+    use std::io::Write;
+    let s = Server::start_default();
+    let p = s.port();
+    // 64 connections that never send anything, plus 16 with half a request.
+    let mut idle = Vec::new();
+    for i in 0..80 {
+        let mut c = connect(p, IO_TIMEOUT).unwrap();
+        if i % 5 == 0 {
+            c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{").unwrap();
+        }
+        idle.push(c);
+    }
+    let t0 = std::time::Instant::now();
+    for i in 0..20 {
+        create_session(p, &format!("live-{i}"));
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5), "requests slowed by idle connections: {:?}", t0.elapsed());
+    // A 1 MiB header block: refused (400/413/431) or connection closed; never a hang.
+    let big = format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(1 << 20));
+    match try_request(p, big.as_bytes(), false, IO_TIMEOUT) {
+        Ok(r) => assert!([200, 400, 413, 431].contains(&r.status), "huge header → {}", r.status),
+        Err(e) => assert!(
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "huge header made the server hang: {e}"
+        ),
+    }
+    drop(idle);
+    assert_eq!(get_json(p, "/health/live").0, 200);
+    assert_eq!(list_all(p, "").len(), 20);
+}
+
+#[test]
+fn list_paging_with_special_character_ids() {
+    let s = Server::start_default();
+    let p = s.port();
+    let mut want: Vec<String> = ["p+1", "p 1", "p/1", "p&x=1", "p%1", "p#1", "p[1]", "pü", "p=1", "p;1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for id in &want {
+        create_session(p, id);
+    }
+    want.sort();
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let q = match &cursor {
+            Some(c) => format!("/v1/sessions?limit=3&cursor={}", pct(c)),
+            None => "/v1/sessions?limit=3".to_string(),
+        };
+        let (st, v) = get_json(p, &q);
+        assert_eq!(st, 200, "{q}: {v}");
+        got.extend(ids(&v));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(got, want, "byte-ordered paging over ids needing percent-encoding");
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    use std::io::{Read, Write};
+    let s = Server::start_default();
+    let mut st = connect(s.port(), IO_TIMEOUT).unwrap();
+    st.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut st, &mut buf, false).unwrap();
+    assert_eq!(r.status, 200);
+    st.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    let mut rest = [0u8; 64];
+    let n = st.read(&mut rest).expect("server should close the connection after `Connection: close`");
+    assert_eq!(n, 0, "extra bytes after the response");
+}

@@ -36,12 +36,14 @@ struct Producer {
     acks: Vec<Ack>,
     /// Unexpected (non-I/O) failure.
     error: Option<String>,
+    /// Payload padding in bytes.
+    pad: usize,
 }
 
 fn body(p: &Producer, pseq: u64) -> Value {
     json!({
         "type": "crash.test",
-        "payload": {"producer": p.id, "n": pseq, "pad": "x".repeat(96)},
+        "payload": {"producer": p.id, "n": pseq, "pad": "x".repeat(p.pad)},
         "producer_id": p.id,
         "producer_seq": pseq,
         "metadata": {"cycle_safe": true},
@@ -101,6 +103,9 @@ fn resolve_pending(port: u16, producers: &mut [Producer]) {
                 p.id
             );
             let seq = v["seq"].as_u64().expect("seq");
+            if v["deduped"] == json!(true) {
+                eprintln!("  in-flight {}/{pseq} had committed before the kill (deduped to seq {seq})", p.id);
+            }
             p.acks.push(Ack {
                 session: p.session.clone(),
                 seq,
@@ -210,8 +215,39 @@ fn verify(port: u16, producers: &[Producer], cycle: usize) -> u64 {
     total
 }
 
+/// A tail that records every event it is shown until the socket dies.
+fn observe(port: u16, session: String) -> std::thread::JoinHandle<Vec<Value>> {
+    let t = Tail::connect(port, &session, "cursor=0&batch_size=1000");
+    std::thread::spawn(move || {
+        let mut t = t;
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match t.next_frame(Duration::from_secs(5)) {
+                Frame::Json(Value::Array(a)) => seen.extend(a),
+                Frame::Json(v) => seen.push(v),
+                Frame::Timeout => {}
+                Frame::Closed(_) => break,
+                Frame::Other(o) => panic!("tail of {session}: unexpected {o}"),
+            }
+        }
+        seen
+    })
+}
+
 #[test]
 fn kill_dash_nine_loses_nothing_acknowledged() {
+    run_kill_cycles(96, CYCLES, LOAD_TIME);
+}
+
+#[test]
+fn kill_dash_nine_with_large_events() {
+    // Larger records make it likely that the kill lands in the middle of a
+    // log write (torn tail record on recovery).
+    run_kill_cycles(48 * 1024, 2, Duration::from_millis(1500));
+}
+
+fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
     let test_deadline = Instant::now() + Duration::from_secs(240);
     let mut server = Server::start_default();
     for s in 0..SESSIONS {
@@ -225,14 +261,19 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
             pending: None,
             acks: Vec::new(),
             error: None,
+            pad,
         })
         .collect();
 
-    for cycle in 1..=CYCLES {
+    let mut created_sessions: Vec<String> = Vec::new();
+    for cycle in 1..=cycles {
         assert!(Instant::now() < test_deadline, "crash test exceeded its time budget");
         let port = server.port();
+        // Tails watching every session: whatever a tail was shown before the
+        // crash must still be there, identical, after the restart.
+        let observers: Vec<_> = (0..SESSIONS).map(|s| observe(port, format!("crash-{s}"))).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let deadline = Instant::now() + LOAD_TIME + Duration::from_secs(20);
+        let deadline = Instant::now() + load_time + Duration::from_secs(20);
         let before: Vec<usize> = producers.iter().map(|p| p.acks.len()).collect();
         let handles: Vec<_> = producers
             .drain(..)
@@ -241,16 +282,41 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
                 std::thread::spawn(move || run_producer(p, port, stop, deadline))
             })
             .collect();
-        std::thread::sleep(LOAD_TIME);
+        // A creator thread: sessions whose create was acknowledged must survive too.
+        let creator = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = HttpConn::with_timeout(port, Duration::from_secs(10));
+                let mut created = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    n += 1;
+                    let id = format!("created-{cycle}-{n}");
+                    let b = json!({"id": id, "title": "t", "metadata": {"cycle": cycle}}).to_string();
+                    match c.try_post("/v1/sessions", b.as_bytes()) {
+                        Ok(r) if r.status == 201 => created.push(id),
+                        Ok(r) if !stop.load(Ordering::Relaxed) => {
+                            panic!("create {id}: {} {}", r.status, r.text())
+                        }
+                        _ => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                created
+            })
+        };
+        std::thread::sleep(load_time);
         // kill -9 while appends are in flight.
         server.kill();
         stop.store(true, Ordering::Relaxed);
         producers = handles.into_iter().map(|h| h.join().expect("producer thread panicked")).collect();
+        created_sessions.extend(creator.join().expect("creator thread panicked"));
         for p in &producers {
             assert!(p.error.is_none(), "cycle {cycle}: {}", p.error.as_ref().unwrap());
         }
         let progress: usize = producers.iter().zip(&before).map(|(p, b)| p.acks.len() - b).sum();
-        assert!(progress > 0, "cycle {cycle}: no append was acknowledged in {LOAD_TIME:?}");
+        assert!(progress > 0, "cycle {cycle}: no append was acknowledged in {load_time:?}");
+        let seen: Vec<Vec<Value>> = observers.into_iter().map(|h| h.join().expect("observer thread")).collect();
         let in_flight = producers.iter().filter(|p| p.pending.is_some()).count();
         eprintln!("cycle {cycle}: {progress} appends acknowledged, {in_flight} in flight at kill");
 
@@ -258,14 +324,50 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
         resolve_pending(server.port(), &mut producers);
         let total = verify(server.port(), &producers, cycle);
         eprintln!("cycle {cycle}: verified {total} events after restart");
+        for (s, seen) in seen.iter().enumerate() {
+            let session = format!("crash-{s}");
+            let got = seqs(seen);
+            assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "cycle {cycle}: tail of {session} before the crash was not gap-free");
+            let last = last_seq_of(server.port(), &session).unwrap_or(0);
+            assert!(
+                got.len() as u64 <= last,
+                "cycle {cycle}: a tail was shown seq {} of {session} before the crash, but after restart last_seq is {last}",
+                got.len()
+            );
+            let after = read_all_events(server.port(), &session, got.len() as u64, Duration::from_secs(30));
+            for (a, b) in seen.iter().zip(&after) {
+                assert_eq!(a, b, "cycle {cycle}: {session} seq {} shown to a tail before the crash differs after restart", a["seq"]);
+            }
+            eprintln!("cycle {cycle}: tail of {session} saw {} events before the kill; all durable", got.len());
+        }
+        let listed: std::collections::HashSet<String> = list_all(server.port(), "")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        for id in &created_sessions {
+            assert!(listed.contains(id), "cycle {cycle}: acknowledged create of {id} lost");
+        }
+        eprintln!("cycle {cycle}: {} acknowledged creates all present", created_sessions.len());
     }
 
     // One more restart without load: recovering an already-recovered log.
     server.restart();
-    verify(server.port(), &producers, CYCLES + 1);
+    verify(server.port(), &producers, cycles + 1);
     // Producer state survived: the next append of each producer continues its
     // sequence, and a retry of its last append still dedupes.
     for p in producers.iter_mut() {
+        // An older entry inside the dedupe window also survived recovery.
+        if p.next > 11 {
+            let old = p.next - 10;
+            let a = p.acks.iter().find(|a| a.producer_seq == old).expect("ack").clone();
+            let (st, v) = append(server.port(), &p.session.clone(), &body(p, old));
+            assert_eq!(
+                (st, v.clone()),
+                (201, json!({"seq": a.seq, "last_seq": v["last_seq"], "deduped": true})),
+                "retry of {}/{old} (inside the window) after recovery",
+                p.id
+            );
+        }
         let last = p.next - 1;
         if last >= 1 {
             let (st, v) = append(server.port(), &p.session.clone(), &body(p, last));
@@ -283,5 +385,111 @@ fn kill_dash_nine_loses_nothing_acknowledged() {
         });
         p.next += 1;
     }
-    verify(server.port(), &producers, CYCLES + 2);
+    verify(server.port(), &producers, cycles + 2);
+}
+
+/// Snapshot of everything observable about the sessions: list rows and all events.
+fn snapshot(port: u16) -> (Vec<Value>, Vec<Vec<Value>>) {
+    let rows = list_all(port, "");
+    let events = rows
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().unwrap();
+            let last = r["last_seq"].as_u64().expect("last_seq in list row");
+            let evs = read_all_events(port, id, last, Duration::from_secs(30));
+            assert_eq!(evs.len() as u64, last, "{id}");
+            evs
+        })
+        .collect();
+    (rows, events)
+}
+
+#[test]
+fn restarts_preserve_sessions_and_events_exactly() {
+    let mut server = Server::start_default();
+    let p = server.port();
+    create_session_with(p, json!({"id": "keep-1", "title": "One", "metadata": {"k": "v", "n": [1, 2]}}));
+    create_session_with(p, json!({"id": "keep-2"}));
+    create_session_with(p, json!({"id": "keep-empty", "title": ""}));
+    let mut next: HashMap<(String, String), u64> = HashMap::new();
+    for i in 1..=300u64 {
+        let sid = if i % 3 == 0 { "keep-2" } else { "keep-1" };
+        let pid = format!("w{}", i % 4);
+        let n = next.entry((sid.to_string(), pid.clone())).or_insert(0);
+        *n += 1;
+        let mut b = event(&pid, *n);
+        b["payload"] = json!({"i": i, "f": 1.25, "s": "ü\"quoted\"\n"});
+        if i % 5 == 0 {
+            b["source"] = json!("src");
+            b["idempotency_key"] = json!(format!("ik-{i}"));
+            b["refs"] = json!({"to_seq": i / 2, "request_id": "r"});
+        }
+        let (st, v) = append(p, sid, &b);
+        assert_eq!(st, 201, "{b} → {v}");
+    }
+    let before = snapshot(p);
+    assert_eq!(before.0.len(), 3);
+
+    server.restart(); // kill -9
+    let after_kill = snapshot(server.port());
+    assert_eq!(after_kill.0, before.0, "list rows after kill -9 restart");
+    assert_eq!(after_kill.1, before.1, "events after kill -9 restart");
+
+    let status = server.sigterm(Duration::from_secs(15)).expect("no exit within 15 s of SIGTERM");
+    assert!(status.success(), "SIGTERM exit status {status}");
+    server.restart();
+    let after_term = snapshot(server.port());
+    assert_eq!(after_term.0, before.0, "list rows after SIGTERM restart");
+    assert_eq!(after_term.1, before.1, "events after SIGTERM restart");
+
+    // Appends continue gap-free; a duplicate create is still refused.
+    let (st, v) = append(server.port(), "keep-empty", &event("x", 1));
+    assert_eq!((st, v), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
+    let (st, v) = post_json(server.port(), "/v1/sessions", &json!({"id": "keep-1"}));
+    assert_error(st, &v, 409, "session_exists");
+}
+
+#[test]
+fn sigterm_under_load_loses_nothing_acknowledged() {
+    let mut server = Server::start_default();
+    for s in 0..SESSIONS {
+        create_session(server.port(), &format!("crash-{s}"));
+    }
+    let mut producers: Vec<Producer> = (0..PRODUCERS)
+        .map(|i| Producer {
+            id: format!("producer-{i}"),
+            session: format!("crash-{}", i % SESSIONS),
+            next: 1,
+            pending: None,
+            acks: Vec::new(),
+            error: None,
+            pad: 96,
+        })
+        .collect();
+    let port = server.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handles: Vec<_> = producers
+        .drain(..)
+        .map(|p| {
+            let stop = stop.clone();
+            std::thread::spawn(move || run_producer(p, port, stop, deadline))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    server.send_sigterm();
+    let status = server.wait_exit(Duration::from_secs(15));
+    producers = handles.into_iter().map(|h| h.join().expect("producer thread")).collect();
+    let status = status.expect("server did not exit within 15 s of SIGTERM under load");
+    assert!(status.success(), "exit status {status}");
+    for p in &producers {
+        assert!(p.error.is_none(), "{}", p.error.as_ref().unwrap());
+    }
+    let acked: usize = producers.iter().map(|p| p.acks.len()).sum();
+    assert!(acked > 0);
+    server.restart();
+    resolve_pending(server.port(), &mut producers);
+    let total = verify(server.port(), &producers, 1);
+    eprintln!("SIGTERM under load: {acked} acknowledged before shutdown, {total} events after restart");
 }

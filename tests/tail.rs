@@ -430,3 +430,126 @@ fn sigterm_closes_tails_with_going_away() {
     let status = status.expect("server did not exit within 15 s of SIGTERM");
     assert!(status.success(), "clean shutdown exit status: {status}");
 }
+
+#[test]
+fn large_replay_across_read_batches() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "big");
+    append_n(p, "big", "w", 1, 2600);
+    // batch_size 1000: frames never exceed the batch size, never span reads.
+    let mut t = Tail::connect(p, "big", "cursor=0&batch_size=1000");
+    let frames = t.collect_frames(2600, Duration::from_secs(30));
+    let sizes: Vec<usize> = frames.iter().map(|f| f.as_array().expect("array frame").len()).collect();
+    assert!(sizes.iter().all(|&n| (1..=1000).contains(&n)), "{sizes:?}");
+    let flat: Vec<Value> = frames.iter().flat_map(|f| f.as_array().unwrap().clone()).collect();
+    assert_eq!(seqs(&flat), (1..=2600).collect::<Vec<_>>());
+    // batch_size 7 from a cursor in the middle.
+    let mut t = Tail::connect(p, "big", "cursor=1234&batch_size=7");
+    let frames = t.collect_frames(2600 - 1234, Duration::from_secs(30));
+    assert!(frames.iter().all(|f| { let n = f.as_array().unwrap().len(); (1..=7).contains(&n) }));
+    let flat: Vec<Value> = frames.iter().flat_map(|f| f.as_array().unwrap().clone()).collect();
+    assert_eq!(seqs(&flat), (1235..=2600).collect::<Vec<_>>());
+    // batch_size 1 over the whole range, then live.
+    let mut t = Tail::connect(p, "big", "cursor=0");
+    assert_eq!(seqs(&t.collect_events(2600, Duration::from_secs(30))), (1..=2600).collect::<Vec<_>>());
+    append_n(p, "big", "w", 2601, 2601);
+    assert_eq!(seqs(&t.collect_events(1, T)), vec![2601]);
+}
+
+#[test]
+fn tails_joining_during_heavy_load_are_gap_free() {
+    // Subscribe-then-replay race: tails connect with various cursors while
+    // producers are appending; each must see exactly cursor+1..N in order.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "hl");
+    const PRODUCERS: u64 = 4;
+    const PER: u64 = 750;
+    const N: u64 = PRODUCERS * PER;
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|k| std::thread::spawn(move || append_n(p, "hl", &format!("p{k}"), 1, PER)))
+        .collect();
+    let mut joiners = Vec::new();
+    for j in 0..8u64 {
+        std::thread::sleep(Duration::from_millis(40));
+        // Cursor: 0, or somewhere at/behind/ahead of the current head.
+        let cursor = match j % 4 {
+            0 => 0,
+            1 => 50 * j,
+            2 => 1,
+            _ => 100 + 200 * j,
+        };
+        let bs = [1, 3, 1000, 16][j as usize % 4];
+        let t = Tail::connect(p, "hl", &format!("cursor={cursor}&batch_size={bs}"));
+        joiners.push(std::thread::spawn(move || {
+            let mut t = t;
+            let evs = t.collect_events((N - cursor) as usize, Duration::from_secs(90));
+            (cursor, bs, evs)
+        }));
+    }
+    for h in producers {
+        h.join().expect("producer");
+    }
+    for h in joiners {
+        let (cursor, bs, evs) = h.join().expect("tail");
+        assert_eq!(
+            seqs(&evs),
+            (cursor + 1..=N).collect::<Vec<_>>(),
+            "tail cursor={cursor} batch_size={bs}"
+        );
+    }
+}
+
+#[test]
+fn large_events_cross_websocket_length_encodings() {
+    // WebSocket payload lengths switch encoding at 126 and 65536 bytes;
+    // frames up to ~8 MB (the body limit) must arrive intact.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "lg");
+    let sizes = [1usize, 60, 100, 126, 65_000, 65_600, 70_000, 1 << 20, 7_900_000];
+    for (i, n) in sizes.iter().enumerate() {
+        let b = json!({"type": "big", "payload": {"blob": "z".repeat(*n)}, "producer_id": "w", "producer_seq": i + 1});
+        append_ok(p, "lg", &b);
+    }
+    let check = |evs: &[Value]| {
+        assert_eq!(seqs(evs), (1..=sizes.len() as u64).collect::<Vec<_>>());
+        for (e, n) in evs.iter().zip(sizes) {
+            assert_eq!(e["payload"]["blob"].as_str().map(|s| s.len()), Some(n), "seq {}", e["seq"]);
+        }
+    };
+    // Replay, one per frame and batched.
+    let mut t = Tail::connect(p, "lg", "cursor=0");
+    check(&t.collect_events(sizes.len(), Duration::from_secs(30)));
+    let mut t2 = Tail::connect(p, "lg", "cursor=0&batch_size=1000");
+    check(&t2.collect_events(sizes.len(), Duration::from_secs(30)));
+    // Live.
+    let mut live = Tail::connect(p, "lg", &format!("cursor={}", sizes.len()));
+    let b = json!({"type": "big", "payload": {"blob": "q".repeat(3_000_000)}, "producer_id": "w", "producer_seq": sizes.len() + 1});
+    append_ok(p, "lg", &b);
+    let evs = live.collect_events(1, Duration::from_secs(30));
+    assert_eq!(evs[0]["payload"]["blob"].as_str().map(|s| s.len()), Some(3_000_000));
+    // The replay sockets receive it live as well, and nothing else.
+    for t in [&mut t, &mut t2] {
+        let evs = t.collect_events(1, Duration::from_secs(30));
+        assert_eq!(seqs(&evs), vec![sizes.len() as u64 + 1]);
+        t.assert_silent(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cursor_beyond_u64_is_accepted() {
+    // §5.4: any int-or-digits cursor ≥ 0 is allowed, including one beyond
+    // last_seq; the socket then stays silent.
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "hc");
+    append_n(p, "hc", "w", 1, 2);
+    let mut t = Tail::connect(p, "hc", "cursor=18446744073709551615");
+    t.assert_silent(Duration::from_millis(300));
+    match Tail::try_connect(p, "hc", "cursor=99999999999999999999999") {
+        Ok(mut t) => t.assert_silent(Duration::from_millis(300)),
+        Err((st, b)) => panic!("cursor beyond u64 refused: {st} {}", String::from_utf8_lossy(&b)),
+    }
+}

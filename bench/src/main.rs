@@ -609,13 +609,13 @@ fn cmd_append(args: AppendArgs) -> i32 {
         "results": results.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
     });
     let text = serde_json::to_string_pretty(&doc).unwrap();
-    println!("{text}");
     if let Some(path) = &args.json {
         if let Err(e) = std::fs::write(path, format!("{text}\n")) {
             eprintln!("error: write {path}: {e}");
             return 1;
         }
     }
+    println!("{text}");
     let any_ok = results.iter().any(|r| r.ok > 0);
     if any_ok {
         0
@@ -686,13 +686,13 @@ fn cmd_idle_cpu(a: IdleArgs) -> i32 {
         "percent_of_one_core": pct,
     });
     let text = serde_json::to_string_pretty(&doc).unwrap();
-    println!("{text}");
     if let Some(path) = &a.json {
         if let Err(e) = std::fs::write(path, format!("{text}\n")) {
             eprintln!("error: write {path}: {e}");
             return 1;
         }
     }
+    println!("{text}");
     0
 }
 

@@ -12,6 +12,8 @@ pub struct SimConfig {
     pub sessions: usize,
     pub producers_per_session: usize,
     pub appends_per_producer: u64,
+    /// Appends a producer keeps in flight (pipelining).
+    pub pipeline_depth: usize,
     /// Probability that a message is dropped / duplicated.
     pub drop: f64,
     pub duplicate: f64,
@@ -49,6 +51,7 @@ impl SimConfig {
             sessions: r.range(1, 5) as usize,
             producers_per_session: r.range(1, 3) as usize,
             appends_per_producer: r.range(5, 40),
+            pipeline_depth: [1, 1, 2, 4][r.range(0, 3) as usize],
             drop: [0.0, 0.01, 0.05][r.range(0, 2) as usize],
             duplicate: [0.0, 0.01, 0.03][r.range(0, 2) as usize],
             delay_us: (50, r.range(200, 20_000)),

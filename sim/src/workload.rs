@@ -58,8 +58,13 @@ pub struct Attempt {
 pub struct Producer {
     pub session: usize,
     pub id: String,
+    /// The producer_seq the next new append gets.
     pub next_pseq: u64,
+    /// Appends not yet started.
     pub remaining: u64,
+    /// Pipelining depth: appends in flight at once.
+    pub depth: usize,
+    pub inflight: usize,
 }
 
 /// A tail reader: what it has been sent so far, from its cursor.

@@ -207,7 +207,14 @@ impl World {
             let delay = self.rng.range(0, 200_000);
             self.start_op(op, delay);
             for p in 0..cfg.producers_per_session {
-                self.work.producers.push(Producer { session: s, id: format!("p{p}"), next_pseq: 1, remaining: cfg.appends_per_producer });
+                self.work.producers.push(Producer {
+                    session: s,
+                    id: format!("p{p}"),
+                    next_pseq: 1,
+                    remaining: cfg.appends_per_producer,
+                    depth: cfg.pipeline_depth,
+                    inflight: 0,
+                });
             }
         }
         for t in 0..cfg.tails {
@@ -524,8 +531,7 @@ impl World {
                 if !self.work.ops[op].done {
                     self.work.ops[op].done = true;
                     let p = *producer;
-                    self.work.producers[p].next_pseq += 1;
-                    self.work.producers[p].remaining -= 1;
+                    self.work.producers[p].inflight -= 1;
                     self.next_append(p);
                 }
             }
@@ -542,6 +548,16 @@ impl World {
             (_, Err(EngineError::Unavailable)) => {
                 if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
                     let d = self.rng.range(10_000, 200_000);
+                    self.retry(op, d);
+                }
+            }
+            (OpKind::Append { pseq, .. }, Err(EngineError::ProducerSeqConflict { expected, got, .. }))
+                if got > expected && got == *pseq =>
+            {
+                // Pipelined: an earlier append of this producer has not landed
+                // yet (lost, or overtaken). Retry once it may have.
+                if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
+                    let d = self.rng.range(5_000, 100_000);
                     self.retry(op, d);
                 }
             }
@@ -567,17 +583,25 @@ impl World {
         self.work.attempts.range(..=attempt).filter(|(_, a)| a.op == op).count() as u32
     }
 
+    /// Starts appends until the producer has `depth` in flight.
     fn next_append(&mut self, producer: usize) {
-        if self.work.producers[producer].remaining == 0 {
-            return;
+        loop {
+            let p = &self.work.producers[producer];
+            if p.remaining == 0 || p.inflight >= p.depth {
+                return;
+            }
+            let session = self.work.sessions[p.session].clone();
+            let group = group_of(&session, self.cfg.groups);
+            let op = self.work.append_op(producer, group);
+            let p = &mut self.work.producers[producer];
+            p.next_pseq += 1;
+            p.remaining -= 1;
+            p.inflight += 1;
+            self.work.ops.push(op);
+            let idx = self.work.ops.len() - 1;
+            let think = self.rng.range(0, 20_000);
+            self.start_op(idx, think);
         }
-        let session = self.work.sessions[self.work.producers[producer].session].clone();
-        let group = group_of(&session, self.cfg.groups);
-        let op = self.work.append_op(producer, group);
-        self.work.ops.push(op);
-        let idx = self.work.ops.len() - 1;
-        let think = self.rng.range(0, 20_000);
-        self.start_op(idx, think);
     }
 
     // ---- tails ----

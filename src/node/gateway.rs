@@ -263,7 +263,9 @@ impl Gateway {
         lines("starcite_hot_tier_bytes", "Bytes of unarchived events held in memory.", "gauge", &col(|s| s.hot_bytes));
         lines("starcite_raft_leaders", "Raft groups led by this node.", "gauge", &col(|s| s.leaders as u64));
         lines("starcite_tail_subscribers", "Live tail subscriptions.", "gauge", &col(|s| s.tail_subscribers as u64));
-        Ok(Reply::Http(Response::json(200, Bytes::from(out)).with_header("content-type", "text/plain; version=0.0.4")))
+        let mut response = Response::new(200).with_header("content-type", "text/plain; version=0.0.4");
+        response.body = Bytes::from(out);
+        Ok(Reply::Http(response))
     }
 }
 

@@ -739,7 +739,12 @@ impl Tail {
     pub fn try_connect(port: u16, session: &str, query: &str) -> Result<Tail, (u16, Vec<u8>)> {
         let stream = connect(port, IO_TIMEOUT).map_err(|e| (0, e.to_string().into_bytes()))?;
         let url = tail_url(port, session, query);
-        match tungstenite::client::client(url.as_str(), stream) {
+        // No client-side size limits: a batch of large events can legitimately
+        // exceed tungstenite's default 16 MiB frame limit.
+        let mut cfg = tungstenite::protocol::WebSocketConfig::default();
+        cfg.max_message_size = None;
+        cfg.max_frame_size = None;
+        match tungstenite::client::client_with_config(url.as_str(), stream, Some(cfg)) {
             Ok((ws, resp)) => {
                 assert_eq!(resp.status().as_u16(), 101);
                 Ok(Tail { ws, closed: None })
@@ -811,7 +816,14 @@ impl Tail {
                     self.closed = Some((1006, String::new()));
                     return Frame::Closed(None);
                 }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => {
+                    self.closed = Some((1006, "reset without closing handshake".into()));
+                    return Frame::Closed(None);
+                }
                 Err(e) => {
+                    eprintln!("tail socket error (treated as an abnormal close): {e}");
                     self.closed = Some((1006, format!("{e}")));
                     return Frame::Closed(None);
                 }
