@@ -38,6 +38,32 @@ pub fn int_or_digits_in(v: &Value, min: u64, max: u64) -> Option<u64> {
     (min..=max).contains(&n).then_some(n)
 }
 
+/// Parses `v` as int-or-digits of ANY size and checks `value ≥ min`. Values
+/// beyond `u64::MAX` are valid per the contract (only the lower bound applies)
+/// and saturate to `u64::MAX`: no seq, cursor or producer_seq can reach it, so
+/// they behave exactly like the huge value (a conflict, or a silent cursor).
+pub fn int_or_digits_at_least(v: &Value, min: u64) -> Option<u64> {
+    let text = match v {
+        Value::Number(n) if !n.as_str().bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => n.as_str(),
+        Value::String(s) => s.as_str(),
+        _ => return None,
+    };
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value = digits.parse::<u64>().unwrap_or(u64::MAX);
+    let zero = digits.bytes().all(|b| b == b'0');
+    if negative && !zero {
+        return None;
+    }
+    (value >= min).then_some(value)
+}
+
 /// A JSON number token counts only if it has no fraction and no exponent: the reference
 /// decoded `1.0` and `1e3` as floats, which it rejects.
 fn parse_json_integer(text: &str) -> Option<i128> {
@@ -60,6 +86,21 @@ mod tests {
 
     fn num(text: &str) -> Value {
         serde_json::from_str(text).expect("valid JSON number")
+    }
+
+    #[test]
+    fn unbounded_integers_saturate() {
+        assert_eq!(int_or_digits_at_least(&num("99999999999999999999999"), 0), Some(u64::MAX));
+        assert_eq!(int_or_digits_at_least(&json!("99999999999999999999999"), 1), Some(u64::MAX));
+        assert_eq!(int_or_digits_at_least(&json!("+7"), 1), Some(7));
+        assert_eq!(int_or_digits_at_least(&json!("-0"), 0), Some(0));
+        assert_eq!(int_or_digits_at_least(&json!("-1"), 0), None);
+        assert_eq!(int_or_digits_at_least(&json!("-99999999999999999999999"), 0), None);
+        assert_eq!(int_or_digits_at_least(&num("0"), 1), None);
+        assert_eq!(int_or_digits_at_least(&num("1.0"), 0), None);
+        assert_eq!(int_or_digits_at_least(&json!(""), 0), None);
+        assert_eq!(int_or_digits_at_least(&json!("+"), 0), None);
+        assert_eq!(int_or_digits_at_least(&json!(" 7"), 0), None);
     }
 
     #[test]
