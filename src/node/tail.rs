@@ -19,6 +19,50 @@ const REPLAY_READ: usize = 1_000;
 /// Timeout of one replay read or subscription at the owner core.
 const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A replay frame holds at most this many bytes of events (unless one event is
+/// larger): frames may be shorter than `batch_size`, and clients' default frame
+/// limits (16 MiB) are never hit by batching.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Splits events into frames of at most `batch` events and `MAX_FRAME_BYTES`.
+fn frames_of(events: &[(u64, Bytes)], batch: usize) -> Vec<&[(u64, Bytes)]> {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, frame)) in events.iter().enumerate() {
+        let full = i - start == batch || (i > start && bytes + frame.len() > MAX_FRAME_BYTES);
+        if full {
+            frames.push(&events[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += frame.len();
+    }
+    if start < events.len() {
+        frames.push(&events[start..]);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: usize, size: usize) -> Vec<(u64, Bytes)> {
+        (1..=n as u64).map(|s| (s, Bytes::from(vec![b'x'; size]))).collect()
+    }
+
+    #[test]
+    fn frames_respect_batch_size_and_byte_cap() {
+        let sizes = |v: Vec<&[(u64, Bytes)]>| v.iter().map(|f| f.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(frames_of(&ev(7, 10), 3)), vec![3, 3, 1]);
+        assert_eq!(sizes(frames_of(&ev(5, 10), 1)), vec![1; 5]);
+        assert_eq!(sizes(frames_of(&ev(5, 400_000), 1000)), vec![2, 2, 1]);
+        assert_eq!(sizes(frames_of(&ev(2, 2 << 20), 1000)), vec![1, 1]);
+        assert!(frames_of(&[], 3).is_empty());
+    }
+}
+
 /// Close codes (§7.3, §14.19).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -125,7 +169,7 @@ impl Tail {
             if !contiguous {
                 return Err(Stop::Close(CLOSE_INTERNAL, "event_gap_detected"));
             }
-            for chunk in read.events.chunks(self.spec.batch_size.max(1)) {
+            for chunk in frames_of(&read.events, self.spec.batch_size.max(1)) {
                 let frame = self.frame(chunk.iter().map(|(_, f)| f));
                 writer.send_text(frame).await.map_err(|_| Stop::Gone)?;
                 self.spec.cursor = chunk.last().map_or(self.spec.cursor, |(seq, _)| *seq);
