@@ -23,8 +23,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub cores: u32,
     pub num_groups: u32,
+    /// Every node of the cluster (`CLUSTER_NODES`), this one included.
+    pub cluster_nodes: Vec<String>,
     pub write_node_ids: Vec<String>,
     pub replication_factor: u32,
+    /// Cluster port used for node ids without an explicit `:port`.
+    pub cluster_port: u16,
+    /// Listen for peers on this port instead of the one in this node's id
+    /// (`STARCITE_CLUSTER_LISTEN_PORT`; for a proxy or NAT in front of it).
+    pub cluster_listen_port: Option<u16>,
+    /// `SECRET_KEY_BASE`: peers authenticate each other with it.
+    pub secret: Option<String>,
     pub dedupe_window: usize,
     pub producer_cap: usize,
     /// Hot-tier memory bound for the whole node (`STARCITE_EVENT_STORE_MAX_SIZE`).
@@ -75,10 +84,23 @@ impl Config {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let cores = int(env, "STARCITE_CORES", cpus, 1, 1024)? as u32;
         let num_groups = int(env, "STARCITE_NUM_GROUPS", 256, 1, 1 << 20)? as u32;
-        let write_node_ids = write_nodes(env, &node_name)?;
+        let cluster_nodes = node_list(env, "CLUSTER_NODES")?.unwrap_or_else(|| vec![node_name.clone()]);
+        let write_node_ids = node_list(env, "STARCITE_WRITE_NODE_IDS")?.unwrap_or_else(|| vec![node_name.clone()]);
         let default_rf = if dev { 1 } else { 3 };
         let replication_factor = int(env, "STARCITE_WRITE_REPLICATION_FACTOR", default_rf, 1, 7)? as u32;
-        check_topology(&node_name, &write_node_ids, replication_factor)?;
+        let cluster_port = int(env, "STARCITE_CLUSTER_PORT", 4370, 1, u64::from(u16::MAX))? as u16;
+        let secret = non_blank(env, "SECRET_KEY_BASE");
+        let cluster_listen_port = match env.get("STARCITE_CLUSTER_LISTEN_PORT") {
+            Some(_) => Some(int(env, "STARCITE_CLUSTER_LISTEN_PORT", 0, 1, u64::from(u16::MAX))? as u16),
+            None => None,
+        };
+        check_topology(&node_name, &cluster_nodes, &write_node_ids, replication_factor)?;
+        for id in &cluster_nodes {
+            node_socket_addr(id, cluster_port).map_err(|reason| err("CLUSTER_NODES", reason))?;
+        }
+        if cluster_nodes.len() > 1 && secret.as_deref().is_none_or(|s| s.len() < 16) {
+            return Err(err("SECRET_KEY_BASE", "a cluster needs the same secret (at least 16 characters) on every node; peers authenticate with it"));
+        }
         let dedupe_window =
             int(env, "STARCITE_PRODUCER_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW as u64, 1, 65_536)? as usize;
         let event_store_max_bytes = size(env, "STARCITE_EVENT_STORE_MAX_SIZE", 2 << 30)?;
@@ -90,8 +112,12 @@ impl Config {
             data_dir,
             cores,
             num_groups,
+            cluster_nodes,
             write_node_ids,
             replication_factor,
+            cluster_port,
+            cluster_listen_port,
+            secret,
             dedupe_window,
             producer_cap: PRODUCERS_PER_SESSION,
             event_store_max_bytes,
@@ -115,38 +141,52 @@ fn check_auth_mode(env: &impl Env, dev: bool) -> Result<(), ConfigError> {
     }
 }
 
-fn write_nodes(env: &impl Env, node_name: &str) -> Result<Vec<String>, ConfigError> {
-    let Some(raw) = env.get("STARCITE_WRITE_NODE_IDS") else {
-        return Ok(vec![node_name.to_owned()]);
-    };
+/// A comma-separated node list: trimmed, blanks dropped; a duplicate is an error.
+fn node_list(env: &impl Env, var: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(raw) = env.get(var) else { return Ok(None) };
     let mut ids: Vec<String> = Vec::new();
     for id in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if !ids.iter().any(|x| x == id) {
-            ids.push(id.to_owned());
+        if ids.iter().any(|x| x == id) {
+            return Err(err(var, format!("lists {id} twice")));
         }
+        if !id.contains('@') {
+            return Err(err(var, format!("{id:?} is not a node id of the form name@host[:port]")));
+        }
+        ids.push(id.to_owned());
     }
     if ids.is_empty() {
-        return Err(err("STARCITE_WRITE_NODE_IDS", "lists no node"));
+        return Err(err(var, "lists no node"));
     }
-    Ok(ids)
+    Ok(Some(ids))
 }
 
-fn check_topology(node: &str, writers: &[String], rf: u32) -> Result<(), ConfigError> {
+fn check_topology(node: &str, cluster: &[String], writers: &[String], rf: u32) -> Result<(), ConfigError> {
+    if !cluster.iter().any(|n| n == node) {
+        return Err(err("CLUSTER_NODES", format!("does not list this node ({node}, from RELEASE_NODE)")));
+    }
+    if let Some(stray) = writers.iter().find(|w| !cluster.contains(w)) {
+        return Err(err("STARCITE_WRITE_NODE_IDS", format!("{stray} is not in CLUSTER_NODES")));
+    }
     if rf as usize > writers.len() {
         let reason = format!("replication factor {rf} exceeds the {} write node(s)", writers.len());
         return Err(err("STARCITE_WRITE_REPLICATION_FACTOR", reason));
     }
-    if writers.len() > 1 || rf > 1 {
-        return Err(err(
-            "STARCITE_WRITE_NODE_IDS",
-            "multi-node clusters are not available in this build yet; use one write node with STARCITE_WRITE_REPLICATION_FACTOR=1",
-        ));
-    }
-    if writers[0] != node {
-        let reason = format!("this node ({node}, from RELEASE_NODE) is not listed");
-        return Err(err("STARCITE_WRITE_NODE_IDS", reason));
-    }
     Ok(())
+}
+
+/// The cluster address of a node id `name@host[:port]`.
+pub fn node_socket_addr(id: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let host_port = id.split_once('@').map(|(_, h)| h).ok_or_else(|| format!("{id:?}: expected name@host[:port]"))?;
+    let with_port = match host_port.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() && !host_port.ends_with(']') => host_port.to_owned(),
+        _ => format!("{host_port}:{default_port}"),
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{id}: cannot resolve {with_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{id}: {with_port} resolves to no address"))
 }
 
 fn non_blank(env: &impl Env, var: &str) -> Option<String> {
@@ -221,10 +261,37 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (var, val) in [("PORT", "x"), ("PORT", "70000"), ("STARCITE_NUM_GROUPS", "0"), ("STARCITE_EVENT_STORE_MAX_SIZE", "12Q"), ("STARCITE_ENABLE_TELEMETRY", "maybe"), ("STARCITE_WRITE_REPLICATION_FACTOR", "2")] {
+        for (var, val) in [("PORT", "x"), ("PORT", "70000"), ("STARCITE_NUM_GROUPS", "0"), ("STARCITE_EVENT_STORE_MAX_SIZE", "12Q"), ("STARCITE_ENABLE_TELEMETRY", "maybe"), ("STARCITE_WRITE_REPLICATION_FACTOR", "2"), ("STARCITE_WRITE_NODE_IDS", "x")] {
             let e = Config::from_env(Profile::Dev, &[(var, val)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={val}");
         }
+    }
+
+    #[test]
+    fn cluster_topology_is_validated() {
+        let base = [
+            ("RELEASE_NODE", "a@127.0.0.1:4371"),
+            ("CLUSTER_NODES", "a@127.0.0.1:4371, b@127.0.0.1:4372,c@127.0.0.1:4373"),
+            ("STARCITE_WRITE_NODE_IDS", "a@127.0.0.1:4371,b@127.0.0.1:4372,c@127.0.0.1:4373"),
+            ("STARCITE_WRITE_REPLICATION_FACTOR", "3"),
+            ("SECRET_KEY_BASE", "0123456789abcdef0123"),
+        ];
+        let c = Config::from_env(Profile::Dev, &base).unwrap();
+        assert_eq!(c.cluster_nodes.len(), 3);
+        assert_eq!(node_socket_addr("b@127.0.0.1:4372", 4370).unwrap().port(), 4372);
+        assert_eq!(node_socket_addr("b@127.0.0.1", 4370).unwrap().port(), 4370);
+        let mut no_secret = base;
+        no_secret[4] = ("SECRET_KEY_BASE", "");
+        assert_eq!(Config::from_env(Profile::Dev, &no_secret).unwrap_err().var, "SECRET_KEY_BASE");
+        let mut rf4 = base;
+        rf4[3] = ("STARCITE_WRITE_REPLICATION_FACTOR", "4");
+        assert_eq!(Config::from_env(Profile::Dev, &rf4).unwrap_err().var, "STARCITE_WRITE_REPLICATION_FACTOR");
+        let mut missing_me = base;
+        missing_me[0] = ("RELEASE_NODE", "z@127.0.0.1:4379");
+        assert_eq!(Config::from_env(Profile::Dev, &missing_me).unwrap_err().var, "CLUSTER_NODES");
+        let mut dup = base;
+        dup[1] = ("CLUSTER_NODES", "a@127.0.0.1:4371,a@127.0.0.1:4371");
+        assert_eq!(Config::from_env(Profile::Dev, &dup).unwrap_err().var, "CLUSTER_NODES");
     }
 
     #[test]

@@ -5,3 +5,5 @@ pub mod api;
 pub mod config;
 pub mod http;
 pub mod node;
+pub mod ops;
+pub mod cluster;

@@ -24,15 +24,18 @@ enum Command {
     /// under ./starcite-data, port 4000, replication factor 1, no external
     /// services. Every environment variable of `start` still overrides a default.
     Dev,
+    #[command(flatten)]
+    Operator(starcite::ops::cli::OperatorCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
     let profile = match cli.command {
         Command::Start => Profile::Start,
         Command::Dev => Profile::Dev,
+        Command::Operator(cmd) => std::process::exit(starcite::ops::cli::run_cli(cmd)),
     };
+    init_logging();
     let cfg = match Config::from_env(profile, &ProcessEnv) {
         Ok(cfg) => cfg,
         Err(e) => {

@@ -1,6 +1,6 @@
 /// Outcomes of a command that are not successes. Business errors are decided by
 /// the replicated state machine, so every replica agrees on them.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EngineError {
     #[error("session not found")]
     SessionNotFound,

@@ -47,7 +47,7 @@ pub struct ShardConfig {
 }
 
 /// A client command before it is stamped and proposed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Proposal {
     Create {
         id: String,
@@ -106,14 +106,14 @@ pub struct ReadResult {
 }
 
 /// What a tail or an append needs to know about a session before acting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     pub tenant_id: String,
     pub last_seq: u64,
 }
 
 /// A list row (contract §4.2 plus `last_seq`, `updated_at`); the gateway renders it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ListRow {
     pub id: String,
     pub title: Option<String>,
@@ -239,6 +239,52 @@ impl<W> Shard<W> {
     /// Whether every local group has a leader (readiness).
     pub fn all_groups_led(&self) -> bool {
         self.groups.values().all(|g| g.leader_id().is_some())
+    }
+
+    /// Readiness of this core's replicas: every group has a leader and has
+    /// applied everything it knows to be committed. Returns the first group
+    /// that is not, with the reason.
+    pub fn sync_state(&self) -> Result<(), (u32, &'static str)> {
+        for (gid, g) in &self.groups {
+            if g.leader_id().is_none() {
+                return Err((*gid, "leader_unknown"));
+            }
+            if g.applied < g.node.raft.raft_log.committed {
+                return Err((*gid, "catching_up"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups this replica leads, with their voters (for drain and balance).
+    pub fn led_groups(&self) -> Vec<(u32, Vec<u64>)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.is_leader())
+            .map(|(gid, g)| (*gid, g.node.store().voters().to_vec()))
+            .collect()
+    }
+
+    /// Leader (raft id) of every local group, if known.
+    pub fn leaders_by_group(&self) -> Vec<(u32, Option<u64>)> {
+        self.groups.iter().map(|(gid, g)| (*gid, g.leader_id())).collect()
+    }
+
+    /// Asks raft to hand a group's leadership to `to` (drain, balance).
+    pub fn transfer_leader(&mut self, group: u32, to: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.is_leader() {
+                g.node.transfer_leader(to);
+                self.dirty.insert(group);
+            }
+        }
+    }
+
+    /// Tells raft a peer is unreachable (its messages could not be sent).
+    pub fn report_unreachable(&mut self, group: u32, to: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.node.report_unreachable(to);
+        }
     }
 
     pub fn leaders(&self) -> usize {

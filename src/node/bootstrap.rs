@@ -5,7 +5,6 @@ use std::fs;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +12,21 @@ use starcite_shards::placement::core_of;
 use starcite_shards::recovery::Recovered;
 use starcite_shards::shard::{Shard, ShardConfig};
 
-use super::engine_loop::EngineLoop;
+use super::control::ControlState;
+use super::engine_loop::{Cluster, EngineLoop};
 use super::gateway::Gateway;
 use super::messages::{CoreRequest, CORE_INBOX_DEPTH};
+use super::peer_inbound::PeerInbound;
+use super::peer_rpc::{self, ControlMessage};
 use super::segment_log::SegmentLog;
 use super::shutdown::Shutdown;
-use crate::config::Config;
+use super::topology::Topology;
+use crate::cluster::transport::{serve_cluster, NodeAddr, Transport, TransportConfig};
+use crate::config::{node_socket_addr, Config};
 use crate::http::{bind_reuseport, serve, Limits};
+
+/// Gossip (node status, readiness, drain marks) interval.
+const GOSSIP_INTERVAL: Duration = Duration::from_millis(1_000);
 
 /// How long in-flight requests get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1_500);
@@ -31,7 +38,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..cfg.cores).map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH)).unzip();
     let senders = Arc::new(senders);
-    let ready: Arc<Vec<Arc<AtomicBool>>> = Arc::new((0..cfg.cores).map(|_| Arc::new(AtomicBool::new(false))).collect());
+    let topo = Arc::new(Topology::new(&cfg));
+    let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
+    let backend = Arc::new(super::ops_backend::NodeOps { control: control.clone(), cfg: cfg.clone() });
+    let admin = crate::ops::server::serve_admin(&cfg.data_dir, backend)
+        .map_err(|e| format!("cannot open the admin socket in {}: {e}", cfg.data_dir.display()))?;
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -43,7 +54,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg: cfg.clone(),
             inbox,
             senders: senders.clone(),
-            ready: ready.clone(),
+            topo: topo.clone(),
+            control: control.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -70,6 +82,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for t in threads {
         let _ = t.join();
     }
+    admin.stop();
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -79,7 +92,8 @@ struct CoreContext {
     cfg: Config,
     inbox: flume::Receiver<CoreRequest>,
     senders: Arc<Vec<flume::Sender<CoreRequest>>>,
-    ready: Arc<Vec<Arc<AtomicBool>>>,
+    topo: Arc<Topology>,
+    control: Arc<ControlState>,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -100,14 +114,21 @@ fn run_core(ctx: CoreContext) {
 
 async fn core_main(ctx: CoreContext) {
     let core = ctx.core;
-    let started = start_engine(&ctx).and_then(|engine| {
+    let shutdown = Shutdown::default();
+    let inbound = Rc::new(PeerInbound {
+        cores: ctx.senders.clone(),
+        control: ctx.control.clone(),
+        gateway: std::cell::RefCell::new(None),
+    });
+    let started = start_cluster(&ctx, inbound.clone(), &shutdown).and_then(|cluster| {
+        let engine = start_engine(&ctx, cluster.as_ref().map(|(t, _)| Cluster { transport: t.clone(), topo: ctx.topo.clone() }))?;
         let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ctx.cfg.port));
         let listener = bind_reuseport(addr)
             .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], ctx.cfg.port))))
             .map_err(|e| format!("core {core}: cannot listen on port {}: {e}", ctx.cfg.port))?;
-        Ok((engine, listener))
+        Ok((engine, listener, cluster))
     });
-    let (engine, listener) = match started {
+    let (engine, listener, cluster) = match started {
         Ok(v) => v,
         Err(e) => {
             let _ = ctx.boot.send(Err(e));
@@ -115,16 +136,27 @@ async fn core_main(ctx: CoreContext) {
         }
     };
     let engine_task = monoio::spawn(engine.run());
-    let shutdown = Shutdown::default();
+    let transport = cluster.as_ref().map(|(t, _)| t.clone());
     let gateway = Rc::new(Gateway {
         core,
         cores: ctx.senders.clone(),
-        num_groups: ctx.cfg.num_groups,
-        ready: ctx.ready.clone(),
+        topo: ctx.topo.clone(),
+        control: ctx.control.clone(),
+        transport: transport.clone(),
         shutdown: shutdown.clone(),
         telemetry: ctx.cfg.telemetry,
         next_subscriber: Cell::new(1),
+        leader_hints: Default::default(),
     });
+    *inbound.gateway.borrow_mut() = Some(gateway.clone());
+    if let Some((transport, listener)) = cluster {
+        transport.start(shutdown.wait());
+        let tcfg = Rc::new(transport_config(&ctx.cfg, &ctx.topo));
+        monoio::spawn(serve_cluster(listener, tcfg, inbound.clone(), shutdown.wait()));
+        if core == 0 {
+            monoio::spawn(gossip_loop(transport, ctx.control.clone(), shutdown.clone()));
+        }
+    }
     let _ = ctx.boot.send(Ok(core));
     let stop = ctx.stop.clone();
     let signal = shutdown.clone();
@@ -139,18 +171,75 @@ async fn core_main(ctx: CoreContext) {
     engine_task.await;
 }
 
-fn start_engine(ctx: &CoreContext) -> Result<EngineLoop, String> {
+fn transport_config(cfg: &Config, topo: &Topology) -> TransportConfig {
+    let peers = topo
+        .peers()
+        .filter_map(|name| {
+            let addr = node_socket_addr(name, cfg.cluster_port).ok()?;
+            Some(NodeAddr { name: name.to_owned(), addr })
+        })
+        .collect();
+    TransportConfig {
+        me: topo.me.clone(),
+        http_port: cfg.port,
+        peers,
+        secret: cfg.secret.clone().unwrap_or_default().into_bytes(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        reconnect_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+        max_queued_raft_bytes_per_peer: 32 << 20,
+        heartbeat_interval: Duration::from_millis(500),
+        peer_timeout: Duration::from_secs(3),
+    }
+}
+
+/// The transport and cluster listener of this core, on a multi-node cluster.
+fn start_cluster(
+    ctx: &CoreContext,
+    inbound: Rc<PeerInbound>,
+    _shutdown: &Shutdown,
+) -> Result<Option<(Rc<Transport>, monoio::net::TcpListener)>, String> {
+    if ctx.topo.single_node() {
+        return Ok(None);
+    }
+    let mut me = node_socket_addr(&ctx.topo.me, ctx.cfg.cluster_port)?;
+    if let Some(port) = ctx.cfg.cluster_listen_port {
+        me.set_port(port);
+    }
+    let listener = bind_reuseport(me).map_err(|e| format!("core {}: cannot listen on cluster address {me}: {e}", ctx.core))?;
+    let transport = Transport::new(transport_config(&ctx.cfg, &ctx.topo), inbound);
+    Ok(Some((transport, listener)))
+}
+
+/// Core 0 gossips this node's view every second and sweeps node statuses.
+async fn gossip_loop(transport: Rc<Transport>, control: Arc<ControlState>, shutdown: Shutdown) {
+    loop {
+        control.refresh_statuses(super::control::now_ms());
+        let body = peer_rpc::encode(&ControlMessage::Gossip(control.gossip()));
+        for peer in control.topo.peers() {
+            transport.send_control(peer, body.clone());
+        }
+        monoio::select! {
+            _ = monoio::time::sleep(GOSSIP_INTERVAL) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoop, String> {
     let cfg = &ctx.cfg;
     let (core, cores) = (ctx.core, cfg.cores);
     let log_dir = cfg.data_dir.join("log");
-    let (log, recovered): (SegmentLog, Recovered) =
-        SegmentLog::open(&log_dir, core, |g| g < cfg.num_groups && core_of(g, cores) == core)?;
-    let groups = (0..cfg.num_groups).filter(|g| core_of(*g, cores) == core).map(|g| (g, vec![1])).collect();
+    let groups = ctx.topo.local_groups(core);
+    let owned: Vec<u32> = groups.iter().map(|(g, _)| *g).collect();
+    let (log, recovered): (SegmentLog, Recovered) = SegmentLog::open(&log_dir, core, |g| {
+        g < cfg.num_groups && core_of(g, cores) == core && owned.contains(&g)
+    })?;
     let shard_cfg = ShardConfig {
         core,
         cores,
         num_groups: cfg.num_groups,
-        raft_id: 1,
+        raft_id: ctx.topo.raft_id(&ctx.topo.me).unwrap_or(0),
         groups,
         dedupe_window: cfg.dedupe_window,
         producer_cap: cfg.producer_cap,
@@ -161,8 +250,7 @@ fn start_engine(ctx: &CoreContext) -> Result<EngineLoop, String> {
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let shard = Shard::new(shard_cfg, recovered, &logger).map_err(|e| format!("core {core}: {e}"))?;
-    let flag = ctx.ready[core as usize].clone();
-    Ok(EngineLoop::new(shard, log, ctx.inbox.clone(), flag))
+    Ok(EngineLoop::new(shard, log, ctx.inbox.clone(), ctx.control.clone(), cluster))
 }
 
 fn wait_for_signal() -> Result<(), String> {

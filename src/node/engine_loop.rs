@@ -6,7 +6,8 @@
 //! queue in the inbox and form the next batch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,14 @@ use starcite_shards::limits::TICK_MS;
 use starcite_shards::shard::{Outputs, Shard};
 use starcite_shards::state::machine::Notification;
 
+use super::control::ControlState;
 use super::messages::{CommandResult, CoreRequest, CoreStats, LiveEvent, Reply, Subscriber};
 use super::segment_log::SegmentLog;
+use super::topology::Topology;
+use crate::cluster::transport::Transport;
+
+/// Ticks between leadership balancing rounds (and drain transfers).
+const BALANCE_EVERY_TICKS: u64 = 20;
 
 type Waiter = Reply<CommandResult>;
 
@@ -24,9 +31,17 @@ pub struct EngineLoop {
     log: SegmentLog,
     inbox: flume::Receiver<CoreRequest>,
     subscribers: HashMap<String, Vec<Subscriber>>,
-    ready_flag: Arc<AtomicBool>,
     stats: CoreStats,
     write_buf: Vec<u8>,
+    cluster: Option<Cluster>,
+    control: Arc<ControlState>,
+    ticks: u64,
+}
+
+/// What a core needs to talk to its peers.
+pub struct Cluster {
+    pub transport: Rc<Transport>,
+    pub topo: Arc<Topology>,
 }
 
 fn now_us() -> i64 {
@@ -38,10 +53,21 @@ impl EngineLoop {
         shard: Shard<Waiter>,
         log: SegmentLog,
         inbox: flume::Receiver<CoreRequest>,
-        ready_flag: Arc<AtomicBool>,
+        control: Arc<ControlState>,
+        cluster: Option<Cluster>,
     ) -> Self {
         let stats = CoreStats { core: shard.config().core, groups: shard.config().groups.len(), ..Default::default() };
-        Self { shard, log, inbox, subscribers: HashMap::new(), ready_flag, stats, write_buf: Vec::new() }
+        Self {
+            shard,
+            log,
+            inbox,
+            subscribers: HashMap::new(),
+            stats,
+            write_buf: Vec::new(),
+            cluster,
+            control,
+            ticks: 0,
+        }
     }
 
     /// Runs until a `Shutdown` request; the log is synced after every batch, so
@@ -60,9 +86,8 @@ impl EngineLoop {
                 continue;
             }
             if Instant::now() >= next_tick {
-                self.shard.tick();
+                self.on_tick();
                 next_tick = Instant::now() + tick;
-                self.ready_flag.store(self.shard.all_groups_led(), Ordering::Relaxed);
                 continue;
             }
             monoio::select! {
@@ -71,6 +96,69 @@ impl EngineLoop {
                     Err(_) => return,
                 },
                 _ = monoio::time::sleep_until(next_tick.into()) => {}
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.shard.tick();
+        self.ticks += 1;
+        let core = self.stats.core as usize;
+        self.control.core_ready[core].store(self.shard.sync_state().is_ok(), Ordering::Relaxed);
+        self.control.core_leaders[core].store(self.shard.leaders() as u32, Ordering::Relaxed);
+        if self.ticks % BALANCE_EVERY_TICKS == 0 {
+            self.move_leadership();
+        }
+    }
+
+    /// Drain moves every leadership off this node; otherwise leaders are
+    /// balanced so no node leads far more than its share of this core's groups.
+    fn move_leadership(&mut self) {
+        let Some(cluster) = &self.cluster else { return };
+        let topo = cluster.topo.clone();
+        let me = topo.me.clone();
+        let drained = self.control.is_drained(&me);
+        let eligible = |id: u64| {
+            topo.node_of(id).is_some_and(|n| n != me && self.control.is_visible(n) && !self.control.is_drained(n))
+        };
+        let led = self.shard.led_groups();
+        if drained {
+            for (group, voters) in led {
+                if let Some(to) = voters.iter().copied().find(|v| eligible(*v)) {
+                    self.shard.transfer_leader(group, to);
+                }
+            }
+            return;
+        }
+        // Balance: leaders per node among this core's groups.
+        let mut counts: HashMap<u64, usize> = HashMap::new();
+        let leaders = self.shard.leaders_by_group();
+        for (_, leader) in &leaders {
+            if let Some(l) = leader {
+                *counts.entry(*l).or_default() += 1;
+            }
+        }
+        let writers = topo.writers.len().max(1);
+        let fair = leaders.len().div_ceil(writers);
+        let mine = topo.raft_id(&me).unwrap_or(0);
+        let my_count = counts.get(&mine).copied().unwrap_or(0);
+        // Keep every node within 1.25× (+1) of its fair share of leaders.
+        let mut excess = my_count.saturating_sub((fair * 5 / 4).max(fair + 1));
+        for (group, voters) in led {
+            if excess == 0 {
+                break;
+            }
+            let target = voters
+                .iter()
+                .copied()
+                .filter(|v| eligible(*v))
+                .min_by_key(|v| counts.get(v).copied().unwrap_or(0));
+            if let Some(to) = target {
+                if counts.get(&to).copied().unwrap_or(0) + 1 < my_count {
+                    self.shard.transfer_leader(group, to);
+                    *counts.entry(to).or_default() += 1;
+                    excess -= 1;
+                }
             }
         }
     }
@@ -114,7 +202,35 @@ impl EngineLoop {
         for n in out.notifications {
             self.notify(n);
         }
-        // Single-node build: no peers, so Raft messages (none expected) are dropped.
+        if !out.messages.is_empty() {
+            self.send_messages(out.messages);
+        }
+    }
+
+    /// Batches Raft messages per destination node: one transport call per peer.
+    fn send_messages(&mut self, messages: Vec<(u32, raft::eraftpb::Message)>) {
+        let Some(cluster) = &self.cluster else { return };
+        let mut per_peer: HashMap<u64, Vec<(u32, Vec<u8>)>> = HashMap::new();
+        for (group, msg) in messages {
+            let bytes = match protobuf::Message::write_to_bytes(&msg) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(group, error = %e, "cannot encode a raft message");
+                    continue;
+                }
+            };
+            per_peer.entry(msg.to).or_default().push((group, bytes));
+        }
+        for (to, batch) in per_peer {
+            match cluster.topo.node_of(to) {
+                Some(peer) if cluster.transport.is_connected(peer) => cluster.transport.send_raft(peer, batch),
+                _ => {
+                    for (group, _) in batch {
+                        self.shard.report_unreachable(group, to);
+                    }
+                }
+            }
+        }
     }
 
     fn notify(&mut self, n: Notification) {
@@ -166,6 +282,11 @@ impl EngineLoop {
                 stats.pending = self.shard.pending_len();
                 stats.tail_subscribers = self.subscribers.values().map(Vec::len).sum();
                 let _ = reply.send(stats);
+            }
+            CoreRequest::Raft { messages } => {
+                for (group, msg) in messages {
+                    self.shard.step(group, msg);
+                }
             }
             CoreRequest::Shutdown => return false,
         }

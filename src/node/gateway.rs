@@ -4,21 +4,25 @@
 //! sends one message to the core that owns the session's group. The happy path
 //! of an append is one cross-core hop there and one back.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starcite_shards::placement::{core_of, group_of};
-use starcite_shards::shard::{ListRow, Proposal};
+use starcite_shards::placement::core_of;
+use starcite_shards::shard::{ListRow, Proposal, SessionInfo};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
+use super::control::{routing_candidates, ControlState};
 use super::messages::{CoreRequest, Reply as ReplyTx};
+use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
-use super::tail::{run_tail, TailSpec};
+use super::tail::{run_tail, TailSource, TailSpec};
+use super::topology::Topology;
+use crate::cluster::transport::Transport;
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal, PrincipalType};
 use crate::api::query::{list_params, parse_query, tail_params};
@@ -30,16 +34,25 @@ use crate::http::{Handler, Reply, Request, Response};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// Timeout of a read or lookup on another core.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// Bound on routing a command to its leader, retries included: a write that
+/// cannot reach a quorum answers 503 within this.
+pub const ROUTE_DEADLINE: Duration = Duration::from_millis(4_000);
+/// Pause before retrying when no leader is known (election in progress).
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything a core's gateway needs; shared by its connection tasks.
 pub struct Gateway {
     pub core: u32,
     pub cores: Arc<Vec<flume::Sender<CoreRequest>>>,
-    pub num_groups: u32,
-    pub ready: Arc<Vec<Arc<AtomicBool>>>,
+    pub topo: Arc<Topology>,
+    pub control: Arc<ControlState>,
+    /// This core's connections to the other nodes (None on a one-node cluster).
+    pub transport: Option<Rc<Transport>>,
     pub shutdown: Shutdown,
     pub telemetry: bool,
     pub next_subscriber: Cell<u64>,
+    /// Last known leader node per group (corrected by NotLeader answers).
+    pub leader_hints: RefCell<HashMap<u32, String>>,
 }
 
 impl Handler for Gateway {
@@ -93,7 +106,7 @@ impl Gateway {
     }
 
     fn owner(&self, session: &str) -> u32 {
-        core_of(group_of(session, self.num_groups), self.cores.len() as u32)
+        core_of(self.topo.group(session), self.cores.len() as u32)
     }
 
     /// Sends a request to a core and awaits its answer, both within `timeout`.
@@ -141,10 +154,80 @@ impl Gateway {
         json(201, render_session_created(&view))
     }
 
+    /// Proposes on this node's replica of the session's group.
+    pub async fn local_propose(&self, proposal: Proposal) -> Result<Result<Outcome, EngineError>, ApiError> {
+        if !self.topo.replicates(self.topo.group(proposal.session())) {
+            return Ok(Err(EngineError::NotLeader { leader: None }));
+        }
+        let core = self.owner(proposal.session());
+        self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose { proposal, reply }).await
+    }
+
+    /// Sends a request to a peer; transport failures become `None`.
+    async fn peer(&self, node: &str, req: &PeerRequest) -> Option<PeerResponse> {
+        let transport = self.transport.as_ref()?;
+        let body = transport.request(node, peer_rpc::encode(req)).await.ok()?;
+        peer_rpc::decode(&body)
+    }
+
+    /// Routes a command to its group's leader: the local replica, a cached
+    /// hint, or the replicas in routing order, following NotLeader hints.
+    /// Only answers that prove the command was NOT proposed are retried.
     async fn command(&self, session: &str, proposal: Proposal) -> Result<Outcome, ApiError> {
-        let core = self.owner(session);
-        let result = self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose { proposal, reply }).await?;
-        result.map_err(engine_error)
+        let group = self.topo.group(session);
+        let deadline = Instant::now() + ROUTE_DEADLINE;
+        let mut candidates = routing_candidates(&self.control, self.topo.replicas(group));
+        if self.topo.replicates(group) {
+            candidates.retain(|n| *n != self.topo.me);
+            candidates.insert(0, self.topo.me.clone());
+        }
+        if let Some(hint) = self.leader_hints.borrow().get(&group) {
+            candidates.retain(|n| n != hint);
+            candidates.insert(0, hint.clone());
+        }
+        if candidates.is_empty() {
+            return Err(ApiError::raft_unavailable());
+        }
+        let mut next = 0usize;
+        let mut target = candidates[0].clone();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ApiError::raft_timeout());
+            }
+            let answer = if target == self.topo.me {
+                Some(self.local_propose(proposal.clone()).await?)
+            } else {
+                match self.peer(&target, &PeerRequest::Propose { proposal: proposal.clone() }).await {
+                    Some(PeerResponse::Command(r)) => Some(r),
+                    _ => None,
+                }
+            };
+            match answer {
+                Some(Ok(outcome)) => {
+                    self.leader_hints.borrow_mut().insert(group, target);
+                    return Ok(outcome);
+                }
+                Some(Err(EngineError::NotLeader { leader: Some(id) })) => {
+                    match self.topo.node_of(id) {
+                        Some(leader) if leader != target => target = leader.to_owned(),
+                        _ => {
+                            monoio::time::sleep(NO_LEADER_BACKOFF).await;
+                        }
+                    }
+                }
+                Some(Err(EngineError::NotLeader { leader: None })) | None => {
+                    // No leader known there, or the peer is unreachable (the
+                    // request never reached a replica): try the next one.
+                    self.leader_hints.borrow_mut().remove(&group);
+                    next = (next + 1) % candidates.len();
+                    target = candidates[next].clone();
+                    if next == 0 {
+                        monoio::time::sleep(NO_LEADER_BACKOFF).await;
+                    }
+                }
+                Some(Err(e)) => return Err(engine_error(e)),
+            }
+        }
     }
 
     async fn append(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
@@ -172,11 +255,24 @@ impl Gateway {
         }
     }
 
-    /// The session's tenant and last seq, or 404.
-    async fn lookup(&self, id: &str) -> Result<starcite_shards::shard::SessionInfo, ApiError> {
+    pub async fn local_info(&self, id: &str) -> Result<Option<SessionInfo>, ApiError> {
         let session = id.to_owned();
-        let info = self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info { session, reply }).await?;
-        info.ok_or_else(ApiError::session_not_found)
+        self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info { session, reply }).await
+    }
+
+    /// The session's tenant and last seq, or 404. Served by a local replica
+    /// when there is one, else by the first replica that answers.
+    async fn lookup(&self, id: &str) -> Result<SessionInfo, ApiError> {
+        let group = self.topo.group(id);
+        if self.topo.replicates(group) {
+            return self.local_info(id).await?.ok_or_else(ApiError::session_not_found);
+        }
+        for node in routing_candidates(&self.control, self.topo.replicas(group)) {
+            if let Some(PeerResponse::Info(info)) = self.peer(&node, &PeerRequest::Info { session: id.to_owned() }).await {
+                return info.ok_or_else(ApiError::session_not_found);
+            }
+        }
+        Err(ApiError::raft_unavailable())
     }
 
     async fn list(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
@@ -187,23 +283,55 @@ impl Gateway {
         }
         let limit = params.limit as usize;
         let tenant = if auth.none_mode { None } else { Some(auth.principal.tenant_id.clone()) };
-        // Each core returns its first limit+1 matches; the merged page is exact.
-        let mut rows: Vec<ListRow> = Vec::new();
-        for core in 0..self.cores.len() as u32 {
-            let (cursor, tenant, filters) = (params.cursor.clone(), tenant.clone(), params.filters.clone());
-            let part = self
-                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List { cursor, limit: limit + 1, tenant, filters, reply })
-                .await
-                .map_err(|_| ApiError::archive_read_unavailable())?;
-            rows.extend(part);
+        // Every core of every write node returns its first limit+1 matches; the
+        // merged page is exact (O(nodes × cores × page)).
+        let mut rows = self.local_list(params.cursor.clone(), limit + 1, tenant.clone(), params.filters.clone()).await?;
+        let req = PeerRequest::List { cursor: params.cursor.clone(), limit: limit + 1, tenant, filters: params.filters.clone() };
+        for node in self.topo.writers.iter().filter(|n| **n != self.topo.me) {
+            if let Some(PeerResponse::List(part)) = self.peer(node, &req).await {
+                rows.extend(part);
+            }
         }
         rows.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
+        rows.dedup_by(|a, b| a.id == b.id);
         let more = rows.len() > limit;
         rows.truncate(limit);
         let principals: Vec<Principal> = rows.iter().map(row_principal).collect();
         let views: Vec<SessionView<'_>> = rows.iter().zip(&principals).map(|(r, p)| row_view(r, p)).collect();
         let next = if more { rows.last().map(|r| r.id.as_str()) } else { None };
         json(200, render_session_page(&views, next))
+    }
+
+    pub async fn local_list(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+        tenant: Option<String>,
+        filters: Vec<(String, String)>,
+    ) -> Result<Vec<ListRow>, ApiError> {
+        let mut rows = Vec::new();
+        if !self.topo.is_writer() {
+            return Ok(rows);
+        }
+        for core in 0..self.cores.len() as u32 {
+            let (cursor, tenant, filters) = (cursor.clone(), tenant.clone(), filters.clone());
+            let part = self
+                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List { cursor, limit, tenant, filters, reply })
+                .await
+                .map_err(|_| ApiError::archive_read_unavailable())?;
+            rows.extend(part);
+        }
+        Ok(rows)
+    }
+
+    pub async fn local_read(
+        &self,
+        session: String,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<starcite_shards::shard::ReadResult, EngineError>, ApiError> {
+        let core = self.owner(&session);
+        self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Read { session, after, limit, reply }).await
     }
 
     async fn tail(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
@@ -221,27 +349,57 @@ impl Gateway {
         }
         let sub_id = self.next_subscriber.get();
         self.next_subscriber.set(sub_id + 1);
+        let group = self.topo.group(&id);
+        let source = if self.topo.replicates(group) {
+            TailSource::Local { owner: self.cores[self.owner(&id) as usize].clone() }
+        } else {
+            let replicas = routing_candidates(&self.control, self.topo.replicas(group));
+            match &self.transport {
+                Some(t) => TailSource::Remote { transport: t.clone(), replicas },
+                None => return Err(ApiError::raft_unavailable()),
+            }
+        };
         let spec = TailSpec {
             session: id.clone(),
             cursor: params.cursor,
             batch_size: params.batch_size as usize,
-            owner: self.cores[self.owner(&id) as usize].clone(),
+            source,
             subscriber_id: (u64::from(self.core) << 48) | sub_id,
             shutdown: self.shutdown.clone(),
         };
         Ok(Reply::WebSocket(Box::new(move |ws| Box::pin(run_tail(ws, spec)))))
     }
 
+    /// Readiness per contract §5.5.
     fn health_ready(&self) -> Result<Reply, ApiError> {
-        let ready = self.ready.iter().all(|r| r.load(Ordering::Relaxed));
+        let writer = self.topo.is_writer();
+        let mode = if writer { "write_node" } else { "router_node" };
+        let not_ready = |reason: &str, detail: Option<serde_json::Value>| {
+            let mut body = serde_json::json!({"status": "starting", "mode": mode, "reason": reason});
+            if let Some(d) = detail {
+                body["detail"] = d;
+            }
+            json(503, body.to_string())
+        };
         if self.shutdown.is_fired() {
-            return json(503, r#"{"status":"starting","mode":"write_node","reason":"shutting_down"}"#.to_owned());
+            return not_ready("shutting_down", None);
         }
-        if ready {
-            json(200, r#"{"status":"ok","mode":"write_node"}"#.to_owned())
-        } else {
-            json(503, r#"{"status":"starting","mode":"write_node","reason":"raft_sync","detail":{"startup_mode":"write","consensus_ready?":false}}"#.to_owned())
+        if writer {
+            if self.control.is_drained(&self.topo.me) {
+                return not_ready("draining", None);
+            }
+            if !self.control.local_consensus_ready() {
+                let detail = serde_json::json!({"startup_mode": "write", "consensus_ready?": false, "probe_result": "startup_sync"});
+                return not_ready("raft_sync", Some(detail));
+            }
+            if !self.control.ready_nodes().contains(&self.topo.me) {
+                return not_ready("observer_sync", None);
+            }
+        } else if !self.topo.writers.iter().any(|w| self.control.is_visible(w)) {
+            let detail = serde_json::json!({"startup_mode": "router", "consensus_ready?": false, "probe_result": "quorum_unreachable"});
+            return not_ready("router_sync", Some(detail));
         }
+        json(200, serde_json::json!({"status": "ok", "mode": mode}).to_string())
     }
 
     async fn metrics(&self) -> Result<Reply, ApiError> {

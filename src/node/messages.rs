@@ -41,6 +41,8 @@ pub enum CoreRequest {
     Subscribe { session: String, subscriber: Subscriber, reply: Reply<Option<SessionInfo>> },
     Unsubscribe { session: String, id: u64 },
     Stats { reply: Reply<CoreStats> },
+    /// Raft messages from peers for groups this core owns.
+    Raft { messages: Vec<(u32, raft::eraftpb::Message)> },
     Shutdown,
 }
 

@@ -13,11 +13,16 @@
 //! ```
 
 pub mod bootstrap;
+pub mod control;
 pub mod engine_loop;
 pub mod gateway;
 pub mod messages;
+pub mod ops_backend;
+pub mod peer_inbound;
+pub mod peer_rpc;
 pub mod segment_log;
 pub mod shutdown;
 pub mod tail;
+pub mod topology;
 
 pub use bootstrap::run;

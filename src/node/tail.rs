@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use std::rc::Rc;
+
 use super::messages::{CoreRequest, LiveEvent, Subscriber, SUBSCRIBER_DEPTH};
+use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
+use crate::cluster::transport::Transport;
 use crate::http::{WebSocket, WsEvent, WsReader, WsWriter};
 
 /// Events per replay read (contract §12.3).
@@ -72,10 +76,24 @@ pub struct TailSpec {
     pub session: String,
     pub cursor: u64,
     pub batch_size: usize,
-    pub owner: flume::Sender<CoreRequest>,
+    pub source: TailSource,
     pub subscriber_id: u64,
     pub shutdown: Shutdown,
 }
+
+/// Where a tail's events come from.
+pub enum TailSource {
+    /// This node replicates the session's group: the owner core's applied
+    /// state, with live pushes.
+    Local { owner: flume::Sender<CoreRequest> },
+    /// A node without a replica (router, or a write node outside the group):
+    /// reads from replicas over the cluster transport, polling for new events.
+    Remote { transport: Rc<Transport>, replicas: Vec<String> },
+}
+
+/// Remote tails poll between these bounds, backing off while idle.
+const REMOTE_POLL_MIN: Duration = Duration::from_millis(10);
+const REMOTE_POLL_MAX: Duration = Duration::from_millis(200);
 
 enum Stop {
     /// Close with this code and reason.
@@ -101,6 +119,9 @@ struct Tail {
 
 impl Tail {
     async fn run(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Stop {
+        if matches!(self.spec.source, TailSource::Remote { .. }) {
+            return self.run_remote(reader, writer).await;
+        }
         loop {
             if self.live.is_none() {
                 match self.subscribe().await {
@@ -129,14 +150,18 @@ impl Tail {
     }
 
     fn unsubscribe(&self) {
+        let TailSource::Local { owner } = &self.spec.source else { return };
         let session = self.spec.session.clone();
-        let _ = self.spec.owner.try_send(CoreRequest::Unsubscribe { session, id: self.spec.subscriber_id });
+        let _ = owner.try_send(CoreRequest::Unsubscribe { session, id: self.spec.subscriber_id });
     }
 
     async fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> CoreRequest) -> Result<T, Stop> {
+        let TailSource::Local { owner } = &self.spec.source else {
+            return Err(Stop::Close(CLOSE_INTERNAL, "raft_unavailable"));
+        };
         let (tx, rx) = flume::bounded(1);
         let exchange = async {
-            self.spec.owner.send_async(make(tx)).await.ok()?;
+            owner.send_async(make(tx)).await.ok()?;
             rx.recv_async().await.ok()
         };
         match monoio::time::timeout(OWNER_TIMEOUT, exchange).await {
@@ -205,6 +230,69 @@ impl Tail {
                 _ = self.spec.shutdown.wait() => return Err(Stop::Close(CLOSE_GOING_AWAY, "going_away")),
             }
         }
+    }
+
+    /// Tail served from a remote replica: read after the cursor, send, and poll
+    /// again (sooner while events flow), watching the socket and shutdown.
+    async fn run_remote(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Stop {
+        let mut idle = REMOTE_POLL_MIN;
+        loop {
+            match self.remote_read().await {
+                Ok(events) if !events.is_empty() => {
+                    let after = self.spec.cursor;
+                    let contiguous = events.iter().enumerate().all(|(i, (seq, _))| *seq == after + 1 + i as u64);
+                    if !contiguous {
+                        return Stop::Close(CLOSE_INTERNAL, "event_gap_detected");
+                    }
+                    for chunk in frames_of(&events, self.spec.batch_size.max(1)) {
+                        let frame = self.frame(chunk.iter().map(|(_, f)| f));
+                        if writer.send_text(frame).await.is_err() {
+                            return Stop::Gone;
+                        }
+                        self.spec.cursor = chunk.last().map_or(self.spec.cursor, |(seq, _)| *seq);
+                    }
+                    idle = REMOTE_POLL_MIN;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(stop) => return stop,
+            }
+            monoio::select! {
+                inbound = reader.next() => match inbound {
+                    WsEvent::Ping(payload) => {
+                        if writer.send_pong(payload).await.is_err() {
+                            return Stop::Gone;
+                        }
+                    }
+                    WsEvent::Close(_) => return Stop::Close(CLOSE_NORMAL, ""),
+                    WsEvent::Closed => return Stop::Gone,
+                    _ => {}
+                },
+                _ = self.spec.shutdown.wait() => return Stop::Close(CLOSE_GOING_AWAY, "going_away"),
+                _ = monoio::time::sleep(idle) => {}
+            }
+            idle = (idle * 2).min(REMOTE_POLL_MAX);
+        }
+    }
+
+    /// Reads after the cursor from the first replica that answers.
+    async fn remote_read(&self) -> Result<Vec<(u64, Bytes)>, Stop> {
+        let TailSource::Remote { transport, replicas } = &self.spec.source else { return Ok(Vec::new()) };
+        let req = PeerRequest::Read { session: self.spec.session.clone(), after: self.spec.cursor, limit: REPLAY_READ };
+        let body = peer_rpc::encode(&req);
+        for node in replicas {
+            let Ok(answer) = transport.request(node, body.clone()).await else { continue };
+            match peer_rpc::decode::<PeerResponse>(&answer) {
+                Some(PeerResponse::Read(Ok((events, _)))) => {
+                    return Ok(events.into_iter().map(|(seq, f)| (seq, Bytes::from(f))).collect());
+                }
+                Some(PeerResponse::Read(Err(starcite_shards::EngineError::ArchiveReadUnavailable))) => {
+                    return Err(Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"));
+                }
+                _ => continue,
+            }
+        }
+        Err(Stop::Close(CLOSE_INTERNAL, "raft_unavailable"))
     }
 
     /// One text frame: the event itself for batch_size 1, else a JSON array.

@@ -918,3 +918,4 @@ pub fn read_all_events(port: u16, session: &str, last_seq: u64, timeout: Duratio
     t.close();
     evs
 }
+pub mod cluster;

@@ -1,2 +1,3 @@
 pub mod log;
+pub mod peer;
 pub mod record;

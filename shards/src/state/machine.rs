@@ -15,7 +15,7 @@ use crate::limits::HOT_EVENT_OVERHEAD;
 use crate::time::format_micros;
 
 /// The successful result of a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Created { created_at_us: i64 },
     Appended { seq: u64, last_seq: u64, deduped: bool },

@@ -1,0 +1,286 @@
+//! The control plane of a node: what it knows about every node (liveness,
+//! drain marks, readiness, leader counts), shared by its cores and the admin
+//! socket. Not on the append path: a mutex is fine here.
+//!
+//! Liveness: a peer is `ready` while any of our cores has an authenticated
+//! connection to it, `suspect` once none has, `lost` after `lost_after_ms` of
+//! suspicion. Drain marks are last-writer-wins registers `(drained, version)`
+//! per node, gossiped every second, and the node's own mark is persisted in its
+//! data dir so it survives a restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::topology::Topology;
+
+/// Suspect → lost after this long (decision 9).
+pub const LOST_AFTER_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Suspect,
+    Lost,
+    Draining,
+}
+
+/// A drain mark: last writer (highest version) wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainMark {
+    pub drained: bool,
+    pub version: u64,
+}
+
+/// Gossiped by every node every second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gossip {
+    pub from: String,
+    /// Every consensus group this node replicates has a leader and is caught up.
+    pub consensus_ready: bool,
+    pub leaders: u32,
+    pub marks: BTreeMap<String, DrainMark>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Authenticated outbound connections per peer (one per core at most).
+    connections: BTreeMap<String, u32>,
+    statuses: BTreeMap<String, (NodeStatus, u64)>,
+    marks: BTreeMap<String, DrainMark>,
+    peer_ready: BTreeMap<String, bool>,
+    peer_leaders: BTreeMap<String, u32>,
+}
+
+pub struct ControlState {
+    pub topo: Arc<Topology>,
+    data_dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Per core: its replicas are synced (see `Shard::sync_state`).
+    pub core_ready: Vec<AtomicBool>,
+    /// Per core: groups it leads.
+    pub core_leaders: Vec<AtomicU32>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ControlState {
+    pub fn new(topo: Arc<Topology>, data_dir: PathBuf) -> Self {
+        let mut inner = Inner::default();
+        let now = now_ms();
+        for node in &topo.nodes {
+            let status = if *node == topo.me { NodeStatus::Ready } else { NodeStatus::Suspect };
+            inner.statuses.insert(node.clone(), (status, now));
+        }
+        if let Some(mark) = load_own_mark(&data_dir) {
+            inner.marks.insert(topo.me.clone(), mark);
+        }
+        let cores = topo.cores as usize;
+        let state = ControlState {
+            inner: Mutex::new(inner),
+            core_ready: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+            core_leaders: (0..cores).map(|_| AtomicU32::new(0)).collect(),
+            topo,
+            data_dir,
+        };
+        state.refresh_statuses(now);
+        state
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock would be a bug; keep serving with the data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn me(&self) -> &str {
+        &self.topo.me
+    }
+
+    /// A core's connection to `peer` went up or down.
+    pub fn peer_connection(&self, peer: &str, up: bool) {
+        {
+            let mut inner = self.lock();
+            let count = inner.connections.entry(peer.to_owned()).or_default();
+            *count = if up { *count + 1 } else { count.saturating_sub(1) };
+        }
+        self.refresh_statuses(now_ms());
+    }
+
+    pub fn is_visible(&self, node: &str) -> bool {
+        node == self.topo.me || self.lock().connections.get(node).is_some_and(|c| *c > 0)
+    }
+
+    pub fn is_drained(&self, node: &str) -> bool {
+        self.lock().marks.get(node).is_some_and(|m| m.drained)
+    }
+
+    /// Sets a drain mark (operator command); returns the gossip to broadcast.
+    pub fn set_drained(&self, node: &str, drained: bool) {
+        {
+            let mut inner = self.lock();
+            let version = inner.marks.get(node).map_or(0, |m| m.version).max(now_ms()) + 1;
+            inner.marks.insert(node.to_owned(), DrainMark { drained, version });
+        }
+        self.persist_own_mark();
+        self.refresh_statuses(now_ms());
+    }
+
+    /// Re-derives every node's status; called on changes and every sweep.
+    pub fn refresh_statuses(&self, now: u64) {
+        let mut inner = self.lock();
+        let nodes = self.topo.nodes.clone();
+        for node in nodes {
+            let visible = node == self.topo.me || inner.connections.get(&node).is_some_and(|c| *c > 0);
+            let drained = inner.marks.get(&node).is_some_and(|m| m.drained);
+            let (old, since) = inner.statuses.get(&node).copied().unwrap_or((NodeStatus::Suspect, now));
+            let new = match (drained, visible, old) {
+                (true, _, _) => NodeStatus::Draining,
+                (false, true, _) => NodeStatus::Ready,
+                (false, false, NodeStatus::Suspect) if now.saturating_sub(since) >= LOST_AFTER_MS => NodeStatus::Lost,
+                (false, false, NodeStatus::Lost) => NodeStatus::Lost,
+                (false, false, _) => NodeStatus::Suspect,
+            };
+            if new != old {
+                tracing::info!(node = %node, from = ?old, to = ?new, "node status changed");
+                inner.statuses.insert(node, (new, now));
+            }
+        }
+    }
+
+    /// This node's gossip.
+    pub fn gossip(&self) -> Gossip {
+        let inner = self.lock();
+        Gossip {
+            from: self.topo.me.clone(),
+            consensus_ready: self.local_consensus_ready(),
+            leaders: self.local_leaders(),
+            marks: inner.marks.clone(),
+        }
+    }
+
+    /// Merges a peer's gossip.
+    pub fn apply_gossip(&self, g: Gossip) {
+        let mut own_changed = false;
+        {
+            let mut inner = self.lock();
+            inner.peer_ready.insert(g.from.clone(), g.consensus_ready);
+            inner.peer_leaders.insert(g.from.clone(), g.leaders);
+            for (node, mark) in g.marks {
+                if !self.topo.nodes.contains(&node) {
+                    continue;
+                }
+                let newer = inner.marks.get(&node).is_none_or(|m| mark.version > m.version);
+                if newer {
+                    own_changed |= node == self.topo.me;
+                    inner.marks.insert(node, mark);
+                }
+            }
+        }
+        if own_changed {
+            self.persist_own_mark();
+        }
+        self.refresh_statuses(now_ms());
+    }
+
+    pub fn local_consensus_ready(&self) -> bool {
+        self.core_ready.iter().all(|r| r.load(Ordering::Relaxed))
+    }
+
+    pub fn local_leaders(&self) -> u32 {
+        self.core_leaders.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Write nodes that are `ready` and consensus-ready, sorted (contract §10.1).
+    pub fn ready_nodes(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut ready: Vec<String> = self
+            .topo
+            .writers
+            .iter()
+            .filter(|n| inner.statuses.get(*n).is_some_and(|(s, _)| *s == NodeStatus::Ready))
+            .filter(|n| {
+                if **n == self.topo.me {
+                    self.local_consensus_ready()
+                } else {
+                    inner.peer_ready.get(*n).copied().unwrap_or(false)
+                }
+            })
+            .cloned()
+            .collect();
+        ready.sort();
+        ready
+    }
+
+    /// `local_drained` of contract §10.2.
+    pub fn local_drained(&self) -> bool {
+        self.topo.is_writer() && self.is_drained(&self.topo.me) && !self.ready_nodes().contains(&self.topo.me)
+    }
+
+    /// Whether every visible node agrees that `node` is draining (wait-drained).
+    pub fn drain_acknowledged(&self) -> bool {
+        self.local_drained()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let inner = self.lock();
+        let statuses: BTreeMap<&String, serde_json::Value> = inner
+            .statuses
+            .iter()
+            .map(|(n, (s, at))| (n, serde_json::json!({"status": s, "changed_at_ms": at})))
+            .collect();
+        let visible: Vec<&String> = self
+            .topo
+            .nodes
+            .iter()
+            .filter(|n| **n == self.topo.me || inner.connections.get(*n).is_some_and(|c| *c > 0))
+            .collect();
+        let raft_ready: Vec<&String> = self
+            .topo
+            .writers
+            .iter()
+            .filter(|n| if **n == self.topo.me { self.local_consensus_ready() } else { inner.peer_ready.get(*n).copied().unwrap_or(false) })
+            .collect();
+        let mut leaders: BTreeMap<String, u32> = inner.peer_leaders.clone();
+        leaders.insert(self.topo.me.clone(), self.local_leaders());
+        serde_json::json!({
+            "node_statuses": statuses,
+            "visible_nodes": visible,
+            "raft_ready_nodes": raft_ready,
+            "leaders_per_node": leaders,
+        })
+    }
+
+    fn persist_own_mark(&self) {
+        let mark = self.lock().marks.get(&self.topo.me).copied();
+        let Some(mark) = mark else { return };
+        let path = self.data_dir.join("drain.json");
+        let tmp = self.data_dir.join("drain.json.tmp");
+        let body = serde_json::to_vec(&mark).unwrap_or_default();
+        let write = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = write {
+            tracing::error!(error = %e, "cannot persist the drain mark");
+        }
+    }
+}
+
+fn load_own_mark(data_dir: &std::path::Path) -> Option<DrainMark> {
+    let bytes = std::fs::read(data_dir.join("drain.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Nodes the control plane would route to for a group: ready replicas first,
+/// then any non-draining replica (contract §10.1).
+pub fn routing_candidates<'a>(control: &ControlState, replicas: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let all: Vec<&str> = replicas.collect();
+    let ready: BTreeSet<String> = control.ready_nodes().into_iter().collect();
+    let mut out: Vec<String> = all.iter().filter(|n| ready.contains(**n)).map(|n| (*n).to_owned()).collect();
+    out.extend(all.iter().filter(|n| !ready.contains(**n) && !control.is_drained(n)).map(|n| (*n).to_owned()));
+    out
+}

@@ -1,0 +1,107 @@
+//! What this core does with frames from peers: Raft messages go to the core
+//! that owns their group, requests are served from the local replicas, gossip
+//! updates the control plane.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use starcite_shards::placement::core_of;
+
+use super::control::ControlState;
+use super::gateway::Gateway;
+use super::messages::CoreRequest;
+use super::peer_rpc::{self, ControlMessage, PeerRequest, PeerResponse};
+use crate::cluster::transport::{Inbound, Replier};
+
+pub struct PeerInbound {
+    pub cores: Arc<Vec<flume::Sender<CoreRequest>>>,
+    pub control: Arc<ControlState>,
+    /// Set once the gateway exists (it holds the transport that holds us).
+    pub gateway: RefCell<Option<Rc<Gateway>>>,
+}
+
+impl Inbound for PeerInbound {
+    fn on_raft(&self, from: &str, messages: Vec<(u32, Vec<u8>)>) {
+        let cores = self.cores.len() as u32;
+        let mut per_core: HashMap<u32, Vec<(u32, raft::eraftpb::Message)>> = HashMap::new();
+        for (group, bytes) in messages {
+            match <raft::eraftpb::Message as protobuf::Message>::parse_from_bytes(&bytes) {
+                Ok(msg) => per_core.entry(core_of(group, cores)).or_default().push((group, msg)),
+                Err(e) => tracing::warn!(peer = from, group, error = %e, "undecodable raft message dropped"),
+            }
+        }
+        for (core, messages) in per_core {
+            // A full inbox drops the batch: Raft retransmits.
+            let _ = self.cores[core as usize].try_send(CoreRequest::Raft { messages });
+        }
+    }
+
+    fn on_request(&self, from: &str, body: Vec<u8>, reply: Replier) {
+        let Some(gateway) = self.gateway.borrow().clone() else {
+            reply.send(peer_rpc::encode(&PeerResponse::Unavailable));
+            return;
+        };
+        let Some(request) = peer_rpc::decode::<PeerRequest>(&body) else {
+            tracing::warn!(peer = from, "undecodable peer request");
+            reply.send(peer_rpc::encode(&PeerResponse::Unavailable));
+            return;
+        };
+        monoio::spawn(async move {
+            let response = serve(&gateway, request).await;
+            reply.send(peer_rpc::encode(&response));
+        });
+    }
+
+    fn on_control(&self, from: &str, body: Vec<u8>) {
+        match peer_rpc::decode::<ControlMessage>(&body) {
+            Some(ControlMessage::Gossip(g)) if g.from == from => self.control.apply_gossip(g),
+            _ => tracing::warn!(peer = from, "unexpected control message"),
+        }
+    }
+
+    fn on_peer_state(&self, peer: &str, connected: bool) {
+        self.control.peer_connection(peer, connected);
+    }
+}
+
+async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
+    let session = match &request {
+        PeerRequest::Propose { proposal } => Some(proposal.session().to_owned()),
+        PeerRequest::Info { session } | PeerRequest::Read { session, .. } => Some(session.clone()),
+        PeerRequest::List { .. } => None,
+    };
+    // Only a replica may answer for a session (a non-replica knows nothing).
+    if let Some(s) = session {
+        if !gateway.topo.replicates(gateway.topo.group(&s)) {
+            return match request {
+                PeerRequest::Propose { .. } => PeerResponse::Command(Err(starcite_shards::EngineError::NotLeader { leader: None })),
+                _ => PeerResponse::Unavailable,
+            };
+        }
+    }
+    match request {
+        PeerRequest::Propose { proposal } => match gateway.local_propose(proposal).await {
+            Ok(result) => PeerResponse::Command(result),
+            Err(_) => PeerResponse::Unavailable,
+        },
+        PeerRequest::Info { session } => match gateway.local_info(&session).await {
+            Ok(info) => PeerResponse::Info(info),
+            Err(_) => PeerResponse::Unavailable,
+        },
+        PeerRequest::Read { session, after, limit } => match gateway.local_read(session, after, limit).await {
+            Ok(result) => PeerResponse::Read(result.map(|r| {
+                let events = r.events.into_iter().map(|(seq, f)| (seq, String::from_utf8_lossy(&f).into_owned())).collect();
+                (events, r.last_seq)
+            })),
+            Err(_) => PeerResponse::Unavailable,
+        },
+        PeerRequest::List { cursor, limit, tenant, filters } => {
+            match gateway.local_list(cursor, limit.min(1_001), tenant, filters).await {
+                Ok(rows) => PeerResponse::List(rows),
+                Err(_) => PeerResponse::Unavailable,
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The static cluster topology every node computes identically: write nodes,
+//! Raft ids, and the replicas of every group (rendezvous placement).
+
+use starcite_shards::placement::{core_of, group_of, replicas};
+
+use crate::config::Config;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub me: String,
+    /// Every cluster node (write and router nodes).
+    pub nodes: Vec<String>,
+    /// Write nodes, in `STARCITE_WRITE_NODE_IDS` order: Raft id = index + 1.
+    pub writers: Vec<String>,
+    pub num_groups: u32,
+    pub cores: u32,
+    /// `replicas[g]` = indexes into `writers` of group g's replicas.
+    replicas: Vec<Vec<usize>>,
+}
+
+impl Topology {
+    pub fn new(cfg: &Config) -> Self {
+        let writers = cfg.write_node_ids.clone();
+        let rf = cfg.replication_factor as usize;
+        let replicas = (0..cfg.num_groups)
+            .map(|g| {
+                replicas(g, &writers, rf)
+                    .into_iter()
+                    .filter_map(|n| writers.iter().position(|w| w == n))
+                    .collect()
+            })
+            .collect();
+        Topology {
+            me: cfg.node_name.clone(),
+            nodes: cfg.cluster_nodes.clone(),
+            writers,
+            num_groups: cfg.num_groups,
+            cores: cfg.cores,
+            replicas,
+        }
+    }
+
+    pub fn is_writer(&self) -> bool {
+        self.writers.contains(&self.me)
+    }
+
+    pub fn raft_id(&self, node: &str) -> Option<u64> {
+        self.writers.iter().position(|w| w == node).map(|i| i as u64 + 1)
+    }
+
+    pub fn node_of(&self, raft_id: u64) -> Option<&str> {
+        let i = usize::try_from(raft_id.checked_sub(1)?).ok()?;
+        self.writers.get(i).map(String::as_str)
+    }
+
+    pub fn group(&self, session: &str) -> u32 {
+        group_of(session, self.num_groups)
+    }
+
+    pub fn replicas(&self, group: u32) -> impl Iterator<Item = &str> {
+        self.replicas[group as usize].iter().map(|i| self.writers[*i].as_str())
+    }
+
+    pub fn replicates(&self, group: u32) -> bool {
+        self.replicas(group).any(|n| n == self.me)
+    }
+
+    /// The groups core `core` replicates locally, with their voters' Raft ids.
+    pub fn local_groups(&self, core: u32) -> Vec<(u32, Vec<u64>)> {
+        (0..self.num_groups)
+            .filter(|g| core_of(*g, self.cores) == core && self.replicates(*g))
+            .map(|g| (g, self.replicas[g as usize].iter().map(|i| *i as u64 + 1).collect()))
+            .collect()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(String::as_str).filter(|n| *n != self.me)
+    }
+
+    pub fn single_node(&self) -> bool {
+        self.nodes.len() == 1
+    }
+}
