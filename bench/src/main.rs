@@ -37,7 +37,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct AppendArgs {
-    /// Base URL of a Starcite node (http only).
+    /// Base URL of a Starcite node (http only); several, comma-separated, spread
+    /// the producers over the nodes of a cluster round-robin.
     #[arg(long, default_value = "http://127.0.0.1:4000")]
     url: String,
     /// Comma-separated producer counts; one run per value.
@@ -410,7 +411,8 @@ fn create_session(t: &Target, id: &str, token: Option<&str>, timeout: Duration) 
     }
 }
 
-fn run_append(args: &AppendArgs, t: &Target, producers: usize, run_tag: &str) -> Result<RunResult, String> {
+fn run_append(args: &AppendArgs, targets: &[Target], producers: usize, run_tag: &str) -> Result<RunResult, String> {
+    let t = &targets[0];
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let token = args.token.as_deref();
     let n_sessions = if args.sessions == 0 { producers } else { args.sessions };
@@ -429,6 +431,7 @@ fn run_append(args: &AppendArgs, t: &Target, producers: usize, run_tag: &str) ->
         .map(|i| {
             let session = sessions[i % sessions.len()].clone();
             let producer_id = format!("bench-{run_tag}-{producers}-{i}");
+            let t = &targets[i % targets.len()];
             let tpl = ReqTemplate::new(&t.host_header, &session, &producer_id, args.payload_bytes, token);
             let addr = t.addr;
             std::thread::Builder::new()
@@ -540,7 +543,7 @@ fn producer_loop(
 }
 
 fn cmd_append(args: AppendArgs) -> i32 {
-    let t = match parse_url(&args.url) {
+    let t: Vec<Target> = match args.url.split(',').map(|u| parse_url(u.trim())).collect::<Result<Vec<_>, _>>() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

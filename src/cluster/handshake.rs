@@ -130,7 +130,6 @@ pub(crate) async fn connector<R: AsyncReadRent, W: AsyncWriteRent>(
 #[derive(Debug, Clone)]
 pub(crate) struct PeerHello {
     pub(crate) node: String,
-    #[allow(dead_code)]
     pub(crate) http_port: u16,
 }
 

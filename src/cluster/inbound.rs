@@ -163,8 +163,8 @@ impl InboundConn {
             }
         };
         rd.set_max_frame(MAX_PEER_FRAME);
-        let node = hello.node;
-        tracing::debug!(peer = %addr, %node, "inbound cluster connection authenticated");
+        let node = hello.node.clone();
+        tracing::debug!(peer = %addr, %node, http_port = hello.http_port, "inbound cluster connection authenticated");
 
         let (tx, rx) = flume::bounded(OUTGOING_QUEUE);
         let closed = Latch::new();

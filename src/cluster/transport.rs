@@ -279,10 +279,11 @@ impl Transport {
         if cfg.secret.is_empty() {
             tracing::warn!("cluster secret is empty: any host that can reach the cluster port can join");
         }
+        let mut seen = std::collections::HashSet::new();
         let peers: Vec<Rc<Peer>> = cfg
             .peers
             .iter()
-            .filter(|p| p.name != cfg.me)
+            .filter(|p| p.name != cfg.me && seen.insert(p.name.clone()))
             .map(|p| Rc::new(Peer { name: p.name.clone(), addr: p.addr, st: RefCell::default(), wake: Notify::default() }))
             .collect();
         let by_name = peers.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();

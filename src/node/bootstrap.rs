@@ -21,7 +21,7 @@ use super::peer_rpc::{self, ControlMessage};
 use super::segment_log::SegmentLog;
 use super::shutdown::Shutdown;
 use super::topology::Topology;
-use crate::cluster::transport::{serve_cluster, NodeAddr, Transport, TransportConfig};
+use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
 use crate::config::{node_socket_addr, Config};
 use crate::http::{bind_reuseport, serve, Limits};
 
@@ -151,8 +151,9 @@ async fn core_main(ctx: CoreContext) {
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
     if let Some((transport, listener)) = cluster {
         transport.start(shutdown.wait());
-        let tcfg = Rc::new(transport_config(&ctx.cfg, &ctx.topo));
-        monoio::spawn(serve_cluster(listener, tcfg, inbound.clone(), shutdown.wait()));
+        let serving = transport.clone();
+        let stop = shutdown.clone();
+        monoio::spawn(async move { serving.serve(listener, stop.wait()).await });
         if core == 0 {
             monoio::spawn(gossip_loop(transport, ctx.control.clone(), shutdown.clone()));
         }

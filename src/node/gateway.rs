@@ -22,7 +22,7 @@ use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
 use super::tail::{run_tail, TailSource, TailSpec};
 use super::topology::Topology;
-use crate::cluster::transport::Transport;
+use crate::cluster::transport::{Transport, TransportError};
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal, PrincipalType};
 use crate::api::query::{list_params, parse_query, tail_params};
@@ -165,9 +165,21 @@ impl Gateway {
 
     /// Sends a request to a peer; transport failures become `None`.
     async fn peer(&self, node: &str, req: &PeerRequest) -> Option<PeerResponse> {
-        let transport = self.transport.as_ref()?;
-        let body = transport.request(node, peer_rpc::encode(req)).await.ok()?;
-        peer_rpc::decode(&body)
+        self.peer_call(node, req).await.ok()
+    }
+
+    /// Sends a request to a peer, telling a request that never left (safe to
+    /// send elsewhere) from one whose fate is unknown.
+    async fn peer_call(&self, node: &str, req: &PeerRequest) -> Result<PeerResponse, Delivery> {
+        let Some(transport) = self.transport.as_ref() else { return Err(Delivery::NotSent) };
+        match transport.request(node, peer_rpc::encode(req)).await {
+            Ok(body) => peer_rpc::decode(&body).ok_or(Delivery::Unknown),
+            Err(TransportError::UnknownPeer | TransportError::NotConnected | TransportError::Overloaded) => {
+                Err(Delivery::NotSent)
+            }
+            Err(TransportError::TooLarge) => Err(Delivery::NotSent),
+            Err(TransportError::Timeout | TransportError::Closed) => Err(Delivery::Unknown),
+        }
     }
 
     /// Routes a command to its group's leader: the local replica, a cached
@@ -197,9 +209,13 @@ impl Gateway {
             let answer = if target == self.topo.me {
                 Some(self.local_propose(proposal.clone()).await?)
             } else {
-                match self.peer(&target, &PeerRequest::Propose { proposal: proposal.clone() }).await {
-                    Some(PeerResponse::Command(r)) => Some(r),
-                    _ => None,
+                match self.peer_call(&target, &PeerRequest::Propose { proposal: proposal.clone() }).await {
+                    Ok(PeerResponse::Command(r)) => Some(r),
+                    Err(Delivery::NotSent) => None,
+                    // It may have been proposed: a retry here could turn a
+                    // create into 409 or an append into a dedupe. Let the
+                    // client retry with the identical body (§6.7).
+                    Ok(_) | Err(Delivery::Unknown) => return Err(ApiError::raft_timeout()),
                 }
             };
             match answer {
@@ -395,7 +411,7 @@ impl Gateway {
             if !self.control.ready_nodes().contains(&self.topo.me) {
                 return not_ready("observer_sync", None);
             }
-        } else if !self.topo.writers.iter().any(|w| self.control.is_visible(w)) {
+        } else if self.control.ready_nodes().len() < self.topo.writers.len() / 2 + 1 {
             let detail = serde_json::json!({"startup_mode": "router", "consensus_ready?": false, "probe_result": "quorum_unreachable"});
             return not_ready("router_sync", Some(detail));
         }
@@ -425,6 +441,14 @@ impl Gateway {
         response.body = Bytes::from(out);
         Ok(Reply::Http(response))
     }
+}
+
+/// What became of a request to a peer that got no answer.
+enum Delivery {
+    /// It never left this node: safe to send elsewhere.
+    NotSent,
+    /// It may have been processed.
+    Unknown,
 }
 
 enum V1 {

@@ -76,7 +76,7 @@ impl OpsBackend for NodeOps {
     fn local_ready(&self) -> bool {
         let topo = &self.control.topo;
         if !topo.is_writer() {
-            return topo.writers.iter().any(|w| self.control.is_visible(w));
+            return self.control.ready_nodes().len() > topo.writers.len() / 2;
         }
         !self.control.is_drained(&topo.me) && self.control.ready_nodes().contains(&topo.me)
     }
