@@ -151,6 +151,8 @@ pub struct Shard<W> {
     pub(crate) pins: BTreeMap<u32, u64>,
     /// Pins that move once the current batch is durable.
     pub(crate) pending_pins: Vec<(u32, u64)>,
+    /// Whether the batch being written must be fsynced (see `batch_needs_sync`).
+    needs_sync: bool,
 }
 
 impl<W> Shard<W> {
@@ -169,6 +171,7 @@ impl<W> Shard<W> {
             segment_sizes: recovered.segments.iter().copied().collect(),
             pins: BTreeMap::new(),
             pending_pins: Vec::new(),
+            needs_sync: false,
             cfg,
         };
         if shard.segment_sizes.is_empty() {
@@ -366,6 +369,7 @@ impl<W> Shard<W> {
         assert!(self.in_flight.is_empty(), "prepare_write twice without on_durable");
         let mut out = Outputs::default();
         let start = buf.len();
+        self.needs_sync = false;
         for gid in std::mem::take(&mut self.dirty) {
             let Some(group) = self.groups.get_mut(&gid) else { continue };
             if group.commit_unpersisted && !group.node.has_ready() {
@@ -383,6 +387,7 @@ impl<W> Shard<W> {
                 continue;
             }
             let mut rd = group.node.ready();
+            self.needs_sync |= rd.must_sync();
             out.messages.extend(rd.take_messages().into_iter().map(|m| (gid, m)));
             if let Some(ss) = rd.ss() {
                 if ss.raft_state != StateRole::Leader {
@@ -391,6 +396,7 @@ impl<W> Shard<W> {
             }
             if !rd.snapshot().is_empty() {
                 self.install_snapshot(gid, rd.snapshot().clone(), buf);
+                self.needs_sync = true;
             }
             let committed = rd.take_committed_entries();
             self.apply_committed(gid, committed, &mut out);
@@ -416,9 +422,19 @@ impl<W> Shard<W> {
             }
             self.in_flight.push((gid, rd));
         }
+        let before_compaction = buf.len();
         self.compact_some(buf);
+        self.needs_sync |= buf.len() > before_compaction || !self.pending_pins.is_empty();
         *self.segment_sizes.entry(self.segment).or_default() += (buf.len() - start) as u64;
         out
+    }
+
+    /// Whether the last `prepare_write` batch must be fsynced before
+    /// `on_durable`: it holds entries, a term/vote change or a snapshot. A
+    /// batch that only advances commit indexes need not wait for the disk
+    /// (Raft recovers the commit index from its peers).
+    pub fn batch_needs_sync(&self) -> bool {
+        self.needs_sync
     }
 
     /// Called once the bytes of the last `prepare_write` are durable.

@@ -54,7 +54,8 @@ enum Input {
 enum Event {
     Tick { node: usize, epoch: u64 },
     Deliver { node: usize, group: u32, msg: Message },
-    SyncDone { node: usize, core: usize, epoch: u64 },
+    /// A batch write finished; `synced` if it was fdatasync'ed.
+    SyncDone { node: usize, core: usize, epoch: u64, synced: bool },
     Send { attempt: u64, node: usize },
     Reply { attempt: u64, result: Result<Outcome, EngineError> },
     Timeout { op: usize, attempts: u32 },
@@ -300,7 +301,7 @@ impl World {
                     self.input(node, core, Input::Step(group, msg));
                 }
             }
-            Event::SyncDone { node, core, epoch } => self.sync_done(node, core, epoch),
+            Event::SyncDone { node, core, epoch, synced } => self.sync_done(node, core, epoch, synced),
             Event::Send { attempt, node } => self.send(attempt, node),
             Event::Reply { attempt, result } => self.reply(attempt, result),
             Event::Timeout { op, attempts } => {
@@ -358,18 +359,19 @@ impl World {
             out.extend(shard.prepare_write(&mut buf));
             c.disk.write(&buf);
             c.writing = true;
-            let mut latency = self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1);
-            if self.rng.chance(self.cfg.fsync_spike) {
+            let synced = shard.batch_needs_sync();
+            let mut latency = if synced { self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1) } else { self.rng.range(5, 50) };
+            if synced && self.rng.chance(self.cfg.fsync_spike) {
                 latency += self.rng.range(20_000, 80_000);
                 self.stats.fsync_spikes += 1;
             }
             let epoch = self.nodes[node].epoch;
-            self.schedule(latency, Event::SyncDone { node, core, epoch });
+            self.schedule(latency, Event::SyncDone { node, core, epoch, synced });
         }
         self.dispatch(node, out);
     }
 
-    fn sync_done(&mut self, node: usize, core: usize, epoch: u64) {
+    fn sync_done(&mut self, node: usize, core: usize, epoch: u64, synced: bool) {
         if !self.nodes[node].up || self.nodes[node].epoch != epoch {
             return;
         }
@@ -380,7 +382,9 @@ impl World {
             return;
         }
         let c = &mut self.nodes[node].cores[core];
-        c.disk.sync();
+        if synced {
+            c.disk.sync();
+        }
         c.writing = false;
         let shard = c.shard.as_mut().expect("running core has a shard");
         let out = shard.on_durable();

@@ -169,9 +169,11 @@ impl EngineLoop {
         let early = self.shard.prepare_write(&mut buf);
         self.dispatch(early);
         if !buf.is_empty() {
+            let sync = self.shard.batch_needs_sync();
             self.stats.writes += 1;
+            self.stats.syncs += u64::from(sync);
             self.stats.write_bytes += buf.len() as u64;
-            match self.log.append_durable(buf).await {
+            match self.log.append(buf, sync).await {
                 Ok(b) => buf = b,
                 Err(e) => fatal_disk_error(self.stats.core, "append", &e),
             }

@@ -431,7 +431,8 @@ impl Gateway {
             stats.push(self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Stats { reply }).await?);
         }
         let col = |f: fn(&super::messages::CoreStats) -> u64| stats.iter().map(|s| (s.core, f(s))).collect::<Vec<_>>();
-        lines("starcite_log_writes_total", "Group-commit log writes (one fdatasync each).", "counter", &col(|s| s.writes));
+        lines("starcite_log_writes_total", "Group-commit log writes.", "counter", &col(|s| s.writes));
+        lines("starcite_log_fsyncs_total", "fdatasync calls on the Raft log (writes holding entries, votes or snapshots).", "counter", &col(|s| s.syncs));
         lines("starcite_log_write_bytes_total", "Bytes appended to the Raft log.", "counter", &col(|s| s.write_bytes));
         lines("starcite_commands_applied_total", "Client commands answered after commit.", "counter", &col(|s| s.entries_written));
         lines("starcite_hot_tier_bytes", "Bytes of unarchived events held in memory.", "gauge", &col(|s| s.hot_bytes));

@@ -54,6 +54,7 @@ pub struct CoreStats {
     pub hot_bytes: u64,
     pub pending: usize,
     pub writes: u64,
+    pub syncs: u64,
     pub entries_written: u64,
     pub write_bytes: u64,
     pub tail_subscribers: usize,

@@ -50,12 +50,14 @@ impl SegmentLog {
         Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len, oldest }, recovered))
     }
 
-    /// Appends `buf` and makes it durable. Returns the buffer for reuse.
-    pub async fn append_durable(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+    /// Appends `buf`, and makes it durable when `sync`. Returns the buffer for reuse.
+    pub async fn append(&mut self, buf: Vec<u8>, sync: bool) -> io::Result<Vec<u8>> {
         let n = buf.len() as u64;
         let (res, buf) = self.file.write_all_at(buf, self.len).await;
         res?;
-        self.file.sync_data().await?;
+        if sync {
+            self.file.sync_data().await?;
+        }
         self.len += n;
         Ok(buf)
     }
