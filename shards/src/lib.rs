@@ -27,6 +27,7 @@ pub mod limits;
 pub mod placement;
 pub mod raft_storage;
 pub mod recovery;
+pub mod routing;
 pub mod shard;
 pub mod state;
 pub mod time;

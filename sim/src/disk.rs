@@ -49,6 +49,9 @@ impl SimDisk {
 
     /// Starts the next segment (its header durable at once, as the driver syncs it).
     pub fn start_segment(&mut self) -> u64 {
+        // The driver syncs the old segment first: only the last segment may
+        // ever end torn.
+        self.sync();
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let mut durable = Vec::new();
         encode_segment_header(self.core, &mut durable);

@@ -16,6 +16,8 @@ pub struct Op {
     pub attempts: u32,
     /// Set once any attempt started, for the liveness check.
     pub started_us: u64,
+    /// The engine's routing decision for this op (node indexes).
+    pub route: Option<starcite_shards::routing::Route<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +121,7 @@ impl Workload {
             done: false,
             attempts: 0,
             started_us: 0,
+            route: None,
         }
     }
 }

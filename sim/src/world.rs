@@ -203,7 +203,15 @@ impl World {
             self.work.sessions.push(id.clone());
             self.work.known_last.push(0);
             let group = group_of(&id, cfg.groups);
-            self.work.ops.push(crate::workload::Op { session: id, group, kind: OpKind::Create, done: false, attempts: 0, started_us: 0 });
+            self.work.ops.push(crate::workload::Op {
+                session: id,
+                group,
+                kind: OpKind::Create,
+                done: false,
+                attempts: 0,
+                started_us: 0,
+                route: None,
+            });
             let op = self.work.ops.len() - 1;
             let delay = self.rng.range(0, 200_000);
             self.start_op(op, delay);
@@ -307,7 +315,10 @@ impl World {
             Event::Timeout { op, attempts } => {
                 let o = &self.work.ops[op];
                 if !o.done && o.attempts == attempts {
+                    // The client retries the identical command (dedupe makes
+                    // that safe), at the next replica.
                     self.stats.client_timeouts += 1;
+                    self.redirect(op, None);
                     self.retry(op, 0);
                 }
             }
@@ -469,7 +480,7 @@ impl World {
             _ => None,
         };
         let attempt = self.work.new_attempt(op, expected);
-        let node = self.pick_node(self.work.ops[op].group);
+        let node = self.route_target(op);
         self.schedule(delay, Event::Send { attempt, node });
         let attempts = self.work.ops[op].attempts;
         self.schedule(delay + self.cfg.client_timeout_us, Event::Timeout { op, attempts });
@@ -479,10 +490,26 @@ impl World {
         self.start_op(op, delay);
     }
 
-    fn pick_node(&mut self, group: u32) -> usize {
-        match self.leader_hint.get(&group) {
-            Some(n) if self.rng.chance(0.9) => *n,
-            _ => self.rng.range(0, self.cfg.nodes as u64 - 1) as usize,
+    /// Where the op's next attempt goes: the production routing decision
+    /// (`starcite_shards::routing::Route`), seeded with the client's hint.
+    fn route_target(&mut self, op: usize) -> usize {
+        let group = self.work.ops[op].group;
+        if self.work.ops[op].route.is_none() {
+            let mut replicas = self.replicas_of(group);
+            let shift = self.rng.range(0, replicas.len() as u64 - 1) as usize;
+            replicas.rotate_left(shift);
+            let hint = self.leader_hint.get(&group).copied();
+            self.work.ops[op].route = starcite_shards::routing::Route::new(replicas, hint);
+        }
+        self.work.ops[op].route.as_ref().map_or(0, |r| *r.target())
+    }
+
+    /// Applies a redirect to the op's route and returns the delay before retrying.
+    fn redirect(&mut self, op: usize, leader: Option<usize>) -> u64 {
+        let step = self.work.ops[op].route.as_mut().map(|r| r.redirect(leader));
+        match step {
+            Some(starcite_shards::routing::Step::Now) => self.rng.range(0, 1_000),
+            _ => self.rng.range(10_000, 100_000),
         }
     }
 
@@ -497,7 +524,7 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let owns = self.nodes[node].cores[core].shard.as_ref().is_some_and(|s| s.group_ids().contains(&group));
         if !owns {
-            // Not a replica: answer "not leader" with no hint (routing is issue 3's).
+            // Not a replica: answer "not leader" with no hint.
             let d = self.net_delay();
             self.schedule(d, Event::Reply { attempt, result: Err(EngineError::NotLeader { leader: None }) });
             return;
@@ -541,11 +568,12 @@ impl World {
             }
             (_, Err(EngineError::NotLeader { leader })) => {
                 self.stats.not_leader += 1;
+                let leader = leader.map(|l| l as usize - 1);
                 if let Some(l) = leader {
-                    self.leader_hint.insert(self.work.ops[op].group, l as usize - 1);
+                    self.leader_hint.insert(self.work.ops[op].group, l);
                 }
                 if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
-                    let d = self.rng.range(1_000, 50_000);
+                    let d = self.redirect(op, leader);
                     self.retry(op, d);
                 }
             }

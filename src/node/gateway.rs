@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use starcite_shards::placement::core_of;
+use starcite_shards::routing::{Route, Step};
 use starcite_shards::shard::{ListRow, Proposal, SessionInfo};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
@@ -193,19 +194,15 @@ impl Gateway {
             candidates.retain(|n| *n != self.topo.me);
             candidates.insert(0, self.topo.me.clone());
         }
-        if let Some(hint) = self.leader_hints.borrow().get(&group) {
-            candidates.retain(|n| n != hint);
-            candidates.insert(0, hint.clone());
-        }
-        if candidates.is_empty() {
+        let hint = self.leader_hints.borrow().get(&group).cloned();
+        let Some(mut route) = Route::new(candidates, hint) else {
             return Err(ApiError::raft_unavailable());
-        }
-        let mut next = 0usize;
-        let mut target = candidates[0].clone();
+        };
         loop {
             if Instant::now() >= deadline {
                 return Err(ApiError::raft_timeout());
             }
+            let target = route.target().clone();
             let answer = if target == self.topo.me {
                 Some(self.local_propose(proposal.clone()).await?)
             } else {
@@ -218,30 +215,23 @@ impl Gateway {
                     Ok(_) | Err(Delivery::Unknown) => return Err(ApiError::raft_timeout()),
                 }
             };
-            match answer {
+            let step = match answer {
                 Some(Ok(outcome)) => {
                     self.leader_hints.borrow_mut().insert(group, target);
                     return Ok(outcome);
                 }
-                Some(Err(EngineError::NotLeader { leader: Some(id) })) => {
-                    match self.topo.node_of(id) {
-                        Some(leader) if leader != target => target = leader.to_owned(),
-                        _ => {
-                            monoio::time::sleep(NO_LEADER_BACKOFF).await;
-                        }
+                Some(Err(EngineError::NotLeader { leader })) => {
+                    let leader = leader.and_then(|id| self.topo.node_of(id)).map(str::to_owned);
+                    if leader.is_none() {
+                        self.leader_hints.borrow_mut().remove(&group);
                     }
+                    route.redirect(leader)
                 }
-                Some(Err(EngineError::NotLeader { leader: None })) | None => {
-                    // No leader known there, or the peer is unreachable (the
-                    // request never reached a replica): try the next one.
-                    self.leader_hints.borrow_mut().remove(&group);
-                    next = (next + 1) % candidates.len();
-                    target = candidates[next].clone();
-                    if next == 0 {
-                        monoio::time::sleep(NO_LEADER_BACKOFF).await;
-                    }
-                }
+                None => route.redirect(None),
                 Some(Err(e)) => return Err(engine_error(e)),
+            };
+            if step == Step::Backoff {
+                monoio::time::sleep(NO_LEADER_BACKOFF).await;
             }
         }
     }

@@ -22,6 +22,8 @@ pub struct SegmentLog {
     len: u64,
     /// Lowest segment number that may still exist on disk.
     oldest: u64,
+    /// Bytes were appended without a sync since the last one.
+    unsynced: bool,
 }
 
 impl SegmentLog {
@@ -47,7 +49,7 @@ impl SegmentLog {
         let file = monoio::fs::File::from_std(std_file).map_err(|e| format!("{}: {e}", path.display()))?;
         tracing::info!(core, segment = %path.display(), records = recovered.records, "log recovered");
         let oldest = recovered.segments.first().map_or(seq, |s| s.0);
-        Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len, oldest }, recovered))
+        Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len, oldest, unsynced: false }, recovered))
     }
 
     /// Appends `buf`, and makes it durable when `sync`. Returns the buffer for reuse.
@@ -58,6 +60,7 @@ impl SegmentLog {
         if sync {
             self.file.sync_data().await?;
         }
+        self.unsynced = !sync;
         self.len += n;
         Ok(buf)
     }
@@ -65,6 +68,12 @@ impl SegmentLog {
     /// Starts the next segment (header only, durable) and appends there from
     /// now on. Returns its number.
     pub async fn start_segment(&mut self) -> io::Result<u64> {
+        // Recovery accepts a torn tail only in the last segment: make this one
+        // whole before another follows it.
+        if self.unsynced {
+            self.file.sync_data().await?;
+            self.unsynced = false;
+        }
         let next = self.seq + 1;
         let path = self.dir.join(segment_file_name(self.core, next));
         let mut header = Vec::with_capacity(16);
