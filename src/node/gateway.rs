@@ -271,14 +271,31 @@ impl Gateway {
     async fn lookup(&self, id: &str) -> Result<SessionInfo, ApiError> {
         let group = self.topo.group(id);
         if self.topo.replicates(group) {
-            return self.local_info(id).await?.ok_or_else(ApiError::session_not_found);
-        }
-        for node in routing_candidates(&self.control, self.topo.replicas(group)) {
-            if let Some(PeerResponse::Info(info)) = self.peer(&node, &PeerRequest::Info { session: id.to_owned() }).await {
-                return info.ok_or_else(ApiError::session_not_found);
+            if let Some(info) = self.local_info(id).await? {
+                return Ok(info);
+            }
+            if self.topo.single_node() {
+                return Err(ApiError::session_not_found());
             }
         }
-        Err(ApiError::raft_unavailable())
+        // Not here (no local replica, or it has not applied the create yet):
+        // any replica that has it answers, the leader first (read-your-writes).
+        let hint = self.leader_hints.borrow().get(&group).cloned();
+        let mut nodes = routing_candidates(&self.control, self.topo.replicas(group));
+        if let Some(h) = hint {
+            nodes.retain(|n| *n != h);
+            nodes.insert(0, h);
+        }
+        let mut answered = self.topo.replicates(group);
+        for node in nodes.iter().filter(|n| **n != self.topo.me) {
+            if let Some(PeerResponse::Info(info)) = self.peer(node, &PeerRequest::Info { session: id.to_owned() }).await {
+                answered = true;
+                if let Some(info) = info {
+                    return Ok(info);
+                }
+            }
+        }
+        if answered { Err(ApiError::session_not_found()) } else { Err(ApiError::raft_unavailable()) }
     }
 
     async fn list(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {

@@ -138,14 +138,23 @@ impl Tail {
         }
     }
 
+    /// Subscribes at the owner core. The session is known to exist (the
+    /// upgrade checked it), but this replica may not have applied its create
+    /// yet: wait for it a little.
     async fn subscribe(&self) -> Result<flume::Receiver<LiveEvent>, Stop> {
-        let (tx, rx) = flume::bounded(SUBSCRIBER_DEPTH);
-        let subscriber = Subscriber { id: self.spec.subscriber_id, tx };
-        let session = self.spec.session.clone();
-        let info = self.ask(|reply| CoreRequest::Subscribe { session, subscriber, reply }).await?;
-        match info {
-            Some(_) => Ok(rx),
-            None => Err(Stop::Close(CLOSE_INTERNAL, "session_not_found")),
+        let deadline = std::time::Instant::now() + OWNER_TIMEOUT;
+        loop {
+            let (tx, rx) = flume::bounded(SUBSCRIBER_DEPTH);
+            let subscriber = Subscriber { id: self.spec.subscriber_id, tx };
+            let session = self.spec.session.clone();
+            let info = self.ask(|reply| CoreRequest::Subscribe { session, subscriber, reply }).await?;
+            if info.is_some() {
+                return Ok(rx);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Stop::Close(CLOSE_INTERNAL, "session_not_found"));
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
