@@ -37,7 +37,8 @@ fn wait_admin(c: &Cluster, i: usize, timeout: Duration) -> Value {
 }
 
 /// One append through each node (single attempt, must be 201).
-fn append_through_every_node(c: &Cluster, sessions: &[String], tag: &str, next: &mut Vec<u64>, acks: &mut Vec<Ack>) {
+fn append_through_every_node(c: &Cluster, sessions: &[String], tag: &str, acks: &mut Vec<Ack>) {
+    let mut next = vec![1u64; sessions.len()];
     for i in c.all() {
         for (k, s) in sessions.iter().enumerate() {
             let producer = format!("{tag}-{k}");
@@ -169,7 +170,6 @@ fn drain_undrain_drill() {
     create_sessions(&c.ports(), &sessions);
     let load = Load::start(LoadOpts::new("dr", sessions.len(), &sessions, &c.ports()));
     std::thread::sleep(Duration::from_secs(2));
-    let mut next = vec![1u64; sessions.len()];
     let mut manual = Vec::new();
 
     let d = 1;
@@ -213,7 +213,7 @@ fn drain_undrain_drill() {
     assert_eq!((code, body["reason"].as_str()), (503, Some("draining")), "{name} /health/ready while drained: {body}");
     assert_eq!(body["status"], "starting", "{body}");
     // Appends keep working through every node, the drained one included.
-    append_through_every_node(&c, &sessions, "drained", &mut next, &mut manual);
+    append_through_every_node(&c, &sessions, "drained", &mut manual);
     let drained_for = load.now();
 
     // Undrain from the third node.
@@ -227,7 +227,7 @@ fn drain_undrain_drill() {
     let st = c.status(d);
     assert_eq!(st["local_drained"], false, "{st}");
     assert_eq!(st["local_ready"], true, "{st}");
-    append_through_every_node(&c, &sessions, "undrained", &mut next, &mut manual);
+    append_through_every_node(&c, &sessions, "undrained", &mut manual);
     std::thread::sleep(Duration::from_secs(2));
     let end = load.now();
     eprintln!("leaders per node after the undrain: {:?}", c.leaders_per_node(0));
@@ -289,33 +289,47 @@ fn readiness_gate_after_restart_behind() {
         std::thread::sleep(Duration::from_millis(25));
     };
     eprintln!("{name} ready {} ms after its restart; transitions {seen:?}", ready_after.as_millis());
-    // Caught up when ready: its tails serve every event at once.
+    // "Ready" means caught up: kill both peers at once, so whatever it serves
+    // now comes from its own replica (a lone node still replays, see
+    // cluster_quorum), and it must have every event.
+    c.kill9(0);
+    c.kill9(1);
     let port = c.http_port(k);
     let readers: Vec<_> = sessions
         .iter()
         .cloned()
         .zip(per_session.iter().copied())
-        .map(|(s, n)| std::thread::spawn(move || (s.clone(), read_session(port, &s, n, Duration::from_secs(5)))))
+        .map(|(s, n)| std::thread::spawn(move || (s.clone(), n, read_session(port, &s, n, Duration::from_secs(10)))))
         .collect();
+    let mut behind = Vec::new();
     for r in readers {
-        let (s, res) = r.join().unwrap();
-        if let Err(e) = res {
-            panic!("{name} reported ready but does not serve {s} fully within 5 s: {e}");
+        let (s, n, res) = r.join().unwrap();
+        match res {
+            Ok(evs) => assert_eq!(evs.len() as u64, n, "{s}"),
+            Err(e) => behind.push(format!("{s} (expected {n} events): {e}")),
         }
     }
+    c.spawn(0);
+    c.spawn(1);
+    c.wait_all_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("restoring the peers: {e}"));
     // Ready stays ready.
     let t1 = Instant::now();
-    while t1.elapsed() < Duration::from_secs(3) {
+    while t1.elapsed() < Duration::from_secs(2) {
         let (code, v) = c.ready(k).expect("ready probe");
-        assert_eq!(code, 200, "{name} flapped back to not-ready after catching up: {v}");
+        assert_eq!(code, 200, "{name} flapped back to not-ready: {v}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    verify(&c, &c.all(), &sessions, &acks, true);
+    c.assert_no_panics();
+    assert!(
+        behind.is_empty(),
+        "{name} answered /health/ready 200 before it had caught up: with its peers killed right after, it lacks events:\n{}",
+        behind.join("\n")
+    );
     let first = &seen[0];
     assert_eq!(
         (first.1, first.2.as_str()),
         (503, "starting raft_sync"),
         "{name}'s first /health/ready answer after the restart should be 503 starting/raft_sync; answers {seen:?}"
     );
-    verify(&c, &c.all(), &sessions, &acks, true);
-    c.assert_no_panics();
 }

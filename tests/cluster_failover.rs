@@ -17,8 +17,8 @@ fn kill9_leader_under_load() {
     let sessions = session_ids("failover", 12);
     create_sessions(&c.ports(), &sessions);
 
-    // Victim: the node leading the most groups (as node 1 sees it).
-    let leaders = c.leaders_per_node(0);
+    // Victim: the node leading the most groups (each node's own count).
+    let leaders = c.own_leaders();
     eprintln!("leaders per node before the kill: {leaders:?}");
     let victim = leaders.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i).expect("leaders.per_node is empty");
     assert!(leaders[&victim] > 0, "no node leads any group: {leaders:?}");
@@ -44,8 +44,10 @@ fn kill9_leader_under_load() {
     let g = gaps(&acks, &sessions, kill_at.saturating_sub(Duration::from_secs(1)), mid_at);
     g.print("kill -9 of the leader");
     // Leadership moved: the survivors lead every group between them.
+    let own_after = c.own_leaders();
     let l2 = c.leaders_per_node(survivors[0]);
-    eprintln!("leaders per node 12 s after the kill (as {} sees it): {l2:?}", c.name(survivors[0]));
+    eprintln!("leaders 12 s after the kill: own counts {own_after:?}; as {} reports leaders.per_node: {l2:?}", c.name(survivors[0]));
+    let groups = u64::from(c.opts.num_groups);
 
     // Restart the victim under load and let it catch up.
     let restart_at = load.now();
@@ -78,6 +80,14 @@ fn kill9_leader_under_load() {
         g.worst_session,
         g.worst.as_millis(),
         MAX_WINDOW.as_millis()
+    );
+    assert_eq!(own_after.values().sum::<u64>(), groups, "12 s after the kill the survivors do not lead every group: {own_after:?}");
+    // `ops status` must not report the dead node as still leading groups.
+    assert!(
+        l2.get(&victim).copied().unwrap_or(0) == 0 && l2.values().sum::<u64>() == groups,
+        "12 s after kill -9 of {}, {}'s `ops status` leaders.per_node still credits it with groups (stale gossip): {l2:?}",
+        c.name(victim),
+        c.name(survivors[0])
     );
     eprintln!("test took {} s", test_t0.elapsed().as_secs());
 }

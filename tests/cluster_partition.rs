@@ -22,12 +22,12 @@ fn isolated_node_minority_partition() {
     );
     let sessions = session_ids("part", 6);
     create_sessions(&c.ports(), &sessions);
-    let iso = 2;
-    let majority = [0usize, 1];
+    // Isolate the node leading the most groups: its leaders end up in the minority.
+    let leaders = c.own_leaders();
+    let iso = leaders.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i).unwrap();
+    let majority: Vec<usize> = c.all().into_iter().filter(|i| *i != iso).collect();
     let name = c.name(iso).to_string();
-    // Leaders before: make sure the isolated node leads something (or report it).
-    let leaders = c.leaders_per_node(0);
-    eprintln!("leaders per node before the partition: {leaders:?}");
+    eprintln!("leaders per node before the partition: {leaders:?}; isolating {name}");
 
     let major = Load::start(LoadOpts::new("maj", sessions.len(), &sessions, &c.ports_of(&majority)));
     let mut mo = LoadOpts::new("min", sessions.len(), &sessions, &c.ports_of(&[iso]));

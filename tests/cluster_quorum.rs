@@ -93,6 +93,10 @@ fn two_of_three_down_then_restored() {
     eprintln!("survivor /health/ready: {code} {body}");
     if code != 503 {
         failures.push(format!("survivor /health/ready is {code} {body} without quorum"));
+    } else if body["detail"]["probe_result"] != "quorum_unreachable" {
+        // Contract §5.5: a group without a reachable majority reports
+        // probe_result quorum_unreachable (+ reachable_replicas, required_quorum).
+        failures.push(format!("survivor /health/ready detail should say probe_result quorum_unreachable (§5.5), got {body}"));
     }
 
     // Tails on the survivor still replay what was committed.
@@ -118,8 +122,13 @@ fn two_of_three_down_then_restored() {
     eprintln!("quorum restored, all ready {} ms after restart", t0.elapsed().as_millis());
     // The ambiguous appends: resend identical bodies.
     for (k, s) in sessions.iter().enumerate() {
-        let a = append_acked(&c.ports(), s, &format!("q-{k}"), next[k], 32);
-        eprintln!("resend of {s} q-{k}/{}: seq {} ({} attempts)", next[k], a.seq, a.attempts);
+        let (a, deduped) = resend_acked(&c.ports(), s, &format!("q-{k}"), next[k], 32);
+        eprintln!(
+            "resend of {s} q-{k}/{}: seq {}{}",
+            next[k],
+            a.seq,
+            if deduped { " (deduped: the 503'd attempt had committed)" } else { "" }
+        );
         acks.push(a);
         next[k] += 1;
     }

@@ -243,6 +243,7 @@ impl Cluster {
             .env("RELEASE_NODE", &node.id)
             .env("PORT", node.http_port.to_string())
             .env("STARCITE_RAFT_DATA_DIR", &node.data_dir)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -327,7 +328,7 @@ impl Cluster {
     /// Polls `/health/ready` until 200 (Ok) or timeout / process exit (Err).
     pub fn wait_ready(&mut self, i: usize, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::from("no answer yet");
+        let mut last;
         loop {
             if let Some(c) = self.nodes[i].child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -419,6 +420,17 @@ impl Cluster {
                 if let Some(idx) = self.index_of(k) {
                     out.insert(idx, v.as_u64().unwrap_or(0));
                 }
+            }
+        }
+        out
+    }
+
+    /// Each running node's own count of groups it leads (exact, no gossip lag).
+    pub fn own_leaders(&mut self) -> BTreeMap<usize, u64> {
+        let mut out = BTreeMap::new();
+        for i in 0..self.nodes.len() {
+            if self.is_running(i) {
+                out.insert(i, self.leaders_per_node(i).get(&i).copied().unwrap_or(0));
             }
         }
         out
@@ -517,7 +529,7 @@ impl Drop for Cluster {
         }
         if let Some(tmp) = self.tmp.take() {
             if panicking || std::env::var_os("STARCITE_TEST_KEEP").is_some() {
-                let p = tmp.into_path();
+                let p = tmp.keep();
                 eprintln!("[cluster] kept data and logs in {}", p.display());
             }
         }
@@ -1190,14 +1202,30 @@ pub fn resolve_pending(ports: &[u16], producers: &mut [ProducerState], budget: D
     out
 }
 
-/// Appends one body with retries; returns the ack (panics on failure).
+/// Appends one body with retries; returns the ack (panics on failure). A
+/// dedupe is accepted only after an ambiguous attempt of this call.
 pub fn append_acked(ports: &[u16], session: &str, producer: &str, pseq: u64, pad: usize) -> Ack {
+    append_acked_inner(ports, session, producer, pseq, pad, false)
+}
+
+/// Like [`append_acked`] for the resend of an append that earlier answered an
+/// ambiguous 503: it may dedupe (the earlier attempt committed after all).
+pub fn resend_acked(ports: &[u16], session: &str, producer: &str, pseq: u64, pad: usize) -> (Ack, bool) {
+    let a = append_acked_inner(ports, session, producer, pseq, pad, true);
+    let deduped = a.attempts == u32::MAX;
+    (Ack { attempts: 1, ..a }, deduped)
+}
+
+fn append_acked_inner(ports: &[u16], session: &str, producer: &str, pseq: u64, pad: usize, resend: bool) -> Ack {
     let t0 = Instant::now();
-    let (st, v, attempts) = post_retry(ports, &append_path(session), &load_body(producer, pseq, pad), Duration::from_secs(30))
+    let (st, v, mut attempts) = post_retry(ports, &append_path(session), &load_body(producer, pseq, pad), Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("append {session} {producer}/{pseq}: {e}"));
     assert_eq!(st, 201, "append {session} {producer}/{pseq}: {st} {v}");
     if v["deduped"] == json!(true) {
-        assert!(attempts > 1, "first attempt of {producer}/{pseq} deduped: {v}");
+        assert!(resend || attempts > 1, "first attempt of {producer}/{pseq} deduped: {v}");
+        if resend {
+            attempts = u32::MAX;
+        }
     }
     Ack {
         session: session.to_string(),
