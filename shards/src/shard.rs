@@ -245,18 +245,36 @@ impl<W> Shard<W> {
     }
 
     /// Readiness of this core's replicas: every group has a leader and has
-    /// applied everything it knows to be committed. Returns the first group
-    /// that is not, with the reason.
-    pub fn sync_state(&self) -> Result<(), (u32, &'static str)> {
+    /// applied everything it knows to be committed — and, where the leader is
+    /// another node, at least the commit index that leader last reported
+    /// (`leader_commit(group, leader)`; a follower alone cannot tell how far
+    /// behind it is). Returns the first group that is not, with the reason.
+    pub fn sync_state(&self, leader_commit: impl Fn(u32, u64) -> Option<u64>) -> Result<(), (u32, &'static str)> {
         for (gid, g) in &self.groups {
-            if g.leader_id().is_none() {
+            let Some(leader) = g.leader_id() else {
                 return Err((*gid, "leader_unknown"));
-            }
+            };
             if g.applied < g.node.raft.raft_log.committed {
                 return Err((*gid, "catching_up"));
             }
+            if leader != self.cfg.raft_id {
+                match leader_commit(*gid, leader) {
+                    Some(c) if g.applied >= c => {}
+                    Some(_) => return Err((*gid, "catching_up")),
+                    None => return Err((*gid, "leader_unreported")),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `(group, commit index)` of every group this replica leads.
+    pub fn led_commits(&self) -> Vec<(u32, u64)> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.is_leader())
+            .map(|(gid, g)| (*gid, g.node.raft.raft_log.committed))
+            .collect()
     }
 
     /// Groups this replica leads, with their voters (for drain and balance).

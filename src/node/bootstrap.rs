@@ -161,9 +161,12 @@ async fn core_main(ctx: CoreContext) {
     let _ = ctx.boot.send(Ok(core));
     let stop = ctx.stop.clone();
     let signal = shutdown.clone();
+    let own_inbox = ctx.senders[core as usize].clone();
     monoio::spawn(async move {
         let _ = stop.recv_async().await;
         signal.fire();
+        // Leadership moves during the grace period, so peers need no election.
+        let _ = own_inbox.send_async(CoreRequest::HandOff).await;
     });
     serve(listener, gateway, Rc::new(Limits::default()), shutdown.wait()).await;
     // Listeners are closed and tails told to go away; let in-flight work finish.

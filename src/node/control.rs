@@ -45,6 +45,9 @@ pub struct Gossip {
     pub consensus_ready: bool,
     pub leaders: u32,
     pub marks: BTreeMap<String, DrainMark>,
+    /// Commit index of every group this node leads (followers compare).
+    #[serde(default)]
+    pub commits: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +58,12 @@ struct Inner {
     marks: BTreeMap<String, DrainMark>,
     peer_ready: BTreeMap<String, bool>,
     peer_leaders: BTreeMap<String, u32>,
+    /// group → (leader node, its commit index), from the leader's gossip.
+    leader_commits: BTreeMap<u32, (String, u64)>,
+    /// Per core: groups it leads with their commit indexes.
+    own_commits: Vec<Vec<(u32, u64)>>,
+    /// Per core: why it is not synced (first failing group), for readiness detail.
+    core_sync: Vec<Option<(u32, &'static str)>>,
 }
 
 pub struct ControlState {
@@ -83,6 +92,8 @@ impl ControlState {
             inner.marks.insert(topo.me.clone(), mark);
         }
         let cores = topo.cores as usize;
+        inner.own_commits = vec![Vec::new(); cores];
+        inner.core_sync = vec![Some((0, "startup_sync")); cores];
         let state = ControlState {
             inner: Mutex::new(inner),
             core_ready: (0..cores).map(|_| AtomicBool::new(false)).collect(),
@@ -109,8 +120,34 @@ impl ControlState {
             let mut inner = self.lock();
             let count = inner.connections.entry(peer.to_owned()).or_default();
             *count = if up { *count + 1 } else { count.saturating_sub(1) };
+            if *count == 0 {
+                // What it told us is stale now: it leads nothing we can see.
+                inner.peer_leaders.remove(peer);
+                inner.peer_ready.remove(peer);
+                inner.leader_commits.retain(|_, (leader, _)| leader != peer);
+            }
         }
         self.refresh_statuses(now_ms());
+    }
+
+    /// A core reports its sync state and the commit indexes of groups it leads.
+    pub fn core_report(&self, core: usize, sync: Result<(), (u32, &'static str)>, led: Vec<(u32, u64)>, leaders: u32) {
+        self.core_ready[core].store(sync.is_ok(), Ordering::Relaxed);
+        self.core_leaders[core].store(leaders, Ordering::Relaxed);
+        let mut inner = self.lock();
+        inner.core_sync[core] = sync.err();
+        inner.own_commits[core] = led;
+    }
+
+    /// The commit index `leader` (a node) last gossiped for `group`.
+    pub fn leader_commit(&self, group: u32, leader: &str) -> Option<u64> {
+        let inner = self.lock();
+        inner.leader_commits.get(&group).filter(|(l, _)| l == leader).map(|(_, c)| *c)
+    }
+
+    /// The first failing group of this node's readiness, with the reason.
+    pub fn sync_failure(&self) -> Option<(u32, &'static str)> {
+        self.lock().core_sync.iter().flatten().next().copied()
     }
 
     pub fn is_visible(&self, node: &str) -> bool {
@@ -162,6 +199,7 @@ impl ControlState {
             consensus_ready: self.local_consensus_ready(),
             leaders: self.local_leaders(),
             marks: inner.marks.clone(),
+            commits: inner.own_commits.iter().flatten().copied().collect(),
         }
     }
 
@@ -172,6 +210,9 @@ impl ControlState {
             let mut inner = self.lock();
             inner.peer_ready.insert(g.from.clone(), g.consensus_ready);
             inner.peer_leaders.insert(g.from.clone(), g.leaders);
+            for (group, commit) in &g.commits {
+                inner.leader_commits.insert(*group, (g.from.clone(), *commit));
+            }
             for (node, mark) in g.marks {
                 if !self.topo.nodes.contains(&node) {
                     continue;

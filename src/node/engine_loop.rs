@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +22,8 @@ use crate::cluster::transport::Transport;
 
 /// Ticks between leadership balancing rounds (and drain transfers).
 const BALANCE_EVERY_TICKS: u64 = 20;
+/// Consecutive ticks behind before a synced core reports not-ready.
+const SYNC_FAILURE_TICKS: u32 = 5;
 
 type Waiter = Reply<CommandResult>;
 
@@ -36,6 +37,10 @@ pub struct EngineLoop {
     cluster: Option<Cluster>,
     control: Arc<ControlState>,
     ticks: u64,
+    sync_failures: u32,
+    ever_synced: bool,
+    /// Shutting down: leadership moves away, like a drain.
+    handing_off: bool,
 }
 
 /// What a core needs to talk to its peers.
@@ -67,6 +72,9 @@ impl EngineLoop {
             cluster,
             control,
             ticks: 0,
+            sync_failures: 0,
+            ever_synced: false,
+            handing_off: false,
         }
     }
 
@@ -104,8 +112,21 @@ impl EngineLoop {
         self.shard.tick();
         self.ticks += 1;
         let core = self.stats.core as usize;
-        self.control.core_ready[core].store(self.shard.sync_state().is_ok(), Ordering::Relaxed);
-        self.control.core_leaders[core].store(self.shard.leaders() as u32, Ordering::Relaxed);
+        let control = self.control.clone();
+        let topo = self.cluster.as_ref().map(|c| c.topo.clone());
+        let sync = self.shard.sync_state(|group, leader| {
+            let node = topo.as_ref()?.node_of(leader)?;
+            control.leader_commit(group, node)
+        });
+        // Hysteresis: once synced, a core reports not-ready only after staying
+        // behind for several ticks (a gossiped commit index is briefly ahead
+        // of a follower that is keeping up fine).
+        self.sync_failures = if sync.is_ok() { 0 } else { self.sync_failures + 1 };
+        self.ever_synced |= sync.is_ok();
+        let sync = if self.ever_synced && self.sync_failures < SYNC_FAILURE_TICKS { Ok(()) } else { sync };
+        let led = self.shard.led_commits();
+        let leaders = led.len() as u32;
+        self.control.core_report(core, sync, led, leaders);
         if self.ticks % BALANCE_EVERY_TICKS == 0 {
             self.move_leadership();
         }
@@ -122,7 +143,7 @@ impl EngineLoop {
             topo.node_of(id).is_some_and(|n| n != me && self.control.is_visible(n) && !self.control.is_drained(n))
         };
         let led = self.shard.led_groups();
-        if drained {
+        if drained || self.handing_off {
             for (group, voters) in led {
                 if let Some(to) = voters.iter().copied().find(|v| eligible(*v)) {
                     self.shard.transfer_leader(group, to);
@@ -284,6 +305,10 @@ impl EngineLoop {
                 stats.pending = self.shard.pending_len();
                 stats.tail_subscribers = self.subscribers.values().map(Vec::len).sum();
                 let _ = reply.send(stats);
+            }
+            CoreRequest::HandOff => {
+                self.handing_off = true;
+                self.move_leadership();
             }
             CoreRequest::Raft { messages } => {
                 for (group, msg) in messages {

@@ -198,9 +198,12 @@ impl Gateway {
         let Some(mut route) = Route::new(candidates, hint) else {
             return Err(ApiError::raft_unavailable());
         };
+        // Whether any replica named a leader: if none ever did, the group has
+        // no quorum reachable from here (`raft_unavailable`), else it is slow.
+        let mut leader_seen = false;
         loop {
             if Instant::now() >= deadline {
-                return Err(ApiError::raft_timeout());
+                return Err(if leader_seen { ApiError::raft_timeout() } else { ApiError::raft_unavailable() });
             }
             let target = route.target().clone();
             let answer = if target == self.topo.me {
@@ -222,6 +225,7 @@ impl Gateway {
                 }
                 Some(Err(EngineError::NotLeader { leader })) => {
                     let leader = leader.and_then(|id| self.topo.node_of(id)).map(str::to_owned);
+                    leader_seen |= leader.is_some();
                     if leader.is_none() {
                         self.leader_hints.borrow_mut().remove(&group);
                     }
@@ -412,8 +416,7 @@ impl Gateway {
                 return not_ready("draining", None);
             }
             if !self.control.local_consensus_ready() {
-                let detail = serde_json::json!({"startup_mode": "write", "consensus_ready?": false, "probe_result": "startup_sync"});
-                return not_ready("raft_sync", Some(detail));
+                return not_ready("raft_sync", Some(self.sync_detail()));
             }
             if !self.control.ready_nodes().contains(&self.topo.me) {
                 return not_ready("observer_sync", None);
@@ -423,6 +426,38 @@ impl Gateway {
             return not_ready("router_sync", Some(detail));
         }
         json(200, serde_json::json!({"status": "ok", "mode": mode}).to_string())
+    }
+
+    /// The `detail` of a `raft_sync` answer (contract §5.5).
+    fn sync_detail(&self) -> serde_json::Value {
+        let checked = (0..self.topo.num_groups).filter(|g| self.topo.replicates(*g)).count();
+        let mut detail = serde_json::json!({
+            "startup_mode": "write",
+            "consensus_ready?": false,
+            "consensus_probe_fresh?": true,
+            "consensus_probe_age_ms": 0,
+            "checked_groups": checked,
+        });
+        let Some((group, reason)) = self.control.sync_failure() else {
+            detail["probe_result"] = "startup_sync".into();
+            return detail;
+        };
+        detail["failing_group_id"] = group.into();
+        let replicas: Vec<&str> = self.topo.replicas(group).collect();
+        let reachable = replicas.iter().filter(|n| self.control.is_visible(n)).count();
+        let quorum = replicas.len() / 2 + 1;
+        let result = match reason {
+            "leader_unknown" if reachable < quorum => {
+                detail["reachable_replicas"] = reachable.into();
+                detail["required_quorum"] = quorum.into();
+                "quorum_unreachable"
+            }
+            "leader_unknown" | "leader_unreported" => "leader_unknown",
+            "catching_up" => "catching_up",
+            other => other,
+        };
+        detail["probe_result"] = result.into();
+        detail
     }
 
     async fn metrics(&self) -> Result<Reply, ApiError> {

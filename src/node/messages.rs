@@ -43,6 +43,8 @@ pub enum CoreRequest {
     Stats { reply: Reply<CoreStats> },
     /// Raft messages from peers for groups this core owns.
     Raft { messages: Vec<(u32, raft::eraftpb::Message)> },
+    /// The node is stopping: hand this core's leaderships to other replicas.
+    HandOff,
     Shutdown,
 }
 
