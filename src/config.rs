@@ -40,6 +40,8 @@ pub struct Config {
     pub event_store_max_bytes: u64,
     pub checkpoint_bytes: u64,
     pub telemetry: bool,
+    /// `STARCITE_REJOIN`: this node replaces one whose disk was lost.
+    pub rejoin: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +108,7 @@ impl Config {
         let event_store_max_bytes = size(env, "STARCITE_EVENT_STORE_MAX_SIZE", 2 << 30)?;
         let checkpoint_bytes = size(env, "STARCITE_LOG_CHECKPOINT_SIZE", DEFAULT_CHECKPOINT_BYTES)?;
         let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
+        let rejoin = boolean(env, "STARCITE_REJOIN", false)?;
         Ok(Config {
             node_name,
             port,
@@ -123,6 +126,7 @@ impl Config {
             event_store_max_bytes,
             checkpoint_bytes,
             telemetry,
+            rejoin,
         })
     }
 }

@@ -44,6 +44,9 @@ pub struct ShardConfig {
     pub checkpoint_bytes: u64,
     /// Segment size at which the driver starts the next segment.
     pub segment_bytes: u64,
+    /// This node replaces one that lost its disk (`STARCITE_REJOIN`): groups
+    /// that start empty do not vote for non-empty candidates until caught up.
+    pub rejoin: bool,
 }
 
 /// A client command before it is stamped and proposed.
@@ -218,6 +221,9 @@ impl<W> Shard<W> {
         }
         let mut group = Group::new(gid, self.cfg.raft_id, storage, machine, commit, logger)
             .map_err(|e| format!("group {gid}: raft: {e}"))?;
+        if self.cfg.rejoin {
+            group.start_rejoin_if_empty();
+        }
         group.campaign_if_sole_voter().map_err(|e| format!("group {gid}: campaign: {e}"))?;
         group.choose_election_timeout(self.cfg.incarnation);
         Ok(group)
@@ -357,6 +363,7 @@ impl<W> Shard<W> {
             }
             group.choose_election_timeout(salt);
             group.snapshot_watchdog();
+            group.check_rejoined();
             if group.node.has_ready() {
                 self.dirty.insert(*gid);
             }
@@ -364,8 +371,12 @@ impl<W> Shard<W> {
     }
 
     /// Delivers a Raft message from a peer.
-    pub fn step(&mut self, group: u32, msg: Message) {
+    pub fn step(&mut self, group: u32, mut msg: Message) {
         if let Some(g) = self.groups.get_mut(&group) {
+            if g.rejoin_filter(&msg) {
+                return;
+            }
+            tolerate_lost_replica(g, &mut msg);
             if let Err(e) = g.node.step(msg) {
                 tracing::debug!(group, error = %e, "raft step rejected a message");
             }
@@ -556,6 +567,12 @@ impl<W> Shard<W> {
         Some((commit, entries))
     }
 
+    /// A leader's view of its followers: `(raft id, matched, next, state)`.
+    pub fn progress_view(&self, group: u32) -> Vec<(u64, u64, u64, String)> {
+        let Some(g) = self.groups.get(&group) else { return Vec::new() };
+        g.node.raft.prs().iter().map(|(id, pr)| (*id, pr.matched, pr.next_idx, format!("{:?}", pr.state))).collect()
+    }
+
     /// Leader of a group as this replica knows it.
     pub fn leader_of(&self, group: u32) -> Option<u64> {
         self.groups.get(&group)?.leader_id()
@@ -606,6 +623,49 @@ impl<W> Shard<W> {
             .take(limit)
             .map(list_row)
             .collect()
+    }
+}
+
+/// A replica restarted with an empty data dir (disk replaced: same identity,
+/// static membership) has lost what it had acknowledged. Raft assumes that
+/// never happens: its leader would keep sending from the old match index and
+/// its heartbeats would name a commit index beyond the new log (raft panics).
+/// Both sides are corrected here so the replica catches up by snapshot.
+fn tolerate_lost_replica(g: &mut Group, msg: &mut Message) {
+    use raft::eraftpb::MessageType;
+    match msg.get_msg_type() {
+        MessageType::MsgHeartbeat => {
+            let last = g.node.raft.raft_log.last_index();
+            if msg.commit > last {
+                // The leader believes we hold entries we do not: tell it, the
+                // way a failed append would, so it resends from our position.
+                let mut reject = Message::default();
+                reject.set_msg_type(MessageType::MsgAppendResponse);
+                reject.to = msg.from;
+                reject.from = msg.to;
+                reject.term = msg.term;
+                reject.index = msg.commit;
+                reject.reject = true;
+                reject.reject_hint = last;
+                g.node.raft.msgs.push(reject);
+                msg.commit = last;
+            }
+        }
+        MessageType::MsgAppendResponse if msg.reject && g.is_leader() => {
+            if let Some(pr) = g.node.raft.mut_prs().get_mut(msg.from) {
+                // Only a rejection of what was sent for the current position
+                // proves data loss; older (reordered) rejections do not.
+                let lost = msg.index >= pr.matched && msg.reject_hint < pr.matched;
+                tracing::debug!(group = g.id, peer = msg.from, hint = msg.reject_hint, index = msg.index, matched = pr.matched, state = ?pr.state, "append rejected");
+                if lost {
+                    tracing::warn!(group = g.id, peer = msg.from, had = pr.matched, has = msg.reject_hint, "a replica lost its log (replaced disk?): resending from its real position");
+                    pr.matched = msg.reject_hint;
+                    pr.become_probe();
+                    pr.next_idx = msg.reject_hint + 1;
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -34,6 +34,9 @@ pub struct SimConfig {
     pub tails: usize,
     /// After healing, pending work must finish within this much virtual time.
     pub liveness_bound_us: u64,
+    /// Probability that a crashed node comes back with an empty disk (a
+    /// replaced drive: same identity, no data).
+    pub disk_wipe: f64,
     /// Probability with which each reached fault point in the engine fires.
     pub fault_point_probability: f64,
 }
@@ -67,6 +70,7 @@ impl SimConfig {
             tails: r.range(0, 3) as usize,
             liveness_bound_us: 60_000_000,
             fault_point_probability: [0.0, 0.01, 0.05][r.range(0, 2) as usize],
+            disk_wipe: if std::env::var("SIM_DISK_WIPE").is_ok() { 0.5 } else { 0.0 },
         }
     }
 }

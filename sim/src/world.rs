@@ -36,6 +36,7 @@ pub struct Stats {
     pub partitions: u64,
     pub fsync_spikes: u64,
     pub disk_full: u64,
+    pub disk_wipes: u64,
     pub checkpoints: u64,
     pub client_timeouts: u64,
     pub not_leader: u64,
@@ -77,6 +78,8 @@ struct Node {
     up: bool,
     epoch: u64,
     cores: Vec<Core>,
+    /// Its disk was replaced (empty) before its last restart.
+    wiped: bool,
 }
 
 pub struct World {
@@ -121,7 +124,7 @@ impl World {
         };
         for node in 0..w.cfg.nodes {
             let cores = (0..w.cfg.cores).map(|c| Core { shard: None, disk: SimDisk::new(c), writing: false, inbox: VecDeque::new() }).collect();
-            w.nodes.push(Node { up: false, epoch: 0, cores });
+            w.nodes.push(Node { up: false, epoch: 0, cores, wiped: false });
             w.start_node(node);
         }
         w.plan_workload();
@@ -157,6 +160,9 @@ impl World {
             incarnation: self.rng.next_u64(),
             checkpoint_bytes: self.cfg.checkpoint_bytes,
             segment_bytes: (self.cfg.checkpoint_bytes / 4).clamp(2048, 1 << 20),
+            // A node whose disk was replaced restarts in rejoin mode, as the
+            // operations runbook says.
+            rejoin: self.nodes.get(node).is_some_and(|n| n.wiped),
         }
     }
 
@@ -325,6 +331,15 @@ impl World {
             Event::Crash { node } => self.crash(node),
             Event::Restart { node } => {
                 if !self.nodes[node].up && !self.faults_over {
+                    // One replacement per run: two replicas losing their disks
+                    // before catching up is two lost copies, beyond RF 3.
+                    if self.stats.disk_wipes == 0 && self.rng.chance(self.cfg.disk_wipe) {
+                        self.stats.disk_wipes += 1;
+                        for (core, c) in self.nodes[node].cores.iter_mut().enumerate() {
+                            c.disk = SimDisk::new(core as u32);
+                        }
+                        self.nodes[node].wiped = true;
+                    }
                     self.start_node(node);
                     self.stats.restarts += 1;
                 }
@@ -719,7 +734,7 @@ impl World {
             }
             if std::env::var("SIM_DEBUG").is_ok() {
                 let v = shard.log_view(group).map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
-                eprintln!("debug n{node} {session} group {group}: events {} log (commit, first, last) {v:?} leader {:?}", events.len(), shard.leader_of(group));
+                eprintln!("debug n{node} {session} group {group}: events {} log (commit, first, last) {v:?} leader {:?} progress {:?}", events.len(), shard.leader_of(group), shard.progress_view(group));
             }
             self.checker.check_history(&format!("n{node}"), &session, &events);
             histories.push((node, events));

@@ -251,6 +251,7 @@ fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoo
         incarnation: rand::random(),
         checkpoint_bytes: cfg.checkpoint_bytes,
         segment_bytes: starcite_shards::limits::DEFAULT_SEGMENT_BYTES.min(cfg.checkpoint_bytes / 2).max(1 << 20),
+        rejoin: cfg.rejoin,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let shard = Shard::new(shard_cfg, recovered, &logger).map_err(|e| format!("core {core}: {e}"))?;

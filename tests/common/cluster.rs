@@ -229,6 +229,12 @@ impl Cluster {
             .position(|n| n.id == id || n.name == id || id.split('@').next() == Some(n.name.as_str()))
     }
 
+    /// Sets an environment variable for nodes started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.common_env.retain(|(k, _)| k != key);
+        self.common_env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts node `i`'s process (it must not be running); does not wait.
     pub fn spawn(&mut self, i: usize) {
         assert!(!self.is_running(i), "node {} is already running", self.nodes[i].name);
