@@ -42,6 +42,8 @@ pub struct Config {
     pub telemetry: bool,
     /// `STARCITE_REJOIN`: this node replaces one whose disk was lost.
     pub rejoin: bool,
+    /// JWT settings; `None` in auth mode `none`.
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,7 +79,7 @@ impl<const N: usize> Env for [(&str, &str); N] {
 impl Config {
     pub fn from_env(profile: Profile, env: &impl Env) -> Result<Config, ConfigError> {
         let dev = profile == Profile::Dev;
-        check_auth_mode(env, dev)?;
+        let auth = auth_mode(env, dev)?;
         let node_name = non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
         let port = int(env, "PORT", 4000u64, 1, u64::from(u16::MAX))? as u16;
         let data_dir = non_blank(env, "STARCITE_RAFT_DATA_DIR")
@@ -127,20 +129,20 @@ impl Config {
             checkpoint_bytes,
             telemetry,
             rejoin,
+            auth,
         })
     }
 }
 
-fn check_auth_mode(env: &impl Env, dev: bool) -> Result<(), ConfigError> {
+/// `STARCITE_AUTH_MODE` (contract §2.1); jwt mode needs its issuer, audience
+/// and JWKS URL (decision 12: fail fast, naming the variable).
+fn auth_mode(env: &impl Env, dev: bool) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
     let default = if dev { "none" } else { "jwt" };
     let mode = env.get("STARCITE_AUTH_MODE").map(|v| v.trim().to_lowercase());
     let mode = mode.filter(|m| !m.is_empty()).unwrap_or_else(|| default.to_owned());
     match mode.as_str() {
-        "none" => Ok(()),
-        "jwt" => Err(err(
-            "STARCITE_AUTH_MODE",
-            "jwt mode is not available in this build yet; set STARCITE_AUTH_MODE=none to run without authentication",
-        )),
+        "none" => Ok(None),
+        "jwt" => crate::auth::auth_config_from_env(|k| env.get(k)).map(Some).map_err(|(var, reason)| err(var, reason)),
         other => Err(err("STARCITE_AUTH_MODE", format!("must be jwt or none, got {other:?}"))),
     }
 }
@@ -255,9 +257,17 @@ mod tests {
     }
 
     #[test]
-    fn start_refuses_jwt_until_it_exists() {
+    fn jwt_mode_needs_its_settings() {
         let e = Config::from_env(Profile::Start, &[("PORT", "1")]).unwrap_err();
-        assert_eq!(e.var, "STARCITE_AUTH_MODE");
+        assert!(e.var.starts_with("STARCITE_AUTH_J"), "{e}");
+        let jwt = [
+            ("STARCITE_AUTH_JWT_ISSUER", "https://issuer.test"),
+            ("STARCITE_AUTH_JWT_AUDIENCE", "starcite-api"),
+            ("STARCITE_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+            ("STARCITE_WRITE_REPLICATION_FACTOR", "1"),
+        ];
+        let c = Config::from_env(Profile::Start, &jwt).unwrap();
+        assert_eq!(c.auth.as_ref().map(|a| a.issuer.as_str()), Some("https://issuer.test"));
         let e = Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", "bogus")]).unwrap_err();
         assert_eq!(e.var, "STARCITE_AUTH_MODE");
         assert!(Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", " NONE "), ("STARCITE_WRITE_REPLICATION_FACTOR", "1")]).is_ok());

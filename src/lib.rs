@@ -2,6 +2,7 @@
 //! routing of requests to the core that owns a session's group.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod node;

@@ -17,8 +17,8 @@ enum Command {
     /// PORT, RELEASE_NODE, STARCITE_WRITE_NODE_IDS, STARCITE_WRITE_REPLICATION_FACTOR,
     /// STARCITE_NUM_GROUPS, STARCITE_RAFT_DATA_DIR, STARCITE_AUTH_MODE, STARCITE_CORES,
     /// STARCITE_EVENT_STORE_MAX_SIZE, STARCITE_PRODUCER_DEDUPE_WINDOW, ...).
-    /// Defaults: auth jwt (not yet available: set STARCITE_AUTH_MODE=none),
-    /// data dir priv/raft, port 4000.
+    /// Defaults: auth jwt (needs STARCITE_AUTH_JWT_ISSUER, STARCITE_AUTH_JWT_AUDIENCE,
+    /// STARCITE_AUTH_JWKS_URL), data dir priv/raft, port 4000.
     Start,
     /// Run a single development node with embedded defaults: auth none, data
     /// under ./starcite-data, port 4000, replication factor 1, no external
@@ -43,7 +43,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing::warn!("STARCITE_AUTH_MODE=none: every request runs as tenant \"service\" with no authentication");
+    if cfg.auth.is_none() {
+        tracing::warn!("STARCITE_AUTH_MODE=none: every request runs as tenant \"service\" with no authentication");
+    }
     if let Err(e) = starcite::node::run(cfg) {
         eprintln!("starcite: {e}");
         std::process::exit(1);

@@ -40,6 +40,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let senders = Arc::new(senders);
     let topo = Arc::new(Topology::new(&cfg));
     let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
+    let auth = cfg.auth.clone().map(crate::auth::AuthService::new);
     let backend = Arc::new(super::ops_backend::NodeOps { control: control.clone(), cfg: cfg.clone() });
     let admin = crate::ops::server::serve_admin(&cfg.data_dir, backend)
         .map_err(|e| format!("cannot open the admin socket in {}: {e}", cfg.data_dir.display()))?;
@@ -56,6 +57,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             senders: senders.clone(),
             topo: topo.clone(),
             control: control.clone(),
+            auth: auth.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -94,6 +96,7 @@ struct CoreContext {
     senders: Arc<Vec<flume::Sender<CoreRequest>>>,
     topo: Arc<Topology>,
     control: Arc<ControlState>,
+    auth: Option<Arc<crate::auth::AuthService>>,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -147,6 +150,7 @@ async fn core_main(ctx: CoreContext) {
         telemetry: ctx.cfg.telemetry,
         next_subscriber: Cell::new(1),
         leader_hints: Default::default(),
+        auth: ctx.auth.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
     if let Some((transport, listener)) = cluster {

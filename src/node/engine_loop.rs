@@ -23,7 +23,7 @@ use crate::cluster::transport::Transport;
 /// Ticks between leadership balancing rounds (and drain transfers).
 const BALANCE_EVERY_TICKS: u64 = 20;
 /// Consecutive ticks behind before a synced core reports not-ready.
-const SYNC_FAILURE_TICKS: u32 = 5;
+const SYNC_FAILURE_TICKS: u32 = 10;
 
 type Waiter = Reply<CommandResult>;
 

@@ -26,6 +26,7 @@ use super::topology::Topology;
 use crate::cluster::transport::{Transport, TransportError};
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal, PrincipalType};
+use crate::auth::{find_token, AuthFailure, AuthService};
 use crate::api::query::{list_params, parse_query, tail_params};
 use crate::api::render::{render_append_result, render_event_body, render_session_created, render_session_page, SessionView};
 use crate::api::validate::{fingerprint, generate_session_id, parse_body, validate_append, validate_create};
@@ -54,14 +55,37 @@ pub struct Gateway {
     pub next_subscriber: Cell<u64>,
     /// Last known leader node per group (corrected by NotLeader answers).
     pub leader_hints: RefCell<HashMap<u32, String>>,
+    /// JWT verification (None in auth mode `none`).
+    pub auth: Option<Arc<AuthService>>,
+}
+
+/// Who is calling, and until when (token `exp`, Unix seconds).
+struct Caller {
+    ctx: AuthContext,
+    expires_at: Option<u64>,
 }
 
 impl Handler for Gateway {
     async fn handle(&self, req: Request) -> Reply {
         match self.route(req).await {
             Ok(reply) => reply,
-            Err(e) => Reply::Http(error_response(&e)),
+            Err(Failure::Api(e)) => Reply::Http(error_response(&e)),
+            Err(Failure::Auth(f)) => {
+                Reply::Http(error_response(&f.api_error()).with_header("www-authenticate", f.www_authenticate()))
+            }
         }
+    }
+}
+
+/// Why a request failed: an API error, or authentication (401 + WWW-Authenticate).
+enum Failure {
+    Api(ApiError),
+    Auth(AuthFailure),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
     }
 }
 
@@ -74,26 +98,41 @@ fn json(status: u16, body: String) -> Result<Reply, ApiError> {
 }
 
 impl Gateway {
-    async fn route(&self, req: Request) -> Result<Reply, ApiError> {
+    async fn route(&self, req: Request) -> Result<Reply, Failure> {
         let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
         let segments: Vec<&str> = req.path.split('/').skip(1).collect();
         match (method, segments.as_slice()) {
-            ("GET", ["health", "live"]) => json(200, r#"{"status":"ok"}"#.to_owned()),
-            ("GET", ["health", "ready"]) => self.health_ready(),
-            ("GET", ["metrics"]) if self.telemetry => self.metrics().await,
+            ("GET", ["health", "live"]) => Ok(json(200, r#"{"status":"ok"}"#.to_owned())?),
+            ("GET", ["health", "ready"]) => Ok(self.health_ready()?),
+            ("GET", ["metrics"]) if self.telemetry => Ok(self.metrics().await?),
             (_, ["v1", "sessions", ..]) => {
                 let route = self.v1_route(method, &segments[2..]).ok_or_else(ApiError::not_found)?;
                 check_accept(&req)?;
-                let auth = AuthContext::none();
-                match route {
-                    V1::Create => self.create(&req, &auth).await,
-                    V1::List => self.list(&req, &auth).await,
-                    V1::Append(id) => self.append(&req, &auth, id).await,
-                    V1::Tail(id) => self.tail(&req, &auth, id).await,
-                }
+                let caller = self.authenticate(&req).await.map_err(Failure::Auth)?;
+                let auth = &caller.ctx;
+                Ok(match route {
+                    V1::Create => self.create(&req, auth).await?,
+                    V1::List => self.list(&req, auth).await?,
+                    V1::Append(id) => self.append(&req, auth, id).await?,
+                    V1::Tail(id) => self.tail(&req, &caller, id).await?,
+                })
             }
-            _ => Err(ApiError::not_found()),
+            _ => Err(ApiError::not_found().into()),
         }
+    }
+
+    /// Contract §2: the fixed principal in mode `none`, else a verified JWT
+    /// (header, or `access_token` on WebSocket upgrades only).
+    async fn authenticate(&self, req: &Request) -> Result<Caller, AuthFailure> {
+        let Some(service) = &self.auth else {
+            return Ok(Caller { ctx: AuthContext::none(), expires_at: None });
+        };
+        let upgrade = req.is_websocket_upgrade();
+        let query = req.query.as_deref().map(|q| parse_query(q.as_bytes()));
+        let query_token = query.as_ref().and_then(crate::api::query::access_token);
+        let token = find_token(&req.headers, query_token.as_deref(), upgrade)?;
+        let authed = service.authenticate(token).await?;
+        Ok(Caller { ctx: authed.context, expires_at: Some(authed.expires_at) })
     }
 
     fn v1_route(&self, method: &str, rest: &[&str]) -> Option<V1> {
@@ -127,6 +166,9 @@ impl Gateway {
     }
 
     async fn create(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
+        if !auth.allows("session:create") {
+            return Err(ApiError::forbidden_scope());
+        }
         let body = parse_body(&req.body)?;
         let input = validate_create(&body, auth)?;
         let id = input.id.clone().unwrap_or_else(generate_session_id);
@@ -241,13 +283,28 @@ impl Gateway {
     }
 
     async fn append(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
+        if !auth.lock_allows(&id) {
+            return Err(ApiError::forbidden_session());
+        }
+        if !auth.none_mode {
+            // §3 order: lookup (404) → scope → lock → tenant, before the body.
+            let info = self.lookup(&id).await?;
+            if !auth.allows("session:append") {
+                return Err(ApiError::forbidden_scope());
+            }
+            if info.tenant_id != auth.principal.tenant_id {
+                return Err(ApiError::forbidden_tenant());
+            }
+        }
         // Validate first so the happy path is one hop; a client error is only
         // reported once the session is known to exist (404 precedes 400, §3).
         let validated = parse_body(&req.body).and_then(|body| validate_append(&body, auth));
         let input = match validated {
             Ok(input) => input,
             Err(e) => {
-                self.lookup(&id).await?;
+                if auth.none_mode {
+                    self.lookup(&id).await?;
+                }
                 return Err(e);
             }
         };
@@ -321,6 +378,9 @@ impl Gateway {
         }
         rows.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
         rows.dedup_by(|a, b| a.id == b.id);
+        if let Some(lock) = &auth.session_lock {
+            rows.retain(|r| r.id == *lock);
+        }
         let more = rows.len() > limit;
         rows.truncate(limit);
         let principals: Vec<Principal> = rows.iter().map(row_principal).collect();
@@ -361,7 +421,8 @@ impl Gateway {
         self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Read { session, after, limit, reply }).await
     }
 
-    async fn tail(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
+    async fn tail(&self, req: &Request, caller: &Caller, id: String) -> Result<Reply, ApiError> {
+        let auth = &caller.ctx;
         if !req.is_websocket_upgrade() {
             return Err(ApiError::invalid_websocket_upgrade());
         }
@@ -370,9 +431,12 @@ impl Gateway {
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
         }
-        self.lookup(&id).await?;
+        let info = self.lookup(&id).await?;
         if !auth.allows("session:read") {
             return Err(ApiError::forbidden_scope());
+        }
+        if !auth.none_mode && info.tenant_id != auth.principal.tenant_id {
+            return Err(ApiError::forbidden_tenant());
         }
         let sub_id = self.next_subscriber.get();
         self.next_subscriber.set(sub_id + 1);
@@ -393,6 +457,7 @@ impl Gateway {
             source,
             subscriber_id: (u64::from(self.core) << 48) | sub_id,
             shutdown: self.shutdown.clone(),
+            expires_at: caller.expires_at,
         };
         Ok(Reply::WebSocket(Box::new(move |ws| Box::pin(run_tail(ws, spec)))))
     }

@@ -71,6 +71,7 @@ mod tests {
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_INTERNAL: u16 = 1011;
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 pub struct TailSpec {
     pub session: String,
@@ -79,6 +80,8 @@ pub struct TailSpec {
     pub source: TailSource,
     pub subscriber_id: u64,
     pub shutdown: Shutdown,
+    /// The token's `exp` (Unix seconds): the socket closes with 4001 then.
+    pub expires_at: Option<u64>,
 }
 
 /// Where a tail's events come from.
@@ -118,7 +121,19 @@ struct Tail {
 }
 
 impl Tail {
+    /// Time left until the token expires (a year when it never does).
+    fn until_expiry(&self) -> Duration {
+        let Some(exp) = self.spec.expires_at else { return Duration::from_secs(365 * 86_400) };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms))
+    }
+
     async fn run(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Stop {
+        if self.until_expiry().is_zero() {
+            return Stop::Close(CLOSE_TOKEN_EXPIRED, "token_expired");
+        }
         if matches!(self.spec.source, TailSource::Remote { .. }) {
             return self.run_remote(reader, writer).await;
         }
@@ -186,6 +201,9 @@ impl Tail {
             if self.spec.shutdown.is_fired() {
                 return Err(Stop::Close(CLOSE_GOING_AWAY, "going_away"));
             }
+            if self.until_expiry().is_zero() {
+                return Err(Stop::Close(CLOSE_TOKEN_EXPIRED, "token_expired"));
+            }
             let (session, after) = (self.spec.session.clone(), self.spec.cursor);
             let read = self
                 .ask(|reply| CoreRequest::Read { session, after, limit: REPLAY_READ, reply })
@@ -237,6 +255,7 @@ impl Tail {
                     _ => {}
                 },
                 _ = self.spec.shutdown.wait() => return Err(Stop::Close(CLOSE_GOING_AWAY, "going_away")),
+                _ = monoio::time::sleep(self.until_expiry()) => return Err(Stop::Close(CLOSE_TOKEN_EXPIRED, "token_expired")),
             }
         }
     }
@@ -278,7 +297,11 @@ impl Tail {
                     _ => {}
                 },
                 _ = self.spec.shutdown.wait() => return Stop::Close(CLOSE_GOING_AWAY, "going_away"),
-                _ = monoio::time::sleep(idle) => {}
+                _ = monoio::time::sleep(idle.min(self.until_expiry())) => {
+                    if self.until_expiry().is_zero() {
+                        return Stop::Close(CLOSE_TOKEN_EXPIRED, "token_expired");
+                    }
+                }
             }
             idle = (idle * 2).min(REMOTE_POLL_MAX);
         }
