@@ -61,45 +61,9 @@ fn push_opt_str(out: &mut String, s: Option<&str>) {
     }
 }
 
-const MICROS_PER_SECOND: i64 = 1_000_000;
-const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
-
-/// Unix microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`. Total over `i64`: instants before
-/// 1970 use floor division; years outside 0..=9999 get a sign or extra digits (not
-/// RFC 3339, but never a panic).
-pub fn format_micros(us: i64) -> String {
-    let (year, month, day) = civil_from_days(us.div_euclid(MICROS_PER_DAY));
-    let in_day = us.rem_euclid(MICROS_PER_DAY);
-    let secs = in_day / MICROS_PER_SECOND;
-    let micros = in_day % MICROS_PER_SECOND;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 → proleptic Gregorian (year, month, day), after Howard
-/// Hinnant's `civil_from_days`: shift to eras of 400 years starting on March 1st so
-/// leap days fall at the end of the (shifted) year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // 0..=365, from March 1st
-    let mp = (5 * doy + 2) / 153; // 0..=11, March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both values are small by construction (1..=31, 1..=12).
-    (year, day_or_month(month), day_or_month(day))
-}
-
-fn day_or_month(v: i64) -> u32 {
-    u32::try_from(v).unwrap_or(0)
-}
+/// Unix microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ` (one implementation, shared
+/// with the engine that renders `inserted_at` at apply time).
+pub use starcite_shards::time::format_micros;
 
 /// The stored event's members without braces, `seq` and `inserted_at` (the engine adds
 /// those at apply time, see [`render_event`]). Absent `source` and `idempotency_key` are
