@@ -88,8 +88,17 @@ fn two_of_three_down_then_restored() {
     }
     eprintln!("all no-quorum answers within {} ms", t_fail.elapsed().as_millis());
 
-    // The survivor is not ready.
-    let (code, body) = c.ready(survivor).expect("ready probe");
+    // The survivor is not ready. Peers count as gone once their connections
+    // drop or stay silent for the transport's peer timeout (3 s), so the probe
+    // result may take that long to say why.
+    let probe_deadline = Instant::now() + Duration::from_secs(6);
+    let (code, body) = loop {
+        let (code, body) = c.ready(survivor).expect("ready probe");
+        if body["detail"]["probe_result"] == "quorum_unreachable" || Instant::now() >= probe_deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     eprintln!("survivor /health/ready: {code} {body}");
     if code != 503 {
         failures.push(format!("survivor /health/ready is {code} {body} without quorum"));
