@@ -234,7 +234,12 @@ impl EngineLoop {
     fn send_messages(&mut self, messages: Vec<(u32, raft::eraftpb::Message)>) {
         let Some(cluster) = &self.cluster else { return };
         let mut per_peer: HashMap<u64, Vec<(u32, Vec<u8>)>> = HashMap::new();
+        let mut beats: HashMap<u64, Vec<(u32, raft::eraftpb::Message)>> = HashMap::new();
         for (group, msg) in messages {
+            if super::heartbeats::is_packable(&msg) {
+                beats.entry(msg.to).or_default().push((group, msg));
+                continue;
+            }
             let bytes = match protobuf::Message::write_to_bytes(&msg) {
                 Ok(b) => b,
                 Err(e) => {
@@ -244,12 +249,20 @@ impl EngineLoop {
             };
             per_peer.entry(msg.to).or_default().push((group, bytes));
         }
+        // All heartbeats for a peer travel as one packed message.
+        for (to, list) in beats {
+            let refs: Vec<(u32, &raft::eraftpb::Message)> = list.iter().map(|(g, m)| (*g, m)).collect();
+            let body = super::heartbeats::pack(&refs);
+            per_peer.entry(to).or_default().push((super::heartbeats::HEARTBEAT_BATCH_GROUP, body));
+        }
         for (to, batch) in per_peer {
             match cluster.topo.node_of(to) {
                 Some(peer) if cluster.transport.is_connected(peer) => cluster.transport.send_raft(peer, batch),
                 _ => {
                     for (group, _) in batch {
-                        self.shard.report_unreachable(group, to);
+                        if group != super::heartbeats::HEARTBEAT_BATCH_GROUP {
+                            self.shard.report_unreachable(group, to);
+                        }
                     }
                 }
             }

@@ -16,6 +16,7 @@ pub mod bootstrap;
 pub mod control;
 pub mod engine_loop;
 pub mod gateway;
+pub mod heartbeats;
 pub mod messages;
 pub mod ops_backend;
 pub mod peer_inbound;

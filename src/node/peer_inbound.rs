@@ -27,6 +27,17 @@ impl Inbound for PeerInbound {
         let cores = self.cores.len() as u32;
         let mut per_core: HashMap<u32, Vec<(u32, raft::eraftpb::Message)>> = HashMap::new();
         for (group, bytes) in messages {
+            if group == super::heartbeats::HEARTBEAT_BATCH_GROUP {
+                match super::heartbeats::unpack(&bytes) {
+                    Some(beats) => {
+                        for (g, m) in beats {
+                            per_core.entry(core_of(g, cores)).or_default().push((g, m));
+                        }
+                    }
+                    None => tracing::warn!(peer = from, "malformed heartbeat batch dropped"),
+                }
+                continue;
+            }
             match <raft::eraftpb::Message as protobuf::Message>::parse_from_bytes(&bytes) {
                 Ok(msg) => per_core.entry(core_of(group, cores)).or_default().push((group, msg)),
                 Err(e) => tracing::warn!(peer = from, group, error = %e, "undecodable raft message dropped"),
