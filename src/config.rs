@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use starcite_shards::limits::{DEFAULT_CHECKPOINT_BYTES, DEFAULT_DEDUPE_WINDOW, PRODUCERS_PER_SESSION};
+use starcite_shards::limits::{
+    DEFAULT_CHECKPOINT_BYTES, DEFAULT_DEDUPE_WINDOW, PRODUCERS_PER_SESSION,
+};
 
 /// How the process was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +56,10 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, reason: reason.into() }
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
 }
 
 /// A source of variables (the process environment, or a map in tests).
@@ -72,7 +77,9 @@ impl Env for ProcessEnv {
 
 impl<const N: usize> Env for [(&str, &str); N] {
     fn get(&self, name: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
     }
 }
 
@@ -80,7 +87,8 @@ impl Config {
     pub fn from_env(profile: Profile, env: &impl Env) -> Result<Config, ConfigError> {
         let dev = profile == Profile::Dev;
         let auth = auth_mode(env, dev)?;
-        let node_name = non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
+        let node_name =
+            non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
         let port = int(env, "PORT", 4000u64, 1, u64::from(u16::MAX))? as u16;
         let data_dir = non_blank(env, "STARCITE_RAFT_DATA_DIR")
             .map(PathBuf::from)
@@ -88,27 +96,50 @@ impl Config {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let cores = int(env, "STARCITE_CORES", cpus, 1, 1024)? as u32;
         let num_groups = int(env, "STARCITE_NUM_GROUPS", 256, 1, 1 << 20)? as u32;
-        let cluster_nodes = node_list(env, "CLUSTER_NODES")?.unwrap_or_else(|| vec![node_name.clone()]);
-        let write_node_ids = node_list(env, "STARCITE_WRITE_NODE_IDS")?.unwrap_or_else(|| vec![node_name.clone()]);
+        let cluster_nodes =
+            node_list(env, "CLUSTER_NODES")?.unwrap_or_else(|| vec![node_name.clone()]);
+        let write_node_ids =
+            node_list(env, "STARCITE_WRITE_NODE_IDS")?.unwrap_or_else(|| vec![node_name.clone()]);
         let default_rf = if dev { 1 } else { 3 };
-        let replication_factor = int(env, "STARCITE_WRITE_REPLICATION_FACTOR", default_rf, 1, 7)? as u32;
+        let replication_factor =
+            int(env, "STARCITE_WRITE_REPLICATION_FACTOR", default_rf, 1, 7)? as u32;
         let cluster_port = int(env, "STARCITE_CLUSTER_PORT", 4370, 1, u64::from(u16::MAX))? as u16;
         let secret = non_blank(env, "SECRET_KEY_BASE");
         let cluster_listen_port = match env.get("STARCITE_CLUSTER_LISTEN_PORT") {
-            Some(_) => Some(int(env, "STARCITE_CLUSTER_LISTEN_PORT", 0, 1, u64::from(u16::MAX))? as u16),
+            Some(_) => Some(int(
+                env,
+                "STARCITE_CLUSTER_LISTEN_PORT",
+                0,
+                1,
+                u64::from(u16::MAX),
+            )? as u16),
             None => None,
         };
-        check_topology(&node_name, &cluster_nodes, &write_node_ids, replication_factor)?;
+        check_topology(
+            &node_name,
+            &cluster_nodes,
+            &write_node_ids,
+            replication_factor,
+        )?;
         for id in &cluster_nodes {
             node_socket_addr(id, cluster_port).map_err(|reason| err("CLUSTER_NODES", reason))?;
         }
         if cluster_nodes.len() > 1 && secret.as_deref().is_none_or(|s| s.len() < 16) {
             return Err(err("SECRET_KEY_BASE", "a cluster needs the same secret (at least 16 characters) on every node; peers authenticate with it"));
         }
-        let dedupe_window =
-            int(env, "STARCITE_PRODUCER_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW as u64, 1, 65_536)? as usize;
+        let dedupe_window = int(
+            env,
+            "STARCITE_PRODUCER_DEDUPE_WINDOW",
+            DEFAULT_DEDUPE_WINDOW as u64,
+            1,
+            65_536,
+        )? as usize;
         let event_store_max_bytes = size(env, "STARCITE_EVENT_STORE_MAX_SIZE", 2 << 30)?;
-        let checkpoint_bytes = size(env, "STARCITE_LOG_CHECKPOINT_SIZE", DEFAULT_CHECKPOINT_BYTES)?;
+        let checkpoint_bytes = size(
+            env,
+            "STARCITE_LOG_CHECKPOINT_SIZE",
+            DEFAULT_CHECKPOINT_BYTES,
+        )?;
         let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
         let rejoin = boolean(env, "STARCITE_REJOIN", false)?;
         Ok(Config {
@@ -138,25 +169,39 @@ impl Config {
 /// and JWKS URL (decision 12: fail fast, naming the variable).
 fn auth_mode(env: &impl Env, dev: bool) -> Result<Option<crate::auth::AuthConfig>, ConfigError> {
     let default = if dev { "none" } else { "jwt" };
-    let mode = env.get("STARCITE_AUTH_MODE").map(|v| v.trim().to_lowercase());
-    let mode = mode.filter(|m| !m.is_empty()).unwrap_or_else(|| default.to_owned());
+    let mode = env
+        .get("STARCITE_AUTH_MODE")
+        .map(|v| v.trim().to_lowercase());
+    let mode = mode
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| default.to_owned());
     match mode.as_str() {
         "none" => Ok(None),
-        "jwt" => crate::auth::auth_config_from_env(|k| env.get(k)).map(Some).map_err(|(var, reason)| err(var, reason)),
-        other => Err(err("STARCITE_AUTH_MODE", format!("must be jwt or none, got {other:?}"))),
+        "jwt" => crate::auth::auth_config_from_env(|k| env.get(k))
+            .map(Some)
+            .map_err(|(var, reason)| err(var, reason)),
+        other => Err(err(
+            "STARCITE_AUTH_MODE",
+            format!("must be jwt or none, got {other:?}"),
+        )),
     }
 }
 
 /// A comma-separated node list: trimmed, blanks dropped; a duplicate is an error.
 fn node_list(env: &impl Env, var: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
-    let Some(raw) = env.get(var) else { return Ok(None) };
+    let Some(raw) = env.get(var) else {
+        return Ok(None);
+    };
     let mut ids: Vec<String> = Vec::new();
     for id in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if ids.iter().any(|x| x == id) {
             return Err(err(var, format!("lists {id} twice")));
         }
         if !id.contains('@') {
-            return Err(err(var, format!("{id:?} is not a node id of the form name@host[:port]")));
+            return Err(err(
+                var,
+                format!("{id:?} is not a node id of the form name@host[:port]"),
+            ));
         }
         ids.push(id.to_owned());
     }
@@ -166,15 +211,29 @@ fn node_list(env: &impl Env, var: &'static str) -> Result<Option<Vec<String>>, C
     Ok(Some(ids))
 }
 
-fn check_topology(node: &str, cluster: &[String], writers: &[String], rf: u32) -> Result<(), ConfigError> {
+fn check_topology(
+    node: &str,
+    cluster: &[String],
+    writers: &[String],
+    rf: u32,
+) -> Result<(), ConfigError> {
     if !cluster.iter().any(|n| n == node) {
-        return Err(err("CLUSTER_NODES", format!("does not list this node ({node}, from RELEASE_NODE)")));
+        return Err(err(
+            "CLUSTER_NODES",
+            format!("does not list this node ({node}, from RELEASE_NODE)"),
+        ));
     }
     if let Some(stray) = writers.iter().find(|w| !cluster.contains(w)) {
-        return Err(err("STARCITE_WRITE_NODE_IDS", format!("{stray} is not in CLUSTER_NODES")));
+        return Err(err(
+            "STARCITE_WRITE_NODE_IDS",
+            format!("{stray} is not in CLUSTER_NODES"),
+        ));
     }
     if rf as usize > writers.len() {
-        let reason = format!("replication factor {rf} exceeds the {} write node(s)", writers.len());
+        let reason = format!(
+            "replication factor {rf} exceeds the {} write node(s)",
+            writers.len()
+        );
         return Err(err("STARCITE_WRITE_REPLICATION_FACTOR", reason));
     }
     Ok(())
@@ -183,9 +242,14 @@ fn check_topology(node: &str, cluster: &[String], writers: &[String], rf: u32) -
 /// The cluster address of a node id `name@host[:port]`.
 pub fn node_socket_addr(id: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
-    let host_port = id.split_once('@').map(|(_, h)| h).ok_or_else(|| format!("{id:?}: expected name@host[:port]"))?;
+    let host_port = id
+        .split_once('@')
+        .map(|(_, h)| h)
+        .ok_or_else(|| format!("{id:?}: expected name@host[:port]"))?;
     let with_port = match host_port.rsplit_once(':') {
-        Some((_, p)) if p.parse::<u16>().is_ok() && !host_port.ends_with(']') => host_port.to_owned(),
+        Some((_, p)) if p.parse::<u16>().is_ok() && !host_port.ends_with(']') => {
+            host_port.to_owned()
+        }
         _ => format!("{host_port}:{default_port}"),
     };
     with_port
@@ -196,22 +260,40 @@ pub fn node_socket_addr(id: &str, default_port: u16) -> Result<std::net::SocketA
 }
 
 fn non_blank(env: &impl Env, var: &str) -> Option<String> {
-    env.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    env.get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// Integer grammar of §12.1: trimmed, fully parsed, optional sign, in range.
-fn int(env: &impl Env, var: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let Some(raw) = env.get(var) else { return Ok(default) };
-    let v: i128 = raw.trim().parse().map_err(|_| err(var, format!("not an integer: {raw:?}")))?;
+fn int(
+    env: &impl Env,
+    var: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = env.get(var) else {
+        return Ok(default);
+    };
+    let v: i128 = raw
+        .trim()
+        .parse()
+        .map_err(|_| err(var, format!("not an integer: {raw:?}")))?;
     if v < i128::from(min) || v > i128::from(max) {
-        return Err(err(var, format!("must be between {min} and {max}, got {v}")));
+        return Err(err(
+            var,
+            format!("must be between {min} and {max}, got {v}"),
+        ));
     }
     Ok(v as u64)
 }
 
 /// Boolean grammar of §12.1.
 fn boolean(env: &impl Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    let Some(raw) = env.get(var) else { return Ok(default) };
+    let Some(raw) = env.get(var) else {
+        return Ok(default);
+    };
     match raw.trim().to_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -238,8 +320,15 @@ pub fn parse_size(raw: &str) -> Option<u64> {
 }
 
 fn size(env: &impl Env, var: &'static str, default: u64) -> Result<u64, ConfigError> {
-    let Some(raw) = env.get(var) else { return Ok(default) };
-    parse_size(&raw).ok_or_else(|| err(var, format!("not a positive size (e.g. 256MB, 4G): {raw:?}")))
+    let Some(raw) = env.get(var) else {
+        return Ok(default);
+    };
+    parse_size(&raw).ok_or_else(|| {
+        err(
+            var,
+            format!("not a positive size (e.g. 256MB, 4G): {raw:?}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -267,15 +356,33 @@ mod tests {
             ("STARCITE_WRITE_REPLICATION_FACTOR", "1"),
         ];
         let c = Config::from_env(Profile::Start, &jwt).unwrap();
-        assert_eq!(c.auth.as_ref().map(|a| a.issuer.as_str()), Some("https://issuer.test"));
+        assert_eq!(
+            c.auth.as_ref().map(|a| a.issuer.as_str()),
+            Some("https://issuer.test")
+        );
         let e = Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", "bogus")]).unwrap_err();
         assert_eq!(e.var, "STARCITE_AUTH_MODE");
-        assert!(Config::from_env(Profile::Start, &[("STARCITE_AUTH_MODE", " NONE "), ("STARCITE_WRITE_REPLICATION_FACTOR", "1")]).is_ok());
+        assert!(Config::from_env(
+            Profile::Start,
+            &[
+                ("STARCITE_AUTH_MODE", " NONE "),
+                ("STARCITE_WRITE_REPLICATION_FACTOR", "1")
+            ]
+        )
+        .is_ok());
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (var, val) in [("PORT", "x"), ("PORT", "70000"), ("STARCITE_NUM_GROUPS", "0"), ("STARCITE_EVENT_STORE_MAX_SIZE", "12Q"), ("STARCITE_ENABLE_TELEMETRY", "maybe"), ("STARCITE_WRITE_REPLICATION_FACTOR", "2"), ("STARCITE_WRITE_NODE_IDS", "x")] {
+        for (var, val) in [
+            ("PORT", "x"),
+            ("PORT", "70000"),
+            ("STARCITE_NUM_GROUPS", "0"),
+            ("STARCITE_EVENT_STORE_MAX_SIZE", "12Q"),
+            ("STARCITE_ENABLE_TELEMETRY", "maybe"),
+            ("STARCITE_WRITE_REPLICATION_FACTOR", "2"),
+            ("STARCITE_WRITE_NODE_IDS", "x"),
+        ] {
             let e = Config::from_env(Profile::Dev, &[(var, val)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={val}");
         }
@@ -285,27 +392,48 @@ mod tests {
     fn cluster_topology_is_validated() {
         let base = [
             ("RELEASE_NODE", "a@127.0.0.1:4371"),
-            ("CLUSTER_NODES", "a@127.0.0.1:4371, b@127.0.0.1:4372,c@127.0.0.1:4373"),
-            ("STARCITE_WRITE_NODE_IDS", "a@127.0.0.1:4371,b@127.0.0.1:4372,c@127.0.0.1:4373"),
+            (
+                "CLUSTER_NODES",
+                "a@127.0.0.1:4371, b@127.0.0.1:4372,c@127.0.0.1:4373",
+            ),
+            (
+                "STARCITE_WRITE_NODE_IDS",
+                "a@127.0.0.1:4371,b@127.0.0.1:4372,c@127.0.0.1:4373",
+            ),
             ("STARCITE_WRITE_REPLICATION_FACTOR", "3"),
             ("SECRET_KEY_BASE", "0123456789abcdef0123"),
         ];
         let c = Config::from_env(Profile::Dev, &base).unwrap();
         assert_eq!(c.cluster_nodes.len(), 3);
-        assert_eq!(node_socket_addr("b@127.0.0.1:4372", 4370).unwrap().port(), 4372);
+        assert_eq!(
+            node_socket_addr("b@127.0.0.1:4372", 4370).unwrap().port(),
+            4372
+        );
         assert_eq!(node_socket_addr("b@127.0.0.1", 4370).unwrap().port(), 4370);
         let mut no_secret = base;
         no_secret[4] = ("SECRET_KEY_BASE", "");
-        assert_eq!(Config::from_env(Profile::Dev, &no_secret).unwrap_err().var, "SECRET_KEY_BASE");
+        assert_eq!(
+            Config::from_env(Profile::Dev, &no_secret).unwrap_err().var,
+            "SECRET_KEY_BASE"
+        );
         let mut rf4 = base;
         rf4[3] = ("STARCITE_WRITE_REPLICATION_FACTOR", "4");
-        assert_eq!(Config::from_env(Profile::Dev, &rf4).unwrap_err().var, "STARCITE_WRITE_REPLICATION_FACTOR");
+        assert_eq!(
+            Config::from_env(Profile::Dev, &rf4).unwrap_err().var,
+            "STARCITE_WRITE_REPLICATION_FACTOR"
+        );
         let mut missing_me = base;
         missing_me[0] = ("RELEASE_NODE", "z@127.0.0.1:4379");
-        assert_eq!(Config::from_env(Profile::Dev, &missing_me).unwrap_err().var, "CLUSTER_NODES");
+        assert_eq!(
+            Config::from_env(Profile::Dev, &missing_me).unwrap_err().var,
+            "CLUSTER_NODES"
+        );
         let mut dup = base;
         dup[1] = ("CLUSTER_NODES", "a@127.0.0.1:4371,a@127.0.0.1:4371");
-        assert_eq!(Config::from_env(Profile::Dev, &dup).unwrap_err().var, "CLUSTER_NODES");
+        assert_eq!(
+            Config::from_env(Profile::Dev, &dup).unwrap_err().var,
+            "CLUSTER_NODES"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod node;
 pub mod ops;
-pub mod cluster;

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use starcite::config::{Config, ProcessEnv, Profile};
 
 #[derive(Parser)]
-#[command(name = "starcite", version, about = "Durable session event log with the Starcite HTTP/WebSocket API")]
+#[command(
+    name = "starcite",
+    version,
+    about = "Durable session event log with the Starcite HTTP/WebSocket API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,5 +59,8 @@ fn main() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -45,9 +45,17 @@ fn append_success_shape_and_gap_free_seqs() {
     for i in 2..=20u64 {
         let (st, _) = append(p, "s", &with(base(), "type", json!("")));
         assert_eq!(st, 400);
-        let (st, _) = append(p, "s", &json!({"type":"t","payload":{},"producer_id":"p","producer_seq": i + 5}));
+        let (st, _) = append(
+            p,
+            "s",
+            &json!({"type":"t","payload":{},"producer_id":"p","producer_seq": i + 5}),
+        );
         assert_eq!(st, 409);
-        let (st, v) = append(p, "s", &json!({"type":"t","payload":{"i":i},"producer_id":"p","producer_seq": i}));
+        let (st, v) = append(
+            p,
+            "s",
+            &json!({"type":"t","payload":{"i":i},"producer_id":"p","producer_seq": i}),
+        );
         assert_eq!(st, 201, "{v}");
         assert_eq!(v, json!({"seq": i, "last_seq": i, "deduped": false}));
     }
@@ -61,17 +69,37 @@ fn required_fields_validation() {
     create_session(p, "v");
     // type
     expect_err(p, "v", &without(base(), "type"), "invalid_event");
-    for bad in [json!(""), json!(5), json!(null), json!({}), json!(["t"]), json!(true)] {
+    for bad in [
+        json!(""),
+        json!(5),
+        json!(null),
+        json!({}),
+        json!(["t"]),
+        json!(true),
+    ] {
         expect_err(p, "v", &with(base(), "type", bad), "invalid_event");
     }
     // payload
     expect_err(p, "v", &without(base(), "payload"), "invalid_event");
-    for bad in [json!([]), json!("x"), json!(1), json!(null), json!(true), json!([{"a": 1}])] {
+    for bad in [
+        json!([]),
+        json!("x"),
+        json!(1),
+        json!(null),
+        json!(true),
+        json!([{"a": 1}]),
+    ] {
         expect_err(p, "v", &with(base(), "payload", bad), "invalid_event");
     }
     // producer_id
     expect_err(p, "v", &without(base(), "producer_id"), "invalid_event");
-    for bad in [json!(""), json!(5), json!(null), json!({"a": 1}), json!(["p"])] {
+    for bad in [
+        json!(""),
+        json!(5),
+        json!(null),
+        json!({"a": 1}),
+        json!(["p"]),
+    ] {
         expect_err(p, "v", &with(base(), "producer_id", bad), "invalid_event");
     }
     // producer_seq
@@ -119,16 +147,45 @@ fn producer_seq_digit_strings() {
     }
     // "1" is accepted and normalised to integer 1; "+2" and "02" continue.
     let (st, v) = append(p, "d", &with(base(), "producer_seq", json!("1")));
-    assert_eq!((st, v), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
-    let (st, v) = append(p, "d", &with(with(base(), "producer_seq", json!("+2")), "payload", json!({"n": 2})));
-    assert_eq!((st, v), (201, json!({"seq": 2, "last_seq": 2, "deduped": false})));
-    let (st, v) = append(p, "d", &with(with(base(), "producer_seq", json!("03")), "payload", json!({"n": 3})));
-    assert_eq!((st, v), (201, json!({"seq": 3, "last_seq": 3, "deduped": false})));
+    assert_eq!(
+        (st, v),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
+    let (st, v) = append(
+        p,
+        "d",
+        &with(
+            with(base(), "producer_seq", json!("+2")),
+            "payload",
+            json!({"n": 2}),
+        ),
+    );
+    assert_eq!(
+        (st, v),
+        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+    );
+    let (st, v) = append(
+        p,
+        "d",
+        &with(
+            with(base(), "producer_seq", json!("03")),
+            "payload",
+            json!({"n": 3}),
+        ),
+    );
+    assert_eq!(
+        (st, v),
+        (201, json!({"seq": 3, "last_seq": 3, "deduped": false}))
+    );
     // Stored producer_seq is an integer.
     let evs = read_all_events(p, "d", 3, Duration::from_secs(10));
     assert_eq!(seqs(&evs), vec![1, 2, 3]);
     for (i, e) in evs.iter().enumerate() {
-        assert_eq!(e["producer_seq"], json!(i as u64 + 1), "normalised producer_seq: {e}");
+        assert_eq!(
+            e["producer_seq"],
+            json!(i as u64 + 1),
+            "normalised producer_seq: {e}"
+        );
     }
 }
 
@@ -138,7 +195,15 @@ fn optional_fields_validation() {
     let p = s.port();
     create_session(p, "o");
     // actor
-    for bad in [json!("svc:service"), json!("user:x"), json!("service:other"), json!(""), json!(5), json!("service"), json!({})] {
+    for bad in [
+        json!("svc:service"),
+        json!("user:x"),
+        json!("service:other"),
+        json!(""),
+        json!(5),
+        json!("service"),
+        json!({}),
+    ] {
         expect_err(p, "o", &with(base(), "actor", bad), "invalid_event");
     }
     // source
@@ -177,13 +242,30 @@ fn optional_fields_validation() {
     }
     // idempotency_key
     for bad in [json!(""), json!(5), json!({}), json!(["k"])] {
-        expect_err(p, "o", &with(base(), "idempotency_key", bad), "invalid_event");
+        expect_err(
+            p,
+            "o",
+            &with(base(), "idempotency_key", bad),
+            "invalid_event",
+        );
     }
     // expected_seq
-    for bad in [json!(-1), json!("x"), json!(1.0), json!("-1"), json!(0.5), json!(true), json!("")] {
+    for bad in [
+        json!(-1),
+        json!("x"),
+        json!(1.0),
+        json!("-1"),
+        json!(0.5),
+        json!(true),
+        json!(""),
+    ] {
         expect_err(p, "o", &with(base(), "expected_seq", bad), "invalid_event");
     }
-    assert_eq!(session_last_seq(p, "o"), 0, "rejected appends consumed nothing");
+    assert_eq!(
+        session_last_seq(p, "o"),
+        0,
+        "rejected appends consumed nothing"
+    );
 
     // Valid optional values (each with its own fresh producer).
     let valid: Vec<(&str, Value)> = vec![
@@ -197,7 +279,10 @@ fn optional_fields_validation() {
         ("metadata", json!({"starcite_principal": "junk"})),
         ("refs", json!({})),
         ("refs", json!(null)),
-        ("refs", json!({"to_seq": 0, "step": "3", "request_id": "", "sequence_id": "", "other": [1, {"x": null}]})),
+        (
+            "refs",
+            json!({"to_seq": 0, "step": "3", "request_id": "", "sequence_id": "", "other": [1, {"x": null}]}),
+        ),
         ("refs", json!({"to_seq": "+5", "step": 0})),
         ("idempotency_key", json!("k-1")),
         ("idempotency_key", json!(null)),
@@ -205,14 +290,22 @@ fn optional_fields_validation() {
         ("unknown_field", json!({"whatever": 1})),
     ];
     for (i, (k, val)) in valid.iter().enumerate() {
-        let body = with(with(base(), "producer_id", json!(format!("valid-{i}"))), k, val.clone());
+        let body = with(
+            with(base(), "producer_id", json!(format!("valid-{i}"))),
+            k,
+            val.clone(),
+        );
         let (st, v) = append(p, "o", &body);
         assert_eq!(st, 201, "valid {k}={val} → {v}");
         assert_eq!(v["seq"], json!(i as u64 + 1));
     }
     // expected_seq as a digit string equal to last_seq.
     let n = valid.len() as u64;
-    let body = with(with(base(), "producer_id", json!("valid-es")), "expected_seq", json!(n.to_string()));
+    let body = with(
+        with(base(), "producer_id", json!("valid-es")),
+        "expected_seq",
+        json!(n.to_string()),
+    );
     let (st, v) = append(p, "o", &body);
     assert_eq!(st, 201, "expected_seq digits: {v}");
 }
@@ -231,8 +324,12 @@ fn stored_event_reflects_enrichment_and_refs_verbatim() {
         "idempotency_key": "ik",
     });
     assert_eq!(append_ok(p, "e", &body), 1);
-    append_ok(p, "e", &json!({"type": "bare", "payload": {}, "producer_id": "w", "producer_seq": 2,
-                               "metadata": {"starcite_principal": 7}}));
+    append_ok(
+        p,
+        "e",
+        &json!({"type": "bare", "payload": {}, "producer_id": "w", "producer_seq": 2,
+                               "metadata": {"starcite_principal": 7}}),
+    );
     let evs = read_all_events(p, "e", 2, Duration::from_secs(10));
     assert_eq!(evs.len(), 2, "{evs:?}");
     let e = &evs[0];
@@ -245,16 +342,30 @@ fn stored_event_reflects_enrichment_and_refs_verbatim() {
     assert_eq!(e["source"], "cli");
     assert_eq!(e["idempotency_key"], "ik");
     assert_eq!(e["tenant_id"], "service");
-    assert_eq!(e["refs"], json!({"to_seq": "3", "step": 2, "request_id": "", "custom": [1]}), "refs stored as sent");
+    assert_eq!(
+        e["refs"],
+        json!({"to_seq": "3", "step": 2, "request_id": "", "custom": [1]}),
+        "refs stored as sent"
+    );
     assert_eq!(
         e["metadata"],
         json!({"m": 1, "starcite_principal": {"tenant_id": "service", "actor": "service:service",
                "principal_type": "service", "principal_id": "service", "extra": "kept"}})
     );
-    assert!(is_micro_ts(e["inserted_at"].as_str().unwrap_or("")), "inserted_at {}", e["inserted_at"]);
+    assert!(
+        is_micro_ts(e["inserted_at"].as_str().unwrap_or("")),
+        "inserted_at {}",
+        e["inserted_at"]
+    );
     let e2 = &evs[1];
-    assert!(e2.get("source").is_none(), "absent source omitted (§14.18): {e2}");
-    assert!(e2.get("idempotency_key").is_none(), "absent idempotency_key omitted: {e2}");
+    assert!(
+        e2.get("source").is_none(),
+        "absent source omitted (§14.18): {e2}"
+    );
+    assert!(
+        e2.get("idempotency_key").is_none(),
+        "absent idempotency_key omitted: {e2}"
+    );
     assert_eq!(e2["refs"], json!({}));
     assert_eq!(
         e2["metadata"],
@@ -282,7 +393,11 @@ fn percent_decoded_session_ids() {
     for id in ["hello world", "a/b", "ünï", "x%y"] {
         create_session(p, id);
         let (st, v) = post_json(p, &append_path(id), &base());
-        assert_eq!((st, v.clone()), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})), "id {id:?}: {v}");
+        assert_eq!(
+            (st, v.clone()),
+            (201, json!({"seq": 1, "last_seq": 1, "deduped": false})),
+            "id {id:?}: {v}"
+        );
     }
     // The undecoded form is a different (unknown) session.
     let (st, v) = post_json(p, "/v1/sessions/hello%2520world/append", &base());
@@ -298,16 +413,29 @@ fn worked_example_with_dedupe_window() {
     let x = json!({"type": "t", "payload": {"x": 1}, "producer_id": "a", "producer_seq": 1});
     let r = |body: &Value| append(p, "S", body);
     // 1
-    assert_eq!(r(&x), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
+    assert_eq!(
+        r(&x),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
     // 2
-    assert_eq!(r(&x), (201, json!({"seq": 1, "last_seq": 1, "deduped": true})));
+    assert_eq!(
+        r(&x),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+    );
     // 3
     let b1 = json!({"type": "t", "payload": {"y": 1}, "producer_id": "b", "producer_seq": 1});
-    assert_eq!(r(&b1), (201, json!({"seq": 2, "last_seq": 2, "deduped": false})));
+    assert_eq!(
+        r(&b1),
+        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+    );
     // 4
-    assert_eq!(r(&x), (201, json!({"seq": 1, "last_seq": 2, "deduped": true})));
+    assert_eq!(
+        r(&x),
+        (201, json!({"seq": 1, "last_seq": 2, "deduped": true}))
+    );
     // 5
-    let (st, v) = r(&json!({"type": "t", "payload": {"x": 3}, "producer_id": "a", "producer_seq": 3}));
+    let (st, v) =
+        r(&json!({"type": "t", "payload": {"x": 3}, "producer_id": "a", "producer_seq": 3}));
     assert_error(st, &v, 409, "producer_seq_conflict");
     assert_eq!(v["message"], "Producer a expected seq 2, got 3");
     // 6
@@ -316,29 +444,55 @@ fn worked_example_with_dedupe_window() {
     assert_error(st, &v, 409, "expected_seq_conflict");
     assert_eq!(v["message"], "Expected seq 1, current seq is 2");
     // 7
-    assert_eq!(r(&a2(2)), (201, json!({"seq": 3, "last_seq": 3, "deduped": false})));
+    assert_eq!(
+        r(&a2(2)),
+        (201, json!({"seq": 3, "last_seq": 3, "deduped": false}))
+    );
     // 8 (§14.2): `a`,1 with identical content is inside the window → dedupe to seq 1.
-    assert_eq!(r(&x), (201, json!({"seq": 1, "last_seq": 3, "deduped": true})));
+    assert_eq!(
+        r(&x),
+        (201, json!({"seq": 1, "last_seq": 3, "deduped": true}))
+    );
     // 9
-    let (st, v) = r(&json!({"type": "t", "payload": {"x": "different"}, "producer_id": "a", "producer_seq": 2}));
+    let (st, v) = r(
+        &json!({"type": "t", "payload": {"x": "different"}, "producer_id": "a", "producer_seq": 2}),
+    );
     assert_error(st, &v, 409, "producer_replay_conflict");
-    assert_eq!(v["message"], "Producer sequence was already used with different event content");
+    assert_eq!(
+        v["message"],
+        "Producer sequence was already used with different event content"
+    );
     // 10: expected_seq checked before dedupe.
     let (st, v) = r(&a2(2));
     assert_error(st, &v, 409, "expected_seq_conflict");
     assert_eq!(v["message"], "Expected seq 2, current seq is 3");
     // Same without expected_seq → dedupe.
     let a2_plain = json!({"type": "t", "payload": {"x": 2}, "producer_id": "a", "producer_seq": 2});
-    assert_eq!(r(&a2_plain), (201, json!({"seq": 3, "last_seq": 3, "deduped": true})));
+    assert_eq!(
+        r(&a2_plain),
+        (201, json!({"seq": 3, "last_seq": 3, "deduped": true}))
+    );
     // expected_seq equal to the current last_seq lets the dedupe happen.
-    assert_eq!(r(&a2(3)), (201, json!({"seq": 3, "last_seq": 3, "deduped": true})));
+    assert_eq!(
+        r(&a2(3)),
+        (201, json!({"seq": 3, "last_seq": 3, "deduped": true}))
+    );
 
     // The log holds exactly three events.
     let evs = read_all_events(p, "S", 3, Duration::from_secs(10));
     assert_eq!(seqs(&evs), vec![1, 2, 3]);
     assert_eq!(
-        evs.iter().map(|e| (e["producer_id"].as_str().unwrap().to_string(), e["producer_seq"].as_u64().unwrap())).collect::<Vec<_>>(),
-        vec![("a".to_string(), 1), ("b".to_string(), 1), ("a".to_string(), 2)]
+        evs.iter()
+            .map(|e| (
+                e["producer_id"].as_str().unwrap().to_string(),
+                e["producer_seq"].as_u64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 1),
+            ("a".to_string(), 2)
+        ]
     );
     assert_eq!(session_last_seq(p, "S"), 3);
 }
@@ -350,16 +504,25 @@ fn fingerprint_is_structural() {
     create_session(p, "f");
     let raw1 = br#"{"type":"t","payload":{"a":1,"b":{"c":[1,2],"d":"x"}},"producer_id":"p","producer_seq":1,"metadata":{"m":1,"n":2},"idempotency_key":"k"}"#;
     let r = post_raw(p, &append_path("f"), raw1);
-    assert_eq!((r.status, r.json()), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
+    assert_eq!(
+        (r.status, r.json()),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
     // Same content, different key order and whitespace → dedupe.
     let raw2 = br#"{ "idempotency_key" : "k", "metadata": {"n":2, "m":1}, "producer_seq":1,
                    "payload": { "b": {"d":"x","c":[1, 2]}, "a": 1 }, "producer_id":"p", "type":"t" }"#;
     let r = post_raw(p, &append_path("f"), raw2);
-    assert_eq!((r.status, r.json()), (201, json!({"seq": 1, "last_seq": 1, "deduped": true})));
+    assert_eq!(
+        (r.status, r.json()),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+    );
     // Explicit actor = the canonical actor is the same content (actor is always enriched).
     let mut v: Value = serde_json::from_slice(raw1).unwrap();
     v["actor"] = json!("service:service");
-    assert_eq!(append(p, "f", &v), (201, json!({"seq": 1, "last_seq": 1, "deduped": true})));
+    assert_eq!(
+        append(p, "f", &v),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+    );
     // Any content change → replay conflict.
     let base: Value = serde_json::from_slice(raw1).unwrap();
     for (k, val) in [
@@ -385,23 +548,42 @@ fn dedupe_window_default_128() {
     create_session(p, "w");
     let mut c = HttpConn::new(p);
     let path = append_path("w");
-    let ev = |i: u64| json!({"type": "t", "payload": {"i": i}, "producer_id": "q", "producer_seq": i});
+    let ev =
+        |i: u64| json!({"type": "t", "payload": {"i": i}, "producer_id": "q", "producer_seq": i});
     for i in 1..=10 {
-        assert_eq!(c.post_json(&path, &ev(i)), (201, json!({"seq": i, "last_seq": i, "deduped": false})));
+        assert_eq!(
+            c.post_json(&path, &ev(i)),
+            (201, json!({"seq": i, "last_seq": i, "deduped": false}))
+        );
     }
     // Retry of producer_seq 1 after 1..10 → dedupes to seq 1.
-    assert_eq!(c.post_json(&path, &ev(1)), (201, json!({"seq": 1, "last_seq": 10, "deduped": true})));
-    assert_eq!(c.post_json(&path, &ev(5)), (201, json!({"seq": 5, "last_seq": 10, "deduped": true})));
+    assert_eq!(
+        c.post_json(&path, &ev(1)),
+        (201, json!({"seq": 1, "last_seq": 10, "deduped": true}))
+    );
+    assert_eq!(
+        c.post_json(&path, &ev(5)),
+        (201, json!({"seq": 5, "last_seq": 10, "deduped": true}))
+    );
     // Inside the window with different content → replay conflict.
-    let (st, v) = c.post_json(&path, &json!({"type": "t", "payload": {"i": "changed"}, "producer_id": "q", "producer_seq": 5}));
+    let (st, v) = c.post_json(
+        &path,
+        &json!({"type": "t", "payload": {"i": "changed"}, "producer_id": "q", "producer_seq": 5}),
+    );
     assert_error(st, &v, 409, "producer_replay_conflict");
     // Gap → seq conflict.
     let (st, v) = c.post_json(&path, &ev(12));
     assert_error(st, &v, 409, "producer_seq_conflict");
     assert_eq!(v["message"], "Producer q expected seq 11, got 12");
     // Another producer interleaved: window is per producer.
-    assert_eq!(c.post_json(&path, &json!({"type": "t", "payload": {}, "producer_id": "r", "producer_seq": 1}))
-        .0, 201);
+    assert_eq!(
+        c.post_json(
+            &path,
+            &json!({"type": "t", "payload": {}, "producer_id": "r", "producer_seq": 1})
+        )
+        .0,
+        201
+    );
     for i in 11..=130 {
         let (st, v) = c.post_json(&path, &ev(i));
         assert_eq!(st, 201, "{i}: {v}");
@@ -411,19 +593,34 @@ fn dedupe_window_default_128() {
     for old in [1u64, 2] {
         let (st, v) = c.post_json(&path, &ev(old));
         assert_error(st, &v, 409, "producer_seq_conflict");
-        assert_eq!(v["message"], format!("Producer q expected seq 131, got {old}"));
+        assert_eq!(
+            v["message"],
+            format!("Producer q expected seq 131, got {old}")
+        );
     }
-    assert_eq!(c.post_json(&path, &ev(3)), (201, json!({"seq": 3, "last_seq": 131, "deduped": true})));
-    assert_eq!(c.post_json(&path, &ev(130)), (201, json!({"seq": 131, "last_seq": 131, "deduped": true})));
+    assert_eq!(
+        c.post_json(&path, &ev(3)),
+        (201, json!({"seq": 3, "last_seq": 131, "deduped": true}))
+    );
+    assert_eq!(
+        c.post_json(&path, &ev(130)),
+        (201, json!({"seq": 131, "last_seq": 131, "deduped": true}))
+    );
     // Producer r still dedupes its only append.
     assert_eq!(
-        c.post_json(&path, &json!({"type": "t", "payload": {}, "producer_id": "r", "producer_seq": 1})),
+        c.post_json(
+            &path,
+            &json!({"type": "t", "payload": {}, "producer_id": "r", "producer_seq": 1})
+        ),
         (201, json!({"seq": 11, "last_seq": 131, "deduped": true}))
     );
     // And the same producer id in another session is independent.
     create_session(p, "w2");
     let (st, v) = c.post_json(&append_path("w2"), &ev(1));
-    assert_eq!((st, v), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
+    assert_eq!(
+        (st, v),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
 }
 
 #[test]
@@ -431,7 +628,8 @@ fn dedupe_window_is_configurable() {
     let s = Server::start(ServerOpts::new().env("STARCITE_PRODUCER_DEDUPE_WINDOW", "4"));
     let p = s.port();
     create_session(p, "c");
-    let ev = |i: u64| json!({"type": "t", "payload": {"i": i}, "producer_id": "q", "producer_seq": i});
+    let ev =
+        |i: u64| json!({"type": "t", "payload": {"i": i}, "producer_id": "q", "producer_seq": i});
     for i in 1..=6 {
         append_ok(p, "c", &ev(i));
     }
@@ -439,7 +637,10 @@ fn dedupe_window_is_configurable() {
     let (st, v) = append(p, "c", &ev(2));
     assert_error(st, &v, 409, "producer_seq_conflict");
     assert_eq!(v["message"], "Producer q expected seq 7, got 2");
-    assert_eq!(append(p, "c", &ev(3)), (201, json!({"seq": 3, "last_seq": 6, "deduped": true})));
+    assert_eq!(
+        append(p, "c", &ev(3)),
+        (201, json!({"seq": 3, "last_seq": 6, "deduped": true}))
+    );
 }
 
 #[test]
@@ -452,8 +653,14 @@ fn expected_seq_semantics() {
     let (st, v) = append(p, "x", &ev(1, json!(1)));
     assert_error(st, &v, 409, "expected_seq_conflict");
     assert_eq!(v["message"], "Expected seq 1, current seq is 0");
-    assert_eq!(append(p, "x", &ev(1, json!(0))), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
-    assert_eq!(append(p, "x", &ev(2, json!("1"))), (201, json!({"seq": 2, "last_seq": 2, "deduped": false})));
+    assert_eq!(
+        append(p, "x", &ev(1, json!(0))),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
+    assert_eq!(
+        append(p, "x", &ev(2, json!("1"))),
+        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+    );
     // expected_seq checked before producer rules: a producer gap with a wrong
     // expected_seq reports the expected_seq conflict.
     let (st, v) = append(p, "x", &ev(9, json!(5)));
@@ -472,7 +679,14 @@ fn malformed_json_is_invalid_event() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "m");
-    for body in [&b"{\"type\":"[..], b"{bad}", b"", b"nul", b"{\"a\":1}}", b"\"unterminated"] {
+    for body in [
+        &b"{\"type\":"[..],
+        b"{bad}",
+        b"",
+        b"nul",
+        b"{\"a\":1}}",
+        b"\"unterminated",
+    ] {
         let r = post_raw(p, &append_path("m"), body);
         assert_error_resp(&r, 400, "invalid_event");
     }
@@ -496,7 +710,13 @@ fn body_size_limit() {
     };
     // Exactly 8,000,000 bytes is accepted.
     let r = post_raw(p, &append_path("big"), &mk(8_000_000));
-    assert_eq!(r.status, 201, "8,000,000-byte body: {} {}", r.status, r.text());
+    assert_eq!(
+        r.status,
+        201,
+        "8,000,000-byte body: {} {}",
+        r.status,
+        r.text()
+    );
     // One byte more is refused with 413 payload_too_large.
     let r = post_raw(p, &append_path("big"), &mk(8_000_001));
     assert_error_resp(&r, 413, "payload_too_large");
@@ -549,15 +769,25 @@ fn backpressure_when_hot_tier_full() {
             _ => panic!("append {i}: unexpected {st} {v}"),
         }
     }
-    let v = got429.expect("no 429 event_store_backpressure after 2000 × 20 KiB appends with a 1MB bound");
+    let v = got429
+        .expect("no 429 event_store_backpressure after 2000 × 20 KiB appends with a 1MB bound");
     assert_error(429, &v, 429, "event_store_backpressure");
-    assert_eq!(v["message"], "Node is backpressuring writes due to event-store capacity");
-    assert!(acked >= 10, "backpressure kicked in after only {acked} small appends under a 1 MiB bound");
+    assert_eq!(
+        v["message"],
+        "Node is backpressuring writes due to event-store capacity"
+    );
+    assert!(
+        acked >= 10,
+        "backpressure kicked in after only {acked} small appends under a 1 MiB bound"
+    );
     // The rejected append consumed nothing: last_seq is the last acknowledged one,
     // and (while still full) retrying the same producer_seq is 429 again, not a conflict.
     assert_eq!(session_last_seq(p, "bp"), acked);
     let (st, v) = c.post_json(&path, &ev(acked + 1));
-    assert!(st == 429 || (st == 201 && v["seq"] == json!(acked + 1)), "retry after 429: {st} {v}");
+    assert!(
+        st == 429 || (st == 201 && v["seq"] == json!(acked + 1)),
+        "retry after 429: {st} {v}"
+    );
     // Reads and health still work.
     assert_eq!(get_json(p, "/health/live").0, 200);
     let evs = read_all_events(p, "bp", acked, Duration::from_secs(20));
@@ -575,7 +805,9 @@ fn pipelined_appends_on_one_connection_keep_order() {
     const N: u64 = 50;
     let mut reqs = Vec::new();
     for i in 1..=N {
-        let body = json!({"type": "t", "payload": {"i": i}, "producer_id": "pp", "producer_seq": i}).to_string();
+        let body =
+            json!({"type": "t", "payload": {"i": i}, "producer_id": "pp", "producer_seq": i})
+                .to_string();
         reqs.extend_from_slice(
             format!(
                 "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -589,7 +821,8 @@ fn pipelined_appends_on_one_connection_keep_order() {
     st.write_all(&reqs).unwrap();
     let mut buf = Vec::new();
     for i in 1..=N {
-        let r = read_response(&mut st, &mut buf, false).unwrap_or_else(|e| panic!("response {i}: {e}"));
+        let r =
+            read_response(&mut st, &mut buf, false).unwrap_or_else(|e| panic!("response {i}: {e}"));
         assert_eq!(
             (r.status, r.json()),
             (201, json!({"seq": i, "last_seq": i, "deduped": false})),
@@ -600,7 +833,10 @@ fn pipelined_appends_on_one_connection_keep_order() {
     st.write_all(&reqs).unwrap();
     for i in 1..=N {
         let r = read_response(&mut st, &mut buf, false).unwrap();
-        assert_eq!((r.status, r.json()), (201, json!({"seq": i, "last_seq": N, "deduped": true})));
+        assert_eq!(
+            (r.status, r.json()),
+            (201, json!({"seq": i, "last_seq": N, "deduped": true}))
+        );
     }
 }
 
@@ -630,11 +866,18 @@ fn concurrent_producers_on_one_session_get_distinct_dense_seqs() {
     let mut all: Vec<u64> = Vec::new();
     for h in hs {
         let got = h.join().unwrap();
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "one producer's seqs must increase");
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one producer's seqs must increase"
+        );
         all.extend(got);
     }
     all.sort();
-    assert_eq!(all, (1..=K as u64 * PER).collect::<Vec<_>>(), "seqs dense and distinct");
+    assert_eq!(
+        all,
+        (1..=K as u64 * PER).collect::<Vec<_>>(),
+        "seqs dense and distinct"
+    );
     assert_eq!(session_last_seq(p, "cc"), K as u64 * PER);
 }
 
@@ -656,7 +899,10 @@ fn payload_json_roundtrips_exactly() {
     assert_eq!(evs[0]["producer_id"], sent["producer_id"]);
     // The identical bytes again dedupe (fingerprint stable over odd content).
     let r = post_raw(p, &append_path("rt"), raw.as_bytes());
-    assert_eq!((r.status, r.json()), (201, json!({"seq": 1, "last_seq": 1, "deduped": true})));
+    assert_eq!(
+        (r.status, r.json()),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+    );
 }
 
 #[test]
@@ -692,13 +938,28 @@ fn producer_cap_evicts_least_recently_used() {
     let lru1 = evs[1]["producer_id"].as_str().unwrap().to_string();
     // Touch lru0 again so lru1 becomes the oldest.
     let mk = |pid: &str, n: u64| json!({"type": "t", "payload": {"n": n}, "producer_id": pid, "producer_seq": n});
-    assert_eq!(append(p, "cap", &mk(&lru0, 2)), (201, json!({"seq": CAP + 1, "last_seq": CAP + 1, "deduped": false})));
+    assert_eq!(
+        append(p, "cap", &mk(&lru0, 2)),
+        (
+            201,
+            json!({"seq": CAP + 1, "last_seq": CAP + 1, "deduped": false})
+        )
+    );
     // A new producer: 10,001 entries → lru1 is evicted.
-    assert_eq!(append(p, "cap", &mk("newcomer", 1)), (201, json!({"seq": CAP + 2, "last_seq": CAP + 2, "deduped": false})));
+    assert_eq!(
+        append(p, "cap", &mk("newcomer", 1)),
+        (
+            201,
+            json!({"seq": CAP + 2, "last_seq": CAP + 2, "deduped": false})
+        )
+    );
     // lru1 is unknown again: it must start at 1.
     let (st, v) = append(p, "cap", &mk(&lru1, 2));
     assert_error(st, &v, 409, "producer_seq_conflict");
-    assert_eq!(v["message"], format!("Producer {lru1} expected seq 1, got 2"));
+    assert_eq!(
+        v["message"],
+        format!("Producer {lru1} expected seq 1, got 2")
+    );
     // lru0 was kept.
     assert_eq!(append(p, "cap", &mk(&lru0, 3)).0, 201);
 }
@@ -712,19 +973,29 @@ fn integers_beyond_u64_are_still_int_or_digits() {
     let p = s.port();
     create_session(p, "huge");
     let big = "99999999999999999999999";
-    let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"expected_seq":{big}}}"#);
+    let raw = format!(
+        r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"expected_seq":{big}}}"#
+    );
     let r = post_raw(p, &append_path("huge"), raw.as_bytes());
     assert_error_resp(&r, 409, "expected_seq_conflict");
     // Values beyond u64 saturate to u64::MAX inside the server (docs/api.md);
     // the informational message shows the saturated value.
-    assert_eq!(r.json()["message"], format!("Expected seq {}, current seq is 0", u64::MAX));
+    assert_eq!(
+        r.json()["message"],
+        format!("Expected seq {}, current seq is 0", u64::MAX)
+    );
     for ps in [big.to_string(), format!("\"{big}\"")] {
         let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":{ps}}}"#);
         let r = post_raw(p, &append_path("huge"), raw.as_bytes());
         assert_error_resp(&r, 409, "producer_seq_conflict");
-        assert_eq!(r.json()["message"], format!("Producer p expected seq 1, got {}", u64::MAX));
+        assert_eq!(
+            r.json()["message"],
+            format!("Producer p expected seq 1, got {}", u64::MAX)
+        );
     }
-    let raw = format!(r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"refs":{{"to_seq":{big},"step":"{big}"}}}}"#);
+    let raw = format!(
+        r#"{{"type":"t","payload":{{}},"producer_id":"p","producer_seq":1,"refs":{{"to_seq":{big},"step":"{big}"}}}}"#
+    );
     let r = post_raw(p, &append_path("huge"), raw.as_bytes());
     assert_eq!(r.status, 201, "huge refs.to_seq/step: {}", r.text());
 }

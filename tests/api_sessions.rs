@@ -29,7 +29,10 @@ fn create_generates_id_and_has_contract_shape() {
     let (st, v) = post_json(s.port(), "/v1/sessions", &json!({}));
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().expect("id string");
-    assert!(is_generated_id(id), "generated id {id:?} is not ses_ + 16 url-safe chars");
+    assert!(
+        is_generated_id(id),
+        "generated id {id:?} is not ses_ + 16 url-safe chars"
+    );
     assert_eq!(v["title"], Value::Null);
     assert_eq!(v["metadata"], json!({}));
     assert_eq!(v["last_seq"], json!(0));
@@ -37,7 +40,10 @@ fn create_generates_id_and_has_contract_shape() {
     let created = v["created_at"].as_str().expect("created_at");
     assert!(is_micro_ts(created), "created_at {created:?}");
     assert_eq!(v["updated_at"], v["created_at"], "updated_at == created_at");
-    assert!(v.get("tenant_id").is_none(), "no top-level tenant_id in create response: {v}");
+    assert!(
+        v.get("tenant_id").is_none(),
+        "no top-level tenant_id in create response: {v}"
+    );
     let keys: std::collections::BTreeSet<_> = v.as_object().unwrap().keys().cloned().collect();
     let want: std::collections::BTreeSet<String> = [
         "id",
@@ -53,7 +59,10 @@ fn create_generates_id_and_has_contract_shape() {
     .collect();
     assert_eq!(keys, want, "create response keys");
     let ct = get(s.port(), "/health/live");
-    assert!(ct.header("content-type").unwrap_or("").starts_with("application/json"));
+    assert!(ct
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/json"));
 
     // Two generated ids differ.
     let (_, v2) = post_json(s.port(), "/v1/sessions", &json!({"title": null}));
@@ -64,7 +73,8 @@ fn create_generates_id_and_has_contract_shape() {
 #[test]
 fn create_with_given_id_title_metadata() {
     let s = Server::start_default();
-    let meta = json!({"workflow": "legal", "nested": {"a": [1, 2, {"b": null}]}, "tenant_id": "beta"});
+    let meta =
+        json!({"workflow": "legal", "nested": {"a": [1, 2, {"b": null}]}, "tenant_id": "beta"});
     let v = create_session_with(
         s.port(),
         json!({"id": "my session/1", "title": "Contract review", "metadata": meta,
@@ -72,7 +82,10 @@ fn create_with_given_id_title_metadata() {
     );
     assert_eq!(v["id"], "my session/1");
     assert_eq!(v["title"], "Contract review");
-    assert_eq!(v["metadata"], meta, "metadata stored verbatim (tenant_id not injected/checked)");
+    assert_eq!(
+        v["metadata"], meta,
+        "metadata stored verbatim (tenant_id not injected/checked)"
+    );
     assert_service_principal(&v["creator_principal"]);
     assert_eq!(v["last_seq"], 0);
 
@@ -92,7 +105,13 @@ fn create_with_given_id_title_metadata() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["id"], "ct-text");
-    let r = request(s.port(), "POST", "/v1/sessions", &[], Some(br#"{"id":"ct-none"}"#));
+    let r = request(
+        s.port(),
+        "POST",
+        "/v1/sessions",
+        &[],
+        Some(br#"{"id":"ct-none"}"#),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["id"], "ct-none");
 }
@@ -115,7 +134,10 @@ fn create_validation_errors() {
         (json!({"metadata": 1}), "invalid_metadata"),
         (json!({"metadata": true}), "invalid_metadata"),
         // Order: id, then title, then metadata.
-        (json!({"id": 1, "title": 2, "metadata": "x"}), "invalid_event"),
+        (
+            json!({"id": 1, "title": 2, "metadata": "x"}),
+            "invalid_event",
+        ),
         (json!({"title": 2, "metadata": "x"}), "invalid_event"),
     ];
     for (body, code) in cases {
@@ -142,7 +164,10 @@ fn create_validation_errors() {
 #[test]
 fn create_duplicate_is_session_exists() {
     let s = Server::start_default();
-    create_session_with(s.port(), json!({"id": "dup", "title": "first", "metadata": {"k": "v"}}));
+    create_session_with(
+        s.port(),
+        json!({"id": "dup", "title": "first", "metadata": {"k": "v"}}),
+    );
     let (st, v) = post_json(
         s.port(),
         "/v1/sessions",
@@ -160,7 +185,12 @@ fn create_duplicate_is_session_exists() {
 #[test]
 fn malformed_json_is_invalid_event() {
     let s = Server::start_default();
-    for body in [&b"{\"id\":"[..], b"{not json}", b"\xff\xfe", b"{\"id\":\"a\"} trailing"] {
+    for body in [
+        &b"{\"id\":"[..],
+        b"{not json}",
+        b"\xff\xfe",
+        b"{\"id\":\"a\"} trailing",
+    ] {
         let r = post_raw(s.port(), "/v1/sessions", body);
         assert_error_resp(&r, 400, "invalid_event");
     }
@@ -183,7 +213,10 @@ fn list_pages_with_limit_and_cursor() {
     let mut want: Vec<String> = Vec::new();
     for i in [5, 3, 7, 1, 2, 6, 4] {
         let id = format!("s-{i:02}");
-        create_session_with(p, json!({"id": id, "title": format!("t{i}"), "metadata": {"i": i.to_string()}}));
+        create_session_with(
+            p,
+            json!({"id": id, "title": format!("t{i}"), "metadata": {"i": i.to_string()}}),
+        );
         want.push(id);
     }
     // "B-upper" sorts before "s-.." in byte order.
@@ -204,8 +237,15 @@ fn list_pages_with_limit_and_cursor() {
     let (st, v) = get_json(p, &format!("/v1/sessions?limit=3&cursor={}", want[5]));
     assert_eq!(st, 200, "{v}");
     assert_eq!(ids(&v), want[6..8].to_vec());
-    assert_eq!(v["next_cursor"], Value::Null, "next_cursor null on the last page: {v}");
-    assert!(v.as_object().unwrap().contains_key("next_cursor"), "next_cursor key present");
+    assert_eq!(
+        v["next_cursor"],
+        Value::Null,
+        "next_cursor null on the last page: {v}"
+    );
+    assert!(
+        v.as_object().unwrap().contains_key("next_cursor"),
+        "next_cursor key present"
+    );
 
     // Cursor is "strictly greater than" and need not be an existing id.
     let (_, v) = get_json(p, "/v1/sessions?limit=100&cursor=s-035");
@@ -247,7 +287,10 @@ fn list_next_cursor_null_when_last_page_is_full() {
 fn list_rows_shape_and_last_seq() {
     let s = Server::start_default();
     let p = s.port();
-    let created = create_session_with(p, json!({"id": "row", "title": "T", "metadata": {"a": "b"}}));
+    let created = create_session_with(
+        p,
+        json!({"id": "row", "title": "T", "metadata": {"a": "b"}}),
+    );
     create_session(p, "row-empty");
     for i in 1..=3 {
         append_ok(p, "row", &event("w", i));
@@ -266,7 +309,10 @@ fn list_rows_shape_and_last_seq() {
     assert_eq!(row["last_seq"], 3, "list row last_seq (§14.8): {row}");
     let upd = row["updated_at"].as_str().expect("updated_at");
     assert!(is_micro_ts(upd), "updated_at {upd:?}");
-    assert!(upd >= created["created_at"].as_str().unwrap(), "updated_at >= created_at");
+    assert!(
+        upd >= created["created_at"].as_str().unwrap(),
+        "updated_at >= created_at"
+    );
     assert_eq!(rows[1]["id"], "row-empty");
     assert_eq!(rows[1]["last_seq"], 0);
     assert_eq!(rows[1]["title"], Value::Null);
@@ -277,7 +323,16 @@ fn list_invalid_limit_cursor_metadata() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "x");
-    for q in ["limit=0", "limit=1001", "limit=abc", "limit=-1", "limit=1.5", "limit=", "limit=1e2", "limit[a]=1"] {
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=abc",
+        "limit=-1",
+        "limit=1.5",
+        "limit=",
+        "limit=1e2",
+        "limit[a]=1",
+    ] {
         let (st, v) = get_json(p, &format!("/v1/sessions?{q}"));
         assert_error(st, &v, 400, "invalid_limit");
         assert_eq!(v["message"], "Invalid limit value", "{q}");
@@ -287,7 +342,12 @@ fn list_invalid_limit_cursor_metadata() {
         assert_error(st, &v, 400, "invalid_cursor");
         assert_eq!(v["message"], "Invalid cursor value", "{q}");
     }
-    for q in ["metadata=x", "metadata[]=x", "metadata[a][b]=x", "metadata[a][]=x"] {
+    for q in [
+        "metadata=x",
+        "metadata[]=x",
+        "metadata[a][b]=x",
+        "metadata[a][]=x",
+    ] {
         let (st, v) = get_json(p, &format!("/v1/sessions?{q}"));
         assert_error(st, &v, 400, "invalid_metadata");
         assert_eq!(v["message"], "Invalid metadata payload", "{q}");
@@ -303,10 +363,22 @@ fn list_invalid_limit_cursor_metadata() {
 fn list_metadata_filters_nested_and_dotted() {
     let s = Server::start_default();
     let p = s.port();
-    create_session_with(p, json!({"id": "a", "metadata": {"team": "red", "env": "prod"}}));
-    create_session_with(p, json!({"id": "b", "metadata": {"team": "red", "env": "dev"}}));
-    create_session_with(p, json!({"id": "c", "metadata": {"team": "blue", "env": "prod", "a.b": "1"}}));
-    create_session_with(p, json!({"id": "d", "metadata": {"a": {"b": "1"}, "n": 1, "team": "red team"}}));
+    create_session_with(
+        p,
+        json!({"id": "a", "metadata": {"team": "red", "env": "prod"}}),
+    );
+    create_session_with(
+        p,
+        json!({"id": "b", "metadata": {"team": "red", "env": "dev"}}),
+    );
+    create_session_with(
+        p,
+        json!({"id": "c", "metadata": {"team": "blue", "env": "prod", "a.b": "1"}}),
+    );
+    create_session_with(
+        p,
+        json!({"id": "d", "metadata": {"a": {"b": "1"}, "n": 1, "team": "red team"}}),
+    );
     create_session(p, "e");
 
     let q = |query: &str| -> Vec<String> {
@@ -315,7 +387,11 @@ fn list_metadata_filters_nested_and_dotted() {
         ids(&v)
     };
     assert_eq!(q("metadata[team]=red"), vec!["a", "b"]);
-    assert_eq!(q("metadata%5Bteam%5D=red"), vec!["a", "b"], "percent-encoded brackets");
+    assert_eq!(
+        q("metadata%5Bteam%5D=red"),
+        vec!["a", "b"],
+        "percent-encoded brackets"
+    );
     assert_eq!(q("metadata[team]=red&metadata[env]=prod"), vec!["a"]);
     assert_eq!(q("metadata.team=red"), vec!["a", "b"]);
     assert_eq!(q("metadata.team=red+team"), vec!["d"], "form decoding of +");
@@ -338,7 +414,11 @@ fn list_metadata_filters_nested_and_dotted() {
     assert_eq!(v["next_cursor"], "a");
     let (_, v) = get_json(p, "/v1/sessions?metadata[team]=red&limit=1&cursor=a");
     assert_eq!(ids(&v), vec!["b"]);
-    assert_eq!(v["next_cursor"], Value::Null, "no more matching rows after b: {v}");
+    assert_eq!(
+        v["next_cursor"],
+        Value::Null,
+        "no more matching rows after b: {v}"
+    );
 }
 
 #[test]
@@ -368,11 +448,26 @@ fn accept_header_negotiation() {
     let p = s.port();
     for accept in ["text/html", "text/plain", "application/xml"] {
         let r = request(p, "GET", "/v1/sessions", &[("Accept", accept)], None);
-        assert_eq!(r.status, 406, "Accept: {accept} → {} {}", r.status, r.text());
+        assert_eq!(
+            r.status,
+            406,
+            "Accept: {accept} → {} {}",
+            r.status,
+            r.text()
+        );
         let v: Value = serde_json::from_slice(&r.body)
             .unwrap_or_else(|_| panic!("406 body not JSON: {:?}", r.text()));
-        assert!(v["error"].is_string() && v["message"].is_string(), "406 envelope: {v}");
-        let r = request(p, "POST", "/v1/sessions", &[("Accept", accept)], Some(b"{}"));
+        assert!(
+            v["error"].is_string() && v["message"].is_string(),
+            "406 envelope: {v}"
+        );
+        let r = request(
+            p,
+            "POST",
+            "/v1/sessions",
+            &[("Accept", accept)],
+            Some(b"{}"),
+        );
         assert_eq!(r.status, 406, "POST with Accept: {accept}: {}", r.text());
     }
     // Nothing was created by the refused POSTs.
@@ -385,7 +480,13 @@ fn accept_header_negotiation() {
         "text/html,*/*;q=0.8",
     ] {
         let r = request(p, "GET", "/v1/sessions", &[("Accept", accept)], None);
-        assert_eq!(r.status, 200, "Accept: {accept} → {} {}", r.status, r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "Accept: {accept} → {} {}",
+            r.status,
+            r.text()
+        );
     }
     // Health routes are not /v1 routes.
     let r = request(p, "GET", "/health/live", &[("Accept", "text/html")], None);
@@ -397,7 +498,12 @@ fn head_behaves_like_get_without_body() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "h");
-    for path in ["/health/live", "/health/ready", "/v1/sessions", "/v1/sessions?limit=1"] {
+    for path in [
+        "/health/live",
+        "/health/ready",
+        "/v1/sessions",
+        "/v1/sessions?limit=1",
+    ] {
         let r = raw_request(
             p,
             format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -406,7 +512,10 @@ fn head_behaves_like_get_without_body() {
         assert!(r.body.is_empty());
     }
     // HEAD on an unknown route is 404 like GET.
-    let r = raw_request(p, b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw_request(
+        p,
+        b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 404);
     // HEAD followed by GET on one keep-alive connection: the HEAD response
     // must not carry a body that would corrupt the next response.
@@ -428,9 +537,15 @@ fn health_endpoints() {
     let (st, v) = get_json(s.port(), "/health/live");
     assert_eq!((st, v), (200, json!({"status": "ok"})));
     let (st, v) = get_json(s.port(), "/health/ready");
-    assert_eq!((st, v), (200, json!({"status": "ok", "mode": "write_node"})));
+    assert_eq!(
+        (st, v),
+        (200, json!({"status": "ok", "mode": "write_node"}))
+    );
     let r = get(s.port(), "/health/ready");
-    assert!(r.header("content-type").unwrap_or("").starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/json"));
 }
 
 #[test]
@@ -485,7 +600,8 @@ fn garbage_and_hostile_requests_do_not_hurt_the_server() {
                 r.status
             ),
             Err(e) => assert!(
-                e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut,
                 "garbage {raw:?} made the server hang: {e}"
             ),
         }
@@ -493,13 +609,20 @@ fn garbage_and_hostile_requests_do_not_hurt_the_server() {
     // Conflicting duplicated Content-Length (request smuggling) must be refused.
     let raw = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{\"id\":\"smug\"}";
     if let Ok(r) = try_request(p, raw, false, IO_TIMEOUT) {
-        assert_eq!(r.status, 400, "conflicting Content-Length → {} {}", r.status, r.text());
+        assert_eq!(
+            r.status,
+            400,
+            "conflicting Content-Length → {} {}",
+            r.status,
+            r.text()
+        );
     }
     // A client that connects and sends half a request then goes away.
     {
         use std::io::Write;
         let mut c = connect(p, IO_TIMEOUT).unwrap();
-        c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"id\"").unwrap();
+        c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"id\"")
+            .unwrap();
     }
     // The server is alive and correct afterwards.
     let (st, v) = get_json(p, "/health/live");
@@ -540,12 +663,20 @@ fn concurrent_create_of_one_id_has_exactly_one_winner() {
             .map(|k| {
                 let id = id.clone();
                 std::thread::spawn(move || {
-                    post_json(p, "/v1/sessions", &json!({"id": id, "title": format!("t{k}")}))
+                    post_json(
+                        p,
+                        "/v1/sessions",
+                        &json!({"id": id, "title": format!("t{k}")}),
+                    )
                 })
             })
             .collect();
         let results: Vec<(u16, Value)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-        let winners: Vec<&Value> = results.iter().filter(|(st, _)| *st == 201).map(|(_, v)| v).collect();
+        let winners: Vec<&Value> = results
+            .iter()
+            .filter(|(st, _)| *st == 201)
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
         for (st, v) in &results {
             if *st != 201 {
@@ -554,7 +685,10 @@ fn concurrent_create_of_one_id_has_exactly_one_winner() {
         }
         let rows = list_all(p, "");
         let row = rows.iter().find(|r| r["id"] == id.as_str()).expect("row");
-        assert_eq!(row["title"], winners[0]["title"], "stored session is the winner's");
+        assert_eq!(
+            row["title"], winners[0]["title"],
+            "stored session is the winner's"
+        );
     }
 }
 
@@ -567,11 +701,27 @@ fn metrics_endpoint() {
     append_ok(s.port(), "m", &event("w", 1));
     let r = get(s.port(), "/metrics");
     assert_eq!(r.status, 200, "/metrics: {} {}", r.status, r.text());
-    let cts: Vec<&str> = r.headers.iter().filter(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).collect();
-    assert_eq!(cts.len(), 1, "exactly one Content-Type header on /metrics, got {cts:?}");
-    assert!(cts[0].starts_with("text/plain"), "/metrics Content-Type {:?}", cts[0]);
+    let cts: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        cts.len(),
+        1,
+        "exactly one Content-Type header on /metrics, got {cts:?}"
+    );
+    assert!(
+        cts[0].starts_with("text/plain"),
+        "/metrics Content-Type {:?}",
+        cts[0]
+    );
     let text = r.text();
-    assert!(text.lines().any(|l| l.starts_with("starcite_")), "no starcite_ metric family:\n{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("starcite_")),
+        "no starcite_ metric family:\n{text}"
+    );
     drop(s);
     let s = Server::start(ServerOpts::new().env("STARCITE_ENABLE_TELEMETRY", "false"));
     let r = get(s.port(), "/metrics");
@@ -584,7 +734,13 @@ fn http_client_compatibility() {
     let s = Server::start_default();
     let p = s.port();
     // Accept with parameters.
-    let r = request(p, "GET", "/v1/sessions", &[("Accept", "application/json; charset=utf-8")], None);
+    let r = request(
+        p,
+        "GET",
+        "/v1/sessions",
+        &[("Accept", "application/json; charset=utf-8")],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     // HTTP/1.0 request.
     let r = raw_request(p, b"GET /health/live HTTP/1.0\r\n\r\n");
@@ -609,7 +765,8 @@ fn http_client_compatibility() {
         .as_bytes(),
     )
     .unwrap();
-    st.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    st.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
     let mut buf = Vec::new();
     let first = read_response(&mut st, &mut buf, false)
         .unwrap_or_else(|e| panic!("no 100 Continue within 3 s of `Expect: 100-continue`: {e}"));
@@ -630,7 +787,8 @@ fn idle_connections_and_huge_headers_do_not_block_others() {
     for i in 0..80 {
         let mut c = connect(p, IO_TIMEOUT).unwrap();
         if i % 5 == 0 {
-            c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{").unwrap();
+            c.write_all(b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+                .unwrap();
         }
         idle.push(c);
     }
@@ -638,13 +796,27 @@ fn idle_connections_and_huge_headers_do_not_block_others() {
     for i in 0..20 {
         create_session(p, &format!("live-{i}"));
     }
-    assert!(t0.elapsed() < std::time::Duration::from_secs(5), "requests slowed by idle connections: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "requests slowed by idle connections: {:?}",
+        t0.elapsed()
+    );
     // A 1 MiB header block: refused (400/413/431) or connection closed; never a hang.
-    let big = format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(1 << 20));
+    let big = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
     match try_request(p, big.as_bytes(), false, IO_TIMEOUT) {
-        Ok(r) => assert!([200, 400, 413, 431].contains(&r.status), "huge header → {}", r.status),
+        Ok(r) => assert!(
+            [200, 400, 413, 431].contains(&r.status),
+            "huge header → {}",
+            r.status
+        ),
         Err(e) => assert!(
-            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
             "huge header made the server hang: {e}"
         ),
     }
@@ -657,10 +829,12 @@ fn idle_connections_and_huge_headers_do_not_block_others() {
 fn list_paging_with_special_character_ids() {
     let s = Server::start_default();
     let p = s.port();
-    let mut want: Vec<String> = ["p+1", "p 1", "p/1", "p&x=1", "p%1", "p#1", "p[1]", "pü", "p=1", "p;1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut want: Vec<String> = [
+        "p+1", "p 1", "p/1", "p&x=1", "p%1", "p#1", "p[1]", "pü", "p=1", "p;1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for id in &want {
         create_session(p, id);
     }
@@ -680,7 +854,10 @@ fn list_paging_with_special_character_ids() {
             None => break,
         }
     }
-    assert_eq!(got, want, "byte-ordered paging over ids needing percent-encoding");
+    assert_eq!(
+        got, want,
+        "byte-ordered paging over ids needing percent-encoding"
+    );
 }
 
 #[test]
@@ -688,12 +865,16 @@ fn connection_close_is_honoured() {
     use std::io::{Read, Write};
     let s = Server::start_default();
     let mut st = connect(s.port(), IO_TIMEOUT).unwrap();
-    st.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    st.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut buf = Vec::new();
     let r = read_response(&mut st, &mut buf, false).unwrap();
     assert_eq!(r.status, 200);
-    st.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    st.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
     let mut rest = [0u8; 64];
-    let n = st.read(&mut rest).expect("server should close the connection after `Connection: close`");
+    let n = st
+        .read(&mut rest)
+        .expect("server should close the connection after `Connection: close`");
     assert_eq!(n, 0, "extra bytes after the response");
 }

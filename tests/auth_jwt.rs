@@ -17,7 +17,10 @@ const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "starcite-api";
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Serves `{"keys":[...]}` for one RSA key on 127.0.0.1; returns the URL.
@@ -54,12 +57,23 @@ struct Extra {
     session_id: Option<String>,
 }
 
-fn token(key: &RS256KeyPair, tenant: &str, scope: &str, lock: Option<&str>, ttl_secs: u64) -> String {
-    let extra = Extra { tenant_id: tenant.into(), scope: scope.into(), session_id: lock.map(str::to_owned) };
-    let claims = Claims::with_custom_claims(extra, jwt_simple::prelude::Duration::from_secs(ttl_secs))
-        .with_issuer(ISSUER)
-        .with_audience(AUDIENCE)
-        .with_subject("user:u-42");
+fn token(
+    key: &RS256KeyPair,
+    tenant: &str,
+    scope: &str,
+    lock: Option<&str>,
+    ttl_secs: u64,
+) -> String {
+    let extra = Extra {
+        tenant_id: tenant.into(),
+        scope: scope.into(),
+        session_id: lock.map(str::to_owned),
+    };
+    let claims =
+        Claims::with_custom_claims(extra, jwt_simple::prelude::Duration::from_secs(ttl_secs))
+            .with_issuer(ISSUER)
+            .with_audience(AUDIENCE)
+            .with_subject("user:u-42");
     key.sign(claims).unwrap()
 }
 
@@ -73,14 +87,26 @@ fn server(jwks_url: &str) -> Server {
     )
 }
 
-fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> Response {
+fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
     let body = body.map(|b| b.to_string());
-    request(port, method, path, &headers, body.as_deref().map(str::as_bytes))
+    request(
+        port,
+        method,
+        path,
+        &headers,
+        body.as_deref().map(str::as_bytes),
+    )
 }
 
 #[test]
@@ -93,49 +119,153 @@ fn jwt_mode_enforces_tokens_scopes_tenants_and_locks() {
     // §2.5: no token, malformed token, bad token — each 401 with its header.
     let r = call(p, "POST", "/v1/sessions", None, Some(&json!({"id": "a1"})));
     assert_error_resp(&r, 401, "unauthorized");
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="starcite""#));
-    let r = request(p, "GET", "/v1/sessions", &[("Authorization", "Basic abc")], None);
     assert_eq!(
         r.header("www-authenticate"),
-        Some(r#"Bearer realm="starcite", error="invalid_request", error_description="Malformed bearer token""#)
+        Some(r#"Bearer realm="starcite""#)
+    );
+    let r = request(
+        p,
+        "GET",
+        "/v1/sessions",
+        &[("Authorization", "Basic abc")],
+        None,
+    );
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            r#"Bearer realm="starcite", error="invalid_request", error_description="Malformed bearer token""#
+        )
     );
     let r = call(p, "GET", "/v1/sessions", Some("not.a.jwt"), None);
-    assert_eq!(r.header("www-authenticate"), Some(r#"Bearer realm="starcite", error="invalid_token""#));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="starcite", error="invalid_token""#)
+    );
     let other = RS256KeyPair::generate(2048).unwrap().with_key_id("k1");
     let forged = token(&other, "acme", all, None, 300);
-    assert_error_resp(&call(p, "GET", "/v1/sessions", Some(&forged), None), 401, "unauthorized");
+    assert_error_resp(
+        &call(p, "GET", "/v1/sessions", Some(&forged), None),
+        401,
+        "unauthorized",
+    );
 
     // A valid token: create, append, list as tenant acme.
     let acme = token(&key, "acme", all, None, 300);
-    let r = call(p, "POST", "/v1/sessions", Some(&acme), Some(&json!({"id": "a1"})));
+    let r = call(
+        p,
+        "POST",
+        "/v1/sessions",
+        Some(&acme),
+        Some(&json!({"id": "a1"})),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.json()["creator_principal"], json!({"tenant_id": "acme", "id": "u-42", "type": "user"}));
+    assert_eq!(
+        r.json()["creator_principal"],
+        json!({"tenant_id": "acme", "id": "u-42", "type": "user"})
+    );
     let body = json!({"type": "t", "payload": {}, "producer_id": "p", "producer_seq": 1});
-    let r = call(p, "POST", "/v1/sessions/a1/append", Some(&acme), Some(&body));
+    let r = call(
+        p,
+        "POST",
+        "/v1/sessions/a1/append",
+        Some(&acme),
+        Some(&body),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
 
     // Tenant fence, scopes, session lock (§3).
     let beta = token(&key, "beta", all, None, 300);
     let body2 = json!({"type": "t", "payload": {}, "producer_id": "q", "producer_seq": 1});
-    assert_error_resp(&call(p, "POST", "/v1/sessions/a1/append", Some(&beta), Some(&body2)), 403, "forbidden_tenant");
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions/a1/append",
+            Some(&beta),
+            Some(&body2),
+        ),
+        403,
+        "forbidden_tenant",
+    );
     let read_only = token(&key, "acme", "session:read", None, 300);
-    assert_error_resp(&call(p, "POST", "/v1/sessions/a1/append", Some(&read_only), Some(&body2)), 403, "forbidden_scope");
-    assert_error_resp(&call(p, "POST", "/v1/sessions", Some(&read_only), Some(&json!({"id": "a2"}))), 403, "forbidden_scope");
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions/a1/append",
+            Some(&read_only),
+            Some(&body2),
+        ),
+        403,
+        "forbidden_scope",
+    );
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions",
+            Some(&read_only),
+            Some(&json!({"id": "a2"})),
+        ),
+        403,
+        "forbidden_scope",
+    );
     let locked = token(&key, "acme", all, Some("a1"), 300);
-    assert_error_resp(&call(p, "POST", "/v1/sessions", Some(&locked), Some(&json!({"id": "a3"}))), 403, "forbidden_session");
-    assert_error_resp(&call(p, "POST", "/v1/sessions/zz/append", Some(&locked), Some(&body2)), 403, "forbidden_session");
-    let r = call(p, "POST", "/v1/sessions", Some(&beta), Some(&json!({"id": "b1"})));
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions",
+            Some(&locked),
+            Some(&json!({"id": "a3"})),
+        ),
+        403,
+        "forbidden_session",
+    );
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions/zz/append",
+            Some(&locked),
+            Some(&body2),
+        ),
+        403,
+        "forbidden_session",
+    );
+    let r = call(
+        p,
+        "POST",
+        "/v1/sessions",
+        Some(&beta),
+        Some(&json!({"id": "b1"})),
+    );
     assert_eq!(r.status, 201);
     let ids = |t: &str| -> Vec<String> {
         let r = call(p, "GET", "/v1/sessions", Some(t), None);
-        r.json()["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect()
+        r.json()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(ids(&acme), vec!["a1"]);
     assert_eq!(ids(&beta), vec!["b1"]);
     assert_eq!(ids(&locked), vec!["a1"]);
     // A mismatching actor is a client error (§6.4).
     let bad_actor = json!({"type": "t", "payload": {}, "producer_id": "p", "producer_seq": 2, "actor": "user:someone-else"});
-    assert_error_resp(&call(p, "POST", "/v1/sessions/a1/append", Some(&acme), Some(&bad_actor)), 400, "invalid_event");
+    assert_error_resp(
+        &call(
+            p,
+            "POST",
+            "/v1/sessions/a1/append",
+            Some(&acme),
+            Some(&bad_actor),
+        ),
+        400,
+        "invalid_event",
+    );
 }
 
 #[test]
@@ -145,20 +275,52 @@ fn tail_takes_access_token_and_closes_at_expiry() {
     let p = s.port();
     let all = "session:create session:append session:read";
     let acme = token(&key, "acme", all, None, 300);
-    assert_eq!(call(p, "POST", "/v1/sessions", Some(&acme), Some(&json!({"id": "t1"}))).status, 201);
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            "/v1/sessions",
+            Some(&acme),
+            Some(&json!({"id": "t1"}))
+        )
+        .status,
+        201
+    );
     let body = json!({"type": "t", "payload": {}, "producer_id": "p", "producer_seq": 1});
-    assert_eq!(call(p, "POST", "/v1/sessions/t1/append", Some(&acme), Some(&body)).status, 201);
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            "/v1/sessions/t1/append",
+            Some(&acme),
+            Some(&body)
+        )
+        .status,
+        201
+    );
 
     // Query-string token works only on upgrades; without one the upgrade is 401.
-    assert_eq!(Tail::try_connect(p, "t1", "cursor=0").err().map(|e| e.0), Some(401));
-    let r = request(p, "GET", &format!("/v1/sessions/t1/tail?access_token={acme}"), &[], None);
+    assert_eq!(
+        Tail::try_connect(p, "t1", "cursor=0").err().map(|e| e.0),
+        Some(401)
+    );
+    let r = request(
+        p,
+        "GET",
+        &format!("/v1/sessions/t1/tail?access_token={acme}"),
+        &[],
+        None,
+    );
     assert_error_resp(&r, 401, "unauthorized");
 
     // A token that expires in ~3 s: events flow, then close 4001 token_expired.
     let exp = now() + 3;
     let short = token(&key, "acme", "session:read", None, exp - now());
     let mut tail = Tail::connect(p, "t1", &format!("cursor=0&access_token={short}"));
-    assert_eq!(seqs(&tail.collect_events(1, Duration::from_secs(5))), vec![1]);
+    assert_eq!(
+        seqs(&tail.collect_events(1, Duration::from_secs(5))),
+        vec![1]
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match tail.next_frame(Duration::from_secs(1)) {
@@ -167,7 +329,10 @@ fn tail_takes_access_token_and_closes_at_expiry() {
                 break;
             }
             Frame::Closed(None) => panic!("closed without a close frame"),
-            _ => assert!(std::time::Instant::now() < deadline, "tail not closed at token expiry"),
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "tail not closed at token expiry"
+            ),
         }
     }
     assert!(now() >= exp, "closed before exp");

@@ -19,7 +19,11 @@ fn first_ready_answer(c: &Cluster, i: usize, timeout: Duration) -> (u16, Value) 
         if let Ok(a) = c.ready(i) {
             return a;
         }
-        assert!(t0.elapsed() < timeout, "{} did not answer HTTP within {timeout:?}", c.name(i));
+        assert!(
+            t0.elapsed() < timeout,
+            "{} did not answer HTTP within {timeout:?}",
+            c.name(i)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -31,7 +35,11 @@ fn wait_admin(c: &Cluster, i: usize, timeout: Duration) -> Value {
         if let Some(s) = c.try_status(i) {
             return s;
         }
-        assert!(t0.elapsed() < timeout, "admin socket of {} not answering within {timeout:?}", c.name(i));
+        assert!(
+            t0.elapsed() < timeout,
+            "admin socket of {} not answering within {timeout:?}",
+            c.name(i)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -44,8 +52,18 @@ fn append_through_every_node(c: &Cluster, sessions: &[String], tag: &str, acks: 
             let producer = format!("{tag}-{k}");
             let pseq = next[k];
             let (st, v) = common::append(c.http_port(i), s, &load_body(&producer, pseq, 16));
-            assert_eq!(st, 201, "append to {s} through {} ({tag}): {st} {v}", c.name(i));
-            assert_eq!(v["deduped"], false, "append to {s} through {}: {v}", c.name(i));
+            assert_eq!(
+                st,
+                201,
+                "append to {s} through {} ({tag}): {st} {v}",
+                c.name(i)
+            );
+            assert_eq!(
+                v["deduped"],
+                false,
+                "append to {s} through {}: {v}",
+                c.name(i)
+            );
             acks.push(Ack {
                 session: s.clone(),
                 seq: v["seq"].as_u64().unwrap(),
@@ -85,27 +103,47 @@ fn rolling_restart_drill_under_load() {
             let out = c.ops_ok(i, &["drain"]);
             assert_eq!(out.trim(), "ok", "{name}: drain printed {out:?}");
             let out = c.ops_ok(i, &["wait-drained", "--timeout-ms", "30000"]);
-            assert_eq!(out.trim(), "local_drained=true", "{name}: wait-drained printed {out:?}");
+            assert_eq!(
+                out.trim(),
+                "local_drained=true",
+                "{name}: wait-drained printed {out:?}"
+            );
         }
         let drained_at = load.now();
         let st = c.status(i);
         assert_eq!(st["local_drained"], true, "{name} after wait-drained: {st}");
         let own = c.leaders_per_node(i).get(&i).copied();
-        assert_eq!(own, Some(0), "{name} is drained but still leads groups: {}", st["leaders"]);
+        assert_eq!(
+            own,
+            Some(0),
+            "{name} is drained but still leads groups: {}",
+            st["leaders"]
+        );
         let (code, body) = c.ready(i).expect("ready probe");
-        assert_eq!((code, body["reason"].as_str()), (503, Some("draining")), "{name} /health/ready while drained: {body}");
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (503, Some("draining")),
+            "{name} /health/ready while drained: {body}"
+        );
 
         let exit = c.sigterm(i, Duration::from_secs(30));
-        eprintln!("{name}: drained in {} ms; SIGTERM exit: {exit:?}", (drained_at - t_start).as_millis());
+        eprintln!(
+            "{name}: drained in {} ms; SIGTERM exit: {exit:?}",
+            (drained_at - t_start).as_millis()
+        );
         assert!(exit.is_some(), "{name} did not exit within 30 s of SIGTERM");
         c.spawn(i);
         // The drain mark is sticky across the restart: not ready until undrain.
         let (code, body) = first_ready_answer(&c, i, Duration::from_secs(30));
-        assert_eq!(code, 503, "{name} restarted while drained answered /health/ready {code} {body}");
+        assert_eq!(
+            code, 503,
+            "{name} restarted while drained answered /health/ready {code} {body}"
+        );
         wait_admin(&c, i, Duration::from_secs(30));
         let st = c.status(i);
         assert_eq!(
-            st["observer"]["node_statuses"][c.id(i)]["status"], "draining",
+            st["observer"]["node_statuses"][c.id(i)]["status"],
+            "draining",
             "{name}: drain mark lost across the restart: {}",
             st["observer"]
         );
@@ -117,20 +155,36 @@ fn rolling_restart_drill_under_load() {
         } else {
             assert_eq!(c.ops_ok(i, &["undrain"]).trim(), "ok");
             let out = c.ops_ok(i, &["wait-ready", "--timeout-ms", "60000"]);
-            assert_eq!(out.trim(), "local_ready=true", "{name}: wait-ready printed {out:?}");
+            assert_eq!(
+                out.trim(),
+                "local_ready=true",
+                "{name}: wait-ready printed {out:?}"
+            );
         }
         for j in c.all() {
-            let took = c.wait_ready_set(j, &all, Duration::from_secs(20)).unwrap_or_else(|e| panic!("after drilling {name}: {e}"));
-            eprintln!("  ready set on {} has all nodes again ({} ms)", c.name(j), took.as_millis());
+            let took = c
+                .wait_ready_set(j, &all, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("after drilling {name}: {e}"));
+            eprintln!(
+                "  ready set on {} has all nodes again ({} ms)",
+                c.name(j),
+                took.as_millis()
+            );
         }
         if runbook {
             let o = c.rpc(i, "Starcite.ControlPlane.Ops.ready_nodes()");
             assert_eq!(o.code, 0, "{o:?}");
             for j in c.all() {
-                assert!(o.stdout.contains(c.id(j)), "rpc ready_nodes() lacks {}: {:?}", c.id(j), o.stdout);
+                assert!(
+                    o.stdout.contains(c.id(j)),
+                    "rpc ready_nodes() lacks {}: {:?}",
+                    c.id(j),
+                    o.stdout
+                );
             }
         }
-        c.wait_ready(i, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        c.wait_ready(i, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let t_end = load.now();
         eprintln!("{name}: drill done in {} ms", (t_end - t_start).as_millis());
         phases.push((name, t_start, t_end));
@@ -186,11 +240,17 @@ fn drain_undrain_drill() {
     eprintln!("{name} drained in {} ms", t0.elapsed().as_millis());
 
     for j in c.all() {
-        c.wait_ready_set(j, &others, Duration::from_secs(15)).unwrap_or_else(|e| panic!("drain of {name}: {e}"));
+        c.wait_ready_set(j, &others, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("drain of {name}: {e}"));
     }
     let st = c.status(d);
     assert_eq!(st["local_drained"], true, "{st}");
-    assert_eq!(c.leaders_per_node(d).get(&d).copied(), Some(0), "{name} drained but leads groups: {}", st["leaders"]);
+    assert_eq!(
+        c.leaders_per_node(d).get(&d).copied(),
+        Some(0),
+        "{name} drained but leads groups: {}",
+        st["leaders"]
+    );
     for &j in &others {
         let t0 = Instant::now();
         loop {
@@ -210,7 +270,11 @@ fn drain_undrain_drill() {
         }
     }
     let (code, body) = c.ready(d).expect("ready probe");
-    assert_eq!((code, body["reason"].as_str()), (503, Some("draining")), "{name} /health/ready while drained: {body}");
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (503, Some("draining")),
+        "{name} /health/ready while drained: {body}"
+    );
     assert_eq!(body["status"], "starting", "{body}");
     // Appends keep working through every node, the drained one included.
     append_through_every_node(&c, &sessions, "drained", &mut manual);
@@ -220,17 +284,25 @@ fn drain_undrain_drill() {
     assert_eq!(c.ops_ok(2, &["undrain", c.id(d)]).trim(), "ok");
     let t0 = Instant::now();
     for j in c.all() {
-        c.wait_ready_set(j, &c.all(), Duration::from_secs(15)).unwrap_or_else(|e| panic!("undrain of {name}: {e}"));
+        c.wait_ready_set(j, &c.all(), Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("undrain of {name}: {e}"));
     }
-    c.wait_ready(d, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{name} after undrain: {e}"));
-    eprintln!("{name} back in every ready set and ready {} ms after undrain", t0.elapsed().as_millis());
+    c.wait_ready(d, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{name} after undrain: {e}"));
+    eprintln!(
+        "{name} back in every ready set and ready {} ms after undrain",
+        t0.elapsed().as_millis()
+    );
     let st = c.status(d);
     assert_eq!(st["local_drained"], false, "{st}");
     assert_eq!(st["local_ready"], true, "{st}");
     append_through_every_node(&c, &sessions, "undrained", &mut manual);
     std::thread::sleep(Duration::from_secs(2));
     let end = load.now();
-    eprintln!("leaders per node after the undrain: {:?}", c.leaders_per_node(0));
+    eprintln!(
+        "leaders per node after the undrain: {:?}",
+        c.leaders_per_node(0)
+    );
 
     let mut report = load.stop();
     report.print("drain/undrain");
@@ -239,11 +311,20 @@ fn drain_undrain_drill() {
     g.print(&format!("drain of {name}"));
     gaps(&report.acks, &sessions, drained_for, end).print(&format!("undrain of {name}"));
     let mut acks = report.acks.clone();
-    acks.extend(resolve_pending(&c.ports(), &mut report.producers, Duration::from_secs(30)));
+    acks.extend(resolve_pending(
+        &c.ports(),
+        &mut report.producers,
+        Duration::from_secs(30),
+    ));
     acks.extend(manual);
     verify(&c, &c.all(), &sessions, &acks, true);
     c.assert_no_panics();
-    assert!(g.worst <= MAX_DRILL_WINDOW, "draining {name} stalled session {} for {} ms", g.worst_session, g.worst.as_millis());
+    assert!(
+        g.worst <= MAX_DRILL_WINDOW,
+        "draining {name} stalled session {} for {} ms",
+        g.worst_session,
+        g.worst.as_millis()
+    );
 }
 
 #[test]
@@ -266,8 +347,15 @@ fn readiness_gate_after_restart_behind() {
     report.print("appends while one node is down");
     report.assert_no_errors();
     let mut acks = report.acks.clone();
-    acks.extend(resolve_pending(&survivors, &mut report.producers, Duration::from_secs(30)));
-    let per_session: Vec<u64> = sessions.iter().map(|s| acks.iter().filter(|a| &a.session == s).count() as u64).collect();
+    acks.extend(resolve_pending(
+        &survivors,
+        &mut report.producers,
+        Duration::from_secs(30),
+    ));
+    let per_session: Vec<u64> = sessions
+        .iter()
+        .map(|s| acks.iter().filter(|a| &a.session == s).count() as u64)
+        .collect();
     eprintln!("{} events appended while {name} was down", acks.len());
 
     // Restart it and watch its readiness from the first HTTP answer on.
@@ -275,11 +363,21 @@ fn readiness_gate_after_restart_behind() {
     c.spawn(k);
     let mut seen: Vec<(u128, u16, String)> = Vec::new();
     let ready_after = loop {
-        assert!(t0.elapsed() < Duration::from_secs(60), "{name} not ready within 60 s; answers {seen:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} not ready within 60 s; answers {seen:?}"
+        );
         if let Ok((code, v)) = c.ready(k) {
-            let what = format!("{} {}", v["status"].as_str().unwrap_or("?"), v["reason"].as_str().unwrap_or(""));
+            let what = format!(
+                "{} {}",
+                v["status"].as_str().unwrap_or("?"),
+                v["reason"].as_str().unwrap_or("")
+            );
             if seen.last().map(|l| (l.1, &l.2)) != Some((code, &what)) {
-                eprintln!("  t={} ms /health/ready {code} {v}", t0.elapsed().as_millis());
+                eprintln!(
+                    "  t={} ms /health/ready {code} {v}",
+                    t0.elapsed().as_millis()
+                );
                 seen.push((t0.elapsed().as_millis(), code, what));
             }
             if code == 200 {
@@ -288,7 +386,10 @@ fn readiness_gate_after_restart_behind() {
         }
         std::thread::sleep(Duration::from_millis(25));
     };
-    eprintln!("{name} ready {} ms after its restart; transitions {seen:?}", ready_after.as_millis());
+    eprintln!(
+        "{name} ready {} ms after its restart; transitions {seen:?}",
+        ready_after.as_millis()
+    );
     // "Ready" means caught up: kill both peers at once, so whatever it serves
     // now comes from its own replica (a lone node still replays, see
     // cluster_quorum), and it must have every event.
@@ -299,7 +400,15 @@ fn readiness_gate_after_restart_behind() {
         .iter()
         .cloned()
         .zip(per_session.iter().copied())
-        .map(|(s, n)| std::thread::spawn(move || (s.clone(), n, read_session(port, &s, n, Duration::from_secs(10)))))
+        .map(|(s, n)| {
+            std::thread::spawn(move || {
+                (
+                    s.clone(),
+                    n,
+                    read_session(port, &s, n, Duration::from_secs(10)),
+                )
+            })
+        })
         .collect();
     let mut behind = Vec::new();
     for r in readers {
@@ -311,7 +420,8 @@ fn readiness_gate_after_restart_behind() {
     }
     c.spawn(0);
     c.spawn(1);
-    c.wait_all_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("restoring the peers: {e}"));
+    c.wait_all_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("restoring the peers: {e}"));
     // Ready stays ready.
     let t1 = Instant::now();
     while t1.elapsed() < Duration::from_secs(2) {

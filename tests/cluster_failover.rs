@@ -20,7 +20,11 @@ fn kill9_leader_under_load() {
     // Victim: the node leading the most groups (each node's own count).
     let leaders = c.own_leaders();
     eprintln!("leaders per node before the kill: {leaders:?}");
-    let victim = leaders.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i).expect("leaders.per_node is empty");
+    let victim = leaders
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(i, _)| *i)
+        .expect("leaders.per_node is empty");
     assert!(leaders[&victim] > 0, "no node leads any group: {leaders:?}");
     let survivors: Vec<usize> = c.all().into_iter().filter(|i| *i != victim).collect();
 
@@ -33,15 +37,28 @@ fn kill9_leader_under_load() {
 
     let kill_at = load.now();
     c.kill9(victim);
-    eprintln!("killed {} (led {} groups) at t={} ms, {before} acks so far", c.name(victim), leaders[&victim], kill_at.as_millis());
+    eprintln!(
+        "killed {} (led {} groups) at t={} ms, {before} acks so far",
+        c.name(victim),
+        leaders[&victim],
+        kill_at.as_millis()
+    );
 
     // Keep the load running on the survivors.
     std::thread::sleep(Duration::from_secs(12));
     let mid_at = load.now();
     let acks = load.acks();
     let after_kill: Vec<&Ack> = acks.iter().filter(|a| a.at > kill_at).collect();
-    eprintln!("{} appends acknowledged in the 12 s after the kill", after_kill.len());
-    let g = gaps(&acks, &sessions, kill_at.saturating_sub(Duration::from_secs(1)), mid_at);
+    eprintln!(
+        "{} appends acknowledged in the 12 s after the kill",
+        after_kill.len()
+    );
+    let g = gaps(
+        &acks,
+        &sessions,
+        kill_at.saturating_sub(Duration::from_secs(1)),
+        mid_at,
+    );
     g.print("kill -9 of the leader");
     // Leadership moved: the survivors lead every group between them.
     let own_after = c.own_leaders();
@@ -52,7 +69,11 @@ fn kill9_leader_under_load() {
     // Restart the victim under load and let it catch up.
     let restart_at = load.now();
     c.restart(victim);
-    eprintln!("{} ready again {} ms after its restart", c.name(victim), (load.now() - restart_at).as_millis());
+    eprintln!(
+        "{} ready again {} ms after its restart",
+        c.name(victim),
+        (load.now() - restart_at).as_millis()
+    );
     std::thread::sleep(Duration::from_secs(3));
     let end_at = load.now();
     let mut report = load.stop();
@@ -69,7 +90,10 @@ fn kill9_leader_under_load() {
 
     for s in &sessions {
         assert!(
-            report.acks.iter().any(|a| &a.session == s && a.at > kill_at && a.at < mid_at),
+            report
+                .acks
+                .iter()
+                .any(|a| &a.session == s && a.at > kill_at && a.at < mid_at),
             "session {s}: no append acknowledged in the 12 s after the kill"
         );
     }
@@ -81,7 +105,11 @@ fn kill9_leader_under_load() {
         g.worst.as_millis(),
         MAX_WINDOW.as_millis()
     );
-    assert_eq!(own_after.values().sum::<u64>(), groups, "12 s after the kill the survivors do not lead every group: {own_after:?}");
+    assert_eq!(
+        own_after.values().sum::<u64>(),
+        groups,
+        "12 s after the kill the survivors do not lead every group: {own_after:?}"
+    );
     // `ops status` must not report the dead node as still leading groups.
     assert!(
         l2.get(&victim).copied().unwrap_or(0) == 0 && l2.values().sum::<u64>() == groups,

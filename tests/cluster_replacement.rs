@@ -15,8 +15,13 @@ use std::time::{Duration, Instant};
 /// Appends one event through random nodes, retrying 503s with the identical body.
 fn append(c: &Cluster, session: &str, producer: &str, pseq: u64, acks: &mut Vec<Ack>) {
     let body = load_body(producer, pseq, 200);
-    let (st, v, attempts) = post_retry(&c.ports(), &format!("/v1/sessions/{session}/append"), &body, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("append {session}/{producer}/{pseq}: {e}"));
+    let (st, v, attempts) = post_retry(
+        &c.ports(),
+        &format!("/v1/sessions/{session}/append"),
+        &body,
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("append {session}/{producer}/{pseq}: {e}"));
     assert_eq!(st, 201, "append {session}/{producer}/{pseq}: {v}");
     acks.push(Ack {
         session: session.to_owned(),
@@ -36,7 +41,8 @@ fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
     let mut opts = ClusterOpts::default();
     // A tiny compaction threshold so the survivors drop the log the replacement
     // would need: it must be sent a snapshot.
-    opts.env.push(("STARCITE_LOG_CHECKPOINT_SIZE".into(), "256KB".into()));
+    opts.env
+        .push(("STARCITE_LOG_CHECKPOINT_SIZE".into(), "256KB".into()));
     let mut c = Cluster::start(opts);
     let sessions = session_ids("replace", 4);
     create_sessions(&c.ports(), &sessions);
@@ -64,17 +70,35 @@ fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
     for i in 0..1_500u64 {
         let s = &sessions[(i % 4) as usize];
         let body = load_body(&format!("{s}-w"), 60, 200);
-        let (st, v, _) = post_retry(&ports, &format!("/v1/sessions/{s}/append"), &body, Duration::from_secs(30)).expect("dedupe");
+        let (st, v, _) = post_retry(
+            &ports,
+            &format!("/v1/sessions/{s}/append"),
+            &body,
+            Duration::from_secs(30),
+        )
+        .expect("dedupe");
         assert_eq!((st, v["deduped"].clone()), (201, json!(true)), "{v}");
     }
-    let segments_on = |i: usize| std::fs::read_dir(c.data_dir(i).join("log")).map(|d| d.count()).unwrap_or(0);
-    eprintln!("segments on the survivors after compaction: {} and {}", segments_on(0), segments_on(1));
+    let segments_on = |i: usize| {
+        std::fs::read_dir(c.data_dir(i).join("log"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "segments on the survivors after compaction: {} and {}",
+        segments_on(0),
+        segments_on(1)
+    );
 
     // The runbook: a node whose disk was replaced starts in rejoin mode.
     c.set_env("STARCITE_REJOIN", "true");
     c.restart(victim);
-    c.wait_ready(victim, Duration::from_secs(60)).expect("the replacement catches up and reports ready");
-    eprintln!("replacement ready {} s into the test", t0.elapsed().as_secs());
+    c.wait_ready(victim, Duration::from_secs(60))
+        .expect("the replacement catches up and reports ready");
+    eprintln!(
+        "replacement ready {} s into the test",
+        t0.elapsed().as_secs()
+    );
     verify(&c, &c.all(), &sessions, &acks, true);
 
     // Balance: no node leads more than 1.5× its fair share once settled.
@@ -89,7 +113,10 @@ fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
             eprintln!("leaders per node {own:?} (fair share {fair:.1})");
             break;
         }
-        assert!(Instant::now() < deadline, "leaders not balanced within 30 s: {own:?} (fair share {fair:.1})");
+        assert!(
+            Instant::now() < deadline,
+            "leaders not balanced within 30 s: {own:?} (fair share {fair:.1})"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     c.assert_no_panics();

@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn five_write_nodes_rf3() {
-    let c = Cluster::start(ClusterOpts { writers: 5, rf: 3, ready_timeout: Duration::from_secs(90), ..Default::default() });
+    let c = Cluster::start(ClusterOpts {
+        writers: 5,
+        rf: 3,
+        ready_timeout: Duration::from_secs(90),
+        ..Default::default()
+    });
     let groups = c.opts.num_groups;
     // Placement: each group has 3 distinct write-node replicas, the same on every node,
     // and every node replicates exactly the groups that name it.
@@ -20,8 +25,16 @@ fn five_write_nodes_rf3() {
     for g in 0..groups {
         let out = c.ops_ok(0, &["group-replicas", &g.to_string()]);
         let line = out.trim();
-        let list = line.strip_prefix(&format!("group_{g}_replicas=")).unwrap_or_else(|| panic!("group-replicas {g} printed {out:?}"));
-        let idx: BTreeSet<usize> = list.split(',').map(|n| c.index_of(n).unwrap_or_else(|| panic!("unknown node {n} in {line}"))).collect();
+        let list = line
+            .strip_prefix(&format!("group_{g}_replicas="))
+            .unwrap_or_else(|| panic!("group-replicas {g} printed {out:?}"));
+        let idx: BTreeSet<usize> = list
+            .split(',')
+            .map(|n| {
+                c.index_of(n)
+                    .unwrap_or_else(|| panic!("unknown node {n} in {line}"))
+            })
+            .collect();
         assert_eq!(idx.len(), 3, "group {g}: replicas {line}");
         let other = c.ops_ok(4, &["group-replicas", &g.to_string()]);
         assert_eq!(other.trim(), line, "group {g}: nodes disagree on placement");
@@ -30,13 +43,29 @@ fn five_write_nodes_rf3() {
     let mut total = 0;
     for i in c.all() {
         let st = c.status(i);
-        let local: BTreeSet<usize> = st["local_groups"].as_array().expect("local_groups").iter().map(|g| g.as_u64().unwrap() as usize).collect();
-        let want: BTreeSet<usize> = (0..groups as usize).filter(|g| replicas[*g].contains(&i)).collect();
-        assert_eq!(local, want, "{}: local_groups disagree with group-replicas", c.name(i));
+        let local: BTreeSet<usize> = st["local_groups"]
+            .as_array()
+            .expect("local_groups")
+            .iter()
+            .map(|g| g.as_u64().unwrap() as usize)
+            .collect();
+        let want: BTreeSet<usize> = (0..groups as usize)
+            .filter(|g| replicas[*g].contains(&i))
+            .collect();
+        assert_eq!(
+            local,
+            want,
+            "{}: local_groups disagree with group-replicas",
+            c.name(i)
+        );
         total += local.len();
     }
     assert_eq!(total, 3 * groups as usize);
-    let per: Vec<usize> = c.all().iter().map(|i| replicas.iter().filter(|r| r.contains(i)).count()).collect();
+    let per: Vec<usize> = c
+        .all()
+        .iter()
+        .map(|i| replicas.iter().filter(|r| r.contains(i)).count())
+        .collect();
     eprintln!("groups per node: {per:?}");
     // Every group has exactly one leader.
     let t0 = Instant::now();
@@ -47,7 +76,10 @@ fn five_write_nodes_rf3() {
             eprintln!("leaders per node: {l:?}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "leaders.per_node does not add up to {groups}: {l:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "leaders.per_node does not add up to {groups}: {l:?}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -59,7 +91,11 @@ fn five_write_nodes_rf3() {
     report.print("five write nodes");
     report.assert_no_errors();
     let mut acks = report.acks.clone();
-    acks.extend(resolve_pending(&c.ports(), &mut report.producers, Duration::from_secs(30)));
+    acks.extend(resolve_pending(
+        &c.ports(),
+        &mut report.producers,
+        Duration::from_secs(30),
+    ));
     let v = verify(&c, &c.all(), &sessions, &acks, true);
     assert!(v.events > 0);
     c.assert_no_panics();
@@ -67,29 +103,53 @@ fn five_write_nodes_rf3() {
 
 #[test]
 fn router_node_in_front_of_three_writers() {
-    let c = Cluster::start(ClusterOpts { writers: 3, routers: 1, ..Default::default() });
+    let c = Cluster::start(ClusterOpts {
+        writers: 3,
+        routers: 1,
+        ..Default::default()
+    });
     let r = 3;
     let rport = c.http_port(r);
     let (code, body) = c.ready(r).unwrap();
-    assert_eq!((code, body.clone()), (200, json!({"status": "ok", "mode": "router_node"})), "router /health/ready");
+    assert_eq!(
+        (code, body.clone()),
+        (200, json!({"status": "ok", "mode": "router_node"})),
+        "router /health/ready"
+    );
     for i in 0..3 {
         let (code, body) = c.ready(i).unwrap();
-        assert_eq!((code, body.clone()), (200, json!({"status": "ok", "mode": "write_node"})), "{} /health/ready", c.name(i));
+        assert_eq!(
+            (code, body.clone()),
+            (200, json!({"status": "ok", "mode": "write_node"})),
+            "{} /health/ready",
+            c.name(i)
+        );
     }
     let st = c.status(r);
     assert_eq!(st["local_write_node"], false, "{st}");
     assert_eq!(st["local_mode"], "router_node", "{st}");
-    assert_eq!(st["local_groups"], json!([]), "a router replicates no group: {st}");
+    assert_eq!(
+        st["local_groups"],
+        json!([]),
+        "a router replicates no group: {st}"
+    );
     let o = c.ops_full(r, &["drain"]);
     assert_ne!(o.code, 0, "draining a router node must fail: {o:?}");
-    assert!(o.stderr.contains("write node") || o.stderr.contains("invalid_write_node"), "drain on router: {o:?}");
+    assert!(
+        o.stderr.contains("write node") || o.stderr.contains("invalid_write_node"),
+        "drain on router: {o:?}"
+    );
     let ready = c.ready_nodes(r).expect("ready-nodes on the router");
     assert_eq!(ready, vec![0, 1, 2], "router's ready set");
 
     // Everything through the router.
     let sessions = session_ids("routed", 5);
     for s in &sessions {
-        let (st, v) = common::post_json(rport, "/v1/sessions", &json!({"id": s, "title": "via router", "metadata": {"k": "v"}}));
+        let (st, v) = common::post_json(
+            rport,
+            "/v1/sessions",
+            &json!({"id": s, "title": "via router", "metadata": {"k": "v"}}),
+        );
         assert_eq!(st, 201, "create {s} via router: {v}");
         assert_eq!(v["id"], json!(s));
     }
@@ -125,7 +185,11 @@ fn router_node_in_front_of_three_writers() {
     report.print("through the router");
     report.assert_no_errors();
     let mut acks = report.acks.clone();
-    acks.extend(resolve_pending(&[rport], &mut report.producers, Duration::from_secs(30)));
+    acks.extend(resolve_pending(
+        &[rport],
+        &mut report.producers,
+        Duration::from_secs(30),
+    ));
     // A final marker event tells the watcher to stop.
     let (st, v) = common::append(
         rport,
@@ -146,7 +210,10 @@ fn router_node_in_front_of_three_writers() {
     });
     let rows = try_list(rport).expect("list via router");
     for s in &sessions {
-        let row = rows.iter().find(|x| x["id"] == json!(s)).unwrap_or_else(|| panic!("{s} not listed via the router"));
+        let row = rows
+            .iter()
+            .find(|x| x["id"] == json!(s))
+            .unwrap_or_else(|| panic!("{s} not listed via the router"));
         let n = acks.iter().filter(|a| &a.session == s).count() as u64;
         assert_eq!(row["last_seq"], json!(n), "{s} list row via router: {row}");
         assert_eq!(row["title"], "via router");

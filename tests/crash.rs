@@ -104,7 +104,10 @@ fn resolve_pending(port: u16, producers: &mut [Producer]) {
             );
             let seq = v["seq"].as_u64().expect("seq");
             if v["deduped"] == json!(true) {
-                eprintln!("  in-flight {}/{pseq} had committed before the kill (deduped to seq {seq})", p.id);
+                eprintln!(
+                    "  in-flight {}/{pseq} had committed before the kill (deduped to seq {seq})",
+                    p.id
+                );
             }
             p.acks.push(Ack {
                 session: p.session.clone(),
@@ -174,11 +177,17 @@ fn verify(port: u16, producers: &[Producer], cycle: usize) -> u64 {
             (1..=got.len() as u64).collect::<Vec<_>>(),
             "cycle {cycle}: session {session} seqs are not 1..N gap-free"
         );
-        let by_seq: HashMap<u64, &Value> = evs.iter().map(|e| (e["seq"].as_u64().unwrap(), e)).collect();
+        let by_seq: HashMap<u64, &Value> = evs
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap(), e))
+            .collect();
         // Every acknowledged append is present at its seq with its producer fields.
         for a in &acks {
             let e = by_seq.get(&a.seq).unwrap_or_else(|| {
-                panic!("cycle {cycle}: acknowledged {a:?} is missing (session has {} events)", evs.len())
+                panic!(
+                    "cycle {cycle}: acknowledged {a:?} is missing (session has {} events)",
+                    evs.len()
+                )
             });
             assert_eq!(
                 (e["producer_id"].as_str(), e["producer_seq"].as_u64()),
@@ -267,11 +276,16 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
 
     let mut created_sessions: Vec<String> = Vec::new();
     for cycle in 1..=cycles {
-        assert!(Instant::now() < test_deadline, "crash test exceeded its time budget");
+        assert!(
+            Instant::now() < test_deadline,
+            "crash test exceeded its time budget"
+        );
         let port = server.port();
         // Tails watching every session: whatever a tail was shown before the
         // crash must still be there, identical, after the restart.
-        let observers: Vec<_> = (0..SESSIONS).map(|s| observe(port, format!("crash-{s}"))).collect();
+        let observers: Vec<_> = (0..SESSIONS)
+            .map(|s| observe(port, format!("crash-{s}")))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let deadline = Instant::now() + load_time + Duration::from_secs(20);
         let before: Vec<usize> = producers.iter().map(|p| p.acks.len()).collect();
@@ -292,7 +306,8 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     n += 1;
                     let id = format!("created-{cycle}-{n}");
-                    let b = json!({"id": id, "title": "t", "metadata": {"cycle": cycle}}).to_string();
+                    let b =
+                        json!({"id": id, "title": "t", "metadata": {"cycle": cycle}}).to_string();
                     match c.try_post("/v1/sessions", b.as_bytes()) {
                         Ok(r) if r.status == 201 => created.push(id),
                         Ok(r) if !stop.load(Ordering::Relaxed) => {
@@ -309,14 +324,31 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
         // kill -9 while appends are in flight.
         server.kill();
         stop.store(true, Ordering::Relaxed);
-        producers = handles.into_iter().map(|h| h.join().expect("producer thread panicked")).collect();
+        producers = handles
+            .into_iter()
+            .map(|h| h.join().expect("producer thread panicked"))
+            .collect();
         created_sessions.extend(creator.join().expect("creator thread panicked"));
         for p in &producers {
-            assert!(p.error.is_none(), "cycle {cycle}: {}", p.error.as_ref().unwrap());
+            assert!(
+                p.error.is_none(),
+                "cycle {cycle}: {}",
+                p.error.as_ref().unwrap()
+            );
         }
-        let progress: usize = producers.iter().zip(&before).map(|(p, b)| p.acks.len() - b).sum();
-        assert!(progress > 0, "cycle {cycle}: no append was acknowledged in {load_time:?}");
-        let seen: Vec<Vec<Value>> = observers.into_iter().map(|h| h.join().expect("observer thread")).collect();
+        let progress: usize = producers
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| p.acks.len() - b)
+            .sum();
+        assert!(
+            progress > 0,
+            "cycle {cycle}: no append was acknowledged in {load_time:?}"
+        );
+        let seen: Vec<Vec<Value>> = observers
+            .into_iter()
+            .map(|h| h.join().expect("observer thread"))
+            .collect();
         let in_flight = producers.iter().filter(|p| p.pending.is_some()).count();
         eprintln!("cycle {cycle}: {progress} appends acknowledged, {in_flight} in flight at kill");
 
@@ -327,27 +359,45 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
         for (s, seen) in seen.iter().enumerate() {
             let session = format!("crash-{s}");
             let got = seqs(seen);
-            assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "cycle {cycle}: tail of {session} before the crash was not gap-free");
+            assert_eq!(
+                got,
+                (1..=got.len() as u64).collect::<Vec<_>>(),
+                "cycle {cycle}: tail of {session} before the crash was not gap-free"
+            );
             let last = last_seq_of(server.port(), &session).unwrap_or(0);
             assert!(
                 got.len() as u64 <= last,
                 "cycle {cycle}: a tail was shown seq {} of {session} before the crash, but after restart last_seq is {last}",
                 got.len()
             );
-            let after = read_all_events(server.port(), &session, got.len() as u64, Duration::from_secs(30));
+            let after = read_all_events(
+                server.port(),
+                &session,
+                got.len() as u64,
+                Duration::from_secs(30),
+            );
             for (a, b) in seen.iter().zip(&after) {
                 assert_eq!(a, b, "cycle {cycle}: {session} seq {} shown to a tail before the crash differs after restart", a["seq"]);
             }
-            eprintln!("cycle {cycle}: tail of {session} saw {} events before the kill; all durable", got.len());
+            eprintln!(
+                "cycle {cycle}: tail of {session} saw {} events before the kill; all durable",
+                got.len()
+            );
         }
         let listed: std::collections::HashSet<String> = list_all(server.port(), "")
             .iter()
             .map(|r| r["id"].as_str().unwrap().to_string())
             .collect();
         for id in &created_sessions {
-            assert!(listed.contains(id), "cycle {cycle}: acknowledged create of {id} lost");
+            assert!(
+                listed.contains(id),
+                "cycle {cycle}: acknowledged create of {id} lost"
+            );
         }
-        eprintln!("cycle {cycle}: {} acknowledged creates all present", created_sessions.len());
+        eprintln!(
+            "cycle {cycle}: {} acknowledged creates all present",
+            created_sessions.len()
+        );
     }
 
     // One more restart without load: recovering an already-recovered log.
@@ -359,11 +409,19 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
         // An older entry inside the dedupe window also survived recovery.
         if p.next > 11 {
             let old = p.next - 10;
-            let a = p.acks.iter().find(|a| a.producer_seq == old).expect("ack").clone();
+            let a = p
+                .acks
+                .iter()
+                .find(|a| a.producer_seq == old)
+                .expect("ack")
+                .clone();
             let (st, v) = append(server.port(), &p.session.clone(), &body(p, old));
             assert_eq!(
                 (st, v.clone()),
-                (201, json!({"seq": a.seq, "last_seq": v["last_seq"], "deduped": true})),
+                (
+                    201,
+                    json!({"seq": a.seq, "last_seq": v["last_seq"], "deduped": true})
+                ),
                 "retry of {}/{old} (inside the window) after recovery",
                 p.id
             );
@@ -372,7 +430,11 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
         if last >= 1 {
             let (st, v) = append(server.port(), &p.session.clone(), &body(p, last));
             assert_eq!(st, 201, "retry of {}/{last} after recovery: {v}", p.id);
-            assert_eq!(v["deduped"], true, "retry of {}/{last} after recovery: {v}", p.id);
+            assert_eq!(
+                v["deduped"], true,
+                "retry of {}/{last} after recovery: {v}",
+                p.id
+            );
         }
         let (st, v) = append(server.port(), &p.session.clone(), &body(p, p.next));
         assert_eq!(st, 201, "{}/{} after recovery: {v}", p.id, p.next);
@@ -408,7 +470,10 @@ fn snapshot(port: u16) -> (Vec<Value>, Vec<Vec<Value>>) {
 fn restarts_preserve_sessions_and_events_exactly() {
     let mut server = Server::start_default();
     let p = server.port();
-    create_session_with(p, json!({"id": "keep-1", "title": "One", "metadata": {"k": "v", "n": [1, 2]}}));
+    create_session_with(
+        p,
+        json!({"id": "keep-1", "title": "One", "metadata": {"k": "v", "n": [1, 2]}}),
+    );
     create_session_with(p, json!({"id": "keep-2"}));
     create_session_with(p, json!({"id": "keep-empty", "title": ""}));
     let mut next: HashMap<(String, String), u64> = HashMap::new();
@@ -435,7 +500,9 @@ fn restarts_preserve_sessions_and_events_exactly() {
     assert_eq!(after_kill.0, before.0, "list rows after kill -9 restart");
     assert_eq!(after_kill.1, before.1, "events after kill -9 restart");
 
-    let status = server.sigterm(Duration::from_secs(15)).expect("no exit within 15 s of SIGTERM");
+    let status = server
+        .sigterm(Duration::from_secs(15))
+        .expect("no exit within 15 s of SIGTERM");
     assert!(status.success(), "SIGTERM exit status {status}");
     server.restart();
     let after_term = snapshot(server.port());
@@ -444,7 +511,10 @@ fn restarts_preserve_sessions_and_events_exactly() {
 
     // Appends continue gap-free; a duplicate create is still refused.
     let (st, v) = append(server.port(), "keep-empty", &event("x", 1));
-    assert_eq!((st, v), (201, json!({"seq": 1, "last_seq": 1, "deduped": false})));
+    assert_eq!(
+        (st, v),
+        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+    );
     let (st, v) = post_json(server.port(), "/v1/sessions", &json!({"id": "keep-1"}));
     assert_error(st, &v, 409, "session_exists");
 }
@@ -480,7 +550,10 @@ fn sigterm_under_load_loses_nothing_acknowledged() {
     stop.store(true, Ordering::Relaxed);
     server.send_sigterm();
     let status = server.wait_exit(Duration::from_secs(15));
-    producers = handles.into_iter().map(|h| h.join().expect("producer thread")).collect();
+    producers = handles
+        .into_iter()
+        .map(|h| h.join().expect("producer thread"))
+        .collect();
     let status = status.expect("server did not exit within 15 s of SIGTERM under load");
     assert!(status.success(), "exit status {status}");
     for p in &producers {
@@ -491,5 +564,7 @@ fn sigterm_under_load_loses_nothing_acknowledged() {
     server.restart();
     resolve_pending(server.port(), &mut producers);
     let total = verify(server.port(), &producers, 1);
-    eprintln!("SIGTERM under load: {acked} acknowledged before shutdown, {total} events after restart");
+    eprintln!(
+        "SIGTERM under load: {acked} acknowledged before shutdown, {total} events after restart"
+    );
 }

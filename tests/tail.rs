@@ -110,10 +110,17 @@ fn batch_framing() {
     let frames = t.collect_frames(7, T);
     let sizes: Vec<usize> = frames
         .iter()
-        .map(|f| f.as_array().unwrap_or_else(|| panic!("batch frame not an array: {f}")).len())
+        .map(|f| {
+            f.as_array()
+                .unwrap_or_else(|| panic!("batch frame not an array: {f}"))
+                .len()
+        })
         .collect();
     assert_eq!(sizes, vec![3, 3, 1], "replay frame sizes");
-    let flat: Vec<Value> = frames.iter().flat_map(|f| f.as_array().unwrap().clone()).collect();
+    let flat: Vec<Value> = frames
+        .iter()
+        .flat_map(|f| f.as_array().unwrap().clone())
+        .collect();
     assert_eq!(seqs(&flat), (1..=7).collect::<Vec<_>>());
     // Live pushes with batch_size > 1 are one-element arrays.
     append_n(p, "f", "w", 8, 9);
@@ -121,7 +128,9 @@ fn batch_framing() {
     let flat: Vec<Value> = frames
         .iter()
         .flat_map(|f| {
-            let a = f.as_array().unwrap_or_else(|| panic!("live frame not an array: {f}"));
+            let a = f
+                .as_array()
+                .unwrap_or_else(|| panic!("live frame not an array: {f}"));
             assert!(!a.is_empty() && a.len() <= 3, "live frame size {}", a.len());
             a.clone()
         })
@@ -134,7 +143,13 @@ fn batch_framing() {
     assert_eq!(frames[0].as_array().unwrap().len(), 9);
     let mut t = Tail::connect(p, "f", "cursor=5&batch_size=%2B2");
     let frames = t.collect_frames(4, T);
-    assert_eq!(frames.iter().map(|f| f.as_array().unwrap().len()).collect::<Vec<_>>(), vec![2, 2]);
+    assert_eq!(
+        frames
+            .iter()
+            .map(|f| f.as_array().unwrap().len())
+            .collect::<Vec<_>>(),
+        vec![2, 2]
+    );
 }
 
 #[test]
@@ -142,22 +157,43 @@ fn invalid_cursor_and_batch_size() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "i");
-    for q in ["cursor=-1", "cursor=abc", "cursor=1.5", "cursor=", "cursor=1e3", "cursor[a]=1", "cursor=%201"] {
+    for q in [
+        "cursor=-1",
+        "cursor=abc",
+        "cursor=1.5",
+        "cursor=",
+        "cursor=1e3",
+        "cursor[a]=1",
+        "cursor=%201",
+    ] {
         let r = raw_request(p, &upgrade_request(&format!("/v1/sessions/i/tail?{q}")));
         assert_error_resp(&r, 400, "invalid_cursor");
         assert_eq!(r.json()["message"], "Invalid cursor value");
     }
-    for q in ["batch_size=0", "batch_size=1001", "batch_size=x", "batch_size=-1", "batch_size=2.0", "batch_size="] {
+    for q in [
+        "batch_size=0",
+        "batch_size=1001",
+        "batch_size=x",
+        "batch_size=-1",
+        "batch_size=2.0",
+        "batch_size=",
+    ] {
         let r = raw_request(p, &upgrade_request(&format!("/v1/sessions/i/tail?{q}")));
         assert_error_resp(&r, 400, "invalid_tail_batch_size");
         assert_eq!(r.json()["message"], "Invalid tail batch size value");
     }
     // Order: upgrade → cursor → batch_size → session lookup.
-    let r = raw_request(p, &upgrade_request("/v1/sessions/i/tail?cursor=x&batch_size=0"));
+    let r = raw_request(
+        p,
+        &upgrade_request("/v1/sessions/i/tail?cursor=x&batch_size=0"),
+    );
     assert_error_resp(&r, 400, "invalid_cursor");
     let r = raw_request(p, &upgrade_request("/v1/sessions/unknown/tail?cursor=x"));
     assert_error_resp(&r, 400, "invalid_cursor");
-    let r = raw_request(p, &upgrade_request("/v1/sessions/unknown/tail?batch_size=0"));
+    let r = raw_request(
+        p,
+        &upgrade_request("/v1/sessions/unknown/tail?batch_size=0"),
+    );
     assert_error_resp(&r, 400, "invalid_tail_batch_size");
     // Through a real WebSocket client as well.
     match Tail::try_connect(p, "i", "cursor=-5") {
@@ -179,7 +215,13 @@ fn upgrade_required_and_unknown_session() {
     assert_error_resp(&r, 400, "invalid_websocket_upgrade");
     assert_eq!(r.json()["message"], "WebSocket upgrade required");
     // Upgrade header with another protocol.
-    let r = request(p, "GET", "/v1/sessions/u/tail", &[("Connection", "Upgrade"), ("Upgrade", "h2c")], None);
+    let r = request(
+        p,
+        "GET",
+        "/v1/sessions/u/tail",
+        &[("Connection", "Upgrade"), ("Upgrade", "h2c")],
+        None,
+    );
     assert_error_resp(&r, 400, "invalid_websocket_upgrade");
     // Upgrade check precedes cursor validation and session lookup.
     let r = get(p, "/v1/sessions/u/tail?cursor=-1");
@@ -187,9 +229,17 @@ fn upgrade_required_and_unknown_session() {
     let r = get(p, "/v1/sessions/nope/tail");
     assert_error_resp(&r, 400, "invalid_websocket_upgrade");
     // Case-insensitive upgrade value.
-    let raw = String::from_utf8(upgrade_request("/v1/sessions/u/tail")).unwrap().replace("websocket", "WebSocket");
+    let raw = String::from_utf8(upgrade_request("/v1/sessions/u/tail"))
+        .unwrap()
+        .replace("websocket", "WebSocket");
     let r = raw_request(p, raw.as_bytes());
-    assert_eq!(r.status, 101, "Upgrade: WebSocket → {} {}", r.status, r.text());
+    assert_eq!(
+        r.status,
+        101,
+        "Upgrade: WebSocket → {} {}",
+        r.status,
+        r.text()
+    );
     // Unknown session → 404 session_not_found before the upgrade.
     let r = raw_request(p, &upgrade_request("/v1/sessions/nope/tail"));
     assert_error_resp(&r, 404, "session_not_found");
@@ -238,12 +288,18 @@ fn reconnect_with_cursor_gets_exactly_the_rest() {
     let mut saw_pong = false;
     let mut got = Vec::new();
     while Instant::now() < deadline && got.is_empty() {
-        let _ = t.ws.get_mut().set_read_timeout(Some(Duration::from_millis(200)));
+        let _ =
+            t.ws.get_mut()
+                .set_read_timeout(Some(Duration::from_millis(200)));
         match t.ws.read() {
             Ok(Message::Pong(_)) => saw_pong = true,
             Ok(Message::Text(x)) => got.push(serde_json::from_str::<Value>(&x).unwrap()),
             Ok(m) => panic!("unexpected {m:?}"),
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("{e}"),
         }
     }
@@ -252,7 +308,9 @@ fn reconnect_with_cursor_gets_exactly_the_rest() {
     if !saw_pong {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline && !saw_pong {
-            let _ = t.ws.get_mut().set_read_timeout(Some(Duration::from_millis(200)));
+            let _ =
+                t.ws.get_mut()
+                    .set_read_timeout(Some(Duration::from_millis(200)));
             if let Ok(Message::Pong(_)) = t.ws.read() {
                 saw_pong = true;
             }
@@ -266,7 +324,11 @@ fn frames_have_contract_fields() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "ff");
-    append_ok(p, "ff", &json!({"type": "a.b", "payload": {"x": [1, {"y": null}]}, "producer_id": "w", "producer_seq": 1}));
+    append_ok(
+        p,
+        "ff",
+        &json!({"type": "a.b", "payload": {"x": [1, {"y": null}]}, "producer_id": "w", "producer_seq": 1}),
+    );
     append_ok(
         p,
         "ff",
@@ -275,18 +337,36 @@ fn frames_have_contract_fields() {
     );
     let mut t = Tail::connect(p, "ff", "cursor=0");
     let replayed = t.collect_events(2, T);
-    append_ok(p, "ff", &json!({"type": "live", "payload": {"z": 1}, "producer_id": "w", "producer_seq": 3}));
+    append_ok(
+        p,
+        "ff",
+        &json!({"type": "live", "payload": {"z": 1}, "producer_id": "w", "producer_seq": 3}),
+    );
     let live = t.collect_events(1, T);
     let all: Vec<Value> = replayed.into_iter().chain(live).collect();
     assert_eq!(seqs(&all), vec![1, 2, 3]);
     let principal = json!({"tenant_id": "service", "actor": "service:service", "principal_type": "service", "principal_id": "service"});
     for e in &all {
         let o = e.as_object().unwrap();
-        for k in ["seq", "type", "payload", "actor", "producer_id", "producer_seq", "metadata", "refs", "inserted_at", "tenant_id"] {
+        for k in [
+            "seq",
+            "type",
+            "payload",
+            "actor",
+            "producer_id",
+            "producer_seq",
+            "metadata",
+            "refs",
+            "inserted_at",
+            "tenant_id",
+        ] {
             assert!(o.contains_key(k), "frame lacks {k}: {e}");
         }
         for (k, v) in o {
-            assert!(!v.is_null(), "frame has null {k} (absent fields must be omitted): {e}");
+            assert!(
+                !v.is_null(),
+                "frame has null {k} (absent fields must be omitted): {e}"
+            );
         }
         assert_eq!(e["actor"], "service:service");
         assert_eq!(e["tenant_id"], "service");
@@ -295,7 +375,10 @@ fn frames_have_contract_fields() {
         assert!(e["payload"].is_object() && e["metadata"].is_object() && e["refs"].is_object());
         assert_eq!(e["metadata"]["starcite_principal"], principal, "{e}");
         let ts = e["inserted_at"].as_str().unwrap();
-        assert!(is_micro_ts(ts), "inserted_at {ts:?} not RFC 3339 UTC with 6 digits and Z");
+        assert!(
+            is_micro_ts(ts),
+            "inserted_at {ts:?} not RFC 3339 UTC with 6 digits and Z"
+        );
     }
     assert_eq!(all[0]["type"], "a.b");
     assert_eq!(all[0]["payload"], json!({"x": [1, {"y": null}]}));
@@ -307,12 +390,18 @@ fn frames_have_contract_fields() {
     assert_eq!(all[1]["metadata"]["trace"], "t");
     assert_eq!(all[2]["type"], "live");
     // inserted_at is non-decreasing along seq.
-    let ts: Vec<&str> = all.iter().map(|e| e["inserted_at"].as_str().unwrap()).collect();
+    let ts: Vec<&str> = all
+        .iter()
+        .map(|e| e["inserted_at"].as_str().unwrap())
+        .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
     // Replay (second socket) renders the live-pushed event identically.
     let mut t2 = Tail::connect(p, "ff", "cursor=2");
     let again = t2.collect_events(1, T);
-    assert_eq!(again[0], all[2], "replayed vs live rendering of the same event");
+    assert_eq!(
+        again[0], all[2],
+        "replayed vs live rendering of the same event"
+    );
 }
 
 #[test]
@@ -326,7 +415,15 @@ fn concurrent_producers_every_tail_sees_all_in_order() {
     // Three tails connected before any append; a fourth joins mid-way.
     let tails: Vec<_> = (0..3)
         .map(|i| {
-            let t = Tail::connect(p, "cc", if i == 2 { "cursor=0&batch_size=7" } else { "cursor=0" });
+            let t = Tail::connect(
+                p,
+                "cc",
+                if i == 2 {
+                    "cursor=0&batch_size=7"
+                } else {
+                    "cursor=0"
+                },
+            );
             std::thread::spawn(move || {
                 let mut t = t;
                 t.collect_events(N as usize, Duration::from_secs(60))
@@ -357,17 +454,29 @@ fn concurrent_producers_every_tail_sees_all_in_order() {
     for h in producers {
         h.join().expect("producer thread");
     }
-    let mut results: Vec<Vec<Value>> = tails.into_iter().map(|h| h.join().expect("tail thread")).collect();
+    let mut results: Vec<Vec<Value>> = tails
+        .into_iter()
+        .map(|h| h.join().expect("tail thread"))
+        .collect();
     results.push(late.join().expect("late tail"));
     for (i, evs) in results.iter().enumerate() {
-        assert_eq!(seqs(evs), (1..=N).collect::<Vec<_>>(), "tail {i} saw a different sequence");
+        assert_eq!(
+            seqs(evs),
+            (1..=N).collect::<Vec<_>>(),
+            "tail {i} saw a different sequence"
+        );
         // Per producer, producer_seq increases by exactly 1 along seq.
         let mut last: BTreeMap<String, u64> = BTreeMap::new();
         for e in evs {
             let pid = e["producer_id"].as_str().unwrap().to_string();
             let ps = e["producer_seq"].as_u64().unwrap();
             let prev = last.insert(pid.clone(), ps).unwrap_or(0);
-            assert_eq!(ps, prev + 1, "tail {i}: producer {pid} order broken at seq {}", e["seq"]);
+            assert_eq!(
+                ps,
+                prev + 1,
+                "tail {i}: producer {pid} order broken at seq {}",
+                e["seq"]
+            );
         }
         assert_eq!(last.len() as u64, PRODUCERS);
         assert!(last.values().all(|&v| v == PER));
@@ -419,8 +528,12 @@ fn sigterm_closes_tails_with_going_away() {
     s.send_sigterm();
     for (name, t) in [("t1", &mut t1), ("t2", &mut t2)] {
         match t.next_frame(Duration::from_secs(10)) {
-            Frame::Closed(Some((code, _))) => assert_eq!(code, 1001, "{name}: close code on shutdown"),
-            Frame::Closed(None) => panic!("{name}: socket dropped without a close frame on SIGTERM"),
+            Frame::Closed(Some((code, _))) => {
+                assert_eq!(code, 1001, "{name}: close code on shutdown")
+            }
+            Frame::Closed(None) => {
+                panic!("{name}: socket dropped without a close frame on SIGTERM")
+            }
             Frame::Timeout => panic!("{name}: socket not closed within 10 s of SIGTERM"),
             Frame::Json(v) => panic!("{name}: unexpected frame {v}"),
             Frame::Other(o) => panic!("{name}: unexpected {o}"),
@@ -440,19 +553,34 @@ fn large_replay_across_read_batches() {
     // batch_size 1000: frames never exceed the batch size, never span reads.
     let mut t = Tail::connect(p, "big", "cursor=0&batch_size=1000");
     let frames = t.collect_frames(2600, Duration::from_secs(30));
-    let sizes: Vec<usize> = frames.iter().map(|f| f.as_array().expect("array frame").len()).collect();
+    let sizes: Vec<usize> = frames
+        .iter()
+        .map(|f| f.as_array().expect("array frame").len())
+        .collect();
     assert!(sizes.iter().all(|&n| (1..=1000).contains(&n)), "{sizes:?}");
-    let flat: Vec<Value> = frames.iter().flat_map(|f| f.as_array().unwrap().clone()).collect();
+    let flat: Vec<Value> = frames
+        .iter()
+        .flat_map(|f| f.as_array().unwrap().clone())
+        .collect();
     assert_eq!(seqs(&flat), (1..=2600).collect::<Vec<_>>());
     // batch_size 7 from a cursor in the middle.
     let mut t = Tail::connect(p, "big", "cursor=1234&batch_size=7");
     let frames = t.collect_frames(2600 - 1234, Duration::from_secs(30));
-    assert!(frames.iter().all(|f| { let n = f.as_array().unwrap().len(); (1..=7).contains(&n) }));
-    let flat: Vec<Value> = frames.iter().flat_map(|f| f.as_array().unwrap().clone()).collect();
+    assert!(frames.iter().all(|f| {
+        let n = f.as_array().unwrap().len();
+        (1..=7).contains(&n)
+    }));
+    let flat: Vec<Value> = frames
+        .iter()
+        .flat_map(|f| f.as_array().unwrap().clone())
+        .collect();
     assert_eq!(seqs(&flat), (1235..=2600).collect::<Vec<_>>());
     // batch_size 1 over the whole range, then live.
     let mut t = Tail::connect(p, "big", "cursor=0");
-    assert_eq!(seqs(&t.collect_events(2600, Duration::from_secs(30))), (1..=2600).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&t.collect_events(2600, Duration::from_secs(30))),
+        (1..=2600).collect::<Vec<_>>()
+    );
     append_n(p, "big", "w", 2601, 2601);
     assert_eq!(seqs(&t.collect_events(1, T)), vec![2601]);
 }
@@ -508,7 +636,17 @@ fn large_events_cross_websocket_length_encodings() {
     let s = Server::start_default();
     let p = s.port();
     create_session(p, "lg");
-    let sizes = [1usize, 60, 100, 126, 65_000, 65_600, 70_000, 1 << 20, 7_900_000];
+    let sizes = [
+        1usize,
+        60,
+        100,
+        126,
+        65_000,
+        65_600,
+        70_000,
+        1 << 20,
+        7_900_000,
+    ];
     for (i, n) in sizes.iter().enumerate() {
         let b = json!({"type": "big", "payload": {"blob": "z".repeat(*n)}, "producer_id": "w", "producer_seq": i + 1});
         append_ok(p, "lg", &b);
@@ -516,7 +654,12 @@ fn large_events_cross_websocket_length_encodings() {
     let check = |evs: &[Value]| {
         assert_eq!(seqs(evs), (1..=sizes.len() as u64).collect::<Vec<_>>());
         for (e, n) in evs.iter().zip(sizes) {
-            assert_eq!(e["payload"]["blob"].as_str().map(|s| s.len()), Some(n), "seq {}", e["seq"]);
+            assert_eq!(
+                e["payload"]["blob"].as_str().map(|s| s.len()),
+                Some(n),
+                "seq {}",
+                e["seq"]
+            );
         }
     };
     // Replay, one per frame and batched.
@@ -529,7 +672,10 @@ fn large_events_cross_websocket_length_encodings() {
     let b = json!({"type": "big", "payload": {"blob": "q".repeat(3_000_000)}, "producer_id": "w", "producer_seq": sizes.len() + 1});
     append_ok(p, "lg", &b);
     let evs = live.collect_events(1, Duration::from_secs(30));
-    assert_eq!(evs[0]["payload"]["blob"].as_str().map(|s| s.len()), Some(3_000_000));
+    assert_eq!(
+        evs[0]["payload"]["blob"].as_str().map(|s| s.len()),
+        Some(3_000_000)
+    );
     // The replay sockets receive it live as well, and nothing else.
     for t in [&mut t, &mut t2] {
         let evs = t.collect_events(1, Duration::from_secs(30));
@@ -550,6 +696,9 @@ fn cursor_beyond_u64_is_accepted() {
     t.assert_silent(Duration::from_millis(300));
     match Tail::try_connect(p, "hc", "cursor=99999999999999999999999") {
         Ok(mut t) => t.assert_silent(Duration::from_millis(300)),
-        Err((st, b)) => panic!("cursor beyond u64 refused: {st} {}", String::from_utf8_lossy(&b)),
+        Err((st, b)) => panic!(
+            "cursor beyond u64 refused: {st} {}",
+            String::from_utf8_lossy(&b)
+        ),
     }
 }

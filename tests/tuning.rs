@@ -55,7 +55,10 @@ struct Out {
 
 impl Out {
     fn describe(&self) -> String {
-        format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -92,7 +95,11 @@ fn run(mut cmd: Command) -> Out {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    Out { code: status.code(), stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Out {
+        code: status.code(),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 fn cmd(program: &str, args: &[&str]) -> Command {
@@ -103,23 +110,35 @@ fn cmd(program: &str, args: &[&str]) -> Command {
 
 /// Keys of sysctl.d/60-starcite.conf (a leading "-" only marks them optional).
 fn sysctl_keys() -> Vec<String> {
-    let text = std::fs::read_to_string(tuning().join("sysctl.d/60-starcite.conf")).expect("sysctl conf");
+    let text =
+        std::fs::read_to_string(tuning().join("sysctl.d/60-starcite.conf")).expect("sysctl conf");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';') && l.contains('='))
-        .map(|l| l.split('=').next().unwrap().trim().trim_start_matches('-').to_string())
+        .map(|l| {
+            l.split('=')
+                .next()
+                .unwrap()
+                .trim()
+                .trim_start_matches('-')
+                .to_string()
+        })
         .collect()
 }
 
 /// Wanted value of each sysctl key, blanks collapsed.
 fn sysctl_wanted() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(tuning().join("sysctl.d/60-starcite.conf")).expect("sysctl conf");
+    let text =
+        std::fs::read_to_string(tuning().join("sysctl.d/60-starcite.conf")).expect("sysctl conf");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && l.contains('='))
         .map(|l| {
             let (k, v) = l.split_once('=').unwrap();
-            (k.trim().trim_start_matches('-').to_string(), v.split_whitespace().collect::<Vec<_>>().join(" "))
+            (
+                k.trim().trim_start_matches('-').to_string(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
         })
         .collect()
 }
@@ -147,7 +166,11 @@ fn expected_settings() -> BTreeSet<String> {
     ] {
         assert!(keys.iter().any(|x| x == k), "sysctl conf must set {k}");
     }
-    FIXED_SETTINGS.iter().map(|s| s.to_string()).chain(keys).collect()
+    FIXED_SETTINGS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(keys)
+        .collect()
 }
 
 /// Parses `check`'s text output into setting -> (verdict, line); panics on any
@@ -164,7 +187,9 @@ fn parse_text(out: &Out) -> BTreeMap<String, (String, String)> {
             .max_by_key(|v| v.len())
             .unwrap_or_else(|| panic!("line without a verdict: {line:?}\n{}", out.describe()));
         let rest = line[verdict.len()..].trim_start();
-        let (name, detail) = rest.split_once(": ").unwrap_or_else(|| panic!("no 'name: ' in {line:?}"));
+        let (name, detail) = rest
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("no 'name: ' in {line:?}"));
         assert!(!detail.trim().is_empty(), "no detail in {line:?}");
         let prev = m.insert(name.to_string(), (verdict.to_string(), line.to_string()));
         assert!(prev.is_none(), "{name} reported twice\n{}", out.describe());
@@ -178,20 +203,40 @@ fn assert_complete_text(out: &Out) -> BTreeMap<String, (String, String)> {
         "check must exit 0 or 1 on a machine it can read\n{}",
         out.describe()
     );
-    assert!(out.stderr.trim().is_empty(), "check wrote to stderr (a script error?)\n{}", out.describe());
+    assert!(
+        out.stderr.trim().is_empty(),
+        "check wrote to stderr (a script error?)\n{}",
+        out.describe()
+    );
     let m = parse_text(out);
     let expected = expected_settings();
     let got: BTreeSet<String> = m.keys().cloned().collect();
     let missing: Vec<_> = expected.difference(&got).collect();
     let extra: Vec<_> = got.difference(&expected).collect();
-    assert!(missing.is_empty(), "settings missing: {missing:?}\n{}", out.describe());
-    assert!(extra.is_empty(), "unexpected settings: {extra:?}\n{}", out.describe());
+    assert!(
+        missing.is_empty(),
+        "settings missing: {missing:?}\n{}",
+        out.describe()
+    );
+    assert!(
+        extra.is_empty(),
+        "unexpected settings: {extra:?}\n{}",
+        out.describe()
+    );
     let differs = m.values().any(|(v, _)| v == "differs");
-    assert_eq!(out.code, Some(differs as i32), "exit status must be 1 iff something differs\n{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(differs as i32),
+        "exit status must be 1 iff something differs\n{}",
+        out.describe()
+    );
     for (name, (verdict, line)) in &m {
         if verdict == "differs" {
             for part in ["current ", "wanted ", "why: ", "fix: "] {
-                assert!(line.contains(part), "{name}: a differs line needs {part:?}: {line}");
+                assert!(
+                    line.contains(part),
+                    "{name}: a differs line needs {part:?}: {line}"
+                );
             }
         }
     }
@@ -209,7 +254,10 @@ fn as_nobody(program: &str, args: &[&str]) -> Option<Command> {
         return None;
     }
     let base = ["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"];
-    let probe = run(cmd("setpriv", &[&base[..], &["test", "-x", program]].concat()));
+    let probe = run(cmd(
+        "setpriv",
+        &[&base[..], &["test", "-x", program]].concat(),
+    ));
     if probe.code != Some(0) {
         println!("note: cannot run {program} as nobody here (no setpriv, or the checkout is not readable by nobody): skipped");
         return None;
@@ -221,14 +269,26 @@ fn as_nobody(program: &str, args: &[&str]) -> Option<Command> {
 fn scripts_are_executable_and_shellcheck_clean() {
     for name in ["check", "apply"] {
         let meta = std::fs::metadata(tuning().join(name)).expect(name);
-        assert!(meta.permissions().mode() & 0o111 == 0o111, "tuning/{name} must be chmod +x");
+        assert!(
+            meta.permissions().mode() & 0o111 == 0o111,
+            "tuning/{name} must be chmod +x"
+        );
     }
-    let sc = Command::new("shellcheck").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let sc = Command::new("shellcheck")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if !matches!(sc, Ok(s) if s.success()) {
-        println!("note: shellcheck not installed: lint skipped (check/apply assertions run regardless)");
+        println!(
+            "note: shellcheck not installed: lint skipped (check/apply assertions run regardless)"
+        );
         return;
     }
-    let mut c = cmd("shellcheck", &["-x", "-S", "warning", "check", "apply", "lib.sh"]);
+    let mut c = cmd(
+        "shellcheck",
+        &["-x", "-S", "warning", "check", "apply", "lib.sh"],
+    );
     c.current_dir(tuning());
     let out = run(c);
     assert_eq!(out.code, Some(0), "shellcheck\n{}", out.describe());
@@ -242,16 +302,26 @@ fn check_reports_every_setting_for_a_data_dir() {
     let m = assert_complete_text(&out);
     let fs_line = &m["data_dir_filesystem"].1;
     if m["data_dir_filesystem"].0 != "cannot tell" {
-        assert!(fs_line.contains(dir), "the filesystem line names the data dir: {fs_line}");
+        assert!(
+            fs_line.contains(dir),
+            "the filesystem line names the data dir: {fs_line}"
+        );
     }
     println!("{}", out.stdout);
 
     // A data dir that does not exist yet is checked through its parent.
     let missing = tmp.path().join("not/yet");
-    let out = run(cmd(&script("check"), &["--data-dir", missing.to_str().unwrap()]));
+    let out = run(cmd(
+        &script("check"),
+        &["--data-dir", missing.to_str().unwrap()],
+    ));
     let m = assert_complete_text(&out);
     if m["data_dir_filesystem"].0 != "cannot tell" {
-        assert!(m["data_dir_filesystem"].1.contains("does not exist yet"), "{}", out.describe());
+        assert!(
+            m["data_dir_filesystem"].1.contains("does not exist yet"),
+            "{}",
+            out.describe()
+        );
     }
 }
 
@@ -259,8 +329,13 @@ fn check_reports_every_setting_for_a_data_dir() {
 fn check_json_lists_every_setting() {
     let out = run(cmd(&script("check"), &["--json"]));
     assert!(matches!(out.code, Some(0) | Some(1)), "{}", out.describe());
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("--json is not JSON: {e}\n{}", out.describe()));
-    assert_eq!(doc["exit_status"].as_i64(), out.code.map(i64::from), "exit_status field = exit code");
+    let doc: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json is not JSON: {e}\n{}", out.describe()));
+    assert_eq!(
+        doc["exit_status"].as_i64(),
+        out.code.map(i64::from),
+        "exit_status field = exit code"
+    );
     let results = doc["results"].as_array().expect("results array");
     let mut names = BTreeSet::new();
     let mut counts = BTreeMap::new();
@@ -271,28 +346,54 @@ fn check_json_lists_every_setting() {
         *counts.entry(verdict.to_string()).or_insert(0i64) += 1;
         if verdict == "differs" {
             for f in ["current", "wanted", "why", "fix"] {
-                assert!(r[f].as_str().is_some_and(|s| !s.is_empty()), "{name}: differs needs {f}: {r}");
+                assert!(
+                    r[f].as_str().is_some_and(|s| !s.is_empty()),
+                    "{name}: differs needs {f}: {r}"
+                );
             }
         }
         if verdict == "cannot tell" {
-            assert!(r["note"].as_str().is_some_and(|s| !s.is_empty()), "{name}: cannot tell needs a reason: {r}");
+            assert!(
+                r["note"].as_str().is_some_and(|s| !s.is_empty()),
+                "{name}: cannot tell needs a reason: {r}"
+            );
         }
         assert!(names.insert(name.clone()), "{name} listed twice");
     }
     assert_eq!(names, expected_settings(), "--json must list every setting");
-    for (k, field) in [("ok", "ok"), ("differs", "differs"), ("cannot tell", "cannot_tell")] {
-        assert_eq!(doc["summary"][field].as_i64().unwrap(), *counts.get(k).unwrap_or(&0), "summary.{field}");
+    for (k, field) in [
+        ("ok", "ok"),
+        ("differs", "differs"),
+        ("cannot tell", "cannot_tell"),
+    ] {
+        assert_eq!(
+            doc["summary"][field].as_i64().unwrap(),
+            *counts.get(k).unwrap_or(&0),
+            "summary.{field}"
+        );
     }
-    assert_eq!(doc["exit_status"].as_i64(), Some(i64::from(counts.get("differs").copied().unwrap_or(0) > 0)));
+    assert_eq!(
+        doc["exit_status"].as_i64(),
+        Some(i64::from(counts.get("differs").copied().unwrap_or(0) > 0))
+    );
 }
 
 #[test]
 fn check_usage() {
     let out = run(cmd(&script("check"), &["--help"]));
     assert_eq!(out.code, Some(0));
-    assert!(out.stdout.contains("--data-dir") && out.stdout.contains("--json") && out.stdout.contains("Exit status"));
+    assert!(
+        out.stdout.contains("--data-dir")
+            && out.stdout.contains("--json")
+            && out.stdout.contains("Exit status")
+    );
     let out = run(cmd(&script("check"), &["--no-such-flag"]));
-    assert_eq!(out.code, Some(2), "a wrong command line is status 2\n{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(2),
+        "a wrong command line is status 2\n{}",
+        out.describe()
+    );
     assert!(out.stderr.contains("--no-such-flag"));
     let out = run(cmd(&script("apply"), &["--no-such-flag"]));
     assert_eq!(out.code, Some(2), "{}", out.describe());
@@ -303,12 +404,18 @@ fn check_runs_unprivileged() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let c = if is_root() {
-        match as_nobody(&script("check"), &["--data-dir", tmp.path().to_str().unwrap()]) {
+        match as_nobody(
+            &script("check"),
+            &["--data-dir", tmp.path().to_str().unwrap()],
+        ) {
             Some(c) => c,
             None => return,
         }
     } else {
-        cmd(&script("check"), &["--data-dir", tmp.path().to_str().unwrap()])
+        cmd(
+            &script("check"),
+            &["--data-dir", tmp.path().to_str().unwrap()],
+        )
     };
     let out = run(c);
     assert_complete_text(&out);
@@ -339,7 +446,10 @@ fn snapshot() -> BTreeMap<PathBuf, Option<String>> {
             paths.push(e.path().join("queue/scheduler"));
         }
     }
-    paths.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).ok())).collect()
+    paths
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).ok()))
+        .collect()
 }
 
 #[test]
@@ -350,20 +460,39 @@ fn apply_dry_run_plans_and_changes_nothing() {
     let swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").ok();
     let out = run(cmd(&script("apply"), &["--dry-run", "--data-dir", dir]));
     let after = snapshot();
-    assert_eq!(out.code, Some(0), "apply --dry-run must exit 0\n{}", out.describe());
-    assert_eq!(std::fs::read_to_string("/proc/sys/vm/swappiness").ok(), swappiness);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "apply --dry-run must exit 0\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").ok(),
+        swappiness
+    );
     for (p, v) in &before {
         assert_eq!(after.get(p), Some(v), "--dry-run changed {}", p.display());
     }
-    assert!(out.stdout.contains("nothing will be changed"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("nothing will be changed"),
+        "{}",
+        out.describe()
+    );
     let mut would = 0;
     for line in out.stdout.lines() {
-        let known = ["#", "would:", "ok:", "skip:"].iter().any(|p| line.starts_with(p));
-        assert!(known, "unexpected dry-run line {line:?}\n{}", out.describe());
+        let known = ["#", "would:", "ok:", "skip:"]
+            .iter()
+            .any(|p| line.starts_with(p));
+        assert!(
+            known,
+            "unexpected dry-run line {line:?}\n{}",
+            out.describe()
+        );
         would += line.starts_with("would:") as usize;
     }
     assert!(
-        out.stdout.contains(&format!("# dry run: {would} action(s) planned, none taken")),
+        out.stdout
+            .contains(&format!("# dry run: {would} action(s) planned, none taken")),
         "summary must count the planned actions\n{}",
         out.describe()
     );
@@ -373,11 +502,27 @@ fn apply_dry_run_plans_and_changes_nothing() {
     let doc: Value = serde_json::from_str(&check.stdout).expect("check --json");
     for key in sysctl_keys() {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let r = doc["results"].as_array().unwrap().iter().find(|r| r["setting"] == key.as_str()).expect("key listed");
-        let planned = out.stdout.lines().any(|l| l.starts_with("would:") && l.contains(&format!("> {path} ")));
+        let r = doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["setting"] == key.as_str())
+            .expect("key listed");
+        let planned = out
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("would:") && l.contains(&format!("> {path} ")));
         match r["verdict"].as_str().unwrap() {
-            "differs" => assert!(planned, "{key} differs but apply plans nothing\n{}", out.describe()),
-            "ok" => assert!(!planned, "{key} is ok but apply would write it\n{}", out.describe()),
+            "differs" => assert!(
+                planned,
+                "{key} differs but apply plans nothing\n{}",
+                out.describe()
+            ),
+            "ok" => assert!(
+                !planned,
+                "{key} is ok but apply would write it\n{}",
+                out.describe()
+            ),
             _ => {}
         }
     }
@@ -396,9 +541,18 @@ fn apply_refuses_without_root() {
     };
     let before = snapshot();
     let out = run(c);
-    assert_eq!(out.code, Some(2), "apply without root must refuse with status 2\n{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(2),
+        "apply without root must refuse with status 2\n{}",
+        out.describe()
+    );
     assert!(out.stderr.contains("root"), "{}", out.describe());
-    assert!(out.stderr.contains("--dry-run"), "the refusal points at --dry-run\n{}", out.describe());
+    assert!(
+        out.stderr.contains("--dry-run"),
+        "the refusal points at --dry-run\n{}",
+        out.describe()
+    );
     assert_eq!(snapshot(), before);
 }
 
@@ -433,7 +587,11 @@ impl Fake {
         self.proc().join("sys").join(key.replace('.', "/"))
     }
     fn read(&self, p: &Path) -> String {
-        std::fs::read_to_string(p).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
     }
     fn command(&self, name: &str, args: &[&str]) -> Command {
         let mut c = cmd(&script(name), args);
@@ -450,7 +608,12 @@ impl Fake {
         let root = tmp.path().join("root");
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let mut f = Fake { root, data, disk: None, _tmp: tmp };
+        let mut f = Fake {
+            root,
+            data,
+            disk: None,
+            _tmp: tmp,
+        };
         write(&f.proc().join("sys/kernel/osrelease"), "6.1.0-fake\n");
         for (k, v) in sysctl_wanted() {
             write(&f.sysctl(&k), &format!("{}\n", v.replace(' ', "\t")));
@@ -464,11 +627,17 @@ impl Fake {
         std::fs::remove_file(f.sysctl("net.ipv4.tcp_slow_start_after_idle")).unwrap();
         let mm = f.sys().join("kernel/mm/transparent_hugepage");
         write(&mm.join("enabled"), "[always] madvise never\n");
-        write(&mm.join("defrag"), "[always] defer defer+madvise madvise never\n");
+        write(
+            &mm.join("defrag"),
+            "[always] defer defer+madvise madvise never\n",
+        );
         for (cpu, gov) in [("cpu0", "powersave"), ("cpu1", "performance")] {
             let d = f.sys().join("devices/system/cpu").join(cpu).join("cpufreq");
             write(&d.join("scaling_governor"), &format!("{gov}\n"));
-            write(&d.join("scaling_available_governors"), "performance powersave\n");
+            write(
+                &d.join("scaling_available_governors"),
+                "performance powersave\n",
+            );
         }
         let cs = f.sys().join("devices/system/clocksource/clocksource0");
         write(&cs.join("current_clocksource"), "hpet\n");
@@ -476,20 +645,29 @@ impl Fake {
 
         // The data dir's real device number, mapped to a fake NVMe disk.
         let dev = std::fs::metadata(&f.data).unwrap().dev();
-        let (major, minor) = (libc::major(dev as libc::dev_t), libc::minor(dev as libc::dev_t));
+        let (major, minor) = (
+            libc::major(dev as libc::dev_t),
+            libc::minor(dev as libc::dev_t),
+        );
         if major != 0 {
             let disk = f.sys().join("devices/virtual/block/fakedisk");
             write(&disk.join("queue/scheduler"), "[bfq] mq-deadline none\n");
             write(&disk.join("queue/rotational"), "0\n");
             write(&disk.join("queue/write_cache"), "write through\n");
-            write(&disk.join("device/scsi_disk/0:0:0:0/cache_type"), "write back\n");
+            write(
+                &disk.join("device/scsi_disk/0:0:0:0/cache_type"),
+                "write back\n",
+            );
             std::fs::create_dir_all(f.sys().join("dev/block")).unwrap();
             std::fs::create_dir_all(f.sys().join("block")).unwrap();
-            std::os::unix::fs::symlink(&disk, f.sys().join(format!("dev/block/{major}:{minor}"))).unwrap();
+            std::os::unix::fs::symlink(&disk, f.sys().join(format!("dev/block/{major}:{minor}")))
+                .unwrap();
             std::os::unix::fs::symlink(&disk, f.sys().join("block/fakedisk")).unwrap();
             f.disk = Some(disk);
         } else {
-            println!("note: data dir on an anonymous device ({major}:{minor}): fake disk checks skipped");
+            println!(
+                "note: data dir on an anonymous device ({major}:{minor}): fake disk checks skipped"
+            );
         }
         f
     }
@@ -506,27 +684,62 @@ fn check_on_a_fake_machine() {
     assert!(m["transparent_hugepage"].1.contains("madvise"));
     assert_eq!(v("transparent_hugepage_defrag"), "differs");
     assert_eq!(v("cpu_governor"), "differs");
-    assert!(m["cpu_governor"].1.contains("powersave on 1 of 2 CPUs"), "{}", m["cpu_governor"].1);
+    assert!(
+        m["cpu_governor"].1.contains("powersave on 1 of 2 CPUs"),
+        "{}",
+        m["cpu_governor"].1
+    );
     assert_eq!(v("clocksource"), "differs");
     assert_eq!(v("vm.swappiness"), "differs");
-    assert!(m["vm.swappiness"].1.contains("sysctl -w vm.swappiness=1"), "{}", m["vm.swappiness"].1);
+    assert!(
+        m["vm.swappiness"].1.contains("sysctl -w vm.swappiness=1"),
+        "{}",
+        m["vm.swappiness"].1
+    );
     assert_eq!(v("net.ipv4.tcp_fin_timeout"), "differs");
-    assert_eq!(v("vm.dirty_bytes"), "differs", "0 means the ratio is in force");
+    assert_eq!(
+        v("vm.dirty_bytes"),
+        "differs",
+        "0 means the ratio is in force"
+    );
     assert_eq!(v("net.core.somaxconn"), "ok", "a larger backlog is fine");
-    assert_eq!(v("net.ipv4.ip_local_port_range"), "ok", "a wider port range is fine");
-    assert_eq!(v("net.ipv4.tcp_slow_start_after_idle"), "cannot tell", "a missing key");
+    assert_eq!(
+        v("net.ipv4.ip_local_port_range"),
+        "ok",
+        "a wider port range is fine"
+    );
+    assert_eq!(
+        v("net.ipv4.tcp_slow_start_after_idle"),
+        "cannot tell",
+        "a missing key"
+    );
     assert_eq!(v("kernel.io_uring_disabled"), "differs");
     assert_eq!(v("io_uring"), "differs", "io_uring_disabled=2");
     assert_eq!(v("kernel"), "ok", "6.1 >= 5.19");
     if f.disk.is_some() {
-        assert_eq!(v("disk_scheduler"), "differs", "bfq on a non-rotational disk");
-        assert!(m["disk_scheduler"].1.contains("fakedisk: bfq"), "{}", m["disk_scheduler"].1);
-        assert_eq!(v("disk_write_cache"), "differs", "write through over a write-back drive");
+        assert_eq!(
+            v("disk_scheduler"),
+            "differs",
+            "bfq on a non-rotational disk"
+        );
+        assert!(
+            m["disk_scheduler"].1.contains("fakedisk: bfq"),
+            "{}",
+            m["disk_scheduler"].1
+        );
+        assert_eq!(
+            v("disk_write_cache"),
+            "differs",
+            "write through over a write-back drive"
+        );
     }
 
     // An empty machine: nothing readable in /proc and /sys still never crashes.
     let empty = tempfile::tempdir().unwrap();
-    let mut c = cmd(&script("check"), &["--json", "--data-dir", "/nonexistent/starcite"]);
+    let mut c = cmd(
+        &script("check"),
+        &["--json", "--data-dir", "/nonexistent/starcite"],
+    );
     c.env("STARCITE_TUNING_PROC", empty.path())
         .env("STARCITE_TUNING_SYS", empty.path())
         .env("STARCITE_TUNING_NO_PROBE", "1");
@@ -537,10 +750,26 @@ fn check_on_a_fake_machine() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["setting"].as_str().unwrap(), r["verdict"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["setting"].as_str().unwrap(),
+                r["verdict"].as_str().unwrap(),
+            )
+        })
         .collect();
-    for s in ["cpu_governor", "clocksource", "transparent_hugepage", "vm.swappiness", "disk_scheduler"] {
-        assert_eq!(by[s], "cannot tell", "{s} with nothing to read\n{}", out.describe());
+    for s in [
+        "cpu_governor",
+        "clocksource",
+        "transparent_hugepage",
+        "vm.swappiness",
+        "disk_scheduler",
+    ] {
+        assert_eq!(
+            by[s],
+            "cannot tell",
+            "{s} with nothing to read\n{}",
+            out.describe()
+        );
     }
     assert_eq!(by.len(), expected_settings().len());
 }
@@ -558,46 +787,119 @@ fn apply_converges_on_a_fake_machine_and_is_idempotent() {
     let dry = run(f.command("apply", &["--dry-run", "--data-dir", data]));
     assert_eq!(dry.code, Some(0), "{}", dry.describe());
     for line in dry.stdout.lines().filter(|l| l.starts_with("would:")) {
-        let target = line.split(" # ").next().unwrap().rsplit(' ').find(|w| w.starts_with('/')).unwrap_or("");
-        assert!(target.starts_with(root), "dry run would touch {target:?} outside the fake root: {line}");
+        let target = line
+            .split(" # ")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .find(|w| w.starts_with('/'))
+            .unwrap_or("");
+        assert!(
+            target.starts_with(root),
+            "dry run would touch {target:?} outside the fake root: {line}"
+        );
     }
-    for key in ["vm.swappiness", "net.ipv4.tcp_fin_timeout", "vm.dirty_bytes", "kernel.io_uring_disabled"] {
-        assert!(dry.stdout.contains(&format!("> {} ", f.sysctl(key).display())), "{key} planned\n{}", dry.describe());
+    for key in [
+        "vm.swappiness",
+        "net.ipv4.tcp_fin_timeout",
+        "vm.dirty_bytes",
+        "kernel.io_uring_disabled",
+    ] {
+        assert!(
+            dry.stdout
+                .contains(&format!("> {} ", f.sysctl(key).display())),
+            "{key} planned\n{}",
+            dry.describe()
+        );
     }
-    assert!(!dry.stdout.contains(&format!("> {} ", f.sysctl("net.core.somaxconn").display())), "never lowers a better value");
-    assert!(dry.stdout.contains("skip:    net.ipv4.tcp_slow_start_after_idle"), "{}", dry.describe());
+    assert!(
+        !dry.stdout
+            .contains(&format!("> {} ", f.sysctl("net.core.somaxconn").display())),
+        "never lowers a better value"
+    );
+    assert!(
+        dry.stdout
+            .contains("skip:    net.ipv4.tcp_slow_start_after_idle"),
+        "{}",
+        dry.describe()
+    );
     if !is_root() {
         return;
     }
 
     let out = run(f.command("apply", &["--data-dir", data]));
-    assert_eq!(out.code, Some(0), "apply on the fake machine\n{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "apply on the fake machine\n{}",
+        out.describe()
+    );
     let wanted = sysctl_wanted();
-    for key in ["vm.swappiness", "net.ipv4.tcp_fin_timeout", "vm.dirty_bytes", "kernel.io_uring_disabled"] {
+    for key in [
+        "vm.swappiness",
+        "net.ipv4.tcp_fin_timeout",
+        "vm.dirty_bytes",
+        "kernel.io_uring_disabled",
+    ] {
         assert_eq!(f.read(&f.sysctl(key)), wanted[key], "{key} applied");
     }
-    assert_eq!(f.read(&f.sysctl("net.core.somaxconn")), "100000", "a better value is left alone");
-    assert_eq!(f.read(&f.sys().join("kernel/mm/transparent_hugepage/enabled")), "madvise");
-    assert_eq!(f.read(&f.sys().join("kernel/mm/transparent_hugepage/defrag")), "madvise");
-    assert_eq!(f.read(&f.sys().join("devices/system/cpu/cpu0/cpufreq/scaling_governor")), "performance");
-    assert_eq!(f.read(&f.sys().join("devices/system/clocksource/clocksource0/current_clocksource")), "hpet", "clocksource is not apply's business");
+    assert_eq!(
+        f.read(&f.sysctl("net.core.somaxconn")),
+        "100000",
+        "a better value is left alone"
+    );
+    assert_eq!(
+        f.read(&f.sys().join("kernel/mm/transparent_hugepage/enabled")),
+        "madvise"
+    );
+    assert_eq!(
+        f.read(&f.sys().join("kernel/mm/transparent_hugepage/defrag")),
+        "madvise"
+    );
+    assert_eq!(
+        f.read(
+            &f.sys()
+                .join("devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        ),
+        "performance"
+    );
+    assert_eq!(
+        f.read(
+            &f.sys()
+                .join("devices/system/clocksource/clocksource0/current_clocksource")
+        ),
+        "hpet",
+        "clocksource is not apply's business"
+    );
     if let Some(disk) = &f.disk {
         assert_eq!(f.read(&disk.join("queue/scheduler")), "none");
     }
     for (src, dest) in [
         ("sysctl.d/60-starcite.conf", "sysctl.d/60-starcite.conf"),
-        ("limits.d/60-starcite.conf", "security/limits.d/60-starcite.conf"),
+        (
+            "limits.d/60-starcite.conf",
+            "security/limits.d/60-starcite.conf",
+        ),
     ] {
         let a = std::fs::read(tuning().join(src)).unwrap();
-        let b = std::fs::read(f.etc().join(dest)).unwrap_or_else(|e| panic!("{dest} installed: {e}\n{}", out.describe()));
+        let b = std::fs::read(f.etc().join(dest))
+            .unwrap_or_else(|e| panic!("{dest} installed: {e}\n{}", out.describe()));
         assert_eq!(a, b, "{dest} is a copy of tuning/{src}");
     }
 
     // Second run: nothing left to do.
     let again = run(f.command("apply", &["--data-dir", data]));
     assert_eq!(again.code, Some(0), "{}", again.describe());
-    assert!(!again.stdout.lines().any(|l| l.starts_with("done:")), "apply is not idempotent\n{}", again.describe());
-    assert!(again.stdout.contains("# 0 action(s) done, 0 failed"), "{}", again.describe());
+    assert!(
+        !again.stdout.lines().any(|l| l.starts_with("done:")),
+        "apply is not idempotent\n{}",
+        again.describe()
+    );
+    assert!(
+        again.stdout.contains("# 0 action(s) done, 0 failed"),
+        "{}",
+        again.describe()
+    );
 
     // And check agrees.
     let out = run(f.command("check", &["--data-dir", data]));
@@ -664,10 +966,16 @@ fn units_keep_what_the_node_needs() {
     for (k, v) in svc.iter().filter(|(k, _)| k == "SystemCallFilter") {
         if !v.starts_with('~') {
             for sc in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
-                assert!(v.split_whitespace().any(|w| w == sc), "{k}={v} would block {sc}");
+                assert!(
+                    v.split_whitespace().any(|w| w == sc),
+                    "{k}={v} would block {sc}"
+                );
             }
         } else {
-            assert!(!v.contains("io_uring") && !v.contains("@aio"), "{k}={v} denies io_uring");
+            assert!(
+                !v.contains("io_uring") && !v.contains("@aio"),
+                "{k}={v} denies io_uring"
+            );
         }
     }
     let tun = directives(&unit("starcite-tuning.service"));
@@ -677,13 +985,20 @@ fn units_keep_what_the_node_needs() {
         ("Before", "starcite.service"),
         ("ExecStart", "/usr/local/lib/starcite/tuning/apply"),
     ] {
-        assert!(tun.iter().any(|(a, b)| a == k && b == v), "starcite-tuning.service needs {k}={v}");
+        assert!(
+            tun.iter().any(|(a, b)| a == k && b == v),
+            "starcite-tuning.service needs {k}={v}"
+        );
     }
 }
 
 #[test]
 fn units_pass_systemd_analyze_verify() {
-    let present = Command::new("systemd-analyze").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let present = Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if !matches!(present, Ok(s) if s.success()) {
         println!("note: systemd-analyze not installed: unit verification skipped (unit content is still checked by units_keep_what_the_node_needs)");
         return;
@@ -701,14 +1016,24 @@ fn units_pass_systemd_analyze_verify() {
         std::fs::write(&p, text).unwrap();
         paths.push(p.to_string_lossy().into_owned());
     }
-    let args: Vec<&str> = ["verify", "--man=no"].into_iter().chain(paths.iter().map(String::as_str)).collect();
+    let args: Vec<&str> = ["verify", "--man=no"]
+        .into_iter()
+        .chain(paths.iter().map(String::as_str))
+        .collect();
     let out = run(cmd("systemd-analyze", &args));
-    assert_eq!(out.code, Some(0), "systemd-analyze verify\n{}", out.describe());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "systemd-analyze verify\n{}",
+        out.describe()
+    );
     // verify reports bad lines as warnings with exit 0: none may name our units.
     let tmp_s = tmp.path().to_string_lossy().into_owned();
     for line in out.stdout.lines().chain(out.stderr.lines()) {
         assert!(
-            !line.contains("starcite.service") && !line.contains("starcite-tuning.service") && !line.contains(&tmp_s),
+            !line.contains("starcite.service")
+                && !line.contains("starcite-tuning.service")
+                && !line.contains(&tmp_s),
             "systemd-analyze complains: {line}\n{}",
             out.describe()
         );

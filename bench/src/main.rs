@@ -21,7 +21,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "starcite-bench", about = "Load generator and benchmarks for Starcite")]
+#[command(
+    name = "starcite-bench",
+    about = "Load generator and benchmarks for Starcite"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -258,7 +261,13 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-fn post_once(t: &Target, path: &str, body: &[u8], token: Option<&str>, timeout: Duration) -> std::io::Result<Resp> {
+fn post_once(
+    t: &Target,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Resp> {
     let mut c = Conn::new(t.addr, timeout);
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
@@ -299,7 +308,13 @@ struct ReqTemplate {
 }
 
 impl ReqTemplate {
-    fn new(host: &str, session: &str, producer_id: &str, payload_bytes: usize, token: Option<&str>) -> Self {
+    fn new(
+        host: &str,
+        session: &str,
+        producer_id: &str,
+        payload_bytes: usize,
+        token: Option<&str>,
+    ) -> Self {
         let mut head = format!(
             "POST /v1/sessions/{}/append HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n",
             pct(session)
@@ -377,7 +392,13 @@ impl RunResult {
     fn to_json(&self) -> Value {
         let h = &self.hist;
         let empty = h.len() == 0;
-        let q = |p: f64| if empty { Value::Null } else { json!(ms(h.value_at_quantile(p))) };
+        let q = |p: f64| {
+            if empty {
+                Value::Null
+            } else {
+                json!(ms(h.value_at_quantile(p)))
+            }
+        };
         json!({
             "producers": self.producers,
             "sessions": self.sessions,
@@ -398,7 +419,12 @@ impl RunResult {
     }
 }
 
-fn create_session(t: &Target, id: &str, token: Option<&str>, timeout: Duration) -> Result<(), String> {
+fn create_session(
+    t: &Target,
+    id: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
     let body = json!({"id": id, "title": "bench", "metadata": {"bench": "append"}}).to_string();
     match post_once(t, "/v1/sessions", body.as_bytes(), token, timeout) {
         Ok(r) if r.status == 201 || r.status == 409 => Ok(()),
@@ -411,12 +437,23 @@ fn create_session(t: &Target, id: &str, token: Option<&str>, timeout: Duration) 
     }
 }
 
-fn run_append(args: &AppendArgs, targets: &[Target], producers: usize, run_tag: &str) -> Result<RunResult, String> {
+fn run_append(
+    args: &AppendArgs,
+    targets: &[Target],
+    producers: usize,
+    run_tag: &str,
+) -> Result<RunResult, String> {
     let t = &targets[0];
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let token = args.token.as_deref();
-    let n_sessions = if args.sessions == 0 { producers } else { args.sessions };
-    let sessions: Vec<String> = (0..n_sessions).map(|i| format!("bench-{run_tag}-p{producers}-s{i}")).collect();
+    let n_sessions = if args.sessions == 0 {
+        producers
+    } else {
+        args.sessions
+    };
+    let sessions: Vec<String> = (0..n_sessions)
+        .map(|i| format!("bench-{run_tag}-p{producers}-s{i}"))
+        .collect();
     for s in &sessions {
         create_session(t, s, token, timeout)?;
     }
@@ -432,7 +469,13 @@ fn run_append(args: &AppendArgs, targets: &[Target], producers: usize, run_tag: 
             let session = sessions[i % sessions.len()].clone();
             let producer_id = format!("bench-{run_tag}-{producers}-{i}");
             let t = &targets[i % targets.len()];
-            let tpl = ReqTemplate::new(&t.host_header, &session, &producer_id, args.payload_bytes, token);
+            let tpl = ReqTemplate::new(
+                &t.host_header,
+                &session,
+                &producer_id,
+                args.payload_bytes,
+                token,
+            );
             let addr = t.addr;
             std::thread::Builder::new()
                 .name(format!("producer-{i}"))
@@ -447,11 +490,14 @@ fn run_append(args: &AppendArgs, targets: &[Target], producers: usize, run_tag: 
     let mut errors = 0;
     let mut samples = Vec::new();
     for h in handles {
-        let r = h.join().map_err(|_| "producer thread panicked".to_string())?;
+        let r = h
+            .join()
+            .map_err(|_| "producer thread panicked".to_string())?;
         ok += r.ok;
         errors += r.errors;
         if let Some(ph) = r.hist {
-            hist.add(&ph).map_err(|e| format!("merge histogram: {e:?}"))?;
+            hist.add(&ph)
+                .map_err(|e| format!("merge histogram: {e:?}"))?;
         }
         for s in r.error_samples {
             if samples.len() < 5 && !samples.contains(&s) {
@@ -543,7 +589,12 @@ fn producer_loop(
 }
 
 fn cmd_append(args: AppendArgs) -> i32 {
-    let t: Vec<Target> = match args.url.split(',').map(|u| parse_url(u.trim())).collect::<Result<Vec<_>, _>>() {
+    let t: Vec<Target> = match args
+        .url
+        .split(',')
+        .map(|u| parse_url(u.trim()))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -556,7 +607,10 @@ fn cmd_append(args: AppendArgs) -> i32 {
     }
     let run_tag = format!(
         "{:x}",
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
     );
     let mut results = Vec::new();
     for &n in &args.producers {
@@ -577,7 +631,15 @@ fn cmd_append(args: AppendArgs) -> i32 {
     }
     println!(
         "{:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "producers", "sessions", "appends/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+        "producers",
+        "sessions",
+        "appends/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "errors"
     );
     for r in &results {
         let h = &r.hist;
@@ -597,7 +659,11 @@ fn cmd_append(args: AppendArgs) -> i32 {
             f(0.9),
             f(0.99),
             f(0.999),
-            if h.len() == 0 { "-".to_string() } else { format!("{:.3}", ms(h.max())) },
+            if h.len() == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", ms(h.max()))
+            },
             r.errors
         );
     }
@@ -634,7 +700,8 @@ fn cmd_append(args: AppendArgs) -> i32 {
 
 /// utime + stime in clock ticks from /proc/PID/stat.
 fn proc_cpu_ticks(pid: u32) -> Result<u64, String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
     // Fields after the command name (which may contain spaces/parens).
     let after = s
         .rfind(')')
@@ -679,7 +746,10 @@ fn cmd_idle_cpu(a: IdleArgs) -> i32 {
     let wall = t0.elapsed().as_secs_f64();
     let cpu_secs = (after.saturating_sub(before)) as f64 / hz as f64;
     let pct = cpu_secs / wall * 100.0;
-    println!("pid {} used {:.3} s CPU in {:.2} s wall: {:.2}% of one core", a.pid, cpu_secs, wall, pct);
+    println!(
+        "pid {} used {:.3} s CPU in {:.2} s wall: {:.2}% of one core",
+        a.pid, cpu_secs, wall, pct
+    );
     let doc = json!({
         "benchmark": "idle-cpu",
         "pid": a.pid,

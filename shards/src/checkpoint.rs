@@ -31,7 +31,8 @@ impl<W> Shard<W> {
     pub fn segment_started(&mut self, seq: u64) {
         assert!(seq > self.segment, "segments only move forward");
         self.segment = seq;
-        self.segment_sizes.insert(seq, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
+        self.segment_sizes
+            .insert(seq, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
     }
 
     /// Segments with a lower number hold nothing any group needs.
@@ -64,8 +65,12 @@ impl<W> Shard<W> {
             return;
         }
         let current = self.segment;
-        let mut oldest: Vec<(u64, u32)> =
-            self.pins.iter().filter(|(_, seg)| **seg < current).map(|(g, seg)| (*seg, *g)).collect();
+        let mut oldest: Vec<(u64, u32)> = self
+            .pins
+            .iter()
+            .filter(|(_, seg)| **seg < current)
+            .map(|(g, seg)| (*seg, *g))
+            .collect();
         oldest.sort_unstable();
         let start = buf.len();
         for (_, gid) in oldest {
@@ -78,7 +83,9 @@ impl<W> Shard<W> {
     }
 
     fn snapshot_group(&mut self, gid: u32, buf: &mut Vec<u8>) {
-        let Some(group) = self.groups.get_mut(&gid) else { return };
+        let Some(group) = self.groups.get_mut(&gid) else {
+            return;
+        };
         let applied = group.applied;
         let store = group.node.store();
         let term = if applied == store.snapshot_index() {
@@ -90,13 +97,30 @@ impl<W> Shard<W> {
         let voters = store.voters().to_vec();
         let hs = store.hard_state().clone();
         let tail = store.entries_in(applied + 1, u64::MAX).to_vec();
-        let record = LogRecord::Snapshot { group: gid, index: applied, term, voters, state: state.clone() };
+        let record = LogRecord::Snapshot {
+            group: gid,
+            index: applied,
+            term,
+            voters,
+            state: state.clone(),
+        };
         encode_record(&record, buf);
         let commit = hs.commit.max(applied);
-        encode_record(&LogRecord::HardState { group: gid, term: hs.term, vote: hs.vote, commit }, buf);
+        encode_record(
+            &LogRecord::HardState {
+                group: gid,
+                term: hs.term,
+                vote: hs.vote,
+                commit,
+            },
+            buf,
+        );
         if !tail.is_empty() {
             crate::shard::push_entries_pub(gid, &tail, buf);
         }
-        group.node.mut_store().compact_to(applied, term, bytes::Bytes::from(state));
+        group
+            .node
+            .mut_store()
+            .compact_to(applied, term, bytes::Bytes::from(state));
     }
 }

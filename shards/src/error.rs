@@ -9,7 +9,11 @@ pub enum EngineError {
     #[error("expected seq {expected}, current seq is {current}")]
     ExpectedSeqConflict { expected: u64, current: u64 },
     #[error("producer {producer_id} expected seq {expected}, got {got}")]
-    ProducerSeqConflict { producer_id: String, expected: u64, got: u64 },
+    ProducerSeqConflict {
+        producer_id: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("producer sequence was already used with different event content")]
     ProducerReplayConflict,
     #[error("hot tier is full")]

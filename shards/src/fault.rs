@@ -47,12 +47,23 @@ thread_local! {
 
 /// Installs a plan on this thread: every reached point fires with `probability`.
 pub fn install(seed: u64, probability: f64) {
-    PLAN.with(|p| *p.borrow_mut() = Some(Plan { state: seed, probability, report: FaultReport::default() }));
+    PLAN.with(|p| {
+        *p.borrow_mut() = Some(Plan {
+            state: seed,
+            probability,
+            report: FaultReport::default(),
+        })
+    });
 }
 
 /// Removes this thread's plan and returns what it recorded.
 pub fn uninstall() -> FaultReport {
-    PLAN.with(|p| p.borrow_mut().take().map(|plan| plan.report).unwrap_or_default())
+    PLAN.with(|p| {
+        p.borrow_mut()
+            .take()
+            .map(|plan| plan.report)
+            .unwrap_or_default()
+    })
 }
 
 /// Whether the fault at `name` should be injected now.
@@ -60,8 +71,13 @@ pub fn uninstall() -> FaultReport {
 pub fn point(name: &'static str) -> bool {
     PLAN.with(|p| {
         let mut guard = p.borrow_mut();
-        let Some(plan) = guard.as_mut() else { return false };
-        debug_assert!(ALL_POINTS.contains(&name), "unregistered fault point {name}");
+        let Some(plan) = guard.as_mut() else {
+            return false;
+        };
+        debug_assert!(
+            ALL_POINTS.contains(&name),
+            "unregistered fault point {name}"
+        );
         *plan.report.reached.entry(name).or_default() += 1;
         plan.state = plan.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = plan.state;

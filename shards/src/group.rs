@@ -3,7 +3,9 @@
 
 use raft::{Config, RawNode, StateRole};
 
-use crate::limits::{ELECTION_TICKS, HEARTBEAT_TICKS, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG, SNAPSHOT_RETRY_TICKS};
+use crate::limits::{
+    ELECTION_TICKS, HEARTBEAT_TICKS, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG, SNAPSHOT_RETRY_TICKS,
+};
 use crate::raft_storage::GroupStorage;
 use crate::state::GroupMachine;
 
@@ -65,7 +67,17 @@ impl Group {
             ..Default::default()
         };
         let node = RawNode::new(&config, storage, logger)?;
-        let mut group = Self { id, node, machine, applied, commit_unpersisted: false, timeout_chosen_for: (u64::MAX, StateRole::Follower), chosen_timeout: ELECTION_TICKS, snapshot_waits: Default::default(), rejoining: None };
+        let mut group = Self {
+            id,
+            node,
+            machine,
+            applied,
+            commit_unpersisted: false,
+            timeout_chosen_for: (u64::MAX, StateRole::Follower),
+            chosen_timeout: ELECTION_TICKS,
+            snapshot_waits: Default::default(),
+            rejoining: None,
+        };
 
         group.choose_election_timeout(0);
         Ok(group)
@@ -95,14 +107,17 @@ impl Group {
         // call; it is recomputed only when (term, role) changes.
         let key = (self.node.raft.term, self.node.raft.state);
         if key == self.timeout_chosen_for {
-            self.node.raft.set_randomized_election_timeout(self.chosen_timeout);
+            self.node
+                .raft
+                .set_randomized_election_timeout(self.chosen_timeout);
             return;
         }
         self.timeout_chosen_for = key;
         let mut bytes = [0u8; 20];
         bytes[..8].copy_from_slice(&salt.to_le_bytes());
         bytes[8..12].copy_from_slice(&self.id.to_le_bytes());
-        bytes[12..20].copy_from_slice(&(self.node.raft.term ^ (self.node.raft.id << 48)).to_le_bytes());
+        bytes[12..20]
+            .copy_from_slice(&(self.node.raft.term ^ (self.node.raft.id << 48)).to_le_bytes());
         let h = xxhash_rust::xxh3::xxh3_64(&bytes);
         let timeout = ELECTION_TICKS + (h % ELECTION_TICKS as u64) as usize;
         self.chosen_timeout = timeout;
@@ -130,7 +145,8 @@ impl Group {
         for id in waiting {
             let ticks = self.snapshot_waits.entry(id).or_insert(0);
             *ticks += 1;
-            if *ticks >= SNAPSHOT_RETRY_TICKS || crate::fault::point("group.snapshot.resend_early") {
+            if *ticks >= SNAPSHOT_RETRY_TICKS || crate::fault::point("group.snapshot.resend_early")
+            {
                 *ticks = 0;
                 self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
             }
@@ -146,7 +162,9 @@ impl Group {
     /// empty, still elects its first leader). Returns whether to drop `msg`.
     pub fn rejoin_filter(&mut self, msg: &raft::eraftpb::Message) -> bool {
         use raft::eraftpb::MessageType;
-        let Some(r) = self.rejoining.as_mut() else { return false };
+        let Some(r) = self.rejoining.as_mut() else {
+            return false;
+        };
         match msg.get_msg_type() {
             // An append carries the leader's real commit index (a heartbeat
             // only min(commit, what the leader thinks this replica has)).
@@ -175,8 +193,15 @@ impl Group {
             if r.heard_leader {
                 r.ticks_since_contact += 1;
             }
-            if r.heard_leader && r.ticks_since_contact >= REJOIN_MIN_TICKS && self.applied >= r.target {
-                tracing::info!(group = self.id, applied = self.applied, "replica caught up after rejoining; voting normally");
+            if r.heard_leader
+                && r.ticks_since_contact >= REJOIN_MIN_TICKS
+                && self.applied >= r.target
+            {
+                tracing::info!(
+                    group = self.id,
+                    applied = self.applied,
+                    "replica caught up after rejoining; voting normally"
+                );
                 self.rejoining = None;
             }
         }

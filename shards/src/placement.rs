@@ -81,7 +81,10 @@ mod tests {
         for i in 0..16_000 {
             counts[group_of(&format!("session-{i}"), 16) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

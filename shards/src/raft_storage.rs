@@ -80,8 +80,18 @@ impl GroupStorage {
     /// Appends entries, replacing any conflicting suffix (Raft log matching).
     pub fn append(&mut self, ents: &[Entry]) {
         let Some(head) = ents.first() else { return };
-        assert!(head.index >= self.first(), "append below the snapshot: {} < {}", head.index, self.first());
-        assert!(head.index <= self.last() + 1, "gap in the log: {} > {}", head.index, self.last() + 1);
+        assert!(
+            head.index >= self.first(),
+            "append below the snapshot: {} < {}",
+            head.index,
+            self.first()
+        );
+        assert!(
+            head.index <= self.last() + 1,
+            "gap in the log: {} > {}",
+            head.index,
+            self.last() + 1
+        );
         let keep = (head.index - self.first()) as usize;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(ents);
@@ -93,7 +103,11 @@ impl GroupStorage {
         // checkpoint); otherwise the log restarts empty.
         let tail: Vec<Entry> = if index >= self.first() && index <= self.last() {
             let at = (index - self.first()) as usize;
-            if self.entries[at].term == term { self.entries[at + 1..].to_vec() } else { Vec::new() }
+            if self.entries[at].term == term {
+                self.entries[at + 1..].to_vec()
+            } else {
+                Vec::new()
+            }
         } else {
             Vec::new()
         };
@@ -123,7 +137,10 @@ impl GroupStorage {
 
 impl Storage for GroupStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -168,7 +185,9 @@ impl Storage for GroupStorage {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         if self.snapshot_meta.index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot_meta.clone());
@@ -182,7 +201,11 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, ..Default::default() }
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -203,7 +226,14 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 1);
         assert!(s.term(1).is_err());
-        assert_eq!(s.entries(3, 4, None, GetEntriesContext::empty(false)).unwrap().len(), 1);
-        assert!(s.entries(1, 3, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(
+            s.entries(3, 4, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .is_err());
     }
 }

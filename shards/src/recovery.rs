@@ -49,9 +49,17 @@ pub enum RecoveryError {
     #[error("log segment {file}: {source}")]
     Segment { file: String, source: LogError },
     #[error("log segment {file}: torn frame at offset {offset} in a segment that is not the last ({reason})")]
-    TornInMiddle { file: String, offset: u64, reason: String },
+    TornInMiddle {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("log segment {file}: record at offset {offset} does not validate: {reason}")]
-    BadRecord { file: String, offset: u64, reason: String },
+    BadRecord {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("log segment {file}: record for group {group}, which core {core} does not own (was STARCITE_NUM_GROUPS or STARCITE_CORES changed?)")]
     ForeignGroup { file: String, group: u32, core: u32 },
 }
@@ -62,12 +70,19 @@ pub fn recover(
     core: u32,
     owns: impl Fn(u32) -> bool,
 ) -> Result<Recovered, RecoveryError> {
-    let mut out =
-        Recovered { groups: BTreeMap::new(), truncate: None, last_segment: None, segments: Vec::new(), records: 0 };
+    let mut out = Recovered {
+        groups: BTreeMap::new(),
+        truncate: None,
+        last_segment: None,
+        segments: Vec::new(),
+        records: 0,
+    };
     for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
-        let decoded = decode_segment(&seg.bytes)
-            .map_err(|source| RecoveryError::Segment { file: seg.name.clone(), source })?;
+        let decoded = decode_segment(&seg.bytes).map_err(|source| RecoveryError::Segment {
+            file: seg.name.clone(),
+            source,
+        })?;
         if let Some(torn) = &decoded.torn {
             if !is_last {
                 return Err(RecoveryError::TornInMiddle {
@@ -86,7 +101,11 @@ pub fn recover(
             })?;
             let group = record_group(record);
             if !owns(group) {
-                return Err(RecoveryError::ForeignGroup { file: seg.name.clone(), group, core });
+                return Err(RecoveryError::ForeignGroup {
+                    file: seg.name.clone(),
+                    group,
+                    core,
+                });
             }
             let g = out.groups.entry(group).or_default();
             if g.pin_segment.is_none() || matches!(record, ArchivedLogRecord::Snapshot { .. }) {
@@ -96,7 +115,12 @@ pub fn recover(
             out.records += 1;
         }
         out.last_segment = Some(seg.seq);
-        out.segments.push((seg.seq, decoded.valid_len.max(starcite_wire::log::SEGMENT_HEADER_LEN as u64)));
+        out.segments.push((
+            seg.seq,
+            decoded
+                .valid_len
+                .max(starcite_wire::log::SEGMENT_HEADER_LEN as u64),
+        ));
     }
     Ok(out)
 }
@@ -129,11 +153,16 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
                     ..Default::default()
                 })
                 .collect();
-            if ents.first().is_some_and(|e| e.index <= g.storage.last_index_now() + 1) {
+            if ents
+                .first()
+                .is_some_and(|e| e.index <= g.storage.last_index_now() + 1)
+            {
                 g.storage.append(&ents);
             }
         }
-        ArchivedLogRecord::HardState { term, vote, commit, .. } => {
+        ArchivedLogRecord::HardState {
+            term, vote, commit, ..
+        } => {
             // A snapshot is committed by definition: never let a hard state
             // move the commit index below it.
             let commit = commit.to_native().max(g.storage.snapshot_index());
@@ -144,10 +173,17 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
                 ..Default::default()
             });
         }
-        ArchivedLogRecord::Snapshot { index, term, voters, state, .. } => {
+        ArchivedLogRecord::Snapshot {
+            index,
+            term,
+            voters,
+            state,
+            ..
+        } => {
             let data = bytes::Bytes::copy_from_slice(state);
             let voters = voters.iter().map(|v| v.to_native()).collect();
-            g.storage.apply_snapshot(index.to_native(), term.to_native(), voters, data.clone());
+            g.storage
+                .apply_snapshot(index.to_native(), term.to_native(), voters, data.clone());
             g.snapshot_state = Some(data);
         }
     }

@@ -33,7 +33,11 @@ impl<N: Clone + PartialEq> Route<N> {
             candidates.insert(0, p);
         }
         let target = candidates.first()?.clone();
-        Some(Route { candidates, next: 0, target })
+        Some(Route {
+            candidates,
+            next: 0,
+            target,
+        })
     }
 
     pub fn target(&self) -> &N {
@@ -53,7 +57,11 @@ impl<N: Clone + PartialEq> Route<N> {
             None => {
                 self.next = (self.next + 1) % self.candidates.len();
                 self.target = self.candidates[self.next].clone();
-                if self.next == 0 { Step::Backoff } else { Step::Now }
+                if self.next == 0 {
+                    Step::Backoff
+                } else {
+                    Step::Now
+                }
             }
         }
     }

@@ -89,7 +89,11 @@ pub struct Outputs<W> {
 
 impl<W> Default for Outputs<W> {
     fn default() -> Self {
-        Self { completions: Vec::new(), notifications: Vec::new(), messages: Vec::new() }
+        Self {
+            completions: Vec::new(),
+            notifications: Vec::new(),
+            messages: Vec::new(),
+        }
     }
 }
 
@@ -160,7 +164,11 @@ pub struct Shard<W> {
 
 impl<W> Shard<W> {
     /// Builds the shard from what recovery found (empty for a fresh data dir).
-    pub fn new(cfg: ShardConfig, mut recovered: Recovered, logger: &slog::Logger) -> Result<Self, String> {
+    pub fn new(
+        cfg: ShardConfig,
+        mut recovered: Recovered,
+        logger: &slog::Logger,
+    ) -> Result<Self, String> {
         let mut shard = Shard {
             groups: BTreeMap::new(),
             index: BTreeMap::new(),
@@ -178,12 +186,21 @@ impl<W> Shard<W> {
             cfg,
         };
         if shard.segment_sizes.is_empty() {
-            shard.segment_sizes.insert(shard.segment, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
+            shard
+                .segment_sizes
+                .insert(shard.segment, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
         }
-        let first_segment = shard.segment_sizes.keys().next().copied().unwrap_or(shard.segment);
+        let first_segment = shard
+            .segment_sizes
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(shard.segment);
         for (gid, voters) in shard.cfg.groups.clone() {
             let rec = recovered.groups.remove(&gid).unwrap_or_default();
-            shard.pins.insert(gid, rec.pin_segment.unwrap_or(first_segment));
+            shard
+                .pins
+                .insert(gid, rec.pin_segment.unwrap_or(first_segment));
             let group = shard.rebuild_group(gid, voters, rec, logger)?;
             shard.hot_bytes += group.machine.hot_bytes();
             for id in group.machine.sessions.keys() {
@@ -215,7 +232,11 @@ impl<W> Shard<W> {
             None => GroupMachine::new(self.cfg.dedupe_window, self.cfg.producer_cap),
         };
         let from = storage.snapshot_index();
-        let commit = storage.hard_state().commit.min(storage.last_index_now()).max(from);
+        let commit = storage
+            .hard_state()
+            .commit
+            .min(storage.last_index_now())
+            .max(from);
         for entry in storage.entries_in(from + 1, commit) {
             apply_entry_to(&mut machine, entry);
         }
@@ -224,7 +245,9 @@ impl<W> Shard<W> {
         if self.cfg.rejoin {
             group.start_rejoin_if_empty();
         }
-        group.campaign_if_sole_voter().map_err(|e| format!("group {gid}: campaign: {e}"))?;
+        group
+            .campaign_if_sole_voter()
+            .map_err(|e| format!("group {gid}: campaign: {e}"))?;
         group.choose_election_timeout(self.cfg.incarnation);
         Ok(group)
     }
@@ -255,7 +278,10 @@ impl<W> Shard<W> {
     /// another node, at least the commit index that leader last reported
     /// (`leader_commit(group, leader)`; a follower alone cannot tell how far
     /// behind it is). Returns the first group that is not, with the reason.
-    pub fn sync_state(&self, leader_commit: impl Fn(u32, u64) -> Option<u64>) -> Result<(), (u32, &'static str)> {
+    pub fn sync_state(
+        &self,
+        leader_commit: impl Fn(u32, u64) -> Option<u64>,
+    ) -> Result<(), (u32, &'static str)> {
         for (gid, g) in &self.groups {
             let Some(leader) = g.leader_id() else {
                 return Err((*gid, "leader_unknown"));
@@ -294,7 +320,10 @@ impl<W> Shard<W> {
 
     /// Leader (raft id) of every local group, if known.
     pub fn leaders_by_group(&self) -> Vec<(u32, Option<u64>)> {
-        self.groups.iter().map(|(gid, g)| (*gid, g.leader_id())).collect()
+        self.groups
+            .iter()
+            .map(|(gid, g)| (*gid, g.leader_id()))
+            .collect()
     }
 
     /// Asks raft to hand a group's leadership to `to` (drain, balance).
@@ -320,8 +349,16 @@ impl<W> Shard<W> {
 
     /// Stamps and proposes a client command on its group's local leader. The
     /// result arrives later in `Outputs::completions` with `waiter`.
-    pub fn propose(&mut self, proposal: Proposal, waiter: W, now_us: i64) -> Result<(), (W, EngineError)> {
-        assert!(self.in_flight.is_empty(), "propose between prepare_write and on_durable");
+    pub fn propose(
+        &mut self,
+        proposal: Proposal,
+        waiter: W,
+        now_us: i64,
+    ) -> Result<(), (W, EngineError)> {
+        assert!(
+            self.in_flight.is_empty(),
+            "propose between prepare_write and on_durable"
+        );
         let gid = self.group_of(proposal.session());
         let Some(group) = self.groups.get_mut(&gid) else {
             return Err((waiter, EngineError::Unavailable));
@@ -330,18 +367,25 @@ impl<W> Shard<W> {
             let leader = group.leader_id();
             return Err((waiter, EngineError::NotLeader { leader }));
         }
-        if self.pending.len() >= MAX_PENDING_PROPOSALS || crate::fault::point("shard.propose.reject") {
+        if self.pending.len() >= MAX_PENDING_PROPOSALS
+            || crate::fault::point("shard.propose.reject")
+        {
             return Err((waiter, EngineError::Unavailable));
         }
         let reserved = match &proposal {
             Proposal::Append { body, .. } => body.len() as u64 + 128,
             Proposal::Create { .. } => 0,
         };
-        if reserved > 0 && self.hot_bytes + self.reserved_bytes + reserved > self.cfg.hot_bytes_limit {
+        if reserved > 0
+            && self.hot_bytes + self.reserved_bytes + reserved > self.cfg.hot_bytes_limit
+        {
             return Err((waiter, EngineError::Backpressure));
         }
         let token = self.next_token;
-        let origin = Origin { incarnation: self.cfg.incarnation, token };
+        let origin = Origin {
+            incarnation: self.cfg.incarnation,
+            token,
+        };
         let data = starcite_wire::record::encode(&stamp(proposal, origin, now_us));
         if let Err(e) = group.node.propose(Vec::new(), data.to_vec()) {
             tracing::debug!(group = gid, error = %e, "proposal dropped by raft");
@@ -349,7 +393,14 @@ impl<W> Shard<W> {
         }
         self.next_token += 1;
         self.reserved_bytes += reserved;
-        self.pending.insert(token, Pending { waiter, group: gid, reserved });
+        self.pending.insert(
+            token,
+            Pending {
+                waiter,
+                group: gid,
+                reserved,
+            },
+        );
         self.dirty.insert(gid);
         Ok(())
     }
@@ -387,7 +438,9 @@ impl<W> Shard<W> {
 
     pub fn has_ready(&self) -> bool {
         self.dirty.iter().any(|gid| {
-            self.groups.get(gid).is_some_and(|g| g.node.has_ready() || g.commit_unpersisted)
+            self.groups
+                .get(gid)
+                .is_some_and(|g| g.node.has_ready() || g.commit_unpersisted)
         })
     }
 
@@ -395,12 +448,17 @@ impl<W> Shard<W> {
     /// Messages a leader may send before persisting, and entries already
     /// committed, are handled at once and returned.
     pub fn prepare_write(&mut self, buf: &mut Vec<u8>) -> Outputs<W> {
-        assert!(self.in_flight.is_empty(), "prepare_write twice without on_durable");
+        assert!(
+            self.in_flight.is_empty(),
+            "prepare_write twice without on_durable"
+        );
         let mut out = Outputs::default();
         let start = buf.len();
         self.needs_sync = false;
         for gid in std::mem::take(&mut self.dirty) {
-            let Some(group) = self.groups.get_mut(&gid) else { continue };
+            let Some(group) = self.groups.get_mut(&gid) else {
+                continue;
+            };
             if group.commit_unpersisted && !group.node.has_ready() {
                 group.commit_unpersisted = false;
                 let hs = group.node.store().hard_state();
@@ -417,7 +475,8 @@ impl<W> Shard<W> {
             }
             let mut rd = group.node.ready();
             self.needs_sync |= rd.must_sync();
-            out.messages.extend(rd.take_messages().into_iter().map(|m| (gid, m)));
+            out.messages
+                .extend(rd.take_messages().into_iter().map(|m| (gid, m)));
             if let Some(ss) = rd.ss() {
                 if ss.raft_state != StateRole::Leader {
                     fail_pending_of(&mut self.pending, &mut self.reserved_bytes, gid, &mut out);
@@ -473,14 +532,16 @@ impl<W> Shard<W> {
         }
         let mut out = Outputs::default();
         for (gid, mut rd) in std::mem::take(&mut self.in_flight) {
-            out.messages.extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
+            out.messages
+                .extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
             let group = self.groups.get_mut(&gid).expect("group exists");
             let mut light = group.node.advance(rd);
             if let Some(commit) = light.commit_index() {
                 group.node.mut_store().set_commit(commit);
                 group.commit_unpersisted = true;
             }
-            out.messages.extend(light.take_messages().into_iter().map(|m| (gid, m)));
+            out.messages
+                .extend(light.take_messages().into_iter().map(|m| (gid, m)));
             let committed = light.take_committed_entries();
             self.apply_committed(gid, committed, &mut out);
             let group = self.groups.get_mut(&gid).expect("group exists");
@@ -504,15 +565,25 @@ impl<W> Shard<W> {
             }
         };
         let group = self.groups.get_mut(&gid).expect("group exists");
-        self.hot_bytes = self.hot_bytes.saturating_sub(group.machine.hot_bytes()) + machine.hot_bytes();
+        self.hot_bytes =
+            self.hot_bytes.saturating_sub(group.machine.hot_bytes()) + machine.hot_bytes();
         self.index.retain(|_, g| *g != gid);
         for id in machine.sessions.keys() {
             self.index.insert(id.clone(), gid);
         }
         group.machine = machine;
         group.applied = index;
-        group.node.mut_store().apply_snapshot(index, term, voters.clone(), snap.data.clone());
-        let record = LogRecord::Snapshot { group: gid, index, term, voters, state: snap.data.to_vec() };
+        group
+            .node
+            .mut_store()
+            .apply_snapshot(index, term, voters.clone(), snap.data.clone());
+        let record = LogRecord::Snapshot {
+            group: gid,
+            index,
+            term,
+            voters,
+            state: snap.data.to_vec(),
+        };
         encode_record(&record, buf);
         self.pending_pins.push((gid, self.segment));
     }
@@ -529,7 +600,10 @@ impl<W> Shard<W> {
             }
             let cmd = match decode_command(&entry.data) {
                 Ok(cmd) => cmd,
-                Err(e) => panic!("group {gid}: committed entry {} does not decode: {e}", entry.index),
+                Err(e) => panic!(
+                    "group {gid}: committed entry {} does not decode: {e}",
+                    entry.index
+                ),
             };
             let applied = group.machine.apply(cmd);
             self.hot_bytes = (self.hot_bytes as i64 + applied.hot_delta).max(0) as u64;
@@ -569,8 +643,15 @@ impl<W> Shard<W> {
 
     /// A leader's view of its followers: `(raft id, matched, next, state)`.
     pub fn progress_view(&self, group: u32) -> Vec<(u64, u64, u64, String)> {
-        let Some(g) = self.groups.get(&group) else { return Vec::new() };
-        g.node.raft.prs().iter().map(|(id, pr)| (*id, pr.matched, pr.next_idx, format!("{:?}", pr.state))).collect()
+        let Some(g) = self.groups.get(&group) else {
+            return Vec::new();
+        };
+        g.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched, pr.next_idx, format!("{:?}", pr.state)))
+            .collect()
     }
 
     /// Leader of a group as this replica knows it.
@@ -586,7 +667,10 @@ impl<W> Shard<W> {
     /// Looks a session up in applied state.
     pub fn session_info(&self, id: &str) -> Option<SessionInfo> {
         let s = self.session(id)?;
-        Some(SessionInfo { tenant_id: s.tenant_id.clone(), last_seq: s.last_seq })
+        Some(SessionInfo {
+            tenant_id: s.tenant_id.clone(),
+            last_seq: s.last_seq,
+        })
     }
 
     fn session(&self, id: &str) -> Option<&Session> {
@@ -601,9 +685,19 @@ impl<W> Shard<W> {
             // The cold tier (archive) is not wired yet; never skip events silently.
             return Err(EngineError::ArchiveReadUnavailable);
         }
-        let limit = if crate::fault::point("shard.read.short") { 1 } else { limit.min(MAX_READ_EVENTS) };
-        let events = s.hot_after(after, limit).map(|e| (e.seq, e.frame.clone())).collect();
-        Ok(ReadResult { events, last_seq: s.last_seq })
+        let limit = if crate::fault::point("shard.read.short") {
+            1
+        } else {
+            limit.min(MAX_READ_EVENTS)
+        };
+        let events = s
+            .hot_after(after, limit)
+            .map(|e| (e.seq, e.frame.clone()))
+            .collect();
+        Ok(ReadResult {
+            events,
+            last_seq: s.last_seq,
+        })
     }
 
     /// Sessions with id > `cursor`, ascending, matching tenant and filters.
@@ -658,7 +752,13 @@ fn tolerate_lost_replica(g: &mut Group, msg: &mut Message) {
                 let lost = msg.index >= pr.matched && msg.reject_hint < pr.matched;
                 tracing::debug!(group = g.id, peer = msg.from, hint = msg.reject_hint, index = msg.index, matched = pr.matched, state = ?pr.state, "append rejected");
                 if lost {
-                    tracing::warn!(group = g.id, peer = msg.from, had = pr.matched, has = msg.reject_hint, "a replica lost its log (replaced disk?): resending from its real position");
+                    tracing::warn!(
+                        group = g.id,
+                        peer = msg.from,
+                        had = pr.matched,
+                        has = msg.reject_hint,
+                        "a replica lost its log (replaced disk?): resending from its real position"
+                    );
                     pr.matched = msg.reject_hint;
                     pr.become_probe();
                     pr.next_idx = msg.reject_hint + 1;
@@ -671,30 +771,40 @@ fn tolerate_lost_replica(g: &mut Group, msg: &mut Message) {
 
 fn stamp(proposal: Proposal, origin: Origin, now_us: i64) -> Command {
     match proposal {
-        Proposal::Create { id, tenant_id, title, metadata_json, principal_id, principal_type } => {
-            Command::Create(CreateCommand {
-                origin,
-                id,
-                tenant_id,
-                title,
-                metadata_json,
-                principal_id,
-                principal_type,
-                created_at_us: now_us,
-            })
-        }
-        Proposal::Append { session, producer_id, producer_seq, fingerprint, expected_seq, body } => {
-            Command::Append(AppendCommand {
-                origin,
-                session,
-                producer_id,
-                producer_seq,
-                fingerprint,
-                expected_seq,
-                body,
-                inserted_at_us: now_us,
-            })
-        }
+        Proposal::Create {
+            id,
+            tenant_id,
+            title,
+            metadata_json,
+            principal_id,
+            principal_type,
+        } => Command::Create(CreateCommand {
+            origin,
+            id,
+            tenant_id,
+            title,
+            metadata_json,
+            principal_id,
+            principal_type,
+            created_at_us: now_us,
+        }),
+        Proposal::Append {
+            session,
+            producer_id,
+            producer_seq,
+            fingerprint,
+            expected_seq,
+            body,
+        } => Command::Append(AppendCommand {
+            origin,
+            session,
+            producer_id,
+            producer_seq,
+            fingerprint,
+            expected_seq,
+            body,
+            inserted_at_us: now_us,
+        }),
     }
 }
 
@@ -716,12 +826,17 @@ fn fail_pending_of<W>(
     gid: u32,
     out: &mut Outputs<W>,
 ) {
-    let tokens: Vec<u64> = pending.iter().filter(|(_, p)| p.group == gid).map(|(t, _)| *t).collect();
+    let tokens: Vec<u64> = pending
+        .iter()
+        .filter(|(_, p)| p.group == gid)
+        .map(|(t, _)| *t)
+        .collect();
     for token in tokens {
         if let Some(p) = pending.remove(&token) {
             *reserved_bytes -= p.reserved;
             // Ambiguous: the entry may still commit under the new leader (§6.7).
-            out.completions.push((p.waiter, Err(EngineError::Unavailable)));
+            out.completions
+                .push((p.waiter, Err(EngineError::Unavailable)));
         }
     }
 }
@@ -737,11 +852,22 @@ fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
             context: e.context.to_vec(),
         })
         .collect();
-    encode_record(&LogRecord::Entries { group: gid, entries }, buf);
+    encode_record(
+        &LogRecord::Entries {
+            group: gid,
+            entries,
+        },
+        buf,
+    );
 }
 
 fn push_hard_state(gid: u32, hs: &raft::eraftpb::HardState, buf: &mut Vec<u8>) {
-    let record = LogRecord::HardState { group: gid, term: hs.term, vote: hs.vote, commit: hs.commit };
+    let record = LogRecord::HardState {
+        group: gid,
+        term: hs.term,
+        vote: hs.vote,
+        commit: hs.commit,
+    };
     encode_record(&record, buf);
 }
 

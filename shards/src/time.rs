@@ -37,8 +37,14 @@ mod tests {
     #[test]
     fn renders_known_instants() {
         assert_eq!(format_micros(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_micros(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(format_micros(1_772_360_131_004_518), "2026-03-01T10:15:31.004518Z");
+        assert_eq!(
+            format_micros(951_782_400_000_001),
+            "2000-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(
+            format_micros(1_772_360_131_004_518),
+            "2026-03-01T10:15:31.004518Z"
+        );
         assert_eq!(format_micros(-1), "1969-12-31T23:59:59.999999Z");
     }
 }

@@ -32,7 +32,10 @@ fn config(checkpoint_bytes: u64) -> ShardConfig {
 
 fn rand_incarnation() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A whole "disk": segments as byte vectors.
@@ -44,7 +47,9 @@ impl MemLog {
     fn new() -> Self {
         let mut header = Vec::new();
         encode_segment_header(0, &mut header);
-        Self { segments: vec![(1, header)] }
+        Self {
+            segments: vec![(1, header)],
+        }
     }
 
     fn inputs(&self) -> Vec<SegmentInput> {
@@ -53,7 +58,11 @@ impl MemLog {
             .map(|(seq, bytes)| {
                 let mut aligned = AlignedVec::<16>::new();
                 aligned.extend_from_slice(bytes);
-                SegmentInput { name: segment_file_name(0, *seq), seq: *seq, bytes: aligned }
+                SegmentInput {
+                    name: segment_file_name(0, *seq),
+                    seq: *seq,
+                    bytes: aligned,
+                }
             })
             .collect()
     }
@@ -113,7 +122,10 @@ fn start(log: &MemLog, checkpoint_bytes: u64) -> Shard<u64> {
 
 fn settle(shard: &mut Shard<u64>, log: &mut MemLog) {
     drive(shard, log);
-    assert!(shard.all_groups_led(), "single-voter groups elect themselves");
+    assert!(
+        shard.all_groups_led(),
+        "single-voter groups elect themselves"
+    );
 }
 
 #[test]
@@ -123,7 +135,9 @@ fn appends_are_answered_after_the_batch_is_durable() {
     settle(&mut shard, &mut log);
     shard.propose(create("s1"), 1, 10).unwrap();
     for i in 1..=5 {
-        shard.propose(append("s1", "p", i), 10 + i, 20).unwrap_or_else(|_| panic!("propose {i}"));
+        shard
+            .propose(append("s1", "p", i), 10 + i, 20)
+            .unwrap_or_else(|_| panic!("propose {i}"));
     }
     // Nothing is answered before the write is durable.
     let mut buf = Vec::new();
@@ -136,11 +150,24 @@ fn appends_are_answered_after_the_batch_is_durable() {
     done.sort_by_key(|(w, _)| *w);
     assert_eq!(done[0], (1, Ok(Outcome::Created { created_at_us: 10 })));
     for i in 1..=5u64 {
-        assert_eq!(done[i as usize], (10 + i, Ok(Outcome::Appended { seq: i, last_seq: i, deduped: false })));
+        assert_eq!(
+            done[i as usize],
+            (
+                10 + i,
+                Ok(Outcome::Appended {
+                    seq: i,
+                    last_seq: i,
+                    deduped: false
+                })
+            )
+        );
     }
     assert_eq!(out.notifications.len(), 5);
     let read = shard.read("s1", 2, 10).unwrap();
-    assert_eq!(read.events.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(
+        read.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
 }
 
 #[test]
@@ -154,11 +181,15 @@ fn recovery_restores_every_durable_append() {
     drive(&mut shard, &mut log);
     for i in 1..=50 {
         for s in 0..8 {
-            shard.propose(append(&format!("s{s}"), "p", i), i, 2).unwrap();
+            shard
+                .propose(append(&format!("s{s}"), "p", i), i, 2)
+                .unwrap();
         }
         drive(&mut shard, &mut log);
     }
-    let before: Vec<_> = (0..8).map(|s| shard.read(&format!("s{s}"), 0, 1000).unwrap()).collect();
+    let before: Vec<_> = (0..8)
+        .map(|s| shard.read(&format!("s{s}"), 0, 1000).unwrap())
+        .collect();
     drop(shard);
     let mut shard = start(&log, u64::MAX);
     settle(&mut shard, &mut log);
@@ -166,13 +197,30 @@ fn recovery_restores_every_durable_append() {
         assert_eq!(shard.read(&format!("s{s}"), 0, 1000).unwrap(), before[s]);
     }
     // Producer windows survived: a retry dedupes, the next seq continues.
-    shard.propose(append("s0", "p", 50), 7, 3).map_err(|e| e.1).unwrap();
+    shard
+        .propose(append("s0", "p", 50), 7, 3)
+        .map_err(|e| e.1)
+        .unwrap();
     shard.propose(append("s0", "p", 51), 8, 3).unwrap();
     let out = drive(&mut shard, &mut log);
     let mut done = out.completions;
     done.sort_by_key(|(w, _)| *w);
-    assert_eq!(done[0].1, Ok(Outcome::Appended { seq: 50, last_seq: 50, deduped: true }));
-    assert_eq!(done[1].1, Ok(Outcome::Appended { seq: 51, last_seq: 51, deduped: false }));
+    assert_eq!(
+        done[0].1,
+        Ok(Outcome::Appended {
+            seq: 50,
+            last_seq: 50,
+            deduped: true
+        })
+    );
+    assert_eq!(
+        done[1].1,
+        Ok(Outcome::Appended {
+            seq: 51,
+            last_seq: 51,
+            deduped: false
+        })
+    );
 }
 
 #[test]
@@ -191,7 +239,10 @@ fn torn_tail_loses_only_the_unacknowledged_batch() {
     log.segments[0].1.extend_from_slice(&buf[..buf.len() / 2]);
     drop(shard);
     let recovered = log.recover();
-    assert_eq!(recovered.truncate.as_ref().map(|t| t.1), Some(acked_len as u64));
+    assert_eq!(
+        recovered.truncate.as_ref().map(|t| t.1),
+        Some(acked_len as u64)
+    );
     let mut shard: Shard<u64> = Shard::new(config(u64::MAX), recovered, &logger()).unwrap();
     log.segments[0].1.truncate(acked_len);
     settle(&mut shard, &mut log);
@@ -211,7 +262,9 @@ fn corruption_before_the_tail_stops_recovery() {
     }
     let seg = &mut log.segments[0].1;
     seg[40] ^= 0x55; // inside the first record's payload
-    let err = recover(&log.inputs(), 0, |_| true).err().expect("corruption is an error");
+    let err = recover(&log.inputs(), 0, |_| true)
+        .err()
+        .expect("corruption is an error");
     let msg = err.to_string();
     assert!(msg.contains("raft-0-") && msg.contains("offset"), "{msg}");
 }
@@ -232,7 +285,9 @@ fn checkpoints_bound_the_log_and_preserve_state() {
     // Retries that dedupe grow the log but not the state: compaction must keep
     // the log proportional to the state.
     for i in 0..6_000u64 {
-        shard.propose(append("s", "p", 2_000 - i % 100), i, 1).unwrap();
+        shard
+            .propose(append("s", "p", 2_000 - i % 100), i, 1)
+            .unwrap();
         if i % 10 == 0 {
             drive(&mut shard, &mut log);
         }
@@ -248,7 +303,10 @@ fn checkpoints_bound_the_log_and_preserve_state() {
     assert_eq!(shard.read("s", 0, 1).unwrap().events[0].0, 1);
     // Log size is bounded by the state, not by the history written.
     let state_bytes = shard.hot_bytes() as usize;
-    assert!(total < 3 * state_bytes + 64 * 1024, "log {total} vs state {state_bytes}");
+    assert!(
+        total < 3 * state_bytes + 64 * 1024,
+        "log {total} vs state {state_bytes}"
+    );
 }
 
 #[test]
@@ -272,4 +330,3 @@ fn backpressure_rejects_appends_over_the_hot_bound() {
     assert_eq!(err, EngineError::Backpressure);
     assert!(at > 5, "some appends fit first");
 }
-

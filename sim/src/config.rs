@@ -70,7 +70,11 @@ impl SimConfig {
             tails: r.range(0, 3) as usize,
             liveness_bound_us: 60_000_000,
             fault_point_probability: [0.0, 0.01, 0.05][r.range(0, 2) as usize],
-            disk_wipe: if std::env::var("SIM_DISK_WIPE").is_ok() { 0.5 } else { 0.0 },
+            disk_wipe: if std::env::var("SIM_DISK_WIPE").is_ok() {
+                0.5
+            } else {
+                0.0
+            },
         }
     }
 }

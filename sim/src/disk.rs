@@ -33,11 +33,22 @@ impl SimDisk {
     pub fn new(core: u32) -> Self {
         let mut header = Vec::new();
         encode_segment_header(core, &mut header);
-        Self { core, segments: vec![Segment { seq: 1, durable: header, pending: Vec::new() }] }
+        Self {
+            core,
+            segments: vec![Segment {
+                seq: 1,
+                durable: header,
+                pending: Vec::new(),
+            }],
+        }
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
-        self.segments.last_mut().expect("a segment").pending.extend_from_slice(bytes);
+        self.segments
+            .last_mut()
+            .expect("a segment")
+            .pending
+            .extend_from_slice(bytes);
     }
 
     pub fn sync(&mut self) {
@@ -55,7 +66,11 @@ impl SimDisk {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let mut durable = Vec::new();
         encode_segment_header(self.core, &mut durable);
-        self.segments.push(Segment { seq, durable, pending: Vec::new() });
+        self.segments.push(Segment {
+            seq,
+            durable,
+            pending: Vec::new(),
+        });
         seq
     }
 
@@ -108,7 +123,11 @@ impl SimDisk {
             .map(|s| {
                 let mut bytes = AlignedVec::<16>::with_capacity(s.durable.len());
                 bytes.extend_from_slice(&s.durable);
-                SegmentInput { name: segment_file_name(self.core, s.seq), seq: s.seq, bytes }
+                SegmentInput {
+                    name: segment_file_name(self.core, s.seq),
+                    seq: s.seq,
+                    bytes,
+                }
             })
             .collect()
     }
@@ -118,6 +137,9 @@ impl SimDisk {
     }
 
     pub fn bytes(&self) -> usize {
-        self.segments.iter().map(|s| s.durable.len() + s.pending.len()).sum()
+        self.segments
+            .iter()
+            .map(|s| s.durable.len() + s.pending.len())
+            .sum()
     }
 }

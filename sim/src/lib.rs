@@ -36,7 +36,13 @@ pub fn run_seed(seed: u64) -> SeedReport {
     });
     let fault_points = starcite_shards::fault::uninstall();
     match run {
-        Ok((stats, violations)) => SeedReport { seed, config, stats, violations, fault_points },
+        Ok((stats, violations)) => SeedReport {
+            seed,
+            config,
+            stats,
+            violations,
+            fault_points,
+        },
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
@@ -44,7 +50,13 @@ pub fn run_seed(seed: u64) -> SeedReport {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "non-string panic".to_owned());
             let violations = vec![format!("engine panicked: {msg}")];
-            SeedReport { seed, config, stats: Stats::default(), violations, fault_points }
+            SeedReport {
+                seed,
+                config,
+                stats: Stats::default(),
+                violations,
+                fault_points,
+            }
         }
     }
 }

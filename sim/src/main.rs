@@ -18,11 +18,18 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { from: 0, seeds: 100, replay: None, verbose: false };
+    let mut args = Args {
+        from: 0,
+        seeds: 100,
+        replay: None,
+        verbose: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
-            it.next().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a number"))
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a number"))
         };
         match a.as_str() {
             "--from" => args.from = num("--from")?,
@@ -85,9 +92,16 @@ fn main() {
     for name in starcite_shards::fault::ALL_POINTS {
         let reached = points.reached.get(name).copied().unwrap_or(0);
         let fired = points.fired.get(name).copied().unwrap_or(0);
-        println!("  {name:32} {reached:>9} / {fired}{}", if fired == 0 { "   <- never fired" } else { "" });
+        println!(
+            "  {name:32} {reached:>9} / {fired}{}",
+            if fired == 0 { "   <- never fired" } else { "" }
+        );
     }
-    println!("invariant violations: {} seed(s) {:?}", failed.len(), failed);
+    println!(
+        "invariant violations: {} seed(s) {:?}",
+        failed.len(),
+        failed
+    );
     if !failed.is_empty() {
         std::process::exit(1);
     }

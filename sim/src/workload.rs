@@ -23,7 +23,13 @@ pub struct Op {
 #[derive(Debug, Clone)]
 pub enum OpKind {
     Create,
-    Append { producer: usize, producer_id: String, pseq: u64, fp: [u8; 16], body: String },
+    Append {
+        producer: usize,
+        producer_id: String,
+        pseq: u64,
+        fp: [u8; 16],
+        body: String,
+    },
 }
 
 impl Op {
@@ -37,7 +43,13 @@ impl Op {
                 principal_id: "sim".into(),
                 principal_type: "service".into(),
             },
-            OpKind::Append { producer_id, pseq, fp, body, .. } => Proposal::Append {
+            OpKind::Append {
+                producer_id,
+                pseq,
+                fp,
+                body,
+                ..
+            } => Proposal::Append {
                 session: self.session.clone(),
                 producer_id: producer_id.clone(),
                 producer_seq: *pseq,
@@ -117,7 +129,13 @@ impl Workload {
         Op {
             session: self.sessions[p.session].clone(),
             group,
-            kind: OpKind::Append { producer, producer_id: p.id.clone(), pseq, fp, body },
+            kind: OpKind::Append {
+                producer,
+                producer_id: p.id.clone(),
+                pseq,
+                fp,
+                body,
+            },
             done: false,
             attempts: 0,
             started_us: 0,
@@ -128,5 +146,7 @@ impl Workload {
 
 /// FNV-1a: a deterministic content hash for fingerprints (no dependency needed).
 fn xxh(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -53,18 +53,45 @@ enum Input {
 }
 
 enum Event {
-    Tick { node: usize, epoch: u64 },
-    Deliver { node: usize, group: u32, msg: Message },
+    Tick {
+        node: usize,
+        epoch: u64,
+    },
+    Deliver {
+        node: usize,
+        group: u32,
+        msg: Message,
+    },
     /// A batch write finished; `synced` if it was fdatasync'ed.
-    SyncDone { node: usize, core: usize, epoch: u64, synced: bool },
-    Send { attempt: u64, node: usize },
-    Reply { attempt: u64, result: Result<Outcome, EngineError> },
-    Timeout { op: usize, attempts: u32 },
-    Crash { node: usize },
-    Restart { node: usize },
+    SyncDone {
+        node: usize,
+        core: usize,
+        epoch: u64,
+        synced: bool,
+    },
+    Send {
+        attempt: u64,
+        node: usize,
+    },
+    Reply {
+        attempt: u64,
+        result: Result<Outcome, EngineError>,
+    },
+    Timeout {
+        op: usize,
+        attempts: u32,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
     Partition,
     Heal,
-    TailPoll { tail: usize },
+    TailPoll {
+        tail: usize,
+    },
 }
 
 struct Core {
@@ -123,8 +150,20 @@ impl World {
             cfg,
         };
         for node in 0..w.cfg.nodes {
-            let cores = (0..w.cfg.cores).map(|c| Core { shard: None, disk: SimDisk::new(c), writing: false, inbox: VecDeque::new() }).collect();
-            w.nodes.push(Node { up: false, epoch: 0, cores, wiped: false });
+            let cores = (0..w.cfg.cores)
+                .map(|c| Core {
+                    shard: None,
+                    disk: SimDisk::new(c),
+                    writing: false,
+                    inbox: VecDeque::new(),
+                })
+                .collect();
+            w.nodes.push(Node {
+                up: false,
+                epoch: 0,
+                cores,
+                wiped: false,
+            });
             w.start_node(node);
         }
         w.plan_workload();
@@ -167,7 +206,10 @@ impl World {
     }
 
     fn raft_id(&self, name: &str) -> u64 {
-        self.names.iter().position(|n| n == name).map_or(0, |i| i as u64 + 1)
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map_or(0, |i| i as u64 + 1)
     }
 
     /// (Re)starts a node from what its disks hold.
@@ -179,7 +221,9 @@ impl World {
             let recovered = match recover(&disk.inputs(), core, |g| owned.contains(&g)) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.checker.violations.push(format!("n{node} core {core}: recovery failed: {e}"));
+                    self.checker
+                        .violations
+                        .push(format!("n{node} core {core}: recovery failed: {e}"));
                     return;
                 }
             };
@@ -188,7 +232,10 @@ impl World {
             }
             match Shard::new(cfg, recovered, &logger()) {
                 Ok(shard) => self.nodes[node].cores[core as usize].shard = Some(shard),
-                Err(e) => self.checker.violations.push(format!("n{node} core {core}: start failed: {e}")),
+                Err(e) => self
+                    .checker
+                    .violations
+                    .push(format!("n{node} core {core}: start failed: {e}")),
             }
         }
         let n = &mut self.nodes[node];
@@ -234,7 +281,11 @@ impl World {
         }
         for t in 0..cfg.tails {
             let session = t % cfg.sessions.max(1);
-            self.work.tails.push(Tail { session, cursor: 0, seen: Vec::new() });
+            self.work.tails.push(Tail {
+                session,
+                cursor: 0,
+                seen: Vec::new(),
+            });
             let d = self.rng.range(100_000, 1_000_000);
             self.schedule(d, Event::TailPoll { tail: t });
         }
@@ -248,14 +299,21 @@ impl World {
             self.schedule(t, Event::Crash { node });
             let down = self.rng.range(100_000, 3_000_000);
             self.schedule(t + down, Event::Restart { node });
-            t += self.rng.range(self.cfg.crash_interval_us / 2, self.cfg.crash_interval_us * 2);
+            t += self.rng.range(
+                self.cfg.crash_interval_us / 2,
+                self.cfg.crash_interval_us * 2,
+            );
         }
         let mut t = self.rng.range(0, self.cfg.partition_interval_us);
         while t < end {
             self.schedule(t, Event::Partition);
             let lasting = self.rng.range(200_000, 4_000_000);
             self.schedule(t + lasting, Event::Heal);
-            t += lasting + self.rng.range(self.cfg.partition_interval_us / 2, self.cfg.partition_interval_us * 2);
+            t += lasting
+                + self.rng.range(
+                    self.cfg.partition_interval_us / 2,
+                    self.cfg.partition_interval_us * 2,
+                );
         }
         self.schedule(end, Event::Heal);
     }
@@ -315,7 +373,12 @@ impl World {
                     self.input(node, core, Input::Step(group, msg));
                 }
             }
-            Event::SyncDone { node, core, epoch, synced } => self.sync_done(node, core, epoch, synced),
+            Event::SyncDone {
+                node,
+                core,
+                epoch,
+                synced,
+            } => self.sync_done(node, core, epoch, synced),
             Event::Send { attempt, node } => self.send(attempt, node),
             Event::Reply { attempt, result } => self.reply(attempt, result),
             Event::Timeout { op, attempts } => {
@@ -346,7 +409,8 @@ impl World {
             }
             Event::Partition => {
                 if !self.faults_over {
-                    let sides: Vec<bool> = (0..self.cfg.nodes).map(|_| self.rng.chance(0.5)).collect();
+                    let sides: Vec<bool> =
+                        (0..self.cfg.nodes).map(|_| self.rng.chance(0.5)).collect();
                     self.partition = Some(sides);
                     self.stats.partitions += 1;
                 }
@@ -368,7 +432,9 @@ impl World {
         }
         let mut out = Outputs::default();
         let c = &mut self.nodes[node].cores[core];
-        let Some(shard) = c.shard.as_mut() else { return };
+        let Some(shard) = c.shard.as_mut() else {
+            return;
+        };
         while let Some(input) = c.inbox.pop_front() {
             match input {
                 Input::Step(g, m) => shard.step(g, m),
@@ -386,13 +452,25 @@ impl World {
             c.disk.write(&buf);
             c.writing = true;
             let synced = shard.batch_needs_sync();
-            let mut latency = if synced { self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1) } else { self.rng.range(5, 50) };
+            let mut latency = if synced {
+                self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1)
+            } else {
+                self.rng.range(5, 50)
+            };
             if synced && self.rng.chance(self.cfg.fsync_spike) {
                 latency += self.rng.range(20_000, 80_000);
                 self.stats.fsync_spikes += 1;
             }
             let epoch = self.nodes[node].epoch;
-            self.schedule(latency, Event::SyncDone { node, core, epoch, synced });
+            self.schedule(
+                latency,
+                Event::SyncDone {
+                    node,
+                    core,
+                    epoch,
+                    synced,
+                },
+            );
         }
         self.dispatch(node, out);
     }
@@ -449,7 +527,10 @@ impl World {
     fn send_message(&mut self, from: usize, group: u32, msg: Message) {
         self.stats.messages += 1;
         let to = msg.to as usize - 1;
-        let cut = self.partition.as_ref().is_some_and(|sides| sides[from] != sides[to]);
+        let cut = self
+            .partition
+            .as_ref()
+            .is_some_and(|sides| sides[from] != sides[to]);
         if cut || (!self.faults_over && self.rng.chance(self.cfg.drop)) {
             self.stats.dropped += 1;
             return;
@@ -457,10 +538,24 @@ impl World {
         if !self.faults_over && self.rng.chance(self.cfg.duplicate) {
             self.stats.duplicated += 1;
             let d = self.net_delay();
-            self.schedule(d, Event::Deliver { node: to, group, msg: msg.clone() });
+            self.schedule(
+                d,
+                Event::Deliver {
+                    node: to,
+                    group,
+                    msg: msg.clone(),
+                },
+            );
         }
         let d = self.net_delay();
-        self.schedule(d, Event::Deliver { node: to, group, msg });
+        self.schedule(
+            d,
+            Event::Deliver {
+                node: to,
+                group,
+                msg,
+            },
+        );
     }
 
     fn crash(&mut self, node: usize) {
@@ -488,8 +583,16 @@ impl World {
     fn start_op(&mut self, op: usize, delay: u64) {
         self.work.ops[op].started_us = self.now + delay;
         let expected = match &self.work.ops[op].kind {
-            OpKind::Append { .. } if self.work.ops[op].attempts == 0 && self.rng.chance(self.cfg.use_expected_seq) => {
-                let s = self.work.sessions.iter().position(|x| *x == self.work.ops[op].session).unwrap_or(0);
+            OpKind::Append { .. }
+                if self.work.ops[op].attempts == 0
+                    && self.rng.chance(self.cfg.use_expected_seq) =>
+            {
+                let s = self
+                    .work
+                    .sessions
+                    .iter()
+                    .position(|x| *x == self.work.ops[op].session)
+                    .unwrap_or(0);
                 Some(self.work.known_last[s])
             }
             _ => None,
@@ -498,7 +601,10 @@ impl World {
         let node = self.route_target(op);
         self.schedule(delay, Event::Send { attempt, node });
         let attempts = self.work.ops[op].attempts;
-        self.schedule(delay + self.cfg.client_timeout_us, Event::Timeout { op, attempts });
+        self.schedule(
+            delay + self.cfg.client_timeout_us,
+            Event::Timeout { op, attempts },
+        );
     }
 
     fn retry(&mut self, op: usize, delay: u64) {
@@ -529,7 +635,9 @@ impl World {
     }
 
     fn send(&mut self, attempt: u64, node: usize) {
-        let Some(a) = self.work.attempts.get(&attempt).copied() else { return };
+        let Some(a) = self.work.attempts.get(&attempt).copied() else {
+            return;
+        };
         let lost = !self.faults_over && self.rng.chance(self.cfg.drop);
         if lost || !self.nodes[node].up || self.work.ops[a.op].done {
             self.stats.dropped += u64::from(lost);
@@ -537,11 +645,20 @@ impl World {
         }
         let group = self.work.ops[a.op].group;
         let core = core_of(group, self.cfg.cores) as usize;
-        let owns = self.nodes[node].cores[core].shard.as_ref().is_some_and(|s| s.group_ids().contains(&group));
+        let owns = self.nodes[node].cores[core]
+            .shard
+            .as_ref()
+            .is_some_and(|s| s.group_ids().contains(&group));
         if !owns {
             // Not a replica: answer "not leader" with no hint.
             let d = self.net_delay();
-            self.schedule(d, Event::Reply { attempt, result: Err(EngineError::NotLeader { leader: None }) });
+            self.schedule(
+                d,
+                Event::Reply {
+                    attempt,
+                    result: Err(EngineError::NotLeader { leader: None }),
+                },
+            );
             return;
         }
         let proposal = self.work.ops[a.op].proposal(a.expected_seq);
@@ -549,25 +666,49 @@ impl World {
     }
 
     fn reply(&mut self, attempt: u64, result: Result<Outcome, EngineError>) {
-        let Some(a) = self.work.attempts.get(&attempt).copied() else { return };
+        let Some(a) = self.work.attempts.get(&attempt).copied() else {
+            return;
+        };
         let op = a.op;
         let session = self.work.ops[op].session.clone();
-        let sidx = self.work.sessions.iter().position(|x| *x == session).unwrap_or(0);
+        let sidx = self
+            .work
+            .sessions
+            .iter()
+            .position(|x| *x == session)
+            .unwrap_or(0);
         match (&self.work.ops[op].kind.clone(), result) {
             (OpKind::Create, Ok(_)) | (OpKind::Create, Err(EngineError::SessionExists)) => {
                 if !self.work.ops[op].done {
                     self.work.ops[op].done = true;
-                    let producers: Vec<usize> = (0..self.work.producers.len()).filter(|p| self.work.producers[*p].session == sidx).collect();
+                    let producers: Vec<usize> = (0..self.work.producers.len())
+                        .filter(|p| self.work.producers[*p].session == sidx)
+                        .collect();
                     for p in producers {
                         self.next_append(p);
                     }
                 }
             }
-            (OpKind::Append { producer, producer_id, pseq, .. }, Ok(Outcome::Appended { seq, last_seq, deduped })) => {
-                self.checker.record_ack(&session, seq, producer_id, *pseq, deduped);
+            (
+                OpKind::Append {
+                    producer,
+                    producer_id,
+                    pseq,
+                    ..
+                },
+                Ok(Outcome::Appended {
+                    seq,
+                    last_seq,
+                    deduped,
+                }),
+            ) => {
+                self.checker
+                    .record_ack(&session, seq, producer_id, *pseq, deduped);
                 if let (Some(e), false) = (a.expected_seq, deduped) {
                     if seq != e + 1 {
-                        self.checker.violations.push(format!("{session}: append with expected_seq {e} landed at {seq}"));
+                        self.checker.violations.push(format!(
+                            "{session}: append with expected_seq {e} landed at {seq}"
+                        ));
                     }
                 }
                 self.work.known_last[sidx] = self.work.known_last[sidx].max(last_seq);
@@ -587,23 +728,30 @@ impl World {
                 if let Some(l) = leader {
                     self.leader_hint.insert(self.work.ops[op].group, l);
                 }
-                if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
+                if !self.work.ops[op].done
+                    && self.work.ops[op].attempts == self.attempt_index(attempt)
+                {
                     let d = self.redirect(op, leader);
                     self.retry(op, d);
                 }
             }
             (_, Err(EngineError::Unavailable)) => {
-                if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
+                if !self.work.ops[op].done
+                    && self.work.ops[op].attempts == self.attempt_index(attempt)
+                {
                     let d = self.rng.range(10_000, 200_000);
                     self.retry(op, d);
                 }
             }
-            (OpKind::Append { pseq, .. }, Err(EngineError::ProducerSeqConflict { expected, got, .. }))
-                if got > expected && got == *pseq =>
-            {
+            (
+                OpKind::Append { pseq, .. },
+                Err(EngineError::ProducerSeqConflict { expected, got, .. }),
+            ) if got > expected && got == *pseq => {
                 // Pipelined: an earlier append of this producer has not landed
                 // yet (lost, or overtaken). Retry once it may have.
-                if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
+                if !self.work.ops[op].done
+                    && self.work.ops[op].attempts == self.attempt_index(attempt)
+                {
                     let d = self.rng.range(5_000, 100_000);
                     self.retry(op, d);
                 }
@@ -611,15 +759,21 @@ impl World {
             (OpKind::Append { .. }, Err(EngineError::ExpectedSeqConflict { .. })) => {
                 // Legitimate: the client's view was stale. Resend without it.
                 self.stats.expected_conflicts += 1;
-                if !self.work.ops[op].done && self.work.ops[op].attempts == self.attempt_index(attempt) {
+                if !self.work.ops[op].done
+                    && self.work.ops[op].attempts == self.attempt_index(attempt)
+                {
                     self.retry(op, 0);
                 }
             }
             (kind, Err(e)) => {
-                self.checker.violations.push(format!("{session}: unexpected error {e:?} for {kind:?}"));
+                self.checker
+                    .violations
+                    .push(format!("{session}: unexpected error {e:?} for {kind:?}"));
             }
             (kind, Ok(o)) => {
-                self.checker.violations.push(format!("{session}: unexpected outcome {o:?} for {kind:?}"));
+                self.checker
+                    .violations
+                    .push(format!("{session}: unexpected outcome {o:?} for {kind:?}"));
             }
         }
     }
@@ -627,7 +781,11 @@ impl World {
     /// Which attempt number (1-based) of its op an attempt id was.
     fn attempt_index(&self, attempt: u64) -> u32 {
         let op = self.work.attempts[&attempt].op;
-        self.work.attempts.range(..=attempt).filter(|(_, a)| a.op == op).count() as u32
+        self.work
+            .attempts
+            .range(..=attempt)
+            .filter(|(_, a)| a.op == op)
+            .count() as u32
     }
 
     /// Starts appends until the producer has `depth` in flight.
@@ -659,11 +817,18 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let node = self.rng.range(0, self.cfg.nodes as u64 - 1) as usize;
         let cursor = self.work.tails[t].cursor;
-        let read = self.nodes[node].cores[core].shard.as_ref().filter(|_| self.nodes[node].up).map(|s| s.read(&session, cursor, 1000));
+        let read = self.nodes[node].cores[core]
+            .shard
+            .as_ref()
+            .filter(|_| self.nodes[node].up)
+            .map(|s| s.read(&session, cursor, 1000));
         if let Some(Ok(r)) = read {
             for (seq, frame) in r.events {
                 if seq != self.work.tails[t].cursor + 1 {
-                    self.checker.violations.push(format!("tail {t}: {session} read gave seq {seq} after cursor {}", self.work.tails[t].cursor));
+                    self.checker.violations.push(format!(
+                        "tail {t}: {session} read gave seq {seq} after cursor {}",
+                        self.work.tails[t].cursor
+                    ));
                     return;
                 }
                 self.work.tails[t].cursor = seq;
@@ -675,7 +840,10 @@ impl World {
     }
 
     fn tails_caught_up(&self) -> bool {
-        self.work.tails.iter().all(|t| t.cursor >= self.work.known_last[t.session])
+        self.work
+            .tails
+            .iter()
+            .all(|t| t.cursor >= self.work.known_last[t.session])
     }
 
     // ---- end of run ----
@@ -706,7 +874,10 @@ impl World {
                 break;
             }
             self.now = at;
-            if matches!(event, Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }) {
+            if matches!(
+                event,
+                Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }
+            ) {
                 continue;
             }
             self.handle(event);
@@ -714,7 +885,10 @@ impl World {
     }
 
     fn replicas_of(&self, group: u32) -> Vec<usize> {
-        replicas(group, &self.names, self.cfg.rf).iter().map(|n| self.raft_id(n) as usize - 1).collect()
+        replicas(group, &self.names, self.cfg.rf)
+            .iter()
+            .map(|n| self.raft_id(n) as usize - 1)
+            .collect()
     }
 
     fn check_session(&mut self, s: usize) {
@@ -723,7 +897,9 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut histories = Vec::new();
         for node in self.replicas_of(group) {
-            let Some(shard) = self.nodes[node].cores[core].shard.as_ref() else { continue };
+            let Some(shard) = self.nodes[node].cores[core].shard.as_ref() else {
+                continue;
+            };
             let mut events = Vec::new();
             loop {
                 let after = events.last().map_or(0, |(s, _): &(u64, bytes::Bytes)| *s);
@@ -733,10 +909,13 @@ impl World {
                 }
             }
             if std::env::var("SIM_DEBUG").is_ok() {
-                let v = shard.log_view(group).map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
+                let v = shard
+                    .log_view(group)
+                    .map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
                 eprintln!("debug n{node} {session} group {group}: events {} log (commit, first, last) {v:?} leader {:?} progress {:?}", events.len(), shard.leader_of(group), shard.progress_view(group));
             }
-            self.checker.check_history(&format!("n{node}"), &session, &events);
+            self.checker
+                .check_history(&format!("n{node}"), &session, &events);
             histories.push((node, events));
         }
         if let Some((first_node, first)) = histories.first() {
@@ -751,7 +930,9 @@ impl World {
             }
             for (t, tail) in self.work.tails.iter().enumerate() {
                 if tail.session == s && !first.starts_with(&tail.seen) {
-                    self.checker.violations.push(format!("tail {t}: delivered events are not the committed order"));
+                    self.checker.violations.push(format!(
+                        "tail {t}: delivered events are not the committed order"
+                    ));
                 }
             }
         }
@@ -762,7 +943,11 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut views = Vec::new();
         for node in self.replicas_of(group) {
-            if let Some(v) = self.nodes[node].cores[core].shard.as_ref().and_then(|s| s.log_view(group)) {
+            if let Some(v) = self.nodes[node].cores[core]
+                .shard
+                .as_ref()
+                .and_then(|s| s.log_view(group))
+            {
                 views.push((node, v));
             }
         }

@@ -19,7 +19,10 @@ fn seeds_run_without_violations() {
             failed.push((seed, r.violations[0].clone()));
         }
     }
-    assert!(failed.is_empty(), "violations (replay with starcite-sim --replay SEED): {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "violations (replay with starcite-sim --replay SEED): {failed:?}"
+    );
     assert!(acked > 10_000, "the workload acknowledged appends: {acked}");
 }
 
@@ -40,5 +43,8 @@ fn a_seed_replays_identically() {
 #[cfg(feature = "broken-ack-before-sync")]
 fn broken_engine_is_caught() {
     let caught = (0..100).find(|seed| !run_seed(*seed).violations.is_empty());
-    assert!(caught.is_some(), "100 seeds did not catch an engine that acknowledges before fsync");
+    assert!(
+        caught.is_some(),
+        "100 seeds did not catch an engine that acknowledges before fsync"
+    );
 }

@@ -44,7 +44,9 @@ pub fn int_or_digits_in(v: &Value, min: u64, max: u64) -> Option<u64> {
 /// they behave exactly like the huge value (a conflict, or a silent cursor).
 pub fn int_or_digits_at_least(v: &Value, min: u64) -> Option<u64> {
     let text = match v {
-        Value::Number(n) if !n.as_str().bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => n.as_str(),
+        Value::Number(n) if !n.as_str().bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
+            n.as_str()
+        }
         Value::String(s) => s.as_str(),
         _ => return None,
     };
@@ -90,12 +92,21 @@ mod tests {
 
     #[test]
     fn unbounded_integers_saturate() {
-        assert_eq!(int_or_digits_at_least(&num("99999999999999999999999"), 0), Some(u64::MAX));
-        assert_eq!(int_or_digits_at_least(&json!("99999999999999999999999"), 1), Some(u64::MAX));
+        assert_eq!(
+            int_or_digits_at_least(&num("99999999999999999999999"), 0),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            int_or_digits_at_least(&json!("99999999999999999999999"), 1),
+            Some(u64::MAX)
+        );
         assert_eq!(int_or_digits_at_least(&json!("+7"), 1), Some(7));
         assert_eq!(int_or_digits_at_least(&json!("-0"), 0), Some(0));
         assert_eq!(int_or_digits_at_least(&json!("-1"), 0), None);
-        assert_eq!(int_or_digits_at_least(&json!("-99999999999999999999999"), 0), None);
+        assert_eq!(
+            int_or_digits_at_least(&json!("-99999999999999999999999"), 0),
+            None
+        );
         assert_eq!(int_or_digits_at_least(&num("0"), 1), None);
         assert_eq!(int_or_digits_at_least(&num("1.0"), 0), None);
         assert_eq!(int_or_digits_at_least(&json!(""), 0), None);

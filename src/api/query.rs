@@ -436,10 +436,7 @@ mod tests {
             ("cursor=+7", Err(ApiError::invalid_cursor())),
             ("cursor=007", Ok(7)),
             ("cursor=18446744073709551615", Ok(u64::MAX)),
-            (
-                "cursor=18446744073709551616",
-                Ok(u64::MAX),
-            ),
+            ("cursor=18446744073709551616", Ok(u64::MAX)),
             ("cursor=-1", Err(ApiError::invalid_cursor())),
             ("cursor=1.0", Err(ApiError::invalid_cursor())),
             ("cursor=", Err(ApiError::invalid_cursor())),

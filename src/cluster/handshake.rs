@@ -46,10 +46,20 @@ type HmacSha256 = Hmac<Sha256>;
 pub(crate) enum HandshakeError {
     Read(ReadError),
     Write(io::Error),
-    Unexpected { expected: &'static str, got: &'static str },
-    Version { got: u32 },
-    UnknownNode { node: String },
-    WrongNode { expected: String, got: String },
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    Version {
+        got: u32,
+    },
+    UnknownNode {
+        node: String,
+    },
+    WrongNode {
+        expected: String,
+        got: String,
+    },
     BadMac,
     Timeout,
 }
@@ -58,7 +68,10 @@ impl HandshakeError {
     /// Whether this is a refusal (bad credentials or protocol) rather than a plain
     /// network failure.
     pub(crate) fn is_refusal(&self) -> bool {
-        !matches!(self, HandshakeError::Read(ReadError::Io(_) | ReadError::Eof) | HandshakeError::Write(_))
+        !matches!(
+            self,
+            HandshakeError::Read(ReadError::Io(_) | ReadError::Eof) | HandshakeError::Write(_)
+        )
     }
 }
 
@@ -67,14 +80,27 @@ impl fmt::Display for HandshakeError {
         match self {
             HandshakeError::Read(e) => write!(f, "{e}"),
             HandshakeError::Write(e) => write!(f, "write failed: {e}"),
-            HandshakeError::Unexpected { expected, got } => write!(f, "expected a {expected} frame, got {got}"),
-            HandshakeError::Version { got } => {
-                write!(f, "peer speaks cluster protocol version {got}, this node {CLUSTER_VERSION}")
+            HandshakeError::Unexpected { expected, got } => {
+                write!(f, "expected a {expected} frame, got {got}")
             }
-            HandshakeError::UnknownNode { node } => write!(f, "node {node:?} is not a member of this cluster"),
-            HandshakeError::WrongNode { expected, got } => write!(f, "dialled node {expected:?} but {got:?} answered"),
-            HandshakeError::BadMac => f.write_str("authentication failed: the peer does not share our secret"),
-            HandshakeError::Timeout => write!(f, "handshake not completed within {HANDSHAKE_TIMEOUT:?}"),
+            HandshakeError::Version { got } => {
+                write!(
+                    f,
+                    "peer speaks cluster protocol version {got}, this node {CLUSTER_VERSION}"
+                )
+            }
+            HandshakeError::UnknownNode { node } => {
+                write!(f, "node {node:?} is not a member of this cluster")
+            }
+            HandshakeError::WrongNode { expected, got } => {
+                write!(f, "dialled node {expected:?} but {got:?} answered")
+            }
+            HandshakeError::BadMac => {
+                f.write_str("authentication failed: the peer does not share our secret")
+            }
+            HandshakeError::Timeout => {
+                write!(f, "handshake not completed within {HANDSHAKE_TIMEOUT:?}")
+            }
         }
     }
 }
@@ -93,7 +119,13 @@ fn proof(secret: &[u8], label: &[u8], first: &[u8; 32], second: &[u8; 32]) -> [u
 }
 
 /// Constant-time check of a proof.
-fn verify(secret: &[u8], label: &[u8], first: &[u8; 32], second: &[u8; 32], got: &[u8; 32]) -> bool {
+fn verify(
+    secret: &[u8],
+    label: &[u8],
+    first: &[u8; 32],
+    second: &[u8; 32],
+    got: &[u8; 32],
+) -> bool {
     let mut mac = keyed(secret);
     mac.update(label);
     mac.update(first);
@@ -109,20 +141,43 @@ pub(crate) async fn connector<R: AsyncReadRent, W: AsyncWriteRent>(
     peer: &str,
 ) -> Result<u16, HandshakeError> {
     let nonce_c: [u8; 32] = rand::random();
-    let hello = PeerFrame::Hello { cluster_version: CLUSTER_VERSION, node: cfg.me.clone(), http_port: cfg.http_port, nonce: nonce_c };
-    write_frame(wr, &hello, HANDSHAKE_TIMEOUT).await.map_err(HandshakeError::Write)?;
+    let hello = PeerFrame::Hello {
+        cluster_version: CLUSTER_VERSION,
+        node: cfg.me.clone(),
+        http_port: cfg.http_port,
+        nonce: nonce_c,
+    };
+    write_frame(wr, &hello, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(HandshakeError::Write)?;
     let frame = rd.next().await.map_err(HandshakeError::Read)?;
-    let PeerFrame::Challenge { node, http_port, nonce: nonce_s, mac } = frame else {
-        return Err(HandshakeError::Unexpected { expected: "challenge", got: frame.kind() });
+    let PeerFrame::Challenge {
+        node,
+        http_port,
+        nonce: nonce_s,
+        mac,
+    } = frame
+    else {
+        return Err(HandshakeError::Unexpected {
+            expected: "challenge",
+            got: frame.kind(),
+        });
     };
     if !verify(&cfg.secret, ACCEPTOR_LABEL, &nonce_c, &nonce_s, &mac) {
         return Err(HandshakeError::BadMac);
     }
     if node != peer {
-        return Err(HandshakeError::WrongNode { expected: peer.to_owned(), got: node });
+        return Err(HandshakeError::WrongNode {
+            expected: peer.to_owned(),
+            got: node,
+        });
     }
-    let auth = PeerFrame::Auth { mac: proof(&cfg.secret, CONNECTOR_LABEL, &nonce_s, &nonce_c) };
-    write_frame(wr, &auth, HANDSHAKE_TIMEOUT).await.map_err(HandshakeError::Write)?;
+    let auth = PeerFrame::Auth {
+        mac: proof(&cfg.secret, CONNECTOR_LABEL, &nonce_s, &nonce_c),
+    };
+    write_frame(wr, &auth, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(HandshakeError::Write)?;
     Ok(http_port)
 }
 
@@ -140,11 +195,22 @@ pub(crate) async fn acceptor<R: AsyncReadRent, W: AsyncWriteRent>(
     cfg: &TransportConfig,
 ) -> Result<PeerHello, HandshakeError> {
     let frame = rd.next().await.map_err(HandshakeError::Read)?;
-    let PeerFrame::Hello { cluster_version, node, http_port, nonce: nonce_c } = frame else {
-        return Err(HandshakeError::Unexpected { expected: "hello", got: frame.kind() });
+    let PeerFrame::Hello {
+        cluster_version,
+        node,
+        http_port,
+        nonce: nonce_c,
+    } = frame
+    else {
+        return Err(HandshakeError::Unexpected {
+            expected: "hello",
+            got: frame.kind(),
+        });
     };
     if cluster_version != CLUSTER_VERSION {
-        return Err(HandshakeError::Version { got: cluster_version });
+        return Err(HandshakeError::Version {
+            got: cluster_version,
+        });
     }
     if node == cfg.me || !cfg.peers.iter().any(|p| p.name == node) {
         return Err(HandshakeError::UnknownNode { node });
@@ -156,10 +222,15 @@ pub(crate) async fn acceptor<R: AsyncReadRent, W: AsyncWriteRent>(
         nonce: nonce_s,
         mac: proof(&cfg.secret, ACCEPTOR_LABEL, &nonce_c, &nonce_s),
     };
-    write_frame(wr, &challenge, HANDSHAKE_TIMEOUT).await.map_err(HandshakeError::Write)?;
+    write_frame(wr, &challenge, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(HandshakeError::Write)?;
     let frame = rd.next().await.map_err(HandshakeError::Read)?;
     let PeerFrame::Auth { mac } = frame else {
-        return Err(HandshakeError::Unexpected { expected: "auth", got: frame.kind() });
+        return Err(HandshakeError::Unexpected {
+            expected: "auth",
+            got: frame.kind(),
+        });
     };
     if !verify(&cfg.secret, CONNECTOR_LABEL, &nonce_s, &nonce_c, &mac) {
         return Err(HandshakeError::BadMac);
@@ -168,8 +239,22 @@ pub(crate) async fn acceptor<R: AsyncReadRent, W: AsyncWriteRent>(
 }
 
 #[cfg(test)]
-pub(crate) fn test_proof(secret: &[u8], acceptor: bool, first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
-    proof(secret, if acceptor { ACCEPTOR_LABEL } else { CONNECTOR_LABEL }, first, second)
+pub(crate) fn test_proof(
+    secret: &[u8],
+    acceptor: bool,
+    first: &[u8; 32],
+    second: &[u8; 32],
+) -> [u8; 32] {
+    proof(
+        secret,
+        if acceptor {
+            ACCEPTOR_LABEL
+        } else {
+            CONNECTOR_LABEL
+        },
+        first,
+        second,
+    )
 }
 
 #[cfg(test)]

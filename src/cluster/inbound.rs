@@ -68,7 +68,10 @@ struct CountGuard {
 impl CountGuard {
     fn new(count: &Rc<Cell<usize>>, drain: Option<flume::Sender<()>>) -> Self {
         count.set(count.get() + 1);
-        Self { count: Rc::clone(count), _drain: drain }
+        Self {
+            count: Rc::clone(count),
+            _drain: drain,
+        }
     }
 }
 
@@ -123,8 +126,14 @@ pub(crate) async fn serve_with(
     closing.fire();
     drop(drain_tx);
     let all_gone = async { while drain_rx.recv_async().await.is_ok() {} };
-    if monoio::time::timeout(SHUTDOWN_GRACE, all_gone).await.is_err() {
-        tracing::warn!(remaining = active.get(), "cluster connections still open after the shutdown grace");
+    if monoio::time::timeout(SHUTDOWN_GRACE, all_gone)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = active.get(),
+            "cluster connections still open after the shutdown grace"
+        );
     }
 }
 
@@ -168,7 +177,13 @@ impl InboundConn {
 
         let (tx, rx) = flume::bounded(OUTGOING_QUEUE);
         let closed = Latch::new();
-        let writer = monoio::spawn(inbound_writer(wr, rx, closed.clone(), self.cfg.peer_timeout, Rc::clone(&self.counters)));
+        let writer = monoio::spawn(inbound_writer(
+            wr,
+            rx,
+            closed.clone(),
+            self.cfg.peer_timeout,
+            Rc::clone(&self.counters),
+        ));
         let inflight = Arc::new(AtomicUsize::new(0));
         let timeout = self.cfg.peer_timeout;
         let end = loop {
@@ -181,7 +196,9 @@ impl InboundConn {
                 _ = self.closing.wait() => break None,
             };
             let frame = match res {
-                Err(_) => break Some((false, format!("no frame from the peer within {timeout:?}"))),
+                Err(_) => {
+                    break Some((false, format!("no frame from the peer within {timeout:?}")))
+                }
                 Ok(Err(ReadError::Decode(e))) => {
                     self.counters.add(|s| s.protocol_errors += 1);
                     break Some((true, e.to_string()));
@@ -194,7 +211,10 @@ impl InboundConn {
                 PeerFrame::Raft { messages } => {
                     let n = messages.len() as u64;
                     self.counters.add(|s| s.raft_messages_received += n);
-                    self.inbound.on_raft(&node, messages.into_iter().map(|m| (m.group, m.data)).collect());
+                    self.inbound.on_raft(
+                        &node,
+                        messages.into_iter().map(|m| (m.group, m.data)).collect(),
+                    );
                 }
                 PeerFrame::Request { id, body } => {
                     if inflight.load(Ordering::Relaxed) >= MAX_PENDING_REQUESTS {
@@ -202,7 +222,11 @@ impl InboundConn {
                         continue;
                     }
                     inflight.fetch_add(1, Ordering::Relaxed);
-                    let reply = Replier { id, tx: tx.clone(), inflight: Arc::clone(&inflight) };
+                    let reply = Replier {
+                        id,
+                        tx: tx.clone(),
+                        inflight: Arc::clone(&inflight),
+                    };
                     self.inbound.on_request(&node, body, reply);
                 }
                 PeerFrame::Control { body } => self.inbound.on_control(&node, body),
@@ -212,15 +236,22 @@ impl InboundConn {
                 PeerFrame::Pong { .. } => {}
                 other => {
                     self.counters.add(|s| s.protocol_errors += 1);
-                    break Some((true, format!("unexpected {} frame on an inbound connection", other.kind())));
+                    break Some((
+                        true,
+                        format!("unexpected {} frame on an inbound connection", other.kind()),
+                    ));
                 }
             }
         };
         closed.fire();
         writer.await;
         match end {
-            Some((true, reason)) => tracing::warn!(peer = %addr, %node, %reason, "closing inbound cluster connection"),
-            Some((false, reason)) => tracing::info!(peer = %addr, %node, %reason, "inbound cluster connection ended"),
+            Some((true, reason)) => {
+                tracing::warn!(peer = %addr, %node, %reason, "closing inbound cluster connection")
+            }
+            Some((false, reason)) => {
+                tracing::info!(peer = %addr, %node, %reason, "inbound cluster connection ended")
+            }
             None => {}
         }
     }

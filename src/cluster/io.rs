@@ -46,7 +46,12 @@ pub(crate) struct FrameReader<R> {
 
 impl<R: AsyncReadRent> FrameReader<R> {
     pub(crate) fn new(rd: R, max_frame: usize) -> Self {
-        Self { rd, dec: PeerDecoder::with_max_frame(max_frame), buf: Vec::new(), bytes_read: 0 }
+        Self {
+            rd,
+            dec: PeerDecoder::with_max_frame(max_frame),
+            buf: Vec::new(),
+            bytes_read: 0,
+        }
     }
 
     pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
@@ -76,7 +81,11 @@ impl<R: AsyncReadRent> FrameReader<R> {
 
 /// Writes all of `buf` within `limit`. Returns the buffer (cleared, for reuse) on
 /// success. On error or timeout the stream is in an unknown state: close it.
-pub(crate) async fn write_all_timeout<W: AsyncWriteRent>(wr: &mut W, buf: Vec<u8>, limit: Duration) -> io::Result<Vec<u8>> {
+pub(crate) async fn write_all_timeout<W: AsyncWriteRent>(
+    wr: &mut W,
+    buf: Vec<u8>,
+    limit: Duration,
+) -> io::Result<Vec<u8>> {
     match monoio::time::timeout(limit, wr.write_all(buf)).await {
         Ok((Ok(_), mut buf)) => {
             buf.clear();
@@ -91,8 +100,13 @@ pub(crate) async fn write_all_timeout<W: AsyncWriteRent>(wr: &mut W, buf: Vec<u8
 }
 
 /// Encodes one frame and writes it (handshake frames).
-pub(crate) async fn write_frame<W: AsyncWriteRent>(wr: &mut W, frame: &PeerFrame, limit: Duration) -> io::Result<()> {
+pub(crate) async fn write_frame<W: AsyncWriteRent>(
+    wr: &mut W,
+    frame: &PeerFrame,
+    limit: Duration,
+) -> io::Result<()> {
     let mut out = Vec::new();
-    encode_peer_frame(frame, &mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    encode_peer_frame(frame, &mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     write_all_timeout(wr, out, limit).await.map(drop)
 }

@@ -59,8 +59,8 @@ use std::net::SocketAddr;
 pub use handshake::HANDSHAKE_TIMEOUT;
 pub use inbound::serve_cluster;
 pub use transport::{
-    Inbound, NodeAddr, Replier, Transport, TransportConfig, TransportError, TransportStats, MAX_BODY,
-    MAX_PENDING_REQUESTS, MAX_RAFT_MESSAGE,
+    Inbound, NodeAddr, Replier, Transport, TransportConfig, TransportError, TransportStats,
+    MAX_BODY, MAX_PENDING_REQUESTS, MAX_RAFT_MESSAGE,
 };
 
 /// Binds a cluster listener for one core with `SO_REUSEPORT` (every core may bind

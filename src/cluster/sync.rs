@@ -23,7 +23,10 @@ struct LatchInner {
 impl Latch {
     pub(crate) fn new() -> Self {
         let (tx, rx) = flume::bounded(1);
-        Self(Rc::new(LatchInner { tx: RefCell::new(Some(tx)), rx }))
+        Self(Rc::new(LatchInner {
+            tx: RefCell::new(Some(tx)),
+            rx,
+        }))
     }
 
     pub(crate) fn fire(&self) {
@@ -77,7 +80,11 @@ impl Future for Notified<'_> {
 
 /// A single-core one-shot channel.
 pub(crate) fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let inner = Rc::new(OneshotInner { value: RefCell::new(None), closed: Cell::new(false), waker: RefCell::new(None) });
+    let inner = Rc::new(OneshotInner {
+        value: RefCell::new(None),
+        closed: Cell::new(false),
+        waker: RefCell::new(None),
+    });
     (OneshotSender(Rc::clone(&inner)), OneshotReceiver(inner))
 }
 

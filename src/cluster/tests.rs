@@ -10,7 +10,9 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
-use starcite_wire::peer::{encode_peer_frame, PeerDecoder, PeerFrame, RaftEnvelope, CLUSTER_VERSION};
+use starcite_wire::peer::{
+    encode_peer_frame, PeerDecoder, PeerFrame, RaftEnvelope, CLUSTER_VERSION,
+};
 
 use super::handshake::test_proof;
 use super::io::FrameReader;
@@ -24,8 +26,15 @@ const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &[u8] = b"test secret key base";
 
 fn run<F: Future>(f: F) -> F::Output {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("runtime");
-    rt.block_on(async move { monoio::time::timeout(TEST_LIMIT, f).await.expect("test exceeded its time limit") })
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        monoio::time::timeout(TEST_LIMIT, f)
+            .await
+            .expect("test exceeded its time limit")
+    })
 }
 
 async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -48,7 +57,12 @@ struct Recorder {
 
 impl Recorder {
     fn raft_messages(&self, from: &str) -> Vec<(u32, Vec<u8>)> {
-        self.raft.borrow().iter().filter(|(f, _)| f == from).flat_map(|(_, m)| m.clone()).collect()
+        self.raft
+            .borrow()
+            .iter()
+            .filter(|(f, _)| f == from)
+            .flat_map(|(_, m)| m.clone())
+            .collect()
     }
 
     fn raft_calls(&self) -> usize {
@@ -56,11 +70,18 @@ impl Recorder {
     }
 
     fn states_of(&self, peer: &str) -> Vec<bool> {
-        self.states.borrow().iter().filter(|(p, _)| p == peer).map(|(_, s)| *s).collect()
+        self.states
+            .borrow()
+            .iter()
+            .filter(|(p, _)| p == peer)
+            .map(|(_, s)| *s)
+            .collect()
     }
 
     fn nothing_delivered(&self) -> bool {
-        self.raft.borrow().is_empty() && self.control.borrow().is_empty() && self.requests.borrow().is_empty()
+        self.raft.borrow().is_empty()
+            && self.control.borrow().is_empty()
+            && self.requests.borrow().is_empty()
     }
 }
 
@@ -137,7 +158,13 @@ impl Node {
         let (stop, stop_serve) = (Latch::new(), Latch::new());
         let s = stop.clone();
         transport.start(async move { s.wait().await });
-        let node = Node { addr, transport, rec, stop, stop_serve };
+        let node = Node {
+            addr,
+            transport,
+            rec,
+            stop,
+            stop_serve,
+        };
         node.serve(listener);
         node
     }
@@ -155,15 +182,27 @@ impl Node {
 
 /// `n` nodes named a, b, c... that all know each other.
 fn cluster(n: usize, tweak: impl Fn(&mut TransportConfig)) -> Vec<Node> {
-    let names: Vec<String> = (0..n).map(|i| ((b'a' + i as u8) as char).to_string()).collect();
+    let names: Vec<String> = (0..n)
+        .map(|i| ((b'a' + i as u8) as char).to_string())
+        .collect();
     let bound: Vec<(TcpListener, SocketAddr)> = (0..n).map(|_| bind_local()).collect();
-    let addrs: Vec<NodeAddr> =
-        names.iter().zip(&bound).map(|(name, (_, addr))| NodeAddr { name: name.clone(), addr: *addr }).collect();
+    let addrs: Vec<NodeAddr> = names
+        .iter()
+        .zip(&bound)
+        .map(|(name, (_, addr))| NodeAddr {
+            name: name.clone(),
+            addr: *addr,
+        })
+        .collect();
     bound
         .into_iter()
         .enumerate()
         .map(|(i, (listener, _))| {
-            let peers = addrs.iter().filter(|a| a.name != names[i]).cloned().collect();
+            let peers = addrs
+                .iter()
+                .filter(|a| a.name != names[i])
+                .cloned()
+                .collect();
             let mut cfg = test_config(&names[i], 4000 + i as u16, peers, SECRET);
             tweak(&mut cfg);
             Node::start(cfg, listener)
@@ -173,7 +212,11 @@ fn cluster(n: usize, tweak: impl Fn(&mut TransportConfig)) -> Vec<Node> {
 
 async fn wait_connected(nodes: &[Node]) {
     wait_until("every transport connected", WAIT, || {
-        nodes.iter().all(|n| n.transport.peer_names().all(|p| n.transport.is_connected(p)))
+        nodes.iter().all(|n| {
+            n.transport
+                .peer_names()
+                .all(|p| n.transport.is_connected(p))
+        })
     })
     .await;
 }
@@ -191,7 +234,9 @@ fn raft_batches_control_and_peer_state() {
 
         // Many small sends in one turn of the runtime become one Raft frame per peer.
         let before = a.transport.stats();
-        let expected: Vec<(u32, Vec<u8>)> = (0..1000u32).map(|i| (i % 7, i.to_le_bytes().to_vec())).collect();
+        let expected: Vec<(u32, Vec<u8>)> = (0..1000u32)
+            .map(|i| (i % 7, i.to_le_bytes().to_vec()))
+            .collect();
         for m in &expected {
             a.transport.send_raft("b", vec![m.clone()]);
             a.transport.send_raft("c", vec![m.clone()]);
@@ -200,17 +245,28 @@ fn raft_batches_control_and_peer_state() {
             b.rec.raft_messages("a").len() == 1000 && c.rec.raft_messages("a").len() == 1000
         })
         .await;
-        assert_eq!(b.rec.raft_messages("a"), expected, "order and contents kept");
+        assert_eq!(
+            b.rec.raft_messages("a"),
+            expected,
+            "order and contents kept"
+        );
         assert_eq!(c.rec.raft_messages("a"), expected);
         let after = a.transport.stats();
-        assert_eq!(after.raft_frames_sent - before.raft_frames_sent, 2, "one frame per peer");
+        assert_eq!(
+            after.raft_frames_sent - before.raft_frames_sent,
+            2,
+            "one frame per peer"
+        );
         assert_eq!(after.raft_messages_sent - before.raft_messages_sent, 2000);
         assert_eq!(b.rec.raft_calls(), 1);
         assert_eq!(c.rec.raft_calls(), 1);
         assert_eq!(b.transport.stats().raft_messages_received, 1000);
 
         // A batch sent in one call, and traffic the other way.
-        b.transport.send_raft("a", vec![(1, vec![1; 300]), (2, vec![]), (3, vec![3; 10_000])]);
+        b.transport.send_raft(
+            "a",
+            vec![(1, vec![1; 300]), (2, vec![]), (3, vec![3; 10_000])],
+        );
         wait_until("raft at a", WAIT, || a.rec.raft_messages("b").len() == 3).await;
         assert_eq!(a.rec.raft_messages("b")[2], (3, vec![3; 10_000]));
 
@@ -220,13 +276,17 @@ fn raft_batches_control_and_peer_state() {
         wait_until("control at b", WAIT, || b.rec.control.borrow().len() == 2).await;
         assert_eq!(
             *b.rec.control.borrow(),
-            vec![("a".to_owned(), b"drain".to_vec()), ("a".to_owned(), b"undrain".to_vec())]
+            vec![
+                ("a".to_owned(), b"drain".to_vec()),
+                ("a".to_owned(), b"undrain".to_vec())
+            ]
         );
 
         // Unknown peers and oversized messages are dropped and counted.
         let dropped = a.transport.stats().raft_messages_dropped;
         a.transport.send_raft("nobody", vec![(1, vec![])]);
-        a.transport.send_raft("b", vec![(1, vec![0; MAX_RAFT_MESSAGE + 1])]);
+        a.transport
+            .send_raft("b", vec![(1, vec![0; MAX_RAFT_MESSAGE + 1])]);
         assert_eq!(a.transport.stats().raft_messages_dropped, dropped + 2);
 
         // Stopping a node: its peers see it go.
@@ -235,10 +295,17 @@ fn raft_batches_control_and_peer_state() {
             b.rec.states_of("a") == vec![true, false] && c.rec.states_of("a") == vec![true, false]
         })
         .await;
-        wait_until("a disconnected", WAIT, || !a.transport.is_connected("b") && !a.transport.is_connected("c")).await;
+        wait_until("a disconnected", WAIT, || {
+            !a.transport.is_connected("b") && !a.transport.is_connected("c")
+        })
+        .await;
         let dropped = b.transport.stats().raft_messages_dropped;
         b.transport.send_raft("a", vec![(1, vec![1])]);
-        assert_eq!(b.transport.stats().raft_messages_dropped, dropped + 1, "peer down: dropped");
+        assert_eq!(
+            b.transport.stats().raft_messages_dropped,
+            dropped + 1,
+            "peer down: dropped"
+        );
         for n in &nodes {
             n.stop_all();
         }
@@ -258,10 +325,16 @@ fn raft_queue_is_bounded() {
         let stats = a.transport.stats();
         assert!(stats.raft_messages_dropped >= 90, "{stats:?}");
         let queued = 100 - stats.raft_messages_dropped as usize;
-        wait_until("queued messages delivered", WAIT, || b.rec.raft_messages("a").len() == queued).await;
+        wait_until("queued messages delivered", WAIT, || {
+            b.rec.raft_messages("a").len() == queued
+        })
+        .await;
         // The queue drains, so later sends fit again.
         a.transport.send_raft("b", vec![(1000, vec![1; 1000])]);
-        wait_until("later message delivered", WAIT, || b.rec.raft_messages("a").len() == queued + 1).await;
+        wait_until("later message delivered", WAIT, || {
+            b.rec.raft_messages("a").len() == queued + 1
+        })
+        .await;
         for n in &nodes {
             n.stop_all();
         }
@@ -275,47 +348,89 @@ fn requests_responses_and_timeouts() {
         wait_connected(&nodes).await;
         let (a, b) = (&nodes[0], &nodes[1]);
 
-        assert_eq!(a.transport.request("b", b"hi".to_vec()).await, Ok(b"re:hi".to_vec()));
-        assert_eq!(b.transport.request("a", b"yo".to_vec()).await, Ok(b"re:yo".to_vec()));
-        assert_eq!(a.transport.request("b", b"later".to_vec()).await, Ok(b"later done".to_vec()));
-        assert_eq!(a.transport.request("b", b"thread".to_vec()).await, Ok(b"from another thread".to_vec()));
+        assert_eq!(
+            a.transport.request("b", b"hi".to_vec()).await,
+            Ok(b"re:hi".to_vec())
+        );
+        assert_eq!(
+            b.transport.request("a", b"yo".to_vec()).await,
+            Ok(b"re:yo".to_vec())
+        );
+        assert_eq!(
+            a.transport.request("b", b"later".to_vec()).await,
+            Ok(b"later done".to_vec())
+        );
+        assert_eq!(
+            a.transport.request("b", b"thread".to_vec()).await,
+            Ok(b"from another thread".to_vec())
+        );
         let big = vec![5u8; 3 * 1024 * 1024];
-        let answer = a.transport.request("b", big.clone()).await.expect("big request");
+        let answer = a
+            .transport
+            .request("b", big.clone())
+            .await
+            .expect("big request");
         assert_eq!(&answer[3..], big.as_slice());
 
         // Many concurrent requests, answered out of order by a mix of handlers.
         let handles: Vec<_> = (0..300)
             .map(|i| {
                 let t = Rc::clone(&a.transport);
-                let body = if i % 10 == 0 { b"later".to_vec() } else { format!("req {i}").into_bytes() };
+                let body = if i % 10 == 0 {
+                    b"later".to_vec()
+                } else {
+                    format!("req {i}").into_bytes()
+                };
                 monoio::spawn(async move { (i, t.request("b", body).await) })
             })
             .collect();
         for h in handles {
             let (i, res) = h.await;
-            let want = if i % 10 == 0 { b"later done".to_vec() } else { format!("re:req {i}").into_bytes() };
+            let want = if i % 10 == 0 {
+                b"later done".to_vec()
+            } else {
+                format!("re:req {i}").into_bytes()
+            };
             assert_eq!(res, Ok(want), "request {i}");
         }
 
         // A handler that never replies (or drops its replier): the requester times out.
         let started = Instant::now();
-        assert_eq!(a.transport.request("b", b"hang".to_vec()).await, Err(TransportError::Timeout));
+        assert_eq!(
+            a.transport.request("b", b"hang".to_vec()).await,
+            Err(TransportError::Timeout)
+        );
         assert!(started.elapsed() >= Duration::from_millis(450));
-        assert_eq!(a.transport.request("b", b"drop".to_vec()).await, Err(TransportError::Timeout));
+        assert_eq!(
+            a.transport.request("b", b"drop".to_vec()).await,
+            Err(TransportError::Timeout)
+        );
         assert_eq!(a.transport.stats().request_timeouts, 2);
         // A late answer to a timed-out request is ignored; the connection stays usable.
         let held = b.rec.held.borrow_mut().pop().expect("held replier");
         held.send(b"too late".to_vec());
-        assert_eq!(a.transport.request("b", b"again".to_vec()).await, Ok(b"re:again".to_vec()));
+        assert_eq!(
+            a.transport.request("b", b"again".to_vec()).await,
+            Ok(b"re:again".to_vec())
+        );
 
         // Requests that fail at once.
-        assert_eq!(a.transport.request("nobody", vec![]).await, Err(TransportError::UnknownPeer));
-        assert_eq!(a.transport.request("b", vec![0; MAX_BODY + 1]).await, Err(TransportError::TooLarge));
+        assert_eq!(
+            a.transport.request("nobody", vec![]).await,
+            Err(TransportError::UnknownPeer)
+        );
+        assert_eq!(
+            a.transport.request("b", vec![0; MAX_BODY + 1]).await,
+            Err(TransportError::TooLarge)
+        );
 
         // Dropping a request future forgets it.
         let fut = a.transport.request("b", b"hang".to_vec());
         let _ = monoio::time::timeout(Duration::from_millis(10), fut).await;
-        assert_eq!(a.transport.request("b", b"ok".to_vec()).await, Ok(b"re:ok".to_vec()));
+        assert_eq!(
+            a.transport.request("b", b"ok".to_vec()).await,
+            Ok(b"re:ok".to_vec())
+        );
 
         for n in &nodes {
             n.stop_all();
@@ -329,11 +444,22 @@ fn request_to_a_down_peer_fails_fast() {
         // "b" is configured but nothing listens there.
         let (_, dead) = bind_local();
         let (listener, _) = bind_local();
-        let cfg = test_config("a", 4000, vec![NodeAddr { name: "b".into(), addr: dead }], SECRET);
+        let cfg = test_config(
+            "a",
+            4000,
+            vec![NodeAddr {
+                name: "b".into(),
+                addr: dead,
+            }],
+            SECRET,
+        );
         let a = Node::start(cfg, listener);
         monoio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
-        assert_eq!(a.transport.request("b", b"x".to_vec()).await, Err(TransportError::NotConnected));
+        assert_eq!(
+            a.transport.request("b", b"x".to_vec()).await,
+            Err(TransportError::NotConnected)
+        );
         assert!(started.elapsed() < Duration::from_millis(100));
         assert!(!a.transport.is_connected("b"));
         assert!(a.transport.stats().connect_failures >= 1);
@@ -348,11 +474,27 @@ fn wrong_secret_is_refused() {
         let (la, addr_a) = bind_local();
         let (lb, addr_b) = bind_local();
         let a = Node::start(
-            test_config("a", 4000, vec![NodeAddr { name: "b".into(), addr: addr_b }], b"secret one"),
+            test_config(
+                "a",
+                4000,
+                vec![NodeAddr {
+                    name: "b".into(),
+                    addr: addr_b,
+                }],
+                b"secret one",
+            ),
             la,
         );
         let b = Node::start(
-            test_config("b", 4001, vec![NodeAddr { name: "a".into(), addr: addr_a }], b"secret two"),
+            test_config(
+                "b",
+                4001,
+                vec![NodeAddr {
+                    name: "a".into(),
+                    addr: addr_a,
+                }],
+                b"secret two",
+            ),
             lb,
         );
         wait_until("auth failures on both sides", WAIT, || {
@@ -361,10 +503,16 @@ fn wrong_secret_is_refused() {
         .await;
         a.transport.send_raft("b", vec![(1, vec![1])]);
         a.transport.send_control("b", vec![1]);
-        assert_eq!(a.transport.request("b", vec![1]).await, Err(TransportError::NotConnected));
+        assert_eq!(
+            a.transport.request("b", vec![1]).await,
+            Err(TransportError::NotConnected)
+        );
         monoio::time::sleep(Duration::from_millis(300)).await;
         for n in [&a, &b] {
-            assert!(n.rec.states.borrow().is_empty(), "on_peer_state must never fire");
+            assert!(
+                n.rec.states.borrow().is_empty(),
+                "on_peer_state must never fire"
+            );
             assert!(n.rec.nothing_delivered());
             assert_eq!(n.transport.stats().connects, 0);
         }
@@ -409,23 +557,40 @@ async fn raw_read_frame(s: &mut TcpStream, dec: &mut PeerDecoder) -> PeerFrame {
         if let Some(f) = dec.next_frame().expect("valid frame") {
             return f;
         }
-        let (res, buf) = monoio::time::timeout(Duration::from_secs(3), s.read(Vec::with_capacity(4096)))
-            .await
-            .expect("read timeout");
+        let (res, buf) =
+            monoio::time::timeout(Duration::from_secs(3), s.read(Vec::with_capacity(4096)))
+                .await
+                .expect("read timeout");
         assert!(res.expect("read") > 0, "unexpected EOF");
         dec.push(&buf);
     }
 }
 
 fn hello(node: &str, nonce: [u8; 32]) -> PeerFrame {
-    PeerFrame::Hello { cluster_version: CLUSTER_VERSION, node: node.into(), http_port: 1, nonce }
+    PeerFrame::Hello {
+        cluster_version: CLUSTER_VERSION,
+        node: node.into(),
+        http_port: 1,
+        nonce,
+    }
 }
 
 /// Node "b" whose only peer is "a" (not running).
 fn lone_b() -> Node {
     let (_, dead) = bind_local();
     let (listener, _) = bind_local();
-    Node::start(test_config("b", 4001, vec![NodeAddr { name: "a".into(), addr: dead }], SECRET), listener)
+    Node::start(
+        test_config(
+            "b",
+            4001,
+            vec![NodeAddr {
+                name: "a".into(),
+                addr: dead,
+            }],
+            SECRET,
+        ),
+        listener,
+    )
 }
 
 #[test]
@@ -439,17 +604,36 @@ fn raw_clients_are_disconnected() {
         let mut dec = PeerDecoder::new();
         let nonce_c = [9u8; 32];
         raw_write(&mut s, frame_bytes(&hello("a", nonce_c))).await;
-        let PeerFrame::Challenge { node, http_port, nonce: nonce_s, mac } = raw_read_frame(&mut s, &mut dec).await else {
+        let PeerFrame::Challenge {
+            node,
+            http_port,
+            nonce: nonce_s,
+            mac,
+        } = raw_read_frame(&mut s, &mut dec).await
+        else {
             panic!("expected a challenge");
         };
         assert_eq!((node.as_str(), http_port), ("b", 4001));
         assert_eq!(mac, test_proof(SECRET, true, &nonce_c, &nonce_s));
-        let mut bytes = frame_bytes(&PeerFrame::Auth { mac: test_proof(SECRET, false, &nonce_s, &nonce_c) });
-        bytes.extend(frame_bytes(&PeerFrame::Raft { messages: vec![RaftEnvelope { group: 3, data: vec![1, 2] }] }));
+        let mut bytes = frame_bytes(&PeerFrame::Auth {
+            mac: test_proof(SECRET, false, &nonce_s, &nonce_c),
+        });
+        bytes.extend(frame_bytes(&PeerFrame::Raft {
+            messages: vec![RaftEnvelope {
+                group: 3,
+                data: vec![1, 2],
+            }],
+        }));
         bytes.extend(frame_bytes(&PeerFrame::Ping { at: 77 }));
         raw_write(&mut s, bytes).await;
-        assert_eq!(raw_read_frame(&mut s, &mut dec).await, PeerFrame::Pong { at: 77 });
-        wait_until("raw raft delivered", WAIT, || b.rec.raft_messages("a") == vec![(3, vec![1, 2])]).await;
+        assert_eq!(
+            raw_read_frame(&mut s, &mut dec).await,
+            PeerFrame::Pong { at: 77 }
+        );
+        wait_until("raw raft delivered", WAIT, || {
+            b.rec.raft_messages("a") == vec![(3, vec![1, 2])]
+        })
+        .await;
         drop(s);
         b.rec.raft.borrow_mut().clear();
 
@@ -460,12 +644,30 @@ fn raw_clients_are_disconnected() {
 
         // A frame header announcing more than the pre-auth limit.
         let mut s = raw_connect(b.addr).await;
-        raw_write(&mut s, frame_bytes(&PeerFrame::Control { body: vec![0; 10_000] })).await;
-        assert!(closed_within(&mut s, limit).await, "oversized pre-auth frame");
+        raw_write(
+            &mut s,
+            frame_bytes(&PeerFrame::Control {
+                body: vec![0; 10_000],
+            }),
+        )
+        .await;
+        assert!(
+            closed_within(&mut s, limit).await,
+            "oversized pre-auth frame"
+        );
 
         // A valid frame, but not a Hello.
         let mut s = raw_connect(b.addr).await;
-        raw_write(&mut s, frame_bytes(&PeerFrame::Raft { messages: vec![RaftEnvelope { group: 1, data: vec![] }] })).await;
+        raw_write(
+            &mut s,
+            frame_bytes(&PeerFrame::Raft {
+                messages: vec![RaftEnvelope {
+                    group: 1,
+                    data: vec![],
+                }],
+            }),
+        )
+        .await;
         assert!(closed_within(&mut s, limit).await, "raft before hello");
 
         // A Hello from a node that is not in the cluster, or with another version.
@@ -473,7 +675,12 @@ fn raw_clients_are_disconnected() {
         raw_write(&mut s, frame_bytes(&hello("mallory", [1; 32]))).await;
         assert!(closed_within(&mut s, limit).await, "unknown node");
         let mut s = raw_connect(b.addr).await;
-        let old = PeerFrame::Hello { cluster_version: CLUSTER_VERSION + 1, node: "a".into(), http_port: 1, nonce: [1; 32] };
+        let old = PeerFrame::Hello {
+            cluster_version: CLUSTER_VERSION + 1,
+            node: "a".into(),
+            http_port: 1,
+            nonce: [1; 32],
+        };
         raw_write(&mut s, frame_bytes(&old)).await;
         assert!(closed_within(&mut s, limit).await, "wrong version");
 
@@ -481,7 +688,10 @@ fn raw_clients_are_disconnected() {
         let mut s = raw_connect(b.addr).await;
         let mut dec = PeerDecoder::new();
         raw_write(&mut s, frame_bytes(&hello("a", [2; 32]))).await;
-        assert!(matches!(raw_read_frame(&mut s, &mut dec).await, PeerFrame::Challenge { .. }));
+        assert!(matches!(
+            raw_read_frame(&mut s, &mut dec).await,
+            PeerFrame::Challenge { .. }
+        ));
         raw_write(&mut s, frame_bytes(&PeerFrame::Auth { mac: [0; 32] })).await;
         assert!(closed_within(&mut s, limit).await, "forged auth");
 
@@ -489,23 +699,41 @@ fn raw_clients_are_disconnected() {
         let mut s = raw_connect(b.addr).await;
         let mut dec = PeerDecoder::new();
         raw_write(&mut s, frame_bytes(&hello("a", [3; 32]))).await;
-        assert!(matches!(raw_read_frame(&mut s, &mut dec).await, PeerFrame::Challenge { .. }));
-        raw_write(&mut s, frame_bytes(&PeerFrame::Raft { messages: vec![RaftEnvelope { group: 1, data: vec![] }] })).await;
+        assert!(matches!(
+            raw_read_frame(&mut s, &mut dec).await,
+            PeerFrame::Challenge { .. }
+        ));
+        raw_write(
+            &mut s,
+            frame_bytes(&PeerFrame::Raft {
+                messages: vec![RaftEnvelope {
+                    group: 1,
+                    data: vec![],
+                }],
+            }),
+        )
+        .await;
         assert!(closed_within(&mut s, limit).await, "raft instead of auth");
 
         // An authenticated peer that sends garbage is disconnected too.
         let mut s = raw_connect(b.addr).await;
         let mut dec = PeerDecoder::new();
         raw_write(&mut s, frame_bytes(&hello("a", nonce_c))).await;
-        let PeerFrame::Challenge { nonce: nonce_s, .. } = raw_read_frame(&mut s, &mut dec).await else {
+        let PeerFrame::Challenge { nonce: nonce_s, .. } = raw_read_frame(&mut s, &mut dec).await
+        else {
             panic!("expected a challenge");
         };
-        let mut bytes = frame_bytes(&PeerFrame::Auth { mac: test_proof(SECRET, false, &nonce_s, &nonce_c) });
+        let mut bytes = frame_bytes(&PeerFrame::Auth {
+            mac: test_proof(SECRET, false, &nonce_s, &nonce_c),
+        });
         bytes.extend_from_slice(&[0xAB; 64]);
         raw_write(&mut s, bytes).await;
         assert!(closed_within(&mut s, limit).await, "garbage after auth");
 
-        assert!(b.rec.nothing_delivered(), "nothing from the refused clients reached the handler");
+        assert!(
+            b.rec.nothing_delivered(),
+            "nothing from the refused clients reached the handler"
+        );
         assert!(b.rec.states.borrow().is_empty());
         let stats = b.transport.stats();
         assert!(stats.auth_failures >= 7, "{stats:?}");
@@ -536,11 +764,20 @@ fn reconnects_after_the_acceptor_restarts() {
 
         // B's accept loop goes away (its connections close): A sees B down.
         b.stop_serve.fire();
-        wait_until("a sees b down", WAIT, || a.rec.states_of("b") == vec![true, false]).await;
+        wait_until("a sees b down", WAIT, || {
+            a.rec.states_of("b") == vec![true, false]
+        })
+        .await;
         assert!(!a.transport.is_connected("b"));
-        assert_eq!(a.transport.request("b", vec![1]).await, Err(TransportError::NotConnected));
+        assert_eq!(
+            a.transport.request("b", vec![1]).await,
+            Err(TransportError::NotConnected)
+        );
         monoio::time::sleep(Duration::from_millis(300)).await;
-        assert!(a.transport.stats().connect_failures >= 1, "refused while b is down");
+        assert!(
+            a.transport.stats().connect_failures >= 1,
+            "refused while b is down"
+        );
 
         // B listens again on the same port: A reconnects by itself.
         let restarted = Latch::new();
@@ -549,9 +786,15 @@ fn reconnects_after_the_acceptor_restarts() {
         monoio::spawn(async move { t.serve(listener, async move { s.wait().await }).await });
         wait_until("a reconnects to b", WAIT, || a.transport.is_connected("b")).await;
         assert_eq!(a.rec.states_of("b"), vec![true, false, true]);
-        assert_eq!(a.transport.request("b", b"back".to_vec()).await, Ok(b"re:back".to_vec()));
+        assert_eq!(
+            a.transport.request("b", b"back".to_vec()).await,
+            Ok(b"re:back".to_vec())
+        );
         a.transport.send_raft("b", vec![(9, vec![9])]);
-        wait_until("raft after reconnect", WAIT, || b.rec.raft_messages("a") == vec![(9, vec![9])]).await;
+        wait_until("raft after reconnect", WAIT, || {
+            b.rec.raft_messages("a") == vec![(9, vec![9])]
+        })
+        .await;
         let stats = a.transport.stats();
         assert_eq!(stats.reconnects, 1, "{stats:?}");
         assert_eq!(stats.disconnects, 1, "{stats:?}");
@@ -569,15 +812,27 @@ fn silent_peer_is_detected_as_down() {
         // while keeping the socket open.
         let (fake, fake_addr) = bind_local();
         let (la, addr_a) = bind_local();
-        let b_cfg = Rc::new(test_config("b", 4001, vec![NodeAddr { name: "a".into(), addr: addr_a }], SECRET));
+        let b_cfg = Rc::new(test_config(
+            "b",
+            4001,
+            vec![NodeAddr {
+                name: "a".into(),
+                addr: addr_a,
+            }],
+            SECRET,
+        ));
         let silent_since = Rc::new(RefCell::new(None));
         let since = Rc::clone(&silent_since);
         let fake_task = monoio::spawn(async move {
             let (stream, _) = fake.accept().await.expect("accept");
             let (rd, mut wr) = monoio::io::Splitable::into_split(stream);
             let mut rd = FrameReader::new(rd, 1 << 20);
-            handshake::acceptor(&mut rd, &mut wr, &b_cfg).await.expect("handshake");
-            let PeerFrame::Ping { at } = rd.next().await.expect("ping") else { panic!("expected a ping") };
+            handshake::acceptor(&mut rd, &mut wr, &b_cfg)
+                .await
+                .expect("handshake");
+            let PeerFrame::Ping { at } = rd.next().await.expect("ping") else {
+                panic!("expected a ping")
+            };
             let (res, _) = wr.write_all(frame_bytes(&PeerFrame::Pong { at })).await;
             res.expect("pong");
             *since.borrow_mut() = Some(Instant::now());
@@ -585,8 +840,22 @@ fn silent_peer_is_detected_as_down() {
             monoio::time::sleep(Duration::from_secs(8)).await;
             drop((rd, wr));
         });
-        let a = Node::start(test_config("a", 4000, vec![NodeAddr { name: "b".into(), addr: fake_addr }], SECRET), la);
-        wait_until("a connected to the fake b", WAIT, || a.transport.is_connected("b")).await;
+        let a = Node::start(
+            test_config(
+                "a",
+                4000,
+                vec![NodeAddr {
+                    name: "b".into(),
+                    addr: fake_addr,
+                }],
+                SECRET,
+            ),
+            la,
+        );
+        wait_until("a connected to the fake b", WAIT, || {
+            a.transport.is_connected("b")
+        })
+        .await;
         assert_eq!(a.transport.peer_http_port("b"), Some(4001));
 
         // A request in flight when the peer goes quiet fails with Closed once the
@@ -596,8 +865,14 @@ fn silent_peer_is_detected_as_down() {
         assert_eq!(a.rec.states_of("b"), vec![true, false]);
         assert!(!a.transport.is_connected("b"));
         let silent_for = silent_since.borrow().expect("fake answered").elapsed();
-        assert!(silent_for >= Duration::from_millis(900), "declared dead too early: {silent_for:?}");
-        assert!(silent_for < Duration::from_millis(2500), "declared dead too late: {silent_for:?}");
+        assert!(
+            silent_for >= Duration::from_millis(900),
+            "declared dead too early: {silent_for:?}"
+        );
+        assert!(
+            silent_for < Duration::from_millis(2500),
+            "declared dead too late: {silent_for:?}"
+        );
         a.stop_all();
         drop(fake_task);
     });

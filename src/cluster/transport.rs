@@ -30,7 +30,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on a request's round trip.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default reconnect backoff: first delay, and the cap it doubles up to.
-pub const DEFAULT_RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+pub const DEFAULT_RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(2));
 /// Default bound on the Raft bytes queued for one peer (and, separately, on the
 /// request and control bytes queued for it).
 pub const DEFAULT_MAX_QUEUED_RAFT_BYTES: usize = 32 * 1024 * 1024;
@@ -86,7 +87,12 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// A configuration with the default timeouts and bounds.
-    pub fn new(me: impl Into<String>, http_port: u16, peers: Vec<NodeAddr>, secret: Vec<u8>) -> Self {
+    pub fn new(
+        me: impl Into<String>,
+        http_port: u16,
+        peers: Vec<NodeAddr>,
+        secret: Vec<u8>,
+    ) -> Self {
         Self {
             me: me.into(),
             http_port,
@@ -112,7 +118,10 @@ impl fmt::Debug for TransportConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("reconnect_backoff", &self.reconnect_backoff)
-            .field("max_queued_raft_bytes_per_peer", &self.max_queued_raft_bytes_per_peer)
+            .field(
+                "max_queued_raft_bytes_per_peer",
+                &self.max_queued_raft_bytes_per_peer,
+            )
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("peer_timeout", &self.peer_timeout)
             .finish()
@@ -147,7 +156,11 @@ impl Replier {
     /// over [`MAX_BODY`]) the response is dropped and the requester times out.
     pub fn send(self, body: Vec<u8>) {
         if body.len() > MAX_BODY {
-            tracing::warn!(len = body.len(), max = MAX_BODY, "cluster response too large, dropped");
+            tracing::warn!(
+                len = body.len(),
+                max = MAX_BODY,
+                "cluster response too large, dropped"
+            );
             return;
         }
         let _ = self.tx.try_send(Outgoing::Response { id: self.id, body });
@@ -277,16 +290,29 @@ pub struct Transport {
 impl Transport {
     pub fn new(cfg: TransportConfig, inbound: Rc<dyn Inbound>) -> Rc<Transport> {
         if cfg.secret.is_empty() {
-            tracing::warn!("cluster secret is empty: any host that can reach the cluster port can join");
+            tracing::warn!(
+                "cluster secret is empty: any host that can reach the cluster port can join"
+            );
         }
         let mut seen = std::collections::HashSet::new();
         let peers: Vec<Rc<Peer>> = cfg
             .peers
             .iter()
             .filter(|p| p.name != cfg.me && seen.insert(p.name.clone()))
-            .map(|p| Rc::new(Peer { name: p.name.clone(), addr: p.addr, st: RefCell::default(), wake: Notify::default() }))
+            .map(|p| {
+                Rc::new(Peer {
+                    name: p.name.clone(),
+                    addr: p.addr,
+                    st: RefCell::default(),
+                    wake: Notify::default(),
+                })
+            })
             .collect();
-        let by_name = peers.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        let by_name = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
         Rc::new(Transport {
             cfg: Rc::new(cfg),
             inbound,
@@ -324,8 +350,19 @@ impl Transport {
     /// Accept loop for this core's cluster listener, delivering to this transport's
     /// `Inbound` and counting into its [`stats`](Self::stats). Same as
     /// [`serve_cluster`](super::serve_cluster) otherwise.
-    pub async fn serve(self: &Rc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()> + 'static) {
-        serve_with(listener, Rc::clone(&self.cfg), Rc::clone(&self.inbound), Rc::clone(&self.counters), shutdown).await;
+    pub async fn serve(
+        self: &Rc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + 'static,
+    ) {
+        serve_with(
+            listener,
+            Rc::clone(&self.cfg),
+            Rc::clone(&self.inbound),
+            Rc::clone(&self.counters),
+            shutdown,
+        )
+        .await;
     }
 
     fn peer(&self, name: &str) -> Option<&Rc<Peer>> {
@@ -340,7 +377,8 @@ impl Transport {
             return;
         }
         let Some(p) = self.peer(peer) else {
-            self.counters.add(|s| s.raft_messages_dropped += messages.len() as u64);
+            self.counters
+                .add(|s| s.raft_messages_dropped += messages.len() as u64);
             return;
         };
         let mut dropped = 0u64;
@@ -353,7 +391,13 @@ impl Transport {
                 for (group, data) in messages {
                     let size = data.len() + ENVELOPE_OVERHEAD;
                     if data.len() > MAX_RAFT_MESSAGE {
-                        tracing::warn!(peer, group, len = data.len(), max = MAX_RAFT_MESSAGE, "raft message too large for the transport, dropped");
+                        tracing::warn!(
+                            peer,
+                            group,
+                            len = data.len(),
+                            max = MAX_RAFT_MESSAGE,
+                            "raft message too large for the transport, dropped"
+                        );
                         dropped += 1;
                     } else if st.raft_bytes + size > bound {
                         dropped += 1;
@@ -379,7 +423,8 @@ impl Transport {
         };
         let queued = {
             let mut st = p.st.borrow_mut();
-            let fits = body.len() <= MAX_BODY && st.other_bytes + body.len() <= self.cfg.max_queued_raft_bytes_per_peer;
+            let fits = body.len() <= MAX_BODY
+                && st.other_bytes + body.len() <= self.cfg.max_queued_raft_bytes_per_peer;
             if st.connected && fits {
                 st.other_bytes += body.len();
                 st.control.push_back(body);
@@ -427,7 +472,10 @@ impl Transport {
         };
         self.counters.add(|s| s.requests_sent += 1);
         p.wake.notify();
-        let _forget = PendingGuard { peer: Rc::clone(p), id };
+        let _forget = PendingGuard {
+            peer: Rc::clone(p),
+            id,
+        };
         match monoio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Some(body)) => Ok(body),
             Ok(None) => Err(TransportError::Closed),
@@ -518,8 +566,16 @@ impl Transport {
     }
 
     /// TCP connect + handshake, each bounded.
-    async fn dial(&self, peer: &Peer) -> Result<(FrameReader<TcpOwnedReadHalf>, TcpOwnedWriteHalf), DialError> {
-        let stream = match monoio::time::timeout(self.cfg.connect_timeout, TcpStream::connect_addr(peer.addr)).await {
+    async fn dial(
+        &self,
+        peer: &Peer,
+    ) -> Result<(FrameReader<TcpOwnedReadHalf>, TcpOwnedWriteHalf), DialError> {
+        let stream = match monoio::time::timeout(
+            self.cfg.connect_timeout,
+            TcpStream::connect_addr(peer.addr),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(DialError::Connect(e)),
             Err(_) => return Err(DialError::ConnectTimeout),
@@ -541,9 +597,15 @@ impl Transport {
     }
 
     /// Runs one authenticated outbound connection until it fails or shutdown.
-    async fn run_connection(self: &Rc<Self>, peer: &Rc<Peer>, rd: FrameReader<TcpOwnedReadHalf>, mut wr: TcpOwnedWriteHalf) {
+    async fn run_connection(
+        self: &Rc<Self>,
+        peer: &Rc<Peer>,
+        rd: FrameReader<TcpOwnedReadHalf>,
+        mut wr: TcpOwnedWriteHalf,
+    ) {
         let closed = Latch::new();
-        let reader = monoio::spawn(Rc::clone(self).outbound_reader(Rc::clone(peer), rd, closed.clone()));
+        let reader =
+            monoio::spawn(Rc::clone(self).outbound_reader(Rc::clone(peer), rd, closed.clone()));
         let write_end = monoio::select! {
             end = self.outbound_writer(peer, &mut wr, &closed) => end,
             _ = self.shutdown.wait() => None,
@@ -626,7 +688,10 @@ impl Transport {
                 }
                 other => {
                     self.counters.add(|s| s.protocol_errors += 1);
-                    break Some(format!("unexpected {} frame on an outbound connection", other.kind()));
+                    break Some(format!(
+                        "unexpected {} frame on an outbound connection",
+                        other.kind()
+                    ));
                 }
             }
         };
@@ -636,7 +701,12 @@ impl Transport {
 
     /// Sends pings and everything queued for `peer`, one write per flush. Returns
     /// why it ended (`None`: told to close).
-    async fn outbound_writer(&self, peer: &Peer, wr: &mut TcpOwnedWriteHalf, closed: &Latch) -> Option<String> {
+    async fn outbound_writer(
+        &self,
+        peer: &Peer,
+        wr: &mut TcpOwnedWriteHalf,
+        closed: &Latch,
+    ) -> Option<String> {
         let mut out = Vec::new();
         let mut next_ping = Instant::now();
         loop {
@@ -678,13 +748,21 @@ impl Transport {
             let st = &mut *guard;
             st.raft_bytes = 0;
             st.other_bytes = 0;
-            let requests: Vec<(u64, Vec<u8>)> =
-                st.requests.drain(..).filter(|(id, _)| st.pending.contains_key(id)).collect();
-            (std::mem::take(&mut st.raft), std::mem::take(&mut st.control), requests)
+            let requests: Vec<(u64, Vec<u8>)> = st
+                .requests
+                .drain(..)
+                .filter(|(id, _)| st.pending.contains_key(id))
+                .collect();
+            (
+                std::mem::take(&mut st.raft),
+                std::mem::take(&mut st.control),
+                requests,
+            )
         };
         let mut frames = 0u64;
         let mut raft_frames = 0u64;
-        let mut encode = |frame: &PeerFrame, out: &mut Vec<u8>| match encode_peer_frame(frame, out) {
+        let mut encode = |frame: &PeerFrame, out: &mut Vec<u8>| match encode_peer_frame(frame, out)
+        {
             Ok(_) => {
                 frames += 1;
                 true
@@ -705,10 +783,17 @@ impl Transport {
         while let Some(env) = iter.next() {
             batch_bytes += env.data.len() + ENVELOPE_OVERHEAD;
             batch.push(env);
-            let full = iter.peek().is_some_and(|next| batch_bytes + next.data.len() + ENVELOPE_OVERHEAD > RAFT_BATCH_BYTES);
+            let full = iter.peek().is_some_and(|next| {
+                batch_bytes + next.data.len() + ENVELOPE_OVERHEAD > RAFT_BATCH_BYTES
+            });
             if full || iter.peek().is_none() {
                 let n = batch.len() as u64;
-                if encode(&PeerFrame::Raft { messages: std::mem::take(&mut batch) }, out) {
+                if encode(
+                    &PeerFrame::Raft {
+                        messages: std::mem::take(&mut batch),
+                    },
+                    out,
+                ) {
                     raft_frames += 1;
                 } else {
                     dropped += n;

@@ -11,7 +11,10 @@ use monoio::net::TcpStream;
 use monoio::time::{timeout_at, Instant};
 
 use super::io::{deadline_after, head_and_body, read_exact_into, write_parts_timeout, InBuf};
-use super::parse::{body_kind, has_head_end, head_scan_resume, parse_head, BodyKind, ChunkedDecoder, FramingError, Head, HeadParse, MAX_CHUNK_LINE};
+use super::parse::{
+    body_kind, has_head_end, head_scan_resume, parse_head, BodyKind, ChunkedDecoder, FramingError,
+    Head, HeadParse, MAX_CHUNK_LINE,
+};
 use super::request::{error_response, Handler, Reply, Request, Response, UpgradeFn};
 use super::server::ShutdownSignal;
 use super::ws::{websocket_accept, WebSocket};
@@ -46,7 +49,11 @@ fn bad_request() -> Response {
 }
 
 fn headers_too_large() -> Response {
-    error_response(431, "request_header_fields_too_large", "Request header fields are too large")
+    error_response(
+        431,
+        "request_header_fields_too_large",
+        "Request header fields are too large",
+    )
 }
 
 fn payload_too_large() -> Response {
@@ -54,7 +61,11 @@ fn payload_too_large() -> Response {
 }
 
 fn invalid_upgrade() -> Response {
-    error_response(400, "invalid_websocket_upgrade", "WebSocket upgrade required")
+    error_response(
+        400,
+        "invalid_websocket_upgrade",
+        "WebSocket upgrade required",
+    )
 }
 
 impl From<FramingError> for Stop {
@@ -78,8 +89,22 @@ pub(crate) struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, handler: Rc<H>, limits: Rc<Limits>, shutdown: ShutdownSignal) -> Self {
-        Self { stream, inbuf: InBuf::new(), peer, limits, handler, shutdown, accepted_at: Instant::now() }
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        handler: Rc<H>,
+        limits: Rc<Limits>,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        Self {
+            stream,
+            inbuf: InBuf::new(),
+            peer,
+            limits,
+            handler,
+            shutdown,
+            accepted_at: Instant::now(),
+        }
     }
 
     /// Serves requests until the connection closes or is upgraded.
@@ -104,7 +129,11 @@ impl<H: Handler> Conn<H> {
                     let keep = keep_alive && !wants_close(&resp) && !self.shutdown.is_triggered();
                     let conn_header = connection_header(keep, http10);
                     let parts = encode_response(&resp, is_head, conn_header);
-                    if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout).await.is_err() || !keep {
+                    if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
+                        .await
+                        .is_err()
+                        || !keep
+                    {
                         return;
                     }
                     self.inbuf.shrink_when_empty();
@@ -152,7 +181,9 @@ impl<H: Handler> Conn<H> {
     /// `header_timeout` from accept instead of the keep-alive idle time.
     async fn wait_for_request(&mut self, first: bool) -> Result<Instant, Stop> {
         let idle_deadline = if first {
-            self.accepted_at.checked_add(self.limits.header_timeout).unwrap_or_else(|| deadline_after(self.limits.header_timeout))
+            self.accepted_at
+                .checked_add(self.limits.header_timeout)
+                .unwrap_or_else(|| deadline_after(self.limits.header_timeout))
         } else {
             deadline_after(self.limits.keepalive_idle)
         };
@@ -185,7 +216,9 @@ impl<H: Handler> Conn<H> {
         let deadline = deadline_after(self.limits.body_timeout);
         if head.expects_continue() && self.inbuf.pending().is_empty() {
             let parts = vec![Bytes::from_static(CONTINUE)];
-            write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout).await.map_err(|_| Stop::Quiet)?;
+            write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
+                .await
+                .map_err(|_| Stop::Quiet)?;
         }
         match kind {
             BodyKind::Length(len) => self.read_sized_body(len, deadline).await,
@@ -231,7 +264,10 @@ impl<H: Handler> Conn<H> {
     async fn reject(mut self, resp: Response) {
         tracing::debug!(peer = %self.peer, status = resp.status, "rejecting request");
         let parts = encode_response(&resp, false, Some("close"));
-        if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout).await.is_ok() {
+        if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
+            .await
+            .is_ok()
+        {
             linger_close(self.stream).await;
         }
     }
@@ -245,7 +281,10 @@ impl<H: Handler> Conn<H> {
             None => return self.reject(invalid_upgrade()).await,
         };
         let parts = encode_response(&accept, false, None);
-        if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout).await.is_err() {
+        if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
         let buffered = self.inbuf.take_pending();
@@ -277,13 +316,23 @@ fn upgrade_check_for(head: &Head) -> Option<Result<Response, Response>> {
 }
 
 fn into_request(head: Head, body: Bytes, peer: SocketAddr) -> Request {
-    Request { method: head.method, path: head.path, query: head.query, headers: head.headers, body, peer }
+    Request {
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        headers: head.headers,
+        body,
+        peer,
+    }
 }
 
 /// Whether the handler asked to close the connection after this response.
 fn wants_close(resp: &Response) -> bool {
     super::request::header_has_token(
-        resp.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("connection")).map(|(_, v)| v.as_str()),
+        resp.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_str()),
         "close",
     )
 }
@@ -300,14 +349,23 @@ fn connection_header(keep: bool, http10: bool) -> Option<&'static str> {
 
 /// Headers the connection loop owns; the handler's copies are dropped.
 fn is_managed_header(name: &str) -> bool {
-    ["content-length", "transfer-encoding", "connection", "server"].iter().any(|m| name.eq_ignore_ascii_case(m))
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "server",
+    ]
+    .iter()
+    .any(|m| name.eq_ignore_ascii_case(m))
 }
 
 /// A header the handler may send: a token name and a value without CR/LF/NUL (no
 /// response splitting).
 fn is_valid_header(name: &str, value: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
 }
 
@@ -319,10 +377,25 @@ fn status_has_no_body(status: u16) -> bool {
 /// Serializes a response into one or two buffers (head, then the body unless this
 /// answers a HEAD request or the status forbids one). A HEAD response keeps the
 /// Content-Length the body would have had.
-pub(crate) fn encode_response(resp: &Response, is_head: bool, connection: Option<&str>) -> Vec<Bytes> {
-    let status = if (100..=599).contains(&resp.status) { resp.status } else { 500 };
+pub(crate) fn encode_response(
+    resp: &Response,
+    is_head: bool,
+    connection: Option<&str>,
+) -> Vec<Bytes> {
+    let status = if (100..=599).contains(&resp.status) {
+        resp.status
+    } else {
+        500
+    };
     let mut head = Vec::with_capacity(128 + resp.headers.len() * 32);
-    head.extend_from_slice(format!("HTTP/1.1 {} {}\r\nserver: {SERVER_NAME}\r\n", status, reason_phrase(status)).as_bytes());
+    head.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\nserver: {SERVER_NAME}\r\n",
+            status,
+            reason_phrase(status)
+        )
+        .as_bytes(),
+    );
     if status >= 200 && status != 204 {
         head.extend_from_slice(format!("content-length: {}\r\n", resp.body.len()).as_bytes());
     }
@@ -343,7 +416,11 @@ pub(crate) fn encode_response(resp: &Response, is_head: bool, connection: Option
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    let body = if is_head || status_has_no_body(status) { Bytes::new() } else { resp.body.clone() };
+    let body = if is_head || status_has_no_body(status) {
+        Bytes::new()
+    } else {
+        resp.body.clone()
+    };
     head_and_body(head, body)
 }
 
@@ -406,7 +483,10 @@ mod tests {
     use super::*;
 
     fn text(parts: Vec<Bytes>) -> String {
-        parts.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+        parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
     }
 
     #[test]

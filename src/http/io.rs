@@ -42,7 +42,10 @@ pub(crate) struct InBuf {
 
 impl InBuf {
     pub(crate) fn new() -> Self {
-        Self { data: Vec::with_capacity(INITIAL_READ_BUF), start: 0 }
+        Self {
+            data: Vec::with_capacity(INITIAL_READ_BUF),
+            start: 0,
+        }
     }
 
     pub(crate) fn pending(&self) -> &[u8] {
@@ -79,13 +82,20 @@ impl InBuf {
     ///
     /// If this future is dropped before completion the buffer's contents are lost: the
     /// caller must close the connection then.
-    pub(crate) async fn fill<R: AsyncReadRent>(&mut self, rd: &mut R, max_pending: usize) -> io::Result<usize> {
+    pub(crate) async fn fill<R: AsyncReadRent>(
+        &mut self,
+        rd: &mut R,
+        max_pending: usize,
+    ) -> io::Result<usize> {
         let mut data = self.take_pending();
         let len = data.len();
         let room = max_pending.saturating_sub(len).min(MAX_READ_CHUNK);
         if room == 0 {
             self.data = data;
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "input buffer full"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "input buffer full",
+            ));
         }
         data.reserve(room);
         let (res, slice) = rd.read(data.slice_mut(len..len + room)).await;
@@ -96,7 +106,11 @@ impl InBuf {
 
 /// Reads until `body` holds `len` bytes, growing it as data arrives (so a large
 /// declared length does not reserve memory the client never sends).
-pub(crate) async fn read_exact_into<R: AsyncReadRent>(rd: &mut R, mut body: Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_exact_into<R: AsyncReadRent>(
+    rd: &mut R,
+    mut body: Vec<u8>,
+    len: usize,
+) -> io::Result<Vec<u8>> {
     while body.len() < len {
         if body.capacity() == body.len() {
             let grow = body.len().max(INITIAL_READ_BUF).min(len - body.len());
@@ -126,7 +140,10 @@ impl IoParts {
         let iovecs = parts
             .iter()
             .filter(|p| !p.is_empty())
-            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
             .collect();
         Self { iovecs, parts }
     }
@@ -146,7 +163,10 @@ unsafe impl IoVecBuf for IoParts {
 
 /// Writes all `parts` back to back, with one `writev` per attempt (one syscall in the
 /// common case), handling short writes.
-pub(crate) async fn write_parts<W: AsyncWriteRent>(wr: &mut W, mut parts: Vec<Bytes>) -> io::Result<()> {
+pub(crate) async fn write_parts<W: AsyncWriteRent>(
+    wr: &mut W,
+    mut parts: Vec<Bytes>,
+) -> io::Result<()> {
     parts.retain(|p| !p.is_empty());
     while !parts.is_empty() {
         let written = if parts.len() == 1 {
@@ -181,7 +201,11 @@ fn advance(parts: &mut Vec<Bytes>, mut n: usize) {
 
 /// [`write_parts`] bounded by `limit`; a timeout is an error of kind `TimedOut` (and
 /// leaves the stream in an unknown state, so the caller must stop using it).
-pub(crate) async fn write_parts_timeout<W: AsyncWriteRent>(wr: &mut W, parts: Vec<Bytes>, limit: Duration) -> io::Result<()> {
+pub(crate) async fn write_parts_timeout<W: AsyncWriteRent>(
+    wr: &mut W,
+    parts: Vec<Bytes>,
+    limit: Duration,
+) -> io::Result<()> {
     match monoio::time::timeout(limit, write_parts(wr, parts)).await {
         Ok(res) => res,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
@@ -214,7 +238,13 @@ mod tests {
 
     #[test]
     fn coalesces_small_bodies_only() {
-        assert_eq!(head_and_body(b"H".to_vec(), Bytes::from_static(b"B")).len(), 1);
-        assert_eq!(head_and_body(b"H".to_vec(), Bytes::from(vec![0; COALESCE_MAX + 1])).len(), 2);
+        assert_eq!(
+            head_and_body(b"H".to_vec(), Bytes::from_static(b"B")).len(),
+            1
+        );
+        assert_eq!(
+            head_and_body(b"H".to_vec(), Bytes::from(vec![0; COALESCE_MAX + 1])).len(),
+            2
+        );
     }
 }

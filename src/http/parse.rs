@@ -39,7 +39,10 @@ pub(crate) enum HeadParse {
 pub(crate) fn has_head_end(buf: &[u8], from: usize) -> bool {
     let start = from.min(buf.len());
     let mut i = start;
-    while let Some(off) = buf.get(i..).and_then(|s| s.iter().position(|&b| b == b'\n')) {
+    while let Some(off) = buf
+        .get(i..)
+        .and_then(|s| s.iter().position(|&b| b == b'\n'))
+    {
         let nl = i + off;
         match buf.get(nl + 1) {
             Some(b'\n') => return true,
@@ -65,7 +68,9 @@ pub(crate) fn parse_head(buf: &[u8], max_headers: usize, max_header_bytes: usize
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len > max_header_bytes => HeadParse::TooLarge,
-        Ok(httparse::Status::Complete(len)) => head_from(&req, len).map_or(HeadParse::Malformed, HeadParse::Complete),
+        Ok(httparse::Status::Complete(len)) => {
+            head_from(&req, len).map_or(HeadParse::Malformed, HeadParse::Complete)
+        }
         Ok(httparse::Status::Partial) if buf.len() >= max_header_bytes => HeadParse::TooLarge,
         Ok(httparse::Status::Partial) => HeadParse::Partial,
         Err(httparse::Error::TooManyHeaders) => HeadParse::TooLarge,
@@ -84,14 +89,29 @@ fn head_from(req: &httparse::Request<'_, '_>, len: usize) -> Option<Head> {
     let headers = req
         .headers
         .iter()
-        .map(|h| Some((h.name.to_ascii_lowercase(), std::str::from_utf8(h.value).ok()?.to_owned())))
+        .map(|h| {
+            Some((
+                h.name.to_ascii_lowercase(),
+                std::str::from_utf8(h.value).ok()?.to_owned(),
+            ))
+        })
         .collect::<Option<Vec<_>>>()?;
-    Some(Head { method: req.method?.to_owned(), path, query, headers, version: req.version?, len })
+    Some(Head {
+        method: req.method?.to_owned(),
+        path,
+        query,
+        headers,
+        version: req.version?,
+        len,
+    })
 }
 
 impl Head {
     pub(crate) fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
-        self.headers.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 closes it
@@ -105,7 +125,10 @@ impl Head {
 
     /// `Expect: 100-continue` on an HTTP/1.1 request (1.0 clients do not know 100).
     pub(crate) fn expects_continue(&self) -> bool {
-        self.version >= 1 && self.values("expect").any(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+        self.version >= 1
+            && self
+                .values("expect")
+                .any(|v| v.trim().eq_ignore_ascii_case("100-continue"))
     }
 }
 
@@ -134,9 +157,15 @@ pub(crate) fn body_kind(head: &Head, max_body: usize) -> Result<BodyKind, Framin
     let mut cl = head.values("content-length").peekable();
     if let Some(coding) = te.next() {
         let only_chunked = coding.trim().eq_ignore_ascii_case("chunked") && te.next().is_none();
-        return if only_chunked && cl.peek().is_none() { Ok(BodyKind::Chunked) } else { Err(FramingError::Malformed) };
+        return if only_chunked && cl.peek().is_none() {
+            Ok(BodyKind::Chunked)
+        } else {
+            Err(FramingError::Malformed)
+        };
     }
-    let Some(first) = cl.next() else { return Ok(BodyKind::Empty) };
+    let Some(first) = cl.next() else {
+        return Ok(BodyKind::Empty);
+    };
     let len = parse_content_length(first).ok_or(FramingError::Malformed)?;
     if cl.any(|v| parse_content_length(v) != Some(len)) {
         return Err(FramingError::Malformed);
@@ -144,7 +173,9 @@ pub(crate) fn body_kind(head: &Head, max_body: usize) -> Result<BodyKind, Framin
     match len {
         0 => Ok(BodyKind::Empty),
         n if n > max_body as u64 => Err(FramingError::TooLarge),
-        n => usize::try_from(n).map(BodyKind::Length).map_err(|_| FramingError::TooLarge),
+        n => usize::try_from(n)
+            .map(BodyKind::Length)
+            .map_err(|_| FramingError::TooLarge),
     }
 }
 
@@ -183,7 +214,13 @@ pub(crate) struct ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub(crate) fn new(max_body: usize, max_trailer: usize) -> Self {
-        Self { state: ChunkState::Size, total: 0, trailer_bytes: 0, max_body: max_body as u64, max_trailer }
+        Self {
+            state: ChunkState::Size,
+            total: 0,
+            trailer_bytes: 0,
+            max_body: max_body as u64,
+            max_trailer,
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -193,7 +230,11 @@ impl ChunkedDecoder {
     /// Consumes as much of `input` as possible, appending data to `body`. Returns the
     /// number of bytes consumed; when it is short of `input.len()` and the decoder is
     /// not done, more input is needed.
-    pub(crate) fn decode(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<usize, FramingError> {
+    pub(crate) fn decode(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<usize, FramingError> {
         let mut pos = 0;
         loop {
             let rest = input.get(pos..).unwrap_or_default();
@@ -230,7 +271,9 @@ impl ChunkedDecoder {
                 self.state = ChunkState::Data(size);
                 Ok(Some(n))
             }
-            Ok(httparse::Status::Partial) if rest.len() >= MAX_CHUNK_LINE => Err(FramingError::Malformed),
+            Ok(httparse::Status::Partial) if rest.len() >= MAX_CHUNK_LINE => {
+                Err(FramingError::Malformed)
+            }
             Ok(httparse::Status::Partial) => Ok(None),
             Err(_) => Err(FramingError::Malformed),
         }
@@ -244,7 +287,11 @@ impl ChunkedDecoder {
         body.extend_from_slice(rest.get(..take).unwrap_or_default());
         self.total += take as u64;
         let left = left - take as u64;
-        self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+        self.state = if left == 0 {
+            ChunkState::DataEnd
+        } else {
+            ChunkState::Data(left)
+        };
         Some(take)
     }
 
@@ -262,7 +309,11 @@ impl ChunkedDecoder {
     /// Trailer fields are read (bounded by `max_trailer`) and discarded.
     fn trailer_line(&mut self, rest: &[u8]) -> Result<Option<usize>, FramingError> {
         let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-            return if self.trailer_bytes + rest.len() > self.max_trailer { Err(FramingError::Malformed) } else { Ok(None) };
+            return if self.trailer_bytes + rest.len() > self.max_trailer {
+                Err(FramingError::Malformed)
+            } else {
+                Ok(None)
+            };
         };
         let line = &rest[..=nl];
         self.trailer_bytes += line.len();
@@ -289,24 +340,51 @@ mod tests {
 
     #[test]
     fn parses_path_query_and_lowercases_names() {
-        let h = head("GET /v1/sessions/a%20b/tail?cursor=3&x HTTP/1.1\r\nHost: x\r\nX-Thing: V\r\n\r\nrest");
+        let h = head(
+            "GET /v1/sessions/a%20b/tail?cursor=3&x HTTP/1.1\r\nHost: x\r\nX-Thing: V\r\n\r\nrest",
+        );
         assert_eq!(h.method, "GET");
         assert_eq!(h.path, "/v1/sessions/a%20b/tail");
         assert_eq!(h.query.as_deref(), Some("cursor=3&x"));
-        assert_eq!(h.headers, vec![("host".into(), "x".into()), ("x-thing".into(), "V".into())]);
+        assert_eq!(
+            h.headers,
+            vec![("host".into(), "x".into()), ("x-thing".into(), "V".into())]
+        );
         assert_eq!(h.version, 1);
-        assert_eq!(h.len, "GET /v1/sessions/a%20b/tail?cursor=3&x HTTP/1.1\r\nHost: x\r\nX-Thing: V\r\n\r\n".len());
+        assert_eq!(
+            h.len,
+            "GET /v1/sessions/a%20b/tail?cursor=3&x HTTP/1.1\r\nHost: x\r\nX-Thing: V\r\n\r\n"
+                .len()
+        );
     }
 
     #[test]
     fn head_limits_and_errors() {
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost", 64, 1024), HeadParse::Partial));
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nA: b\r\nB: c\r\n\r\n", 1, 1024), HeadParse::TooLarge));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost", 64, 1024),
+            HeadParse::Partial
+        ));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nA: b\r\nB: c\r\n\r\n", 1, 1024),
+            HeadParse::TooLarge
+        ));
         let big = format!("GET / HTTP/1.1\r\nA: {}\r\n\r\n", "x".repeat(2000));
-        assert!(matches!(parse_head(big.as_bytes(), 64, 1024), HeadParse::TooLarge));
-        assert!(matches!(parse_head(&big.as_bytes()[..1500], 64, 1024), HeadParse::TooLarge));
-        assert!(matches!(parse_head(b"GARBAGE\r\n\r\n", 64, 1024), HeadParse::Malformed));
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nA: \xff\xfe\r\n\r\n", 64, 1024), HeadParse::Malformed));
+        assert!(matches!(
+            parse_head(big.as_bytes(), 64, 1024),
+            HeadParse::TooLarge
+        ));
+        assert!(matches!(
+            parse_head(&big.as_bytes()[..1500], 64, 1024),
+            HeadParse::TooLarge
+        ));
+        assert!(matches!(
+            parse_head(b"GARBAGE\r\n\r\n", 64, 1024),
+            HeadParse::Malformed
+        ));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nA: \xff\xfe\r\n\r\n", 64, 1024),
+            HeadParse::Malformed
+        ));
     }
 
     #[test]
@@ -330,14 +408,38 @@ mod tests {
     fn body_framing() {
         let kind = |raw: &str| body_kind(&head(raw), 100);
         assert_eq!(kind("POST / HTTP/1.1\r\n\r\n"), Ok(BodyKind::Empty));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Ok(BodyKind::Length(5)));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), Ok(BodyKind::Length(5)));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), Err(FramingError::Malformed));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n"), Err(FramingError::Malformed));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n"), Err(FramingError::TooLarge));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"), Err(FramingError::Malformed));
-        assert_eq!(kind("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(BodyKind::Chunked));
-        assert_eq!(kind("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Err(FramingError::Malformed));
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Ok(BodyKind::Length(5))
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Ok(BodyKind::Length(5))
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            Err(FramingError::Malformed)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n"),
+            Err(FramingError::Malformed)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n"),
+            Err(FramingError::TooLarge)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            Err(FramingError::Malformed)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(BodyKind::Chunked)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Err(FramingError::Malformed)
+        );
         assert_eq!(
             kind("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"),
             Err(FramingError::Malformed)
@@ -365,13 +467,31 @@ mod tests {
     #[test]
     fn chunked_errors() {
         let mut body = Vec::new();
-        assert_eq!(ChunkedDecoder::new(4, 100).decode(b"5\r\nhello\r\n", &mut body), Err(FramingError::TooLarge));
-        assert_eq!(ChunkedDecoder::new(100, 100).decode(b"zz\r\n", &mut body), Err(FramingError::Malformed));
-        assert_eq!(ChunkedDecoder::new(100, 100).decode(b"2\r\nabXY", &mut body), Err(FramingError::Malformed));
+        assert_eq!(
+            ChunkedDecoder::new(4, 100).decode(b"5\r\nhello\r\n", &mut body),
+            Err(FramingError::TooLarge)
+        );
+        assert_eq!(
+            ChunkedDecoder::new(100, 100).decode(b"zz\r\n", &mut body),
+            Err(FramingError::Malformed)
+        );
+        assert_eq!(
+            ChunkedDecoder::new(100, 100).decode(b"2\r\nabXY", &mut body),
+            Err(FramingError::Malformed)
+        );
         let long = vec![b'1'; MAX_CHUNK_LINE];
-        assert_eq!(ChunkedDecoder::new(100, 100).decode(&long, &mut body), Err(FramingError::Malformed));
+        assert_eq!(
+            ChunkedDecoder::new(100, 100).decode(&long, &mut body),
+            Err(FramingError::Malformed)
+        );
         let huge = b"fffffffffffffff\r\n";
-        assert_eq!(ChunkedDecoder::new(100, 100).decode(huge, &mut body), Err(FramingError::TooLarge));
-        assert_eq!(ChunkedDecoder::new(100, 100).decode(b"\r\n\r\n", &mut body), Err(FramingError::Malformed));
+        assert_eq!(
+            ChunkedDecoder::new(100, 100).decode(huge, &mut body),
+            Err(FramingError::TooLarge)
+        );
+        assert_eq!(
+            ChunkedDecoder::new(100, 100).decode(b"\r\n\r\n", &mut body),
+            Err(FramingError::Malformed)
+        );
     }
 }

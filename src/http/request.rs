@@ -32,7 +32,10 @@ pub struct Request {
 impl Request {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// How many times header `name` (case-insensitive) occurs.
@@ -78,7 +81,11 @@ pub struct Response {
 impl Response {
     /// A response with no headers and an empty body.
     pub fn new(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Bytes::new() }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
     }
 
     /// A JSON response (`content-type: application/json; charset=utf-8`).

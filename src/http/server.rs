@@ -20,7 +20,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Binds a listener for one core: `SO_REUSEPORT` + `SO_REUSEADDR`, backlog 4096, so
 /// every core can bind the same port and the kernel spreads connections across them.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(LISTEN_BACKLOG);
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(LISTEN_BACKLOG);
     TcpListener::bind_with_config(addr, &opts)
 }
 
@@ -65,7 +68,10 @@ struct ConnGuard {
 impl ConnGuard {
     fn new(active: &Rc<Cell<usize>>, drain: &flume::Sender<()>) -> Self {
         active.set(active.get() + 1);
-        Self { active: Rc::clone(active), _drain: drain.clone() }
+        Self {
+            active: Rc::clone(active),
+            _drain: drain.clone(),
+        }
     }
 }
 
@@ -106,7 +112,13 @@ pub async fn serve<H: Handler>(
                 }
                 let _ = stream.set_nodelay(true);
                 let guard = ConnGuard::new(&active, &drain_tx);
-                let conn = Conn::new(stream, peer, Rc::clone(&handler), Rc::clone(&limits), signal.clone());
+                let conn = Conn::new(
+                    stream,
+                    peer,
+                    Rc::clone(&handler),
+                    Rc::clone(&limits),
+                    signal.clone(),
+                );
                 monoio::spawn(async move {
                     let _guard = guard;
                     conn.run().await;
@@ -128,6 +140,9 @@ pub async fn serve<H: Handler>(
 async fn drain(drain_rx: flume::Receiver<()>, active: &Cell<usize>, grace: Duration) {
     let all_gone = async { while drain_rx.recv_async().await.is_ok() {} };
     if monoio::time::timeout(grace, all_gone).await.is_err() {
-        tracing::warn!(remaining = active.get(), "shutdown grace elapsed with connections still open");
+        tracing::warn!(
+            remaining = active.get(),
+            "shutdown grace elapsed with connections still open"
+        );
     }
 }

@@ -48,7 +48,11 @@ impl Handler for TestHandler {
             String::from_utf8_lossy(&req.body)
         );
         let resp = Response::json(200, body);
-        Reply::Http(if req.path == "/close" { resp.with_header("connection", "close") } else { resp })
+        Reply::Http(if req.path == "/close" {
+            resp.with_header("connection", "close")
+        } else {
+            resp
+        })
     }
 }
 
@@ -105,18 +109,29 @@ impl TestServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let thread = std::thread::spawn(move || {
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().expect("runtime");
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-                addr_tx.send(listener.local_addr().expect("local addr")).expect("send addr");
+                addr_tx
+                    .send(listener.local_addr().expect("local addr"))
+                    .expect("send addr");
                 let shutdown = async move {
                     let _ = stop_rx.recv_async().await;
                 };
                 serve(listener, Rc::new(TestHandler), Rc::new(limits), shutdown).await;
             });
         });
-        let addr = addr_rx.recv_timeout(CLIENT_READ_TIMEOUT).expect("server address");
-        Self { addr, stop: Some(stop_tx), thread: Some(thread) }
+        let addr = addr_rx
+            .recv_timeout(CLIENT_READ_TIMEOUT)
+            .expect("server address");
+        Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
     }
 
     fn connect(&self) -> Client {
@@ -149,7 +164,10 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn body_str(&self) -> &str {
@@ -199,26 +217,45 @@ impl Client {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut parsed = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buf).expect("valid response") {
+            if let httparse::Status::Complete(head_len) =
+                parsed.parse(&self.buf).expect("valid response")
+            {
                 let status = parsed.code.unwrap();
                 let headers: Vec<(String, String)> = parsed
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8(h.value.to_vec()).unwrap()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8(h.value.to_vec()).unwrap(),
+                        )
+                    })
                     .collect();
                 let len: usize = headers
                     .iter()
                     .find(|(k, _)| k == "content-length")
                     .map_or(0, |(_, v)| v.parse().unwrap());
-                let body_len = if for_head || status < 200 || status == 204 { 0 } else { len };
+                let body_len = if for_head || status < 200 || status == 204 {
+                    0
+                } else {
+                    len
+                };
                 while self.buf.len() < head_len + body_len {
                     assert!(self.read_more(), "EOF inside response body");
                 }
                 let body = self.buf[head_len..head_len + body_len].to_vec();
                 self.buf.drain(..head_len + body_len);
-                return Resp { status, headers, body };
+                return Resp {
+                    status,
+                    headers,
+                    body,
+                };
             }
-            assert!(self.read_more(), "EOF before a complete response; got {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                self.read_more(),
+                "EOF before a complete response; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
         }
     }
 
@@ -263,7 +300,10 @@ impl Client {
         );
         let resp = self.read_response(false);
         assert_eq!(resp.status, 101);
-        assert_eq!(resp.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(
+            resp.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
         assert_eq!(resp.header("upgrade"), Some("websocket"));
         assert_eq!(self.read_text(), "hello");
         assert_eq!(self.read_text(), "a".repeat(BIG_TEXT));
@@ -283,7 +323,10 @@ fn keep_alive_two_requests() {
     assert_eq!(r1.status, 200);
     assert_eq!(r1.body_str(), "GET /one q=x=1 len=0 body=");
     assert_eq!(r1.header("server"), Some("starcite"));
-    assert_eq!(r1.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r1.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     assert_eq!(r1.header("connection"), None);
     c.send(b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
     let r2 = c.read_response(false);
@@ -302,7 +345,10 @@ fn pipelined_requests_answered_in_order() {
         b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(c.read_response(false).body_str(), "GET /a q=- len=0 body=");
-    assert_eq!(c.read_response(false).body_str(), "POST /b q=- len=3 body=xyz");
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "POST /b q=- len=3 body=xyz"
+    );
     let last = c.read_response(false);
     assert_eq!(last.body_str(), "GET /c q=- len=0 body=");
     assert_eq!(last.header("connection"), Some("close"));
@@ -314,7 +360,10 @@ fn http10_closes_unless_keep_alive() {
     let server = TestServer::start(test_limits());
     let mut c = server.connect();
     c.send(b"GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-    assert_eq!(c.read_response(false).header("connection"), Some("keep-alive"));
+    assert_eq!(
+        c.read_response(false).header("connection"),
+        Some("keep-alive")
+    );
     c.send(b"GET /c HTTP/1.0\r\n\r\n");
     assert_eq!(c.read_response(false).header("connection"), Some("close"));
     assert!(c.closed_by_server());
@@ -327,8 +376,14 @@ fn chunked_body_is_decoded() {
     c.send(b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
     std::thread::sleep(Duration::from_millis(20));
     c.send(b"lo\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET /after HTTP/1.1\r\n\r\n");
-    assert_eq!(c.read_response(false).body_str(), "POST /chunked q=- len=11 body=hello world");
-    assert_eq!(c.read_response(false).body_str(), "GET /after q=- len=0 body=");
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "POST /chunked q=- len=11 body=hello world"
+    );
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "GET /after q=- len=0 body="
+    );
 }
 
 #[test]
@@ -338,7 +393,10 @@ fn expect_continue_gets_100_first() {
     c.send(b"POST /e HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
     assert_eq!(c.read_response(false).status, 100);
     c.send(b"body");
-    assert_eq!(c.read_response(false).body_str(), "POST /e q=- len=4 body=body");
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "POST /e q=- len=4 body=body"
+    );
 }
 
 #[test]
@@ -348,14 +406,20 @@ fn oversized_content_length_gets_413_without_reading_body() {
     c.send(b"POST /big HTTP/1.1\r\nContent-Length: 8000001\r\n\r\n");
     let r = c.read_response(false);
     assert_eq!(r.status, 413);
-    assert_eq!(r.body_str(), r#"{"error":"payload_too_large","message":"Request body is too large"}"#);
+    assert_eq!(
+        r.body_str(),
+        r#"{"error":"payload_too_large","message":"Request body is too large"}"#
+    );
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_by_server());
 }
 
 #[test]
 fn oversized_chunked_body_gets_413() {
-    let limits = Limits { max_body: 8, ..test_limits() };
+    let limits = Limits {
+        max_body: 8,
+        ..test_limits()
+    };
     let server = TestServer::start(limits);
     let mut c = server.connect();
     c.send(b"POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\n");
@@ -393,7 +457,10 @@ fn malformed_requests_get_400() {
         c.send(bad);
         let r = c.read_response(false);
         assert_eq!(r.status, 400, "for {:?}", String::from_utf8_lossy(bad));
-        assert_eq!(r.body_str(), r#"{"error":"bad_request","message":"Malformed HTTP request"}"#);
+        assert_eq!(
+            r.body_str(),
+            r#"{"error":"bad_request","message":"Malformed HTTP request"}"#
+        );
         assert!(c.closed_by_server());
     }
 }
@@ -433,7 +500,10 @@ fn slowloris_and_idle_connections_are_closed() {
     }
     assert!(c.closed_by_server());
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
     assert!(c.buf.is_empty(), "no response to a timed-out head");
 
     // A connection that never sends anything.
@@ -451,7 +521,10 @@ fn slowloris_and_idle_connections_are_closed() {
 
 #[test]
 fn connections_over_the_cap_are_closed() {
-    let limits = Limits { max_connections_per_core: 1, ..test_limits() };
+    let limits = Limits {
+        max_connections_per_core: 1,
+        ..test_limits()
+    };
     let server = TestServer::start(limits);
     let mut first = server.connect();
     first.send(b"GET / HTTP/1.1\r\n\r\n");
@@ -471,9 +544,15 @@ fn shutdown_closes_idle_connections_and_returns() {
     c.send(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(c.read_response(false).status, 200);
     let took = server.shutdown();
-    assert!(took < Duration::from_secs(1), "serve took {took:?} to return");
+    assert!(
+        took < Duration::from_secs(1),
+        "serve took {took:?} to return"
+    );
     assert!(c.closed_by_server());
-    assert!(StdStream::connect(server.addr).is_err(), "listener must be closed");
+    assert!(
+        StdStream::connect(server.addr).is_err(),
+        "listener must be closed"
+    );
 }
 
 #[test]
@@ -490,7 +569,10 @@ fn websocket_bad_upgrade_gets_400() {
     c.send(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n");
     let r = c.read_response(false);
     assert_eq!(r.status, 400);
-    assert_eq!(r.body_str(), r#"{"error":"invalid_websocket_upgrade","message":"WebSocket upgrade required"}"#);
+    assert_eq!(
+        r.body_str(),
+        r#"{"error":"invalid_websocket_upgrade","message":"WebSocket upgrade required"}"#
+    );
     assert!(c.closed_by_server());
 
     let mut c = server.connect();
@@ -505,11 +587,20 @@ fn websocket_ping_is_answered_with_pong() {
     c.upgrade();
     c.send_frame(Frame::ping(b"are you there".to_vec()), true);
     let (op, payload) = c.read_frame();
-    assert_eq!(op, OpCode::Control(tungstenite::protocol::frame::coding::Control::Pong));
+    assert_eq!(
+        op,
+        OpCode::Control(tungstenite::protocol::frame::coding::Control::Pong)
+    );
     assert_eq!(payload, b"are you there");
     // A fragmented message is accepted and reported once.
-    c.send_frame(Frame::message(b"ab".to_vec(), OpCode::Data(Data::Text), false), true);
-    c.send_frame(Frame::message(b"cd".to_vec(), OpCode::Data(Data::Continue), true), true);
+    c.send_frame(
+        Frame::message(b"ab".to_vec(), OpCode::Data(Data::Text), false),
+        true,
+    );
+    c.send_frame(
+        Frame::message(b"cd".to_vec(), OpCode::Data(Data::Continue), true),
+        true,
+    );
     assert_eq!(c.read_text(), "message");
 }
 
@@ -518,21 +609,33 @@ fn websocket_unmasked_frame_is_a_protocol_error() {
     let server = TestServer::start(test_limits());
     let mut c = server.connect();
     c.upgrade();
-    c.send_frame(Frame::message(b"x".to_vec(), OpCode::Data(Data::Text), true), false);
+    c.send_frame(
+        Frame::message(b"x".to_vec(), OpCode::Data(Data::Text), true),
+        false,
+    );
     assert_eq!(c.read_text(), "closed:Some(1002)");
     let (op, payload) = c.read_frame();
-    assert_eq!(op, OpCode::Control(tungstenite::protocol::frame::coding::Control::Close));
+    assert_eq!(
+        op,
+        OpCode::Control(tungstenite::protocol::frame::coding::Control::Close)
+    );
     assert_eq!(close_code(&payload), 1002);
     assert!(c.closed_by_server());
 }
 
 #[test]
 fn websocket_oversized_frame_suggests_1009() {
-    let limits = Limits { ws_max_frame: 1024, ..test_limits() };
+    let limits = Limits {
+        ws_max_frame: 1024,
+        ..test_limits()
+    };
     let server = TestServer::start(limits);
     let mut c = server.connect();
     c.upgrade();
-    c.send_frame(Frame::message(vec![b'z'; 2000], OpCode::Data(Data::Binary), true), true);
+    c.send_frame(
+        Frame::message(vec![b'z'; 2000], OpCode::Data(Data::Binary), true),
+        true,
+    );
     assert_eq!(c.read_text(), "closed:Some(1009)");
     let (_, payload) = c.read_frame();
     assert_eq!(close_code(&payload), 1009);
@@ -543,18 +646,27 @@ fn websocket_client_close_is_reported_with_code() {
     let server = TestServer::start(test_limits());
     let mut c = server.connect();
     c.upgrade();
-    let close = CloseFrame { code: CloseCode::from(4000), reason: "done".into() };
+    let close = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done".into(),
+    };
     c.send_frame(Frame::close(Some(close)), true);
     assert_eq!(c.read_text(), "close:Some(4000)");
     let (op, payload) = c.read_frame();
-    assert_eq!(op, OpCode::Control(tungstenite::protocol::frame::coding::Control::Close));
+    assert_eq!(
+        op,
+        OpCode::Control(tungstenite::protocol::frame::coding::Control::Close)
+    );
     assert_eq!(close_code(&payload), 1000);
     assert!(c.closed_by_server());
 }
 
 #[test]
 fn websocket_idle_timeout_closes() {
-    let limits = Limits { ws_idle_timeout: Duration::from_millis(300), ..test_limits() };
+    let limits = Limits {
+        ws_idle_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
     let server = TestServer::start(limits);
     let mut c = server.connect();
     c.upgrade();
@@ -569,9 +681,15 @@ fn shutdown_closes_websockets_with_going_away() {
     let mut c = server.connect();
     c.upgrade();
     let took = server.shutdown();
-    assert!(took < Duration::from_secs(1), "serve took {took:?} to return");
+    assert!(
+        took < Duration::from_secs(1),
+        "serve took {took:?} to return"
+    );
     let (op, payload) = c.read_frame();
-    assert_eq!(op, OpCode::Control(tungstenite::protocol::frame::coding::Control::Close));
+    assert_eq!(
+        op,
+        OpCode::Control(tungstenite::protocol::frame::coding::Control::Close)
+    );
     assert_eq!(close_code(&payload), 1001);
     assert_eq!(&payload[2..], b"shutting down");
     assert!(c.closed_by_server());
@@ -582,12 +700,24 @@ fn large_body_and_large_response() {
     let server = TestServer::start(test_limits());
     let mut c = server.connect();
     let body = "b".repeat(1_000_000);
-    c.send(format!("POST /large HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    c.send(
+        format!(
+            "POST /large HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     for piece in body.as_bytes().chunks(100_000) {
         c.send(piece);
     }
     let r = c.read_response(false);
-    assert_eq!(r.body_str(), format!("POST /large q=- len=1000000 body={body}"));
+    assert_eq!(
+        r.body_str(),
+        format!("POST /large q=- len=1000000 body={body}")
+    );
     c.send(b"GET /next HTTP/1.1\r\n\r\n");
-    assert_eq!(c.read_response(false).body_str(), "GET /next q=- len=0 body=");
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "GET /next q=- len=0 body="
+    );
 }

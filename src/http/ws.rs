@@ -59,7 +59,11 @@ const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 fn invalid_upgrade() -> Response {
-    error_response(400, "invalid_websocket_upgrade", "WebSocket upgrade required")
+    error_response(
+        400,
+        "invalid_websocket_upgrade",
+        "WebSocket upgrade required",
+    )
 }
 
 /// Validates a WebSocket upgrade request (GET, `Upgrade: websocket`, one well-formed
@@ -67,17 +71,25 @@ fn invalid_upgrade() -> Response {
 /// or the 400 `invalid_websocket_upgrade` response. `Connection: Upgrade` is not
 /// required (lenient towards clients that omit it).
 pub fn websocket_accept(req: &Request) -> Result<Response, Response> {
-    let version_ok =
-        req.header_count("sec-websocket-version") == 1 && req.header("sec-websocket-version").map(str::trim) == Some("13");
+    let version_ok = req.header_count("sec-websocket-version") == 1
+        && req.header("sec-websocket-version").map(str::trim) == Some("13");
     let key = match req.header_count("sec-websocket-key") {
-        1 => req.header("sec-websocket-key").map(str::trim).filter(|k| is_valid_key(k)),
+        1 => req
+            .header("sec-websocket-key")
+            .map(str::trim)
+            .filter(|k| is_valid_key(k)),
         _ => None,
     };
     match key {
-        Some(key) if version_ok && req.method == "GET" && req.is_websocket_upgrade() => Ok(Response::new(101)
-            .with_header("upgrade", "websocket")
-            .with_header("connection", "Upgrade")
-            .with_header("sec-websocket-accept", tungstenite::handshake::derive_accept_key(key.as_bytes()))),
+        Some(key) if version_ok && req.method == "GET" && req.is_websocket_upgrade() => {
+            Ok(Response::new(101)
+                .with_header("upgrade", "websocket")
+                .with_header("connection", "Upgrade")
+                .with_header(
+                    "sec-websocket-accept",
+                    tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                ))
+        }
         _ => Err(invalid_upgrade()),
     }
 }
@@ -86,7 +98,10 @@ pub fn websocket_accept(req: &Request) -> Result<Response, Response> {
 fn is_valid_key(key: &str) -> bool {
     key.len() == WS_KEY_LEN
         && key.ends_with("==")
-        && key.bytes().take(WS_KEY_LEN - 2).all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key
+            .bytes()
+            .take(WS_KEY_LEN - 2)
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// What the reader task reports.
@@ -116,8 +131,20 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    pub(crate) fn new(stream: TcpStream, buffered: Vec<u8>, peer: SocketAddr, limits: Rc<Limits>, shutdown: ShutdownSignal) -> Self {
-        Self { stream, buffered, peer, limits, shutdown }
+    pub(crate) fn new(
+        stream: TcpStream,
+        buffered: Vec<u8>,
+        peer: SocketAddr,
+        limits: Rc<Limits>,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        Self {
+            stream,
+            buffered,
+            peer,
+            limits,
+            shutdown,
+        }
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -148,8 +175,19 @@ impl WebSocket {
             idle: self.limits.ws_idle_timeout,
         };
         monoio::spawn(task.run());
-        let writer = WsWriter { wr, state: WriterState::Open, write_timeout: self.limits.write_timeout };
-        (WsReader { rx, _stop: stop_tx, hint }, writer)
+        let writer = WsWriter {
+            wr,
+            state: WriterState::Open,
+            write_timeout: self.limits.write_timeout,
+        };
+        (
+            WsReader {
+                rx,
+                _stop: stop_tx,
+                hint,
+            },
+            writer,
+        )
     }
 }
 
@@ -232,12 +270,27 @@ impl WsWriter {
     async fn send_frame(&mut self, opcode: u8, payload: Bytes) -> io::Result<()> {
         match self.state {
             WriterState::Open => {}
-            WriterState::Closed => return Err(io::Error::new(io::ErrorKind::NotConnected, "websocket closed")),
-            WriterState::Failed => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "websocket write failed earlier")),
+            WriterState::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "websocket closed",
+                ))
+            }
+            WriterState::Failed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "websocket write failed earlier",
+                ))
+            }
         }
         let mut head = Vec::with_capacity(10);
         encode_frame_header(opcode, payload.len(), &mut head);
-        let res = write_parts_timeout(&mut self.wr, head_and_body(head, payload), self.write_timeout).await;
+        let res = write_parts_timeout(
+            &mut self.wr,
+            head_and_body(head, payload),
+            self.write_timeout,
+        )
+        .await;
         if res.is_err() {
             self.state = WriterState::Failed;
         }
@@ -247,7 +300,10 @@ impl WsWriter {
 
 fn check_control_payload(payload: &[u8]) -> io::Result<()> {
     if payload.len() > MAX_CONTROL_PAYLOAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "control frame payload over 125 bytes"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "control frame payload over 125 bytes",
+        ));
     }
     Ok(())
 }
@@ -319,7 +375,12 @@ struct FrameParser {
 
 impl FrameParser {
     fn new(max_frame: usize) -> Self {
-        Self { max_frame: max_frame as u64, in_message: false, skip: 0, skip_ends_message: false }
+        Self {
+            max_frame: max_frame as u64,
+            in_message: false,
+            skip: 0,
+            skip_ends_message: false,
+        }
     }
 
     /// `Ok(None)`: more input needed. `Err(code)`: fatal, with the close code to send.
@@ -327,7 +388,9 @@ impl FrameParser {
         if self.skip > 0 {
             return Ok(self.skip_payload(input));
         }
-        let Some(h) = parse_frame_header(input)? else { return Ok(None) };
+        let Some(h) = parse_frame_header(input)? else {
+            return Ok(None);
+        };
         match h.opcode {
             OP_CLOSE | OP_PING | OP_PONG => self.control(input, &h),
             OP_CONTINUATION | OP_TEXT | OP_BINARY => self.data(&h).map(Some),
@@ -343,7 +406,11 @@ impl FrameParser {
         self.skip -= n as u64;
         let frame_done = self.skip == 0;
         let event = (frame_done && self.skip_ends_message).then_some(WsEvent::Message);
-        Some(Step { consumed: n, frame_done, event })
+        Some(Step {
+            consumed: n,
+            frame_done,
+            event,
+        })
     }
 
     fn data(&mut self, h: &FrameHeader) -> Result<Step, u16> {
@@ -357,11 +424,19 @@ impl FrameParser {
         self.in_message = !h.fin;
         if h.len == 0 {
             let event = h.fin.then_some(WsEvent::Message);
-            return Ok(Step { consumed: h.header_len, frame_done: true, event });
+            return Ok(Step {
+                consumed: h.header_len,
+                frame_done: true,
+                event,
+            });
         }
         self.skip = h.len;
         self.skip_ends_message = h.fin;
-        Ok(Step { consumed: h.header_len, frame_done: false, event: None })
+        Ok(Step {
+            consumed: h.header_len,
+            frame_done: false,
+            event: None,
+        })
     }
 
     fn control(&mut self, input: &[u8], h: &FrameHeader) -> Result<Option<Step>, u16> {
@@ -372,21 +447,33 @@ impl FrameParser {
             return Err(CLOSE_TOO_BIG);
         }
         let total = h.header_len + h.len as usize;
-        let Some(raw) = input.get(h.header_len..total) else { return Ok(None) };
-        let payload: Vec<u8> = raw.iter().enumerate().map(|(i, b)| b ^ h.mask[i % 4]).collect();
+        let Some(raw) = input.get(h.header_len..total) else {
+            return Ok(None);
+        };
+        let payload: Vec<u8> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ h.mask[i % 4])
+            .collect();
         let event = match h.opcode {
             OP_PING => WsEvent::Ping(payload),
             OP_PONG => WsEvent::Pong,
             _ => WsEvent::Close(parse_close(&payload)?),
         };
-        Ok(Some(Step { consumed: total, frame_done: true, event: Some(event) }))
+        Ok(Some(Step {
+            consumed: total,
+            frame_done: true,
+            event: Some(event),
+        }))
     }
 }
 
 /// Parses a client frame header; protocol errors for reserved bits, missing mask or a
 /// 64-bit length with the top bit set.
 fn parse_frame_header(input: &[u8]) -> Result<Option<FrameHeader>, u16> {
-    let (Some(&b0), Some(&b1)) = (input.first(), input.get(1)) else { return Ok(None) };
+    let (Some(&b0), Some(&b1)) = (input.first(), input.get(1)) else {
+        return Ok(None);
+    };
     if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
         return Err(CLOSE_PROTOCOL_ERROR);
     }
@@ -403,10 +490,19 @@ fn parse_frame_header(input: &[u8]) -> Result<Option<FrameHeader>, u16> {
         n => (u64::from(n), 0),
     };
     let header_len = 2 + ext + 4;
-    let Some(mask) = input.get(2 + ext..header_len).and_then(|m| <[u8; 4]>::try_from(m).ok()) else {
+    let Some(mask) = input
+        .get(2 + ext..header_len)
+        .and_then(|m| <[u8; 4]>::try_from(m).ok())
+    else {
         return Ok(None);
     };
-    Ok(Some(FrameHeader { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, mask, len, header_len }))
+    Ok(Some(FrameHeader {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0F,
+        mask,
+        len,
+        header_len,
+    }))
 }
 
 /// A close payload: empty, or a valid code plus a UTF-8 reason.
@@ -484,7 +580,11 @@ impl ReadTask {
 
     /// One read appended to `buf`, racing the idle deadline and the stop signal. A
     /// losing read is dropped with its bytes, which is fine: the task ends then.
-    async fn read_more(&mut self, mut buf: Vec<u8>, deadline: monoio::time::Instant) -> ReadOutcome {
+    async fn read_more(
+        &mut self,
+        mut buf: Vec<u8>,
+        deadline: monoio::time::Instant,
+    ) -> ReadOutcome {
         let len = buf.len();
         if buf.capacity() == len {
             buf.reserve(WS_READ_BUF);
@@ -557,7 +657,10 @@ mod tests {
             headers: vec![
                 ("upgrade".into(), "websocket".into()),
                 ("connection".into(), "Upgrade".into()),
-                ("sec-websocket-key".into(), "dGhlIHNhbXBsZSBub25jZQ==".into()),
+                (
+                    "sec-websocket-key".into(),
+                    "dGhlIHNhbXBsZSBub25jZQ==".into(),
+                ),
                 ("sec-websocket-version".into(), "13".into()),
             ],
             body: Bytes::new(),
@@ -565,13 +668,19 @@ mod tests {
         };
         let resp = websocket_accept(&req).unwrap();
         assert_eq!(resp.status, 101);
-        assert!(resp.headers.contains(&("sec-websocket-accept".into(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())));
+        assert!(resp.headers.contains(&(
+            "sec-websocket-accept".into(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+        )));
 
         let mut bad = req.clone();
         bad.headers.retain(|(k, _)| k != "sec-websocket-version");
         let err = websocket_accept(&bad).unwrap_err();
         assert_eq!(err.status, 400);
-        assert_eq!(&err.body[..], br#"{"error":"invalid_websocket_upgrade","message":"WebSocket upgrade required"}"#);
+        assert_eq!(
+            &err.body[..],
+            br#"{"error":"invalid_websocket_upgrade","message":"WebSocket upgrade required"}"#
+        );
         let mut no_key = req.clone();
         no_key.headers.retain(|(k, _)| k != "sec-websocket-key");
         assert!(websocket_accept(&no_key).is_err());
@@ -590,7 +699,13 @@ mod tests {
         let events = run_parser(64 * 1024, &input).unwrap();
         assert_eq!(
             events,
-            vec![WsEvent::Ping(b"hi".to_vec()), WsEvent::Pong, WsEvent::Message, WsEvent::Message, WsEvent::Close(Some(1000))]
+            vec![
+                WsEvent::Ping(b"hi".to_vec()),
+                WsEvent::Pong,
+                WsEvent::Message,
+                WsEvent::Message,
+                WsEvent::Close(Some(1000))
+            ]
         );
     }
 
@@ -599,18 +714,48 @@ mod tests {
         let mut unmasked = client_frame(0x81, b"x");
         unmasked[1] &= 0x7F;
         assert_eq!(run_parser(1024, &unmasked), Err(CLOSE_PROTOCOL_ERROR));
-        assert_eq!(run_parser(1024, &client_frame(0xC1, b"x")), Err(CLOSE_PROTOCOL_ERROR)); // RSV1
-        assert_eq!(run_parser(1024, &client_frame(0x80, b"x")), Err(CLOSE_PROTOCOL_ERROR)); // stray continuation
-        assert_eq!(run_parser(1024, &client_frame(0x09, b"x")), Err(CLOSE_PROTOCOL_ERROR)); // fragmented ping
-        assert_eq!(run_parser(1024, &client_frame(0x83, b"x")), Err(CLOSE_PROTOCOL_ERROR)); // reserved opcode
-        assert_eq!(run_parser(1024, &client_frame(0x89, &[0; 126])), Err(CLOSE_PROTOCOL_ERROR));
-        assert_eq!(run_parser(1024, &client_frame(0x82, &[0; 1025])), Err(CLOSE_TOO_BIG));
-        assert_eq!(run_parser(1024, &client_frame(0x88, &[0x03])), Err(CLOSE_PROTOCOL_ERROR));
-        assert_eq!(run_parser(1024, &client_frame(0x88, &[0x03, 0xED])), Err(CLOSE_PROTOCOL_ERROR)); // 1005
-        assert_eq!(run_parser(1024, &client_frame(0x88, &[0x03, 0xE8, 0xff])), Err(CLOSE_INVALID_DATA));
+        assert_eq!(
+            run_parser(1024, &client_frame(0xC1, b"x")),
+            Err(CLOSE_PROTOCOL_ERROR)
+        ); // RSV1
+        assert_eq!(
+            run_parser(1024, &client_frame(0x80, b"x")),
+            Err(CLOSE_PROTOCOL_ERROR)
+        ); // stray continuation
+        assert_eq!(
+            run_parser(1024, &client_frame(0x09, b"x")),
+            Err(CLOSE_PROTOCOL_ERROR)
+        ); // fragmented ping
+        assert_eq!(
+            run_parser(1024, &client_frame(0x83, b"x")),
+            Err(CLOSE_PROTOCOL_ERROR)
+        ); // reserved opcode
+        assert_eq!(
+            run_parser(1024, &client_frame(0x89, &[0; 126])),
+            Err(CLOSE_PROTOCOL_ERROR)
+        );
+        assert_eq!(
+            run_parser(1024, &client_frame(0x82, &[0; 1025])),
+            Err(CLOSE_TOO_BIG)
+        );
+        assert_eq!(
+            run_parser(1024, &client_frame(0x88, &[0x03])),
+            Err(CLOSE_PROTOCOL_ERROR)
+        );
+        assert_eq!(
+            run_parser(1024, &client_frame(0x88, &[0x03, 0xED])),
+            Err(CLOSE_PROTOCOL_ERROR)
+        ); // 1005
+        assert_eq!(
+            run_parser(1024, &client_frame(0x88, &[0x03, 0xE8, 0xff])),
+            Err(CLOSE_INVALID_DATA)
+        );
         let mut text_in_message = client_frame(0x01, b"a");
         text_in_message.extend(client_frame(0x81, b"b"));
-        assert_eq!(run_parser(1024, &text_in_message), Err(CLOSE_PROTOCOL_ERROR));
+        assert_eq!(
+            run_parser(1024, &text_in_message),
+            Err(CLOSE_PROTOCOL_ERROR)
+        );
     }
 
     #[test]

@@ -35,15 +35,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1_500);
 pub fn run(cfg: Config) -> Result<(), String> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
     check_layout(&cfg)?;
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..cfg.cores).map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH)).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..cfg.cores)
+        .map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH))
+        .unzip();
     let senders = Arc::new(senders);
     let topo = Arc::new(Topology::new(&cfg));
     let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
     let auth = cfg.auth.clone().map(crate::auth::AuthService::new);
-    let backend = Arc::new(super::ops_backend::NodeOps { control: control.clone(), cfg: cfg.clone() });
-    let admin = crate::ops::server::serve_admin(&cfg.data_dir, backend)
-        .map_err(|e| format!("cannot open the admin socket in {}: {e}", cfg.data_dir.display()))?;
+    let backend = Arc::new(super::ops_backend::NodeOps {
+        control: control.clone(),
+        cfg: cfg.clone(),
+    });
+    let admin = crate::ops::server::serve_admin(&cfg.data_dir, backend).map_err(|e| {
+        format!(
+            "cannot open the admin socket in {}: {e}",
+            cfg.data_dir.display()
+        )
+    })?;
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -103,15 +111,23 @@ struct CoreContext {
 
 fn run_core(ctx: CoreContext) {
     let uring = monoio::utils::detect_uring();
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
     let mut runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ctx.boot.send(Err(format!("core {}: cannot build runtime: {e}", ctx.core)));
+            let _ = ctx
+                .boot
+                .send(Err(format!("core {}: cannot build runtime: {e}", ctx.core)));
             return;
         }
     };
-    tracing::info!(core = ctx.core, driver = if uring { "io_uring" } else { "epoll" }, "core runtime started");
+    tracing::info!(
+        core = ctx.core,
+        driver = if uring { "io_uring" } else { "epoll" },
+        "core runtime started"
+    );
     runtime.block_on(core_main(ctx));
 }
 
@@ -124,7 +140,13 @@ async fn core_main(ctx: CoreContext) {
         gateway: std::cell::RefCell::new(None),
     });
     let started = start_cluster(&ctx, inbound.clone(), &shutdown).and_then(|cluster| {
-        let engine = start_engine(&ctx, cluster.as_ref().map(|(t, _)| Cluster { transport: t.clone(), topo: ctx.topo.clone() }))?;
+        let engine = start_engine(
+            &ctx,
+            cluster.as_ref().map(|(t, _)| Cluster {
+                transport: t.clone(),
+                topo: ctx.topo.clone(),
+            }),
+        )?;
         let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ctx.cfg.port));
         let listener = bind_reuseport(addr)
             .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], ctx.cfg.port))))
@@ -159,7 +181,11 @@ async fn core_main(ctx: CoreContext) {
         let stop = shutdown.clone();
         monoio::spawn(async move { serving.serve(listener, stop.wait()).await });
         if core == 0 {
-            monoio::spawn(gossip_loop(transport, ctx.control.clone(), shutdown.clone()));
+            monoio::spawn(gossip_loop(
+                transport,
+                ctx.control.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     let _ = ctx.boot.send(Ok(core));
@@ -172,10 +198,18 @@ async fn core_main(ctx: CoreContext) {
         // Leadership moves during the grace period, so peers need no election.
         let _ = own_inbox.send_async(CoreRequest::HandOff).await;
     });
-    serve(listener, gateway, Rc::new(Limits::default()), shutdown.wait()).await;
+    serve(
+        listener,
+        gateway,
+        Rc::new(Limits::default()),
+        shutdown.wait(),
+    )
+    .await;
     // Listeners are closed and tails told to go away; let in-flight work finish.
     monoio::time::sleep(SHUTDOWN_GRACE).await;
-    let _ = ctx.senders[core as usize].send_async(CoreRequest::Shutdown).await;
+    let _ = ctx.senders[core as usize]
+        .send_async(CoreRequest::Shutdown)
+        .await;
     engine_task.await;
 }
 
@@ -184,7 +218,10 @@ fn transport_config(cfg: &Config, topo: &Topology) -> TransportConfig {
         .peers()
         .filter_map(|name| {
             let addr = node_socket_addr(name, cfg.cluster_port).ok()?;
-            Some(NodeAddr { name: name.to_owned(), addr })
+            Some(NodeAddr {
+                name: name.to_owned(),
+                addr,
+            })
         })
         .collect();
     TransportConfig {
@@ -214,7 +251,12 @@ fn start_cluster(
     if let Some(port) = ctx.cfg.cluster_listen_port {
         me.set_port(port);
     }
-    let listener = bind_reuseport(me).map_err(|e| format!("core {}: cannot listen on cluster address {me}: {e}", ctx.core))?;
+    let listener = bind_reuseport(me).map_err(|e| {
+        format!(
+            "core {}: cannot listen on cluster address {me}: {e}",
+            ctx.core
+        )
+    })?;
     let transport = Transport::new(transport_config(&ctx.cfg, &ctx.topo), inbound);
     Ok(Some((transport, listener)))
 }
@@ -254,17 +296,27 @@ fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoo
         hot_bytes_limit: cfg.event_store_max_bytes / u64::from(cores),
         incarnation: rand::random(),
         checkpoint_bytes: cfg.checkpoint_bytes,
-        segment_bytes: starcite_shards::limits::DEFAULT_SEGMENT_BYTES.min(cfg.checkpoint_bytes / 2).max(1 << 20),
+        segment_bytes: starcite_shards::limits::DEFAULT_SEGMENT_BYTES
+            .min(cfg.checkpoint_bytes / 2)
+            .max(1 << 20),
         rejoin: cfg.rejoin,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let shard = Shard::new(shard_cfg, recovered, &logger).map_err(|e| format!("core {core}: {e}"))?;
-    Ok(EngineLoop::new(shard, log, ctx.inbox.clone(), ctx.control.clone(), cluster))
+    let shard =
+        Shard::new(shard_cfg, recovered, &logger).map_err(|e| format!("core {core}: {e}"))?;
+    Ok(EngineLoop::new(
+        shard,
+        log,
+        ctx.inbox.clone(),
+        ctx.control.clone(),
+        cluster,
+    ))
 }
 
 fn wait_for_signal() -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("signals: {e}"))?;
     signals.forever().next();
     Ok(())
 }
@@ -272,7 +324,8 @@ fn wait_for_signal() -> Result<(), String> {
 /// One process per data dir: a second one would corrupt the log.
 fn lock_data_dir(dir: &Path) -> Result<fs::File, String> {
     use std::os::fd::AsRawFd;
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
     let path = dir.join("LOCK");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -283,7 +336,10 @@ fn lock_data_dir(dir: &Path) -> Result<fs::File, String> {
     // SAFETY: flock on a valid, owned file descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(format!("data dir {} is in use by another starcite process", dir.display()));
+        return Err(format!(
+            "data dir {} is in use by another starcite process",
+            dir.display()
+        ));
     }
     Ok(file)
 }

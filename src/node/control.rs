@@ -77,7 +77,9 @@ pub struct ControlState {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ControlState {
@@ -85,7 +87,11 @@ impl ControlState {
         let mut inner = Inner::default();
         let now = now_ms();
         for node in &topo.nodes {
-            let status = if *node == topo.me { NodeStatus::Ready } else { NodeStatus::Suspect };
+            let status = if *node == topo.me {
+                NodeStatus::Ready
+            } else {
+                NodeStatus::Suspect
+            };
             inner.statuses.insert(node.clone(), (status, now));
         }
         if let Some(mark) = load_own_mark(&data_dir) {
@@ -119,7 +125,11 @@ impl ControlState {
         {
             let mut inner = self.lock();
             let count = inner.connections.entry(peer.to_owned()).or_default();
-            *count = if up { *count + 1 } else { count.saturating_sub(1) };
+            *count = if up {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
             if *count == 0 {
                 // What it told us is stale now: it leads nothing we can see.
                 inner.peer_leaders.remove(peer);
@@ -131,7 +141,13 @@ impl ControlState {
     }
 
     /// A core reports its sync state and the commit indexes of groups it leads.
-    pub fn core_report(&self, core: usize, sync: Result<(), (u32, &'static str)>, led: Vec<(u32, u64)>, leaders: u32) {
+    pub fn core_report(
+        &self,
+        core: usize,
+        sync: Result<(), (u32, &'static str)>,
+        led: Vec<(u32, u64)>,
+        leaders: u32,
+    ) {
         self.core_ready[core].store(sync.is_ok(), Ordering::Relaxed);
         self.core_leaders[core].store(leaders, Ordering::Relaxed);
         let mut inner = self.lock();
@@ -142,7 +158,11 @@ impl ControlState {
     /// The commit index `leader` (a node) last gossiped for `group`.
     pub fn leader_commit(&self, group: u32, leader: &str) -> Option<u64> {
         let inner = self.lock();
-        inner.leader_commits.get(&group).filter(|(l, _)| l == leader).map(|(_, c)| *c)
+        inner
+            .leader_commits
+            .get(&group)
+            .filter(|(l, _)| l == leader)
+            .map(|(_, c)| *c)
     }
 
     /// The first failing group of this node's readiness, with the reason.
@@ -163,7 +183,9 @@ impl ControlState {
         {
             let mut inner = self.lock();
             let version = inner.marks.get(node).map_or(0, |m| m.version).max(now_ms()) + 1;
-            inner.marks.insert(node.to_owned(), DrainMark { drained, version });
+            inner
+                .marks
+                .insert(node.to_owned(), DrainMark { drained, version });
         }
         self.persist_own_mark();
         self.refresh_statuses(now_ms());
@@ -174,13 +196,22 @@ impl ControlState {
         let mut inner = self.lock();
         let nodes = self.topo.nodes.clone();
         for node in nodes {
-            let visible = node == self.topo.me || inner.connections.get(&node).is_some_and(|c| *c > 0);
+            let visible =
+                node == self.topo.me || inner.connections.get(&node).is_some_and(|c| *c > 0);
             let drained = inner.marks.get(&node).is_some_and(|m| m.drained);
-            let (old, since) = inner.statuses.get(&node).copied().unwrap_or((NodeStatus::Suspect, now));
+            let (old, since) = inner
+                .statuses
+                .get(&node)
+                .copied()
+                .unwrap_or((NodeStatus::Suspect, now));
             let new = match (drained, visible, old) {
                 (true, _, _) => NodeStatus::Draining,
                 (false, true, _) => NodeStatus::Ready,
-                (false, false, NodeStatus::Suspect) if now.saturating_sub(since) >= LOST_AFTER_MS => NodeStatus::Lost,
+                (false, false, NodeStatus::Suspect)
+                    if now.saturating_sub(since) >= LOST_AFTER_MS =>
+                {
+                    NodeStatus::Lost
+                }
                 (false, false, NodeStatus::Lost) => NodeStatus::Lost,
                 (false, false, _) => NodeStatus::Suspect,
             };
@@ -211,13 +242,18 @@ impl ControlState {
             inner.peer_ready.insert(g.from.clone(), g.consensus_ready);
             inner.peer_leaders.insert(g.from.clone(), g.leaders);
             for (group, commit) in &g.commits {
-                inner.leader_commits.insert(*group, (g.from.clone(), *commit));
+                inner
+                    .leader_commits
+                    .insert(*group, (g.from.clone(), *commit));
             }
             for (node, mark) in g.marks {
                 if !self.topo.nodes.contains(&node) {
                     continue;
                 }
-                let newer = inner.marks.get(&node).is_none_or(|m| mark.version > m.version);
+                let newer = inner
+                    .marks
+                    .get(&node)
+                    .is_none_or(|m| mark.version > m.version);
                 if newer {
                     own_changed |= node == self.topo.me;
                     inner.marks.insert(node, mark);
@@ -235,7 +271,10 @@ impl ControlState {
     }
 
     pub fn local_leaders(&self) -> u32 {
-        self.core_leaders.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+        self.core_leaders
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Write nodes that are `ready` and consensus-ready, sorted (contract §10.1).
@@ -245,7 +284,12 @@ impl ControlState {
             .topo
             .writers
             .iter()
-            .filter(|n| inner.statuses.get(*n).is_some_and(|(s, _)| *s == NodeStatus::Ready))
+            .filter(|n| {
+                inner
+                    .statuses
+                    .get(*n)
+                    .is_some_and(|(s, _)| *s == NodeStatus::Ready)
+            })
             .filter(|n| {
                 if **n == self.topo.me {
                     self.local_consensus_ready()
@@ -261,7 +305,9 @@ impl ControlState {
 
     /// `local_drained` of contract §10.2.
     pub fn local_drained(&self) -> bool {
-        self.topo.is_writer() && self.is_drained(&self.topo.me) && !self.ready_nodes().contains(&self.topo.me)
+        self.topo.is_writer()
+            && self.is_drained(&self.topo.me)
+            && !self.ready_nodes().contains(&self.topo.me)
     }
 
     /// Whether every visible node agrees that `node` is draining (wait-drained).
@@ -286,7 +332,13 @@ impl ControlState {
             .topo
             .writers
             .iter()
-            .filter(|n| if **n == self.topo.me { self.local_consensus_ready() } else { inner.peer_ready.get(*n).copied().unwrap_or(false) })
+            .filter(|n| {
+                if **n == self.topo.me {
+                    self.local_consensus_ready()
+                } else {
+                    inner.peer_ready.get(*n).copied().unwrap_or(false)
+                }
+            })
             .collect();
         let mut leaders: BTreeMap<String, u32> = inner.peer_leaders.clone();
         leaders.insert(self.topo.me.clone(), self.local_leaders());
@@ -318,10 +370,21 @@ fn load_own_mark(data_dir: &std::path::Path) -> Option<DrainMark> {
 
 /// Nodes the control plane would route to for a group: ready replicas first,
 /// then any non-draining replica (contract §10.1).
-pub fn routing_candidates<'a>(control: &ControlState, replicas: impl Iterator<Item = &'a str>) -> Vec<String> {
+pub fn routing_candidates<'a>(
+    control: &ControlState,
+    replicas: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
     let all: Vec<&str> = replicas.collect();
     let ready: BTreeSet<String> = control.ready_nodes().into_iter().collect();
-    let mut out: Vec<String> = all.iter().filter(|n| ready.contains(**n)).map(|n| (*n).to_owned()).collect();
-    out.extend(all.iter().filter(|n| !ready.contains(**n) && !control.is_drained(n)).map(|n| (*n).to_owned()));
+    let mut out: Vec<String> = all
+        .iter()
+        .filter(|n| ready.contains(**n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    out.extend(
+        all.iter()
+            .filter(|n| !ready.contains(**n) && !control.is_drained(n))
+            .map(|n| (*n).to_owned()),
+    );
     out
 }

@@ -50,7 +50,9 @@ pub struct Cluster {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl EngineLoop {
@@ -61,7 +63,11 @@ impl EngineLoop {
         control: Arc<ControlState>,
         cluster: Option<Cluster>,
     ) -> Self {
-        let stats = CoreStats { core: shard.config().core, groups: shard.config().groups.len(), ..Default::default() };
+        let stats = CoreStats {
+            core: shard.config().core,
+            groups: shard.config().groups.len(),
+            ..Default::default()
+        };
         Self {
             shard,
             log,
@@ -121,9 +127,17 @@ impl EngineLoop {
         // Hysteresis: once synced, a core reports not-ready only after staying
         // behind for several ticks (a gossiped commit index is briefly ahead
         // of a follower that is keeping up fine).
-        self.sync_failures = if sync.is_ok() { 0 } else { self.sync_failures + 1 };
+        self.sync_failures = if sync.is_ok() {
+            0
+        } else {
+            self.sync_failures + 1
+        };
         self.ever_synced |= sync.is_ok();
-        let sync = if self.ever_synced && self.sync_failures < SYNC_FAILURE_TICKS { Ok(()) } else { sync };
+        let sync = if self.ever_synced && self.sync_failures < SYNC_FAILURE_TICKS {
+            Ok(())
+        } else {
+            sync
+        };
         let led = self.shard.led_commits();
         let leaders = led.len() as u32;
         self.control.core_report(core, sync, led, leaders);
@@ -140,7 +154,9 @@ impl EngineLoop {
         let me = topo.me.clone();
         let drained = self.control.is_drained(&me);
         let eligible = |id: u64| {
-            topo.node_of(id).is_some_and(|n| n != me && self.control.is_visible(n) && !self.control.is_drained(n))
+            topo.node_of(id).is_some_and(|n| {
+                n != me && self.control.is_visible(n) && !self.control.is_drained(n)
+            })
         };
         let led = self.shard.led_groups();
         if drained || self.handing_off {
@@ -251,13 +267,19 @@ impl EngineLoop {
         }
         // All heartbeats for a peer travel as one packed message.
         for (to, list) in beats {
-            let refs: Vec<(u32, &raft::eraftpb::Message)> = list.iter().map(|(g, m)| (*g, m)).collect();
+            let refs: Vec<(u32, &raft::eraftpb::Message)> =
+                list.iter().map(|(g, m)| (*g, m)).collect();
             let body = super::heartbeats::pack(&refs);
-            per_peer.entry(to).or_default().push((super::heartbeats::HEARTBEAT_BATCH_GROUP, body));
+            per_peer
+                .entry(to)
+                .or_default()
+                .push((super::heartbeats::HEARTBEAT_BATCH_GROUP, body));
         }
         for (to, batch) in per_peer {
             match cluster.topo.node_of(to) {
-                Some(peer) if cluster.transport.is_connected(peer) => cluster.transport.send_raft(peer, batch),
+                Some(peer) if cluster.transport.is_connected(peer) => {
+                    cluster.transport.send_raft(peer, batch)
+                }
                 _ => {
                     for (group, _) in batch {
                         if group != super::heartbeats::HEARTBEAT_BATCH_GROUP {
@@ -270,10 +292,18 @@ impl EngineLoop {
     }
 
     fn notify(&mut self, n: Notification) {
-        let Some(subs) = self.subscribers.get_mut(&n.session) else { return };
+        let Some(subs) = self.subscribers.get_mut(&n.session) else {
+            return;
+        };
         // A subscriber whose buffer is full is dropped: its socket notices the
         // closed channel and resumes by replay from its cursor (bounded memory).
-        subs.retain(|s| s.tx.try_send(LiveEvent { seq: n.seq, frame: n.frame.clone() }).is_ok());
+        subs.retain(|s| {
+            s.tx.try_send(LiveEvent {
+                seq: n.seq,
+                frame: n.frame.clone(),
+            })
+            .is_ok()
+        });
         if subs.is_empty() {
             self.subscribers.remove(&n.session);
         }
@@ -290,16 +320,39 @@ impl EngineLoop {
             CoreRequest::Info { session, reply } => {
                 let _ = reply.send(self.shard.session_info(&session));
             }
-            CoreRequest::Read { session, after, limit, reply } => {
+            CoreRequest::Read {
+                session,
+                after,
+                limit,
+                reply,
+            } => {
                 let _ = reply.send(self.shard.read(&session, after, limit));
             }
-            CoreRequest::List { cursor, limit, tenant, filters, reply } => {
-                let _ = reply.send(self.shard.list(cursor.as_deref(), limit, tenant.as_deref(), &filters));
+            CoreRequest::List {
+                cursor,
+                limit,
+                tenant,
+                filters,
+                reply,
+            } => {
+                let _ = reply.send(self.shard.list(
+                    cursor.as_deref(),
+                    limit,
+                    tenant.as_deref(),
+                    &filters,
+                ));
             }
-            CoreRequest::Subscribe { session, subscriber, reply } => {
+            CoreRequest::Subscribe {
+                session,
+                subscriber,
+                reply,
+            } => {
                 let info = self.shard.session_info(&session);
                 if info.is_some() {
-                    self.subscribers.entry(session).or_default().push(subscriber);
+                    self.subscribers
+                        .entry(session)
+                        .or_default()
+                        .push(subscriber);
                 }
                 let _ = reply.send(info);
             }

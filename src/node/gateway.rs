@@ -23,13 +23,18 @@ use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
 use super::tail::{run_tail, TailSource, TailSpec};
 use super::topology::Topology;
-use crate::cluster::transport::{Transport, TransportError};
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal, PrincipalType};
-use crate::auth::{find_token, AuthFailure, AuthService};
 use crate::api::query::{list_params, parse_query, tail_params};
-use crate::api::render::{render_append_result, render_event_body, render_session_created, render_session_page, SessionView};
-use crate::api::validate::{fingerprint, generate_session_id, parse_body, validate_append, validate_create};
+use crate::api::render::{
+    render_append_result, render_event_body, render_session_created, render_session_page,
+    SessionView,
+};
+use crate::api::validate::{
+    fingerprint, generate_session_id, parse_body, validate_append, validate_create,
+};
+use crate::auth::{find_token, AuthFailure, AuthService};
+use crate::cluster::transport::{Transport, TransportError};
 use crate::http::{Handler, Reply, Request, Response};
 
 /// Consensus command timeout (contract §12.3).
@@ -70,9 +75,10 @@ impl Handler for Gateway {
         match self.route(req).await {
             Ok(reply) => reply,
             Err(Failure::Api(e)) => Reply::Http(error_response(&e)),
-            Err(Failure::Auth(f)) => {
-                Reply::Http(error_response(&f.api_error()).with_header("www-authenticate", f.www_authenticate()))
-            }
+            Err(Failure::Auth(f)) => Reply::Http(
+                error_response(&f.api_error())
+                    .with_header("www-authenticate", f.www_authenticate()),
+            ),
         }
     }
 }
@@ -99,14 +105,20 @@ fn json(status: u16, body: String) -> Result<Reply, ApiError> {
 
 impl Gateway {
     async fn route(&self, req: Request) -> Result<Reply, Failure> {
-        let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+        let method = if req.method == "HEAD" {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
         let segments: Vec<&str> = req.path.split('/').skip(1).collect();
         match (method, segments.as_slice()) {
             ("GET", ["health", "live"]) => Ok(json(200, r#"{"status":"ok"}"#.to_owned())?),
             ("GET", ["health", "ready"]) => Ok(self.health_ready()?),
             ("GET", ["metrics"]) if self.telemetry => Ok(self.metrics().await?),
             (_, ["v1", "sessions", ..]) => {
-                let route = self.v1_route(method, &segments[2..]).ok_or_else(ApiError::not_found)?;
+                let route = self
+                    .v1_route(method, &segments[2..])
+                    .ok_or_else(ApiError::not_found)?;
                 check_accept(&req)?;
                 let caller = self.authenticate(&req).await.map_err(Failure::Auth)?;
                 let auth = &caller.ctx;
@@ -125,14 +137,20 @@ impl Gateway {
     /// (header, or `access_token` on WebSocket upgrades only).
     async fn authenticate(&self, req: &Request) -> Result<Caller, AuthFailure> {
         let Some(service) = &self.auth else {
-            return Ok(Caller { ctx: AuthContext::none(), expires_at: None });
+            return Ok(Caller {
+                ctx: AuthContext::none(),
+                expires_at: None,
+            });
         };
         let upgrade = req.is_websocket_upgrade();
         let query = req.query.as_deref().map(|q| parse_query(q.as_bytes()));
         let query_token = query.as_ref().and_then(crate::api::query::access_token);
         let token = find_token(&req.headers, query_token.as_deref(), upgrade)?;
         let authed = service.authenticate(token).await?;
-        Ok(Caller { ctx: authed.context, expires_at: Some(authed.expires_at) })
+        Ok(Caller {
+            ctx: authed.context,
+            expires_at: Some(authed.expires_at),
+        })
     }
 
     fn v1_route(&self, method: &str, rest: &[&str]) -> Option<V1> {
@@ -159,10 +177,17 @@ impl Gateway {
         let (tx, rx) = flume::bounded(1);
         let inbox = &self.cores[core as usize];
         let exchange = async {
-            inbox.send_async(make(tx)).await.map_err(|_| ApiError::raft_unavailable())?;
-            rx.recv_async().await.map_err(|_| ApiError::raft_unavailable())
+            inbox
+                .send_async(make(tx))
+                .await
+                .map_err(|_| ApiError::raft_unavailable())?;
+            rx.recv_async()
+                .await
+                .map_err(|_| ApiError::raft_unavailable())
         };
-        monoio::time::timeout(timeout, exchange).await.map_err(|_| ApiError::raft_timeout())?
+        monoio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ApiError::raft_timeout())?
     }
 
     async fn create(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
@@ -183,7 +208,9 @@ impl Gateway {
             principal_type: principal.kind.as_str().to_owned(),
         };
         let outcome = self.command(&id, proposal).await?;
-        let Outcome::Created { created_at_us } = outcome else { return Err(ApiError::internal_error()) };
+        let Outcome::Created { created_at_us } = outcome else {
+            return Err(ApiError::internal_error());
+        };
         let view = SessionView {
             id: &id,
             title: input.title.as_deref(),
@@ -198,12 +225,19 @@ impl Gateway {
     }
 
     /// Proposes on this node's replica of the session's group.
-    pub async fn local_propose(&self, proposal: Proposal) -> Result<Result<Outcome, EngineError>, ApiError> {
+    pub async fn local_propose(
+        &self,
+        proposal: Proposal,
+    ) -> Result<Result<Outcome, EngineError>, ApiError> {
         if !self.topo.replicates(self.topo.group(proposal.session())) {
             return Ok(Err(EngineError::NotLeader { leader: None }));
         }
         let core = self.owner(proposal.session());
-        self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose { proposal, reply }).await
+        self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose {
+            proposal,
+            reply,
+        })
+        .await
     }
 
     /// Sends a request to a peer; transport failures become `None`.
@@ -214,12 +248,16 @@ impl Gateway {
     /// Sends a request to a peer, telling a request that never left (safe to
     /// send elsewhere) from one whose fate is unknown.
     async fn peer_call(&self, node: &str, req: &PeerRequest) -> Result<PeerResponse, Delivery> {
-        let Some(transport) = self.transport.as_ref() else { return Err(Delivery::NotSent) };
+        let Some(transport) = self.transport.as_ref() else {
+            return Err(Delivery::NotSent);
+        };
         match transport.request(node, peer_rpc::encode(req)).await {
             Ok(body) => peer_rpc::decode(&body).ok_or(Delivery::Unknown),
-            Err(TransportError::UnknownPeer | TransportError::NotConnected | TransportError::Overloaded) => {
-                Err(Delivery::NotSent)
-            }
+            Err(
+                TransportError::UnknownPeer
+                | TransportError::NotConnected
+                | TransportError::Overloaded,
+            ) => Err(Delivery::NotSent),
             Err(TransportError::TooLarge) => Err(Delivery::NotSent),
             Err(TransportError::Timeout | TransportError::Closed) => Err(Delivery::Unknown),
         }
@@ -245,13 +283,25 @@ impl Gateway {
         let mut leader_seen = false;
         loop {
             if Instant::now() >= deadline {
-                return Err(if leader_seen { ApiError::raft_timeout() } else { ApiError::raft_unavailable() });
+                return Err(if leader_seen {
+                    ApiError::raft_timeout()
+                } else {
+                    ApiError::raft_unavailable()
+                });
             }
             let target = route.target().clone();
             let answer = if target == self.topo.me {
                 Some(self.local_propose(proposal.clone()).await?)
             } else {
-                match self.peer_call(&target, &PeerRequest::Propose { proposal: proposal.clone() }).await {
+                match self
+                    .peer_call(
+                        &target,
+                        &PeerRequest::Propose {
+                            proposal: proposal.clone(),
+                        },
+                    )
+                    .await
+                {
                     Ok(PeerResponse::Command(r)) => Some(r),
                     Err(Delivery::NotSent) => None,
                     // It may have been proposed: a retry here could turn a
@@ -266,7 +316,9 @@ impl Gateway {
                     return Ok(outcome);
                 }
                 Some(Err(EngineError::NotLeader { leader })) => {
-                    let leader = leader.and_then(|id| self.topo.node_of(id)).map(str::to_owned);
+                    let leader = leader
+                        .and_then(|id| self.topo.node_of(id))
+                        .map(str::to_owned);
                     leader_seen |= leader.is_some();
                     if leader.is_none() {
                         self.leader_hints.borrow_mut().remove(&group);
@@ -282,7 +334,12 @@ impl Gateway {
         }
     }
 
-    async fn append(&self, req: &Request, auth: &AuthContext, id: String) -> Result<Reply, ApiError> {
+    async fn append(
+        &self,
+        req: &Request,
+        auth: &AuthContext,
+        id: String,
+    ) -> Result<Reply, ApiError> {
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
         }
@@ -317,14 +374,22 @@ impl Gateway {
             body: render_event_body(&input, &auth.principal.tenant_id),
         };
         match self.command(&id, proposal).await? {
-            Outcome::Appended { seq, last_seq, deduped } => json(201, render_append_result(seq, last_seq, deduped)),
+            Outcome::Appended {
+                seq,
+                last_seq,
+                deduped,
+            } => json(201, render_append_result(seq, last_seq, deduped)),
             _ => Err(ApiError::internal_error()),
         }
     }
 
     pub async fn local_info(&self, id: &str) -> Result<Option<SessionInfo>, ApiError> {
         let session = id.to_owned();
-        self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info { session, reply }).await
+        self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info {
+            session,
+            reply,
+        })
+        .await
     }
 
     /// The session's tenant and last seq, or 404. Served by a local replica
@@ -349,14 +414,26 @@ impl Gateway {
         }
         let mut answered = self.topo.replicates(group);
         for node in nodes.iter().filter(|n| **n != self.topo.me) {
-            if let Some(PeerResponse::Info(info)) = self.peer(node, &PeerRequest::Info { session: id.to_owned() }).await {
+            if let Some(PeerResponse::Info(info)) = self
+                .peer(
+                    node,
+                    &PeerRequest::Info {
+                        session: id.to_owned(),
+                    },
+                )
+                .await
+            {
                 answered = true;
                 if let Some(info) = info {
                     return Ok(info);
                 }
             }
         }
-        if answered { Err(ApiError::session_not_found()) } else { Err(ApiError::raft_unavailable()) }
+        if answered {
+            Err(ApiError::session_not_found())
+        } else {
+            Err(ApiError::raft_unavailable())
+        }
     }
 
     async fn list(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
@@ -366,11 +443,27 @@ impl Gateway {
             return Err(ApiError::forbidden_scope());
         }
         let limit = params.limit as usize;
-        let tenant = if auth.none_mode { None } else { Some(auth.principal.tenant_id.clone()) };
+        let tenant = if auth.none_mode {
+            None
+        } else {
+            Some(auth.principal.tenant_id.clone())
+        };
         // Every core of every write node returns its first limit+1 matches; the
         // merged page is exact (O(nodes × cores × page)).
-        let mut rows = self.local_list(params.cursor.clone(), limit + 1, tenant.clone(), params.filters.clone()).await?;
-        let req = PeerRequest::List { cursor: params.cursor.clone(), limit: limit + 1, tenant, filters: params.filters.clone() };
+        let mut rows = self
+            .local_list(
+                params.cursor.clone(),
+                limit + 1,
+                tenant.clone(),
+                params.filters.clone(),
+            )
+            .await?;
+        let req = PeerRequest::List {
+            cursor: params.cursor.clone(),
+            limit: limit + 1,
+            tenant,
+            filters: params.filters.clone(),
+        };
         for node in self.topo.writers.iter().filter(|n| **n != self.topo.me) {
             if let Some(PeerResponse::List(part)) = self.peer(node, &req).await {
                 rows.extend(part);
@@ -384,8 +477,16 @@ impl Gateway {
         let more = rows.len() > limit;
         rows.truncate(limit);
         let principals: Vec<Principal> = rows.iter().map(row_principal).collect();
-        let views: Vec<SessionView<'_>> = rows.iter().zip(&principals).map(|(r, p)| row_view(r, p)).collect();
-        let next = if more { rows.last().map(|r| r.id.as_str()) } else { None };
+        let views: Vec<SessionView<'_>> = rows
+            .iter()
+            .zip(&principals)
+            .map(|(r, p)| row_view(r, p))
+            .collect();
+        let next = if more {
+            rows.last().map(|r| r.id.as_str())
+        } else {
+            None
+        };
         json(200, render_session_page(&views, next))
     }
 
@@ -403,7 +504,13 @@ impl Gateway {
         for core in 0..self.cores.len() as u32 {
             let (cursor, tenant, filters) = (cursor.clone(), tenant.clone(), filters.clone());
             let part = self
-                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List { cursor, limit, tenant, filters, reply })
+                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List {
+                    cursor,
+                    limit,
+                    tenant,
+                    filters,
+                    reply,
+                })
                 .await
                 .map_err(|_| ApiError::archive_read_unavailable())?;
             rows.extend(part);
@@ -418,7 +525,13 @@ impl Gateway {
         limit: usize,
     ) -> Result<Result<starcite_shards::shard::ReadResult, EngineError>, ApiError> {
         let core = self.owner(&session);
-        self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Read { session, after, limit, reply }).await
+        self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Read {
+            session,
+            after,
+            limit,
+            reply,
+        })
+        .await
     }
 
     async fn tail(&self, req: &Request, caller: &Caller, id: String) -> Result<Reply, ApiError> {
@@ -442,11 +555,16 @@ impl Gateway {
         self.next_subscriber.set(sub_id + 1);
         let group = self.topo.group(&id);
         let source = if self.topo.replicates(group) {
-            TailSource::Local { owner: self.cores[self.owner(&id) as usize].clone() }
+            TailSource::Local {
+                owner: self.cores[self.owner(&id) as usize].clone(),
+            }
         } else {
             let replicas = routing_candidates(&self.control, self.topo.replicas(group));
             match &self.transport {
-                Some(t) => TailSource::Remote { transport: t.clone(), replicas },
+                Some(t) => TailSource::Remote {
+                    transport: t.clone(),
+                    replicas,
+                },
                 None => return Err(ApiError::raft_unavailable()),
             }
         };
@@ -459,7 +577,9 @@ impl Gateway {
             shutdown: self.shutdown.clone(),
             expires_at: caller.expires_at,
         };
-        Ok(Reply::WebSocket(Box::new(move |ws| Box::pin(run_tail(ws, spec)))))
+        Ok(Reply::WebSocket(Box::new(move |ws| {
+            Box::pin(run_tail(ws, spec))
+        })))
     }
 
     /// Readiness per contract §5.5.
@@ -467,7 +587,8 @@ impl Gateway {
         let writer = self.topo.is_writer();
         let mode = if writer { "write_node" } else { "router_node" };
         let not_ready = |reason: &str, detail: Option<serde_json::Value>| {
-            let mut body = serde_json::json!({"status": "starting", "mode": mode, "reason": reason});
+            let mut body =
+                serde_json::json!({"status": "starting", "mode": mode, "reason": reason});
             if let Some(d) = detail {
                 body["detail"] = d;
             }
@@ -490,12 +611,17 @@ impl Gateway {
             let detail = serde_json::json!({"startup_mode": "router", "consensus_ready?": false, "probe_result": "quorum_unreachable"});
             return not_ready("router_sync", Some(detail));
         }
-        json(200, serde_json::json!({"status": "ok", "mode": mode}).to_string())
+        json(
+            200,
+            serde_json::json!({"status": "ok", "mode": mode}).to_string(),
+        )
     }
 
     /// The `detail` of a `raft_sync` answer (contract §5.5).
     fn sync_detail(&self) -> serde_json::Value {
-        let checked = (0..self.topo.num_groups).filter(|g| self.topo.replicates(*g)).count();
+        let checked = (0..self.topo.num_groups)
+            .filter(|g| self.topo.replicates(*g))
+            .count();
         let mut detail = serde_json::json!({
             "startup_mode": "write",
             "consensus_ready?": false,
@@ -509,7 +635,10 @@ impl Gateway {
         };
         detail["failing_group_id"] = group.into();
         let replicas: Vec<&str> = self.topo.replicas(group).collect();
-        let reachable = replicas.iter().filter(|n| self.control.is_visible(n)).count();
+        let reachable = replicas
+            .iter()
+            .filter(|n| self.control.is_visible(n))
+            .count();
         let quorum = replicas.len() / 2 + 1;
         let result = match reason {
             "leader_unknown" if reachable < quorum => {
@@ -535,17 +664,58 @@ impl Gateway {
         };
         let mut stats = Vec::new();
         for core in 0..self.cores.len() as u32 {
-            stats.push(self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Stats { reply }).await?);
+            stats.push(
+                self.ask(core, READ_TIMEOUT, |reply| CoreRequest::Stats { reply })
+                    .await?,
+            );
         }
-        let col = |f: fn(&super::messages::CoreStats) -> u64| stats.iter().map(|s| (s.core, f(s))).collect::<Vec<_>>();
-        lines("starcite_log_writes_total", "Group-commit log writes.", "counter", &col(|s| s.writes));
-        lines("starcite_log_fsyncs_total", "fdatasync calls on the Raft log (writes holding entries, votes or snapshots).", "counter", &col(|s| s.syncs));
-        lines("starcite_log_write_bytes_total", "Bytes appended to the Raft log.", "counter", &col(|s| s.write_bytes));
-        lines("starcite_commands_applied_total", "Client commands answered after commit.", "counter", &col(|s| s.entries_written));
-        lines("starcite_hot_tier_bytes", "Bytes of unarchived events held in memory.", "gauge", &col(|s| s.hot_bytes));
-        lines("starcite_raft_leaders", "Raft groups led by this node.", "gauge", &col(|s| s.leaders as u64));
-        lines("starcite_tail_subscribers", "Live tail subscriptions.", "gauge", &col(|s| s.tail_subscribers as u64));
-        let mut response = Response::new(200).with_header("content-type", "text/plain; version=0.0.4");
+        let col = |f: fn(&super::messages::CoreStats) -> u64| {
+            stats.iter().map(|s| (s.core, f(s))).collect::<Vec<_>>()
+        };
+        lines(
+            "starcite_log_writes_total",
+            "Group-commit log writes.",
+            "counter",
+            &col(|s| s.writes),
+        );
+        lines(
+            "starcite_log_fsyncs_total",
+            "fdatasync calls on the Raft log (writes holding entries, votes or snapshots).",
+            "counter",
+            &col(|s| s.syncs),
+        );
+        lines(
+            "starcite_log_write_bytes_total",
+            "Bytes appended to the Raft log.",
+            "counter",
+            &col(|s| s.write_bytes),
+        );
+        lines(
+            "starcite_commands_applied_total",
+            "Client commands answered after commit.",
+            "counter",
+            &col(|s| s.entries_written),
+        );
+        lines(
+            "starcite_hot_tier_bytes",
+            "Bytes of unarchived events held in memory.",
+            "gauge",
+            &col(|s| s.hot_bytes),
+        );
+        lines(
+            "starcite_raft_leaders",
+            "Raft groups led by this node.",
+            "gauge",
+            &col(|s| s.leaders as u64),
+        );
+        lines(
+            "starcite_tail_subscribers",
+            "Live tail subscriptions.",
+            "gauge",
+            &col(|s| s.tail_subscribers as u64),
+        );
+        let mut response =
+            Response::new(200).with_header("content-type", "text/plain; version=0.0.4");
         response.body = Bytes::from(out);
         Ok(Reply::Http(response))
     }
@@ -568,28 +738,48 @@ enum V1 {
 
 /// Percent-decodes a path segment; an empty id matches no route.
 fn decode_id(raw: &str) -> Option<String> {
-    let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    let id = percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned();
     (!id.is_empty()).then_some(id)
 }
 
 /// `/v1` answers JSON only: an `Accept` that excludes it is 406 (§1).
 fn check_accept(req: &Request) -> Result<(), ApiError> {
-    let Some(accept) = req.header("accept") else { return Ok(()) };
+    let Some(accept) = req.header("accept") else {
+        return Ok(());
+    };
     let ok = accept.split(',').any(|range| {
-        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(media.as_str(), "" | "*/*" | "application/*" | "application/json")
+        let media = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            media.as_str(),
+            "" | "*/*" | "application/*" | "application/json"
+        )
     });
-    if ok { Ok(()) } else { Err(ApiError::not_acceptable()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable())
+    }
 }
 
 fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::SessionNotFound => ApiError::session_not_found(),
         EngineError::SessionExists => ApiError::session_exists(),
-        EngineError::ExpectedSeqConflict { expected, current } => ApiError::expected_seq_conflict(expected, current),
-        EngineError::ProducerSeqConflict { producer_id, expected, got } => {
-            ApiError::producer_seq_conflict(&producer_id, expected, got)
+        EngineError::ExpectedSeqConflict { expected, current } => {
+            ApiError::expected_seq_conflict(expected, current)
         }
+        EngineError::ProducerSeqConflict {
+            producer_id,
+            expected,
+            got,
+        } => ApiError::producer_seq_conflict(&producer_id, expected, got),
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
         EngineError::Backpressure => ApiError::event_store_backpressure(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
@@ -603,7 +793,11 @@ fn row_principal(r: &ListRow) -> Principal {
         "agent" => PrincipalType::Agent,
         _ => PrincipalType::Service,
     };
-    Principal { tenant_id: r.tenant_id.clone(), id: r.principal_id.clone(), kind }
+    Principal {
+        tenant_id: r.tenant_id.clone(),
+        id: r.principal_id.clone(),
+        kind,
+    }
 }
 
 fn row_view<'a>(r: &'a ListRow, p: &'a Principal) -> SessionView<'a> {

@@ -15,8 +15,10 @@ const RECORD: usize = 32;
 
 /// Whether a message can travel in a heartbeat batch (no payload beyond these fields).
 pub fn is_packable(m: &Message) -> bool {
-    matches!(m.get_msg_type(), MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse)
-        && m.context.is_empty()
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+    ) && m.context.is_empty()
         && m.entries.is_empty()
 }
 

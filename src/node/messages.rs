@@ -28,9 +28,20 @@ pub struct Subscriber {
 
 /// A request to the core that owns a session's group.
 pub enum CoreRequest {
-    Propose { proposal: Proposal, reply: Reply<CommandResult> },
-    Info { session: String, reply: Reply<Option<SessionInfo>> },
-    Read { session: String, after: u64, limit: usize, reply: Reply<Result<ReadResult, EngineError>> },
+    Propose {
+        proposal: Proposal,
+        reply: Reply<CommandResult>,
+    },
+    Info {
+        session: String,
+        reply: Reply<Option<SessionInfo>>,
+    },
+    Read {
+        session: String,
+        after: u64,
+        limit: usize,
+        reply: Reply<Result<ReadResult, EngineError>>,
+    },
     List {
         cursor: Option<String>,
         limit: usize,
@@ -38,11 +49,22 @@ pub enum CoreRequest {
         filters: Vec<(String, String)>,
         reply: Reply<Vec<ListRow>>,
     },
-    Subscribe { session: String, subscriber: Subscriber, reply: Reply<Option<SessionInfo>> },
-    Unsubscribe { session: String, id: u64 },
-    Stats { reply: Reply<CoreStats> },
+    Subscribe {
+        session: String,
+        subscriber: Subscriber,
+        reply: Reply<Option<SessionInfo>>,
+    },
+    Unsubscribe {
+        session: String,
+        id: u64,
+    },
+    Stats {
+        reply: Reply<CoreStats>,
+    },
     /// Raft messages from peers for groups this core owns.
-    Raft { messages: Vec<(u32, raft::eraftpb::Message)> },
+    Raft {
+        messages: Vec<(u32, raft::eraftpb::Message)>,
+    },
     /// The node is stopping: hand this core's leaderships to other replicas.
     HandOff,
     Shutdown,

@@ -29,7 +29,9 @@ impl OpsBackend for NodeOps {
         let topo = &self.control.topo;
         let me = topo.me.as_str();
         let writer = topo.is_writer();
-        let local_groups: Vec<u32> = (0..topo.num_groups).filter(|g| topo.replicates(*g)).collect();
+        let local_groups: Vec<u32> = (0..topo.num_groups)
+            .filter(|g| topo.replicates(*g))
+            .collect();
         let mut observer = self.control.status_json();
         observer["status"] = "ok".into();
         observer["ready_nodes"] = self.control.ready_nodes().into();

@@ -39,8 +39,13 @@ impl Inbound for PeerInbound {
                 continue;
             }
             match <raft::eraftpb::Message as protobuf::Message>::parse_from_bytes(&bytes) {
-                Ok(msg) => per_core.entry(core_of(group, cores)).or_default().push((group, msg)),
-                Err(e) => tracing::warn!(peer = from, group, error = %e, "undecodable raft message dropped"),
+                Ok(msg) => per_core
+                    .entry(core_of(group, cores))
+                    .or_default()
+                    .push((group, msg)),
+                Err(e) => {
+                    tracing::warn!(peer = from, group, error = %e, "undecodable raft message dropped")
+                }
             }
         }
         for (core, messages) in per_core {
@@ -87,7 +92,11 @@ async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
     if let Some(s) = session {
         if !gateway.topo.replicates(gateway.topo.group(&s)) {
             return match request {
-                PeerRequest::Propose { .. } => PeerResponse::Command(Err(starcite_shards::EngineError::NotLeader { leader: None })),
+                PeerRequest::Propose { .. } => {
+                    PeerResponse::Command(Err(starcite_shards::EngineError::NotLeader {
+                        leader: None,
+                    }))
+                }
                 _ => PeerResponse::Unavailable,
             };
         }
@@ -101,15 +110,31 @@ async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
             Ok(info) => PeerResponse::Info(info),
             Err(_) => PeerResponse::Unavailable,
         },
-        PeerRequest::Read { session, after, limit } => match gateway.local_read(session, after, limit).await {
+        PeerRequest::Read {
+            session,
+            after,
+            limit,
+        } => match gateway.local_read(session, after, limit).await {
             Ok(result) => PeerResponse::Read(result.map(|r| {
-                let events = r.events.into_iter().map(|(seq, f)| (seq, String::from_utf8_lossy(&f).into_owned())).collect();
+                let events = r
+                    .events
+                    .into_iter()
+                    .map(|(seq, f)| (seq, String::from_utf8_lossy(&f).into_owned()))
+                    .collect();
                 (events, r.last_seq)
             })),
             Err(_) => PeerResponse::Unavailable,
         },
-        PeerRequest::List { cursor, limit, tenant, filters } => {
-            match gateway.local_list(cursor, limit.min(1_001), tenant, filters).await {
+        PeerRequest::List {
+            cursor,
+            limit,
+            tenant,
+            filters,
+        } => {
+            match gateway
+                .local_list(cursor, limit.min(1_001), tenant, filters)
+                .await
+            {
                 Ok(rows) => PeerResponse::List(rows),
                 Err(_) => PeerResponse::Unavailable,
             }

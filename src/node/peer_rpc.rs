@@ -12,10 +12,23 @@ use super::control::Gossip;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
     /// Propose on this node's local replica (the sender believes it leads).
-    Propose { proposal: Proposal },
-    Info { session: String },
-    Read { session: String, after: u64, limit: usize },
-    List { cursor: Option<String>, limit: usize, tenant: Option<String>, filters: Vec<(String, String)> },
+    Propose {
+        proposal: Proposal,
+    },
+    Info {
+        session: String,
+    },
+    Read {
+        session: String,
+        after: u64,
+        limit: usize,
+    },
+    List {
+        cursor: Option<String>,
+        limit: usize,
+        tenant: Option<String>,
+        filters: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

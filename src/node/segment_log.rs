@@ -29,10 +29,15 @@ pub struct SegmentLog {
 impl SegmentLog {
     /// Recovers this core's groups from its segments and opens the last one for
     /// appending (creating the first segment on a fresh data dir).
-    pub fn open(dir: &Path, core: u32, owns: impl Fn(u32) -> bool) -> Result<(SegmentLog, Recovered), String> {
+    pub fn open(
+        dir: &Path,
+        core: u32,
+        owns: impl Fn(u32) -> bool,
+    ) -> Result<(SegmentLog, Recovered), String> {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let inputs = read_segments(dir, core)?;
-        let recovered = recover(&inputs, core, owns).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let recovered =
+            recover(&inputs, core, owns).map_err(|e| format!("{}: {e}", dir.display()))?;
         if let Some((name, valid_len)) = &recovered.truncate {
             tracing::warn!(core, file = %name, valid_len, "torn tail after a crash: truncating the last segment");
             truncate(&dir.join(name), *valid_len, core)?;
@@ -43,13 +48,31 @@ impl SegmentLog {
             create_segment(&path, core, &[])?;
             sync_dir(dir)?;
         }
-        let std_file = fs::OpenOptions::new().write(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let len = std_file.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let std_file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = std_file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         assert_eq!(len % 16, 0, "segment length keeps frames aligned");
-        let file = monoio::fs::File::from_std(std_file).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file =
+            monoio::fs::File::from_std(std_file).map_err(|e| format!("{}: {e}", path.display()))?;
         tracing::info!(core, segment = %path.display(), records = recovered.records, "log recovered");
         let oldest = recovered.segments.first().map_or(seq, |s| s.0);
-        Ok((SegmentLog { dir: dir.to_owned(), core, seq, file, len, oldest, unsynced: false }, recovered))
+        Ok((
+            SegmentLog {
+                dir: dir.to_owned(),
+                core,
+                seq,
+                file,
+                len,
+                oldest,
+                unsynced: false,
+            },
+            recovered,
+        ))
     }
 
     /// Appends `buf`, and makes it durable when `sync`. Returns the buffer for reuse.
@@ -78,7 +101,10 @@ impl SegmentLog {
         let path = self.dir.join(segment_file_name(self.core, next));
         let mut header = Vec::with_capacity(16);
         encode_segment_header(self.core, &mut header);
-        let std_file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let std_file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let file = monoio::fs::File::from_std(std_file)?;
         let len = header.len() as u64;
         let (res, _) = file.write_all_at(header, 0).await;
@@ -107,7 +133,12 @@ impl SegmentLog {
         }
         if deleted > 0 {
             sync_dir(&self.dir).map_err(io::Error::other)?;
-            tracing::debug!(core = self.core, deleted, before, "obsolete log segments removed");
+            tracing::debug!(
+                core = self.core,
+                deleted,
+                before,
+                "obsolete log segments removed"
+            );
         }
         Ok(deleted)
     }
@@ -143,13 +174,17 @@ fn read_segments(dir: &Path, core: u32) -> Result<Vec<SegmentInput>, String> {
 }
 
 fn truncate(path: &Path, valid_len: u64, core: u32) -> Result<(), String> {
-    let f = fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if valid_len < 16 {
         // Even the header was torn: rewrite it.
         drop(f);
         return create_segment_overwrite(path, core);
     }
-    f.set_len(valid_len).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(valid_len)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -163,7 +198,9 @@ fn create_segment(path: &Path, core: u32, contents: &[u8]) -> Result<(), String>
         .create_new(true)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn create_segment_overwrite(path: &Path, core: u32) -> Result<(), String> {
@@ -172,5 +209,7 @@ fn create_segment_overwrite(path: &Path, core: u32) -> Result<(), String> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", dir.display()))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }

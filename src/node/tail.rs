@@ -53,7 +53,9 @@ mod tests {
     use super::*;
 
     fn ev(n: usize, size: usize) -> Vec<(u64, Bytes)> {
-        (1..=n as u64).map(|s| (s, Bytes::from(vec![b'x'; size]))).collect()
+        (1..=n as u64)
+            .map(|s| (s, Bytes::from(vec![b'x'; size])))
+            .collect()
     }
 
     #[test]
@@ -91,7 +93,10 @@ pub enum TailSource {
     Local { owner: flume::Sender<CoreRequest> },
     /// A node without a replica (router, or a write node outside the group):
     /// reads from replicas over the cluster transport, polling for new events.
-    Remote { transport: Rc<Transport>, replicas: Vec<String> },
+    Remote {
+        transport: Rc<Transport>,
+        replicas: Vec<String>,
+    },
 }
 
 /// Remote tails poll between these bounds, backing off while idle.
@@ -123,7 +128,9 @@ struct Tail {
 impl Tail {
     /// Time left until the token expires (a year when it never does).
     fn until_expiry(&self) -> Duration {
-        let Some(exp) = self.spec.expires_at else { return Duration::from_secs(365 * 86_400) };
+        let Some(exp) = self.spec.expires_at else {
+            return Duration::from_secs(365 * 86_400);
+        };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -160,9 +167,18 @@ impl Tail {
         let deadline = std::time::Instant::now() + OWNER_TIMEOUT;
         loop {
             let (tx, rx) = flume::bounded(SUBSCRIBER_DEPTH);
-            let subscriber = Subscriber { id: self.spec.subscriber_id, tx };
+            let subscriber = Subscriber {
+                id: self.spec.subscriber_id,
+                tx,
+            };
             let session = self.spec.session.clone();
-            let info = self.ask(|reply| CoreRequest::Subscribe { session, subscriber, reply }).await?;
+            let info = self
+                .ask(|reply| CoreRequest::Subscribe {
+                    session,
+                    subscriber,
+                    reply,
+                })
+                .await?;
             if info.is_some() {
                 return Ok(rx);
             }
@@ -174,9 +190,14 @@ impl Tail {
     }
 
     fn unsubscribe(&self) {
-        let TailSource::Local { owner } = &self.spec.source else { return };
+        let TailSource::Local { owner } = &self.spec.source else {
+            return;
+        };
         let session = self.spec.session.clone();
-        let _ = owner.try_send(CoreRequest::Unsubscribe { session, id: self.spec.subscriber_id });
+        let _ = owner.try_send(CoreRequest::Unsubscribe {
+            session,
+            id: self.spec.subscriber_id,
+        });
     }
 
     async fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> CoreRequest) -> Result<T, Stop> {
@@ -206,7 +227,12 @@ impl Tail {
             }
             let (session, after) = (self.spec.session.clone(), self.spec.cursor);
             let read = self
-                .ask(|reply| CoreRequest::Read { session, after, limit: REPLAY_READ, reply })
+                .ask(|reply| CoreRequest::Read {
+                    session,
+                    after,
+                    limit: REPLAY_READ,
+                    reply,
+                })
                 .await?
                 .map_err(|e| match e {
                     starcite_shards::EngineError::ArchiveReadUnavailable => {
@@ -217,7 +243,11 @@ impl Tail {
             if read.events.is_empty() {
                 return Ok(());
             }
-            let contiguous = read.events.iter().enumerate().all(|(i, (seq, _))| *seq == after + 1 + i as u64);
+            let contiguous = read
+                .events
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, _))| *seq == after + 1 + i as u64);
             if !contiguous {
                 return Err(Stop::Close(CLOSE_INTERNAL, "event_gap_detected"));
             }
@@ -231,7 +261,9 @@ impl Tail {
 
     /// Live phase. Returns Ok to go back to replay (gap or dropped subscription).
     async fn follow(&mut self, reader: &mut WsReader, writer: &mut WsWriter) -> Result<(), Stop> {
-        let Some(live) = self.live.clone() else { return Ok(()) };
+        let Some(live) = self.live.clone() else {
+            return Ok(());
+        };
         loop {
             monoio::select! {
                 event = live.recv_async() => match event {
@@ -268,7 +300,10 @@ impl Tail {
             match self.remote_read().await {
                 Ok(events) if !events.is_empty() => {
                     let after = self.spec.cursor;
-                    let contiguous = events.iter().enumerate().all(|(i, (seq, _))| *seq == after + 1 + i as u64);
+                    let contiguous = events
+                        .iter()
+                        .enumerate()
+                        .all(|(i, (seq, _))| *seq == after + 1 + i as u64);
                     if !contiguous {
                         return Stop::Close(CLOSE_INTERNAL, "event_gap_detected");
                     }
@@ -309,16 +344,33 @@ impl Tail {
 
     /// Reads after the cursor from the first replica that answers.
     async fn remote_read(&self) -> Result<Vec<(u64, Bytes)>, Stop> {
-        let TailSource::Remote { transport, replicas } = &self.spec.source else { return Ok(Vec::new()) };
-        let req = PeerRequest::Read { session: self.spec.session.clone(), after: self.spec.cursor, limit: REPLAY_READ };
+        let TailSource::Remote {
+            transport,
+            replicas,
+        } = &self.spec.source
+        else {
+            return Ok(Vec::new());
+        };
+        let req = PeerRequest::Read {
+            session: self.spec.session.clone(),
+            after: self.spec.cursor,
+            limit: REPLAY_READ,
+        };
         let body = peer_rpc::encode(&req);
         for node in replicas {
-            let Ok(answer) = transport.request(node, body.clone()).await else { continue };
+            let Ok(answer) = transport.request(node, body.clone()).await else {
+                continue;
+            };
             match peer_rpc::decode::<PeerResponse>(&answer) {
                 Some(PeerResponse::Read(Ok((events, _)))) => {
-                    return Ok(events.into_iter().map(|(seq, f)| (seq, Bytes::from(f))).collect());
+                    return Ok(events
+                        .into_iter()
+                        .map(|(seq, f)| (seq, Bytes::from(f)))
+                        .collect());
                 }
-                Some(PeerResponse::Read(Err(starcite_shards::EngineError::ArchiveReadUnavailable))) => {
+                Some(PeerResponse::Read(Err(
+                    starcite_shards::EngineError::ArchiveReadUnavailable,
+                ))) => {
                     return Err(Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"));
                 }
                 _ => continue,

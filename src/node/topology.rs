@@ -45,7 +45,10 @@ impl Topology {
     }
 
     pub fn raft_id(&self, node: &str) -> Option<u64> {
-        self.writers.iter().position(|w| w == node).map(|i| i as u64 + 1)
+        self.writers
+            .iter()
+            .position(|w| w == node)
+            .map(|i| i as u64 + 1)
     }
 
     pub fn node_of(&self, raft_id: u64) -> Option<&str> {
@@ -58,7 +61,9 @@ impl Topology {
     }
 
     pub fn replicas(&self, group: u32) -> impl Iterator<Item = &str> {
-        self.replicas[group as usize].iter().map(|i| self.writers[*i].as_str())
+        self.replicas[group as usize]
+            .iter()
+            .map(|i| self.writers[*i].as_str())
     }
 
     pub fn replicates(&self, group: u32) -> bool {
@@ -69,12 +74,23 @@ impl Topology {
     pub fn local_groups(&self, core: u32) -> Vec<(u32, Vec<u64>)> {
         (0..self.num_groups)
             .filter(|g| core_of(*g, self.cores) == core && self.replicates(*g))
-            .map(|g| (g, self.replicas[g as usize].iter().map(|i| *i as u64 + 1).collect()))
+            .map(|g| {
+                (
+                    g,
+                    self.replicas[g as usize]
+                        .iter()
+                        .map(|i| *i as u64 + 1)
+                        .collect(),
+                )
+            })
             .collect()
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &str> {
-        self.nodes.iter().map(String::as_str).filter(|n| *n != self.me)
+        self.nodes
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != self.me)
     }
 
     pub fn single_node(&self) -> bool {

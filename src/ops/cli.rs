@@ -139,11 +139,19 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     fn ok(stdout: String) -> Outcome {
-        Outcome { code: EXIT_OK, stdout, stderr: String::new() }
+        Outcome {
+            code: EXIT_OK,
+            stdout,
+            stderr: String::new(),
+        }
     }
 
     fn fail(code: i32, message: impl std::fmt::Display) -> Outcome {
-        Outcome { code, stdout: String::new(), stderr: format!("starcite: error: {message}\n") }
+        Outcome {
+            code,
+            stdout: String::new(),
+            stderr: format!("starcite: error: {message}\n"),
+        }
     }
 
     fn client(e: &ClientError) -> Outcome {
@@ -159,7 +167,10 @@ pub(crate) struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { request_timeout: REQUEST_TIMEOUT, poll_interval: POLL_INTERVAL }
+        Timing {
+            request_timeout: REQUEST_TIMEOUT,
+            poll_interval: POLL_INTERVAL,
+        }
     }
 }
 
@@ -175,7 +186,9 @@ pub(crate) fn execute(data_dir: &Path, cmd: &OpsCommand, timing: &Timing) -> Out
     let node = |n: &Option<String>| -> Result<Option<String>, Outcome> {
         match n {
             None => Ok(None),
-            Some(n) if n.trim().is_empty() => Err(Outcome::fail(EXIT_USAGE, "the node name is empty")),
+            Some(n) if n.trim().is_empty() => {
+                Err(Outcome::fail(EXIT_USAGE, "the node name is empty"))
+            }
             Some(n) => Ok(Some(n.trim().to_owned())),
         }
     };
@@ -185,7 +198,9 @@ pub(crate) fn execute(data_dir: &Path, cmd: &OpsCommand, timing: &Timing) -> Out
             s.push('\n');
             s
         }),
-        OpsCommand::ReadyNodes => client.ready_nodes().map(|n| format!("ready_nodes={}\n", n.join(","))),
+        OpsCommand::ReadyNodes => client
+            .ready_nodes()
+            .map(|n| format!("ready_nodes={}\n", n.join(","))),
         OpsCommand::Drain { node: n } => match node(n) {
             Ok(n) => client.drain(n.as_deref()).map(|()| "ok\n".to_owned()),
             Err(out) => return out,
@@ -194,16 +209,30 @@ pub(crate) fn execute(data_dir: &Path, cmd: &OpsCommand, timing: &Timing) -> Out
             Ok(n) => client.undrain(n.as_deref()).map(|()| "ok\n".to_owned()),
             Err(out) => return out,
         },
-        OpsCommand::GroupReplicas { group } => {
-            client.group_replicas(*group).map(|r| format!("group_{group}_replicas={}\n", r.join(",")))
-        }
+        OpsCommand::GroupReplicas { group } => client
+            .group_replicas(*group)
+            .map(|r| format!("group_{group}_replicas={}\n", r.join(","))),
         OpsCommand::LocalReady => client.local_ready().map(|b| format!("local_ready={b}\n")),
-        OpsCommand::LocalDrained => client.local_drained().map(|b| format!("local_drained={b}\n")),
+        OpsCommand::LocalDrained => client
+            .local_drained()
+            .map(|b| format!("local_drained={b}\n")),
         OpsCommand::WaitReady { ms, timeout_ms } => {
-            return wait_until(&client, "local_ready", AdminClient::local_ready, ms.unwrap_or(*timeout_ms), timing)
+            return wait_until(
+                &client,
+                "local_ready",
+                AdminClient::local_ready,
+                ms.unwrap_or(*timeout_ms),
+                timing,
+            )
         }
         OpsCommand::WaitDrained { ms, timeout_ms } => {
-            return wait_until(&client, "local_drained", AdminClient::local_drained, ms.unwrap_or(*timeout_ms), timing)
+            return wait_until(
+                &client,
+                "local_drained",
+                AdminClient::local_drained,
+                ms.unwrap_or(*timeout_ms),
+                timing,
+            )
         }
     };
     match result {
@@ -227,11 +256,15 @@ fn wait_until(
     let deadline = Instant::now() + timeout;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let per_request = timing.request_timeout.min(remaining.max(Duration::from_millis(250)));
+        let per_request = timing
+            .request_timeout
+            .min(remaining.max(Duration::from_millis(250)));
         let last_err = match check(&client.with_timeout(per_request)) {
             Ok(true) => return Outcome::ok(format!("{what}=true\n")),
             Ok(false) => None,
-            Err(e @ (ClientError::PermissionDenied { .. } | ClientError::Protocol(_))) => return Outcome::client(&e),
+            Err(e @ (ClientError::PermissionDenied { .. } | ClientError::Protocol(_))) => {
+                return Outcome::client(&e)
+            }
             Err(ClientError::Remote { code, message }) if code == "bad_request" => {
                 return Outcome::client(&ClientError::Remote { code, message })
             }
@@ -240,9 +273,16 @@ fn wait_until(
         let now = Instant::now();
         if now >= deadline {
             return match last_err {
-                None => Outcome::fail(EXIT_FAILURE, format!("timed out after {timeout_ms} ms: {what} is still false")),
+                None => Outcome::fail(
+                    EXIT_FAILURE,
+                    format!("timed out after {timeout_ms} ms: {what} is still false"),
+                ),
                 Some(e) => Outcome::fail(
-                    if e.exit_code() == EXIT_UNREACHABLE { EXIT_UNREACHABLE } else { EXIT_FAILURE },
+                    if e.exit_code() == EXIT_UNREACHABLE {
+                        EXIT_UNREACHABLE
+                    } else {
+                        EXIT_FAILURE
+                    },
                     format!("timed out after {timeout_ms} ms waiting for {what}; last error: {e}"),
                 ),
             };

@@ -46,12 +46,18 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(data_dir: &Path) -> AdminClient {
-        AdminClient { path: socket_path(data_dir), timeout: REQUEST_TIMEOUT }
+        AdminClient {
+            path: socket_path(data_dir),
+            timeout: REQUEST_TIMEOUT,
+        }
     }
 
     /// Same socket, another per-request timeout.
     pub fn with_timeout(&self, timeout: Duration) -> AdminClient {
-        AdminClient { path: self.path.clone(), timeout }
+        AdminClient {
+            path: self.path.clone(),
+            timeout,
+        }
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -61,29 +67,44 @@ impl AdminClient {
     /// Sends one request and returns the `result` of a successful answer.
     pub fn call(&self, req: &Request) -> Result<Value, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let stream = sys::connect_timeout(&self.path, self.timeout).map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: self.path.clone() },
-            io::ErrorKind::TimedOut => ClientError::TimedOut(self.timeout),
-            _ => ClientError::Unreachable { path: self.path.clone(), source: e },
-        })?;
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let stream =
+            sys::connect_timeout(&self.path, self.timeout).map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                    path: self.path.clone(),
+                },
+                io::ErrorKind::TimedOut => ClientError::TimedOut(self.timeout),
+                _ => ClientError::Unreachable {
+                    path: self.path.clone(),
+                    source: e,
+                },
+            })?;
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let _ = stream.set_write_timeout(Some(remaining));
         // A write failure is not final: a server that refuses the connection
         // (e.g. too many connections) has already written its reason, so read it.
         let written = (&stream).write_all(&encode_line(&req.to_json()));
         if let Err(e) = &written {
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
                 return Err(ClientError::TimedOut(self.timeout));
             }
         }
         let line = match LineReader::default().read_line(&stream, MAX_RESPONSE_BYTES, deadline) {
             Ok(Some(line)) => line,
             Ok(None) => {
-                return Err(ClientError::Protocol("the node closed the connection without answering".to_owned()))
+                return Err(ClientError::Protocol(
+                    "the node closed the connection without answering".to_owned(),
+                ))
             }
             Err(LineError::TimedOut) => return Err(ClientError::TimedOut(self.timeout)),
             Err(LineError::TooLong) => {
-                return Err(ClientError::Protocol(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")))
+                return Err(ClientError::Protocol(format!(
+                    "answer larger than {MAX_RESPONSE_BYTES} bytes"
+                )))
             }
             Err(LineError::Io(e)) => {
                 let cause = written.err().unwrap_or(e);
@@ -102,11 +123,17 @@ impl AdminClient {
     }
 
     pub fn drain(&self, node: Option<&str>) -> Result<(), ClientError> {
-        self.call(&Request::Drain { node: node.map(str::to_owned) }).map(drop)
+        self.call(&Request::Drain {
+            node: node.map(str::to_owned),
+        })
+        .map(drop)
     }
 
     pub fn undrain(&self, node: Option<&str>) -> Result<(), ClientError> {
-        self.call(&Request::Undrain { node: node.map(str::to_owned) }).map(drop)
+        self.call(&Request::Undrain {
+            node: node.map(str::to_owned),
+        })
+        .map(drop)
     }
 
     pub fn local_ready(&self) -> Result<bool, ClientError> {
@@ -124,22 +151,30 @@ impl AdminClient {
 
 fn parse_response(line: &[u8]) -> Result<Value, ClientError> {
     let value: Value = serde_json::from_slice(line).map_err(|e| {
-        ClientError::Protocol(format!("not JSON ({e}): {}", String::from_utf8_lossy(&line[..line.len().min(200)])))
+        ClientError::Protocol(format!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&line[..line.len().min(200)])
+        ))
     })?;
     let Value::Object(mut obj) = value else {
-        return Err(ClientError::Protocol("answer is not a JSON object".to_owned()));
+        return Err(ClientError::Protocol(
+            "answer is not a JSON object".to_owned(),
+        ));
     };
     match obj.get("ok") {
         Some(Value::Bool(true)) => Ok(obj.remove("result").unwrap_or(Value::Null)),
         Some(Value::Bool(false)) => {
-            let field =
-                |obj: &serde_json::Map<String, Value>, k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+            let field = |obj: &serde_json::Map<String, Value>, k: &str| {
+                obj.get(k).and_then(Value::as_str).map(str::to_owned)
+            };
             Err(ClientError::Remote {
                 code: field(&obj, "error").unwrap_or_else(|| "error".to_owned()),
                 message: field(&obj, "message").unwrap_or_default(),
             })
         }
-        _ => Err(ClientError::Protocol("answer has no boolean \"ok\"".to_owned())),
+        _ => Err(ClientError::Protocol(
+            "answer has no boolean \"ok\"".to_owned(),
+        )),
     }
 }
 
@@ -149,13 +184,18 @@ fn string_list(v: Value) -> Result<Vec<String>, ClientError> {
             .into_iter()
             .map(|i| match i {
                 Value::String(s) => Ok(s),
-                other => Err(ClientError::Protocol(format!("expected node names, got {other}"))),
+                other => Err(ClientError::Protocol(format!(
+                    "expected node names, got {other}"
+                ))),
             })
             .collect(),
-        other => Err(ClientError::Protocol(format!("expected a list of node names, got {other}"))),
+        other => Err(ClientError::Protocol(format!(
+            "expected a list of node names, got {other}"
+        ))),
     }
 }
 
 fn boolean(v: Value) -> Result<bool, ClientError> {
-    v.as_bool().ok_or_else(|| ClientError::Protocol(format!("expected true or false, got {v}")))
+    v.as_bool()
+        .ok_or_else(|| ClientError::Protocol(format!("expected true or false, got {v}")))
 }

@@ -58,7 +58,9 @@ impl Request {
 
     pub fn to_json(&self) -> Value {
         match self {
-            Request::Drain { node } | Request::Undrain { node } => json!({ "op": self.op(), "node": node }),
+            Request::Drain { node } | Request::Undrain { node } => {
+                json!({ "op": self.op(), "node": node })
+            }
             Request::GroupReplicas { group } => json!({ "op": self.op(), "group": group }),
             _ => json!({ "op": self.op() }),
         }
@@ -66,7 +68,8 @@ impl Request {
 
     /// Parses one request line; the error is a message for the `bad_request` response.
     pub fn parse(line: &[u8]) -> Result<Request, String> {
-        let value: Value = serde_json::from_slice(line).map_err(|e| format!("request is not valid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| format!("request is not valid JSON: {e}"))?;
         let Value::Object(obj) = value else {
             return Err("request must be a JSON object such as {\"op\":\"status\"}".to_owned());
         };
@@ -118,8 +121,9 @@ pub(crate) fn error_response(code: &str, message: impl Into<String>) -> Value {
 /// The response serialised as one line, newline included.
 pub(crate) fn encode_line(value: &Value) -> Vec<u8> {
     // serde_json escapes control characters inside strings, so the output has no raw newline.
-    let mut out = serde_json::to_vec(value)
-        .unwrap_or_else(|_| br#"{"ok":false,"error":"internal","message":"unserialisable response"}"#.to_vec());
+    let mut out = serde_json::to_vec(value).unwrap_or_else(|_| {
+        br#"{"ok":false,"error":"internal","message":"unserialisable response"}"#.to_vec()
+    });
     out.push(b'\n');
     out
 }
@@ -174,7 +178,9 @@ impl LineReader {
             if now >= deadline {
                 return Err(LineError::TimedOut);
             }
-            stream.set_read_timeout(Some(deadline - now)).map_err(LineError::Io)?;
+            stream
+                .set_read_timeout(Some(deadline - now))
+                .map_err(LineError::Io)?;
             match (&*stream).read(&mut chunk) {
                 Ok(0) => {
                     if self.buf.is_empty() {
@@ -185,7 +191,12 @@ impl LineReader {
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(LineError::TimedOut)
                 }
                 Err(e) => return Err(LineError::Io(e)),

@@ -39,11 +39,16 @@ pub fn parse_rpc(expr: &str) -> Result<OpsCommand, String> {
         return Err(format!("empty expression; expected e.g. {MODULE}.status()"));
     }
     let rest = match s.strip_prefix(MODULE) {
-        Some(r) => r.trim_start().strip_prefix('.').ok_or_else(|| unknown(s))?.trim_start(),
+        Some(r) => r
+            .trim_start()
+            .strip_prefix('.')
+            .ok_or_else(|| unknown(s))?
+            .trim_start(),
         None => s,
     };
-    let name_len =
-        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '!')).unwrap_or(rest.len());
+    let name_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '?' || c == '!'))
+        .unwrap_or(rest.len());
     let (name, after) = rest.split_at(name_len);
     if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
         return Err(unknown(s));
@@ -52,7 +57,11 @@ pub fn parse_rpc(expr: &str) -> Result<OpsCommand, String> {
     let arg = if after.is_empty() {
         None
     } else {
-        let inner = after.strip_prefix('(').and_then(|a| a.strip_suffix(')')).ok_or_else(|| unknown(s))?.trim();
+        let inner = after
+            .strip_prefix('(')
+            .and_then(|a| a.strip_suffix(')'))
+            .ok_or_else(|| unknown(s))?
+            .trim();
         if inner.is_empty() {
             None
         } else {
@@ -69,10 +78,20 @@ pub fn parse_rpc(expr: &str) -> Result<OpsCommand, String> {
         "ready_nodes" => no_arg(OpsCommand::ReadyNodes),
         "local_ready" => no_arg(OpsCommand::LocalReady),
         "local_drained" => no_arg(OpsCommand::LocalDrained),
-        "drain_node" => Ok(OpsCommand::Drain { node: node_arg(name, arg)? }),
-        "undrain_node" => Ok(OpsCommand::Undrain { node: node_arg(name, arg)? }),
-        "wait_local_ready" => Ok(OpsCommand::WaitReady { ms: None, timeout_ms: timeout_arg(name, arg)? }),
-        "wait_local_drained" => Ok(OpsCommand::WaitDrained { ms: None, timeout_ms: timeout_arg(name, arg)? }),
+        "drain_node" => Ok(OpsCommand::Drain {
+            node: node_arg(name, arg)?,
+        }),
+        "undrain_node" => Ok(OpsCommand::Undrain {
+            node: node_arg(name, arg)?,
+        }),
+        "wait_local_ready" => Ok(OpsCommand::WaitReady {
+            ms: None,
+            timeout_ms: timeout_arg(name, arg)?,
+        }),
+        "wait_local_drained" => Ok(OpsCommand::WaitDrained {
+            ms: None,
+            timeout_ms: timeout_arg(name, arg)?,
+        }),
         "group_replicas" => match arg {
             Some(Arg::Bare(tok)) => {
                 let group = parse_int(&tok).and_then(|g| u32::try_from(g).ok()).ok_or_else(|| {
@@ -80,23 +99,31 @@ pub fn parse_rpc(expr: &str) -> Result<OpsCommand, String> {
                 })?;
                 Ok(OpsCommand::GroupReplicas { group })
             }
-            Some(Arg::Quoted(tok)) => {
-                Err(format!("group_replicas: group id must be an integer, got the string {tok:?}"))
-            }
-            None => Err(format!("{MODULE}.group_replicas/1 needs a group id, e.g. {MODULE}.group_replicas(7)")),
+            Some(Arg::Quoted(tok)) => Err(format!(
+                "group_replicas: group id must be an integer, got the string {tok:?}"
+            )),
+            None => Err(format!(
+                "{MODULE}.group_replicas/1 needs a group id, e.g. {MODULE}.group_replicas(7)"
+            )),
         },
-        _ => Err(format!("unknown function {MODULE}.{name}/{arity}; supported: {SUPPORTED}")),
+        _ => Err(format!(
+            "unknown function {MODULE}.{name}/{arity}; supported: {SUPPORTED}"
+        )),
     }
 }
 
 fn unknown(expr: &str) -> String {
-    format!("cannot understand {expr:?}; expected {MODULE}.<function>(<argument>), one of: {SUPPORTED}")
+    format!(
+        "cannot understand {expr:?}; expected {MODULE}.<function>(<argument>), one of: {SUPPORTED}"
+    )
 }
 
 fn node_arg(name: &str, arg: Option<Arg>) -> Result<Option<String>, String> {
     match arg {
         None => Ok(None),
-        Some(Arg::Quoted(n) | Arg::Bare(n)) if n.trim().is_empty() => Err(format!("{name}: the node name is empty")),
+        Some(Arg::Quoted(n) | Arg::Bare(n)) if n.trim().is_empty() => {
+            Err(format!("{name}: the node name is empty"))
+        }
         Some(Arg::Quoted(n) | Arg::Bare(n)) => Ok(Some(n)),
     }
 }
@@ -104,18 +131,25 @@ fn node_arg(name: &str, arg: Option<Arg>) -> Result<Option<String>, String> {
 fn timeout_arg(name: &str, arg: Option<Arg>) -> Result<u64, String> {
     match arg {
         None => Ok(DEFAULT_WAIT_MS),
-        Some(Arg::Bare(tok)) => parse_int(&tok)
-            .ok_or_else(|| format!("{name}: the timeout must be a non-negative integer of milliseconds, got {tok:?}")),
-        Some(Arg::Quoted(tok)) => {
-            Err(format!("{name}: the timeout must be an integer of milliseconds, got the string {tok:?}"))
-        }
+        Some(Arg::Bare(tok)) => parse_int(&tok).ok_or_else(|| {
+            format!(
+                "{name}: the timeout must be a non-negative integer of milliseconds, got {tok:?}"
+            )
+        }),
+        Some(Arg::Quoted(tok)) => Err(format!(
+            "{name}: the timeout must be an integer of milliseconds, got the string {tok:?}"
+        )),
     }
 }
 
 /// Digits with optional single `_` separators between them (`30_000`).
 fn parse_int(tok: &str) -> Option<u64> {
     let b = tok.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_digit() || !b[b.len() - 1].is_ascii_digit() || tok.contains("__") {
+    if b.is_empty()
+        || !b[0].is_ascii_digit()
+        || !b[b.len() - 1].is_ascii_digit()
+        || tok.contains("__")
+    {
         return None;
     }
     if !b.iter().all(|c| c.is_ascii_digit() || *c == b'_') {
@@ -128,7 +162,9 @@ fn parse_int(tok: &str) -> Option<u64> {
 /// or a bare token. Anything else (e.g. a second argument) is an error.
 fn parse_arg(inner: &str) -> Result<Arg, String> {
     if let Some(body) = inner.strip_prefix("\\\"") {
-        let body = body.strip_suffix("\\\"").ok_or("unterminated \\\"string\\\"")?;
+        let body = body
+            .strip_suffix("\\\"")
+            .ok_or("unterminated \\\"string\\\"")?;
         return plain(body, "\\\"").map(Arg::Quoted);
     }
     if let Some(atom) = inner.strip_prefix(':') {
@@ -180,7 +216,8 @@ fn bare(tok: &str) -> Result<String, String> {
     if tok.is_empty() {
         return Err("missing argument".to_owned());
     }
-    if tok.contains(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | '"' | '\'' | '\\')) {
+    if tok.contains(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | '"' | '\'' | '\\'))
+    {
         return Err("expected a single argument (a node name, or an integer)".to_owned());
     }
     Ok(tok.to_owned())

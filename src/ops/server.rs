@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::protocol::{encode_line, error_response, ok_response, LineError, LineReader, Request, MAX_REQUEST_BYTES};
+use super::protocol::{
+    encode_line, error_response, ok_response, LineError, LineReader, Request, MAX_REQUEST_BYTES,
+};
 use super::{socket_path, sys};
 
 /// At most this many connections are served at once; extra ones get an error line and
@@ -79,7 +81,10 @@ pub(crate) struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { read_timeout: READ_TIMEOUT, max_connections: MAX_CONNECTIONS }
+        ServeOptions {
+            read_timeout: READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -128,19 +133,34 @@ pub(crate) fn serve_admin_with(
     let bind_path = socket_path(data_dir);
     // Remember an absolute path for the removal at shutdown, in case the working
     // directory changes meanwhile.
-    let path = fs::canonicalize(data_dir).map(|d| socket_path(&d)).unwrap_or_else(|_| bind_path.clone());
+    let path = fs::canonicalize(data_dir)
+        .map(|d| socket_path(&d))
+        .unwrap_or_else(|_| bind_path.clone());
     clear_stale_socket(&bind_path)?;
-    let listener = sys::bind_listener(&bind_path, SOCKET_MODE, 64)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the admin socket {}: {e}", bind_path.display())))?;
+    let listener = sys::bind_listener(&bind_path, SOCKET_MODE, 64).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the admin socket {}: {e}", bind_path.display()),
+        )
+    })?;
     let meta = fs::symlink_metadata(&bind_path);
     let identity = meta.as_ref().ok().map(|m| (m.dev(), m.ino()));
     if let Err(e) = fs::set_permissions(&bind_path, fs::Permissions::from_mode(SOCKET_MODE)) {
         let _ = fs::remove_file(&bind_path);
-        return Err(io::Error::new(e.kind(), format!("cannot restrict the admin socket {}: {e}", bind_path.display())));
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot restrict the admin socket {}: {e}",
+                bind_path.display()
+            ),
+        ));
     }
     listener.set_nonblocking(true)?;
     let (waker, wake_rx) = UnixStream::pair()?;
-    let shared = Arc::new(Shared { stop: AtomicBool::new(false), conns: Mutex::new(Conns::default()) });
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        conns: Mutex::new(Conns::default()),
+    });
     let thread = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -155,7 +175,13 @@ pub(crate) fn serve_admin_with(
         }
     };
     tracing::info!(path = %path.display(), "admin socket listening");
-    Ok(AdminServer { path, identity, shared, waker: Some(waker), thread: Some(thread) })
+    Ok(AdminServer {
+        path,
+        identity,
+        shared,
+        waker: Some(waker),
+        thread: Some(thread),
+    })
 }
 
 /// Removes a socket file nobody serves any more. Refuses when a live process answers
@@ -169,23 +195,36 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
     if !meta.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket; remove it to let the node create its admin socket", path.display()),
+            format!(
+                "{} exists and is not a socket; remove it to let the node create its admin socket",
+                path.display()
+            ),
         ));
     }
     match sys::connect_timeout(path, Duration::from_secs(1)) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("another process is serving the admin socket {}", path.display()),
+            format!(
+                "another process is serving the admin socket {}",
+                path.display()
+            ),
         )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || e.kind() == io::ErrorKind::NotFound => {
+        Err(e)
+            if e.kind() == io::ErrorKind::ConnectionRefused
+                || e.kind() == io::ErrorKind::NotFound =>
+        {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             }
         }
-        Err(e) => {
-            Err(io::Error::new(e.kind(), format!("cannot check the existing admin socket {}: {e}", path.display())))
-        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot check the existing admin socket {}: {e}",
+                path.display()
+            ),
+        )),
     }
 }
 
@@ -201,7 +240,9 @@ impl AdminServer {
     }
 
     fn shutdown(&mut self) {
-        let Some(thread) = self.thread.take() else { return };
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         self.shared.stop.store(true, Ordering::SeqCst);
         // Closing our end of the pair wakes the accept thread's poll.
         drop(self.waker.take());
@@ -254,7 +295,11 @@ fn accept_loop(
                     handles.push(h);
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 // E.g. out of descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "admin socket: accept failed");
@@ -291,7 +336,11 @@ fn admit(
     if let Some(uid) = sys::peer_uid(&stream) {
         if uid != euid && uid != 0 {
             tracing::warn!(uid, "admin socket: refused a connection from another user");
-            reject(stream, "forbidden", "only the user running the node (or root) may use the admin socket");
+            reject(
+                stream,
+                "forbidden",
+                "only the user running the node (or root) may use the admin socket",
+            );
             return None;
         }
     }
@@ -301,7 +350,10 @@ fn admit(
         reject(
             stream,
             "too_many_connections",
-            &format!("the admin socket serves at most {} connections at a time; retry shortly", opts.max_connections),
+            &format!(
+                "the admin socket serves at most {} connections at a time; retry shortly",
+                opts.max_connections
+            ),
         );
         return None;
     }
@@ -318,10 +370,15 @@ fn admit(
         let shared = shared.clone();
         let backend = backend.clone();
         let read_timeout = opts.read_timeout;
-        std::thread::Builder::new().name("starcite-admin-conn".to_owned()).spawn(move || {
-            let _guard = ConnGuard { id, shared: shared.clone() };
-            serve_connection(&stream, &shared, &*backend, read_timeout);
-        })
+        std::thread::Builder::new()
+            .name("starcite-admin-conn".to_owned())
+            .spawn(move || {
+                let _guard = ConnGuard {
+                    id,
+                    shared: shared.clone(),
+                };
+                serve_connection(&stream, &shared, &*backend, read_timeout);
+            })
     };
     match spawned {
         Ok(h) => Some(h),
@@ -347,7 +404,12 @@ impl Drop for ConnGuard {
     }
 }
 
-fn serve_connection(stream: &UnixStream, shared: &Shared, backend: &dyn OpsBackend, read_timeout: Duration) {
+fn serve_connection(
+    stream: &UnixStream,
+    shared: &Shared,
+    backend: &dyn OpsBackend,
+    read_timeout: Duration,
+) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut reader = LineReader::default();
     let send = |v: &Value| (&*stream).write_all(&encode_line(v)).is_ok();
@@ -370,7 +432,10 @@ fn serve_connection(stream: &UnixStream, shared: &Shared, backend: &dyn OpsBacke
             Err(LineError::TimedOut) => {
                 send(&error_response(
                     "timeout",
-                    format!("no complete request within {} ms; closing", read_timeout.as_millis()),
+                    format!(
+                        "no complete request within {} ms; closing",
+                        read_timeout.as_millis()
+                    ),
                 ));
                 return;
             }
@@ -382,7 +447,10 @@ fn serve_connection(stream: &UnixStream, shared: &Shared, backend: &dyn OpsBacke
 /// The response to one request line.
 pub(crate) fn handle_line(line: &[u8], backend: &dyn OpsBackend) -> Value {
     if line.iter().all(u8::is_ascii_whitespace) {
-        return error_response("bad_request", "empty request; send one JSON object per line, e.g. {\"op\":\"status\"}");
+        return error_response(
+            "bad_request",
+            "empty request; send one JSON object per line, e.g. {\"op\":\"status\"}",
+        );
     }
     let req = match Request::parse(line) {
         Ok(r) => r,
@@ -393,7 +461,10 @@ pub(crate) fn handle_line(line: &[u8], backend: &dyn OpsBackend) -> Value {
         Ok(v) => v,
         Err(_) => {
             tracing::error!(op, "admin socket: operator function panicked");
-            error_response("internal", format!("the node failed while running {op} (see the node log)"))
+            error_response(
+                "internal",
+                format!("the node failed while running {op} (see the node log)"),
+            )
         }
     }
 }
@@ -409,13 +480,21 @@ fn dispatch(req: Request, backend: &dyn OpsBackend) -> Value {
         Request::LocalReady => ok_response(json!(backend.local_ready())),
         Request::LocalDrained => ok_response(json!(backend.local_drained())),
         Request::Drain { node } => {
-            tracing::info!(node = node.as_deref().unwrap_or("<this node>"), "operator: drain");
+            tracing::info!(
+                node = node.as_deref().unwrap_or("<this node>"),
+                "operator: drain"
+            );
             outcome(backend.drain(node.as_deref()).map(|()| json!("ok")))
         }
         Request::Undrain { node } => {
-            tracing::info!(node = node.as_deref().unwrap_or("<this node>"), "operator: undrain");
+            tracing::info!(
+                node = node.as_deref().unwrap_or("<this node>"),
+                "operator: undrain"
+            );
             outcome(backend.undrain(node.as_deref()).map(|()| json!("ok")))
         }
-        Request::GroupReplicas { group } => outcome(backend.group_replicas(group).map(|r| json!(r))),
+        Request::GroupReplicas { group } => {
+            outcome(backend.group_replicas(group).map(|r| json!(r)))
+        }
     }
 }

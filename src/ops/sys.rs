@@ -17,7 +17,10 @@ fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if bytes.is_empty() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid admin socket path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "invalid admin socket path",
+        ));
     }
     if bytes.len() >= addr.sun_path.len() {
         return Err(io::Error::new(
@@ -62,13 +65,24 @@ fn new_socket() -> io::Result<OwnedFd> {
 /// restricting that inode first (`fchmod`) means there is no moment in which the file
 /// exists with wider permissions. The caller still `chmod`s the path afterwards, which
 /// covers systems where the `fchmod` has no effect.
-pub(crate) fn bind_listener(path: &Path, mode: libc::mode_t, backlog: i32) -> io::Result<UnixListener> {
+pub(crate) fn bind_listener(
+    path: &Path,
+    mode: libc::mode_t,
+    backlog: i32,
+) -> io::Result<UnixListener> {
     let (addr, len) = sockaddr(path)?;
     let fd = new_socket()?;
     // SAFETY: valid descriptor; failure is harmless (see above).
     unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
     // SAFETY: `addr` is a valid sockaddr_un of length `len`.
-    if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) } != 0 {
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: valid, bound descriptor.
@@ -109,8 +123,13 @@ pub(crate) fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<Unix
     }
     loop {
         // SAFETY: `addr` is a valid sockaddr_un of length `len`.
-        let rc =
-            unsafe { libc::connect(fd.as_raw_fd(), &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) };
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                len,
+            )
+        };
         if rc == 0 {
             break;
         }
@@ -119,7 +138,10 @@ pub(crate) fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<Unix
             Some(libc::EINTR) => continue,
             Some(libc::EISCONN) => break,
             Some(libc::EAGAIN) | Some(libc::EINPROGRESS) | Some(libc::ETIMEDOUT) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out connecting to the admin socket"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timed out connecting to the admin socket",
+                ));
             }
             _ => return Err(err),
         }
@@ -131,8 +153,15 @@ pub(crate) fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<Unix
 
 /// Waits up to `timeout_ms` for any of `fds` to be readable (or hung up / in error).
 /// Returns one flag per descriptor; all false on timeout.
-pub(crate) fn poll_readable<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
-    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+pub(crate) fn poll_readable<const N: usize>(
+    fds: [RawFd; N],
+    timeout_ms: i32,
+) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
     // SAFETY: `pfds` is a valid array of N pollfd structures.
     let rc = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
     if rc < 0 {

@@ -74,7 +74,11 @@ impl OpsBackend for Fake {
 
     fn ready_nodes(&self) -> Vec<String> {
         let draining = self.draining.lock().unwrap();
-        self.write_nodes.iter().filter(|n| !draining.contains(*n)).cloned().collect()
+        self.write_nodes
+            .iter()
+            .filter(|n| !draining.contains(*n))
+            .cloned()
+            .collect()
     }
 
     fn drain(&self, node: Option<&str>) -> Result<(), OpsError> {
@@ -103,7 +107,9 @@ impl OpsBackend for Fake {
             return Err(OpsError::InvalidGroupId(group));
         }
         let n = self.write_nodes.len();
-        Ok((0..n).map(|i| self.write_nodes[(group as usize + i) % n].clone()).collect())
+        Ok((0..n)
+            .map(|i| self.write_nodes[(group as usize + i) % n].clone())
+            .collect())
     }
 }
 
@@ -125,7 +131,11 @@ fn run(dir: &Path, cmd: OpsCommand) -> Outcome {
 }
 
 fn ok(stdout: &str) -> Outcome {
-    Outcome { code: 0, stdout: stdout.to_owned(), stderr: String::new() }
+    Outcome {
+        code: 0,
+        stdout: stdout.to_owned(),
+        stderr: String::new(),
+    }
 }
 
 fn connect(dir: &Path) -> UnixStream {
@@ -133,7 +143,9 @@ fn connect(dir: &Path) -> UnixStream {
 }
 
 fn read_response(stream: &UnixStream, reader: &mut LineReader) -> Option<Value> {
-    let line = reader.read_line(stream, 1 << 20, Instant::now() + Duration::from_secs(5)).unwrap()?;
+    let line = reader
+        .read_line(stream, 1 << 20, Instant::now() + Duration::from_secs(5))
+        .unwrap()?;
     Some(serde_json::from_slice(&line).unwrap())
 }
 
@@ -145,7 +157,10 @@ fn raw(dir: &Path, bytes: &[u8]) -> Value {
 }
 
 fn wait_ready(ms: u64) -> OpsCommand {
-    OpsCommand::WaitReady { ms: None, timeout_ms: ms }
+    OpsCommand::WaitReady {
+        ms: None,
+        timeout_ms: ms,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -157,7 +172,11 @@ fn status_prints_pretty_json() {
     let (dir, _server) = start(&fake);
     let out = run(dir.path(), OpsCommand::Status);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.ends_with("}\n") && out.stdout.contains("\n  \"node\": \"n1\""), "{}", out.stdout);
+    assert!(
+        out.stdout.ends_with("}\n") && out.stdout.contains("\n  \"node\": \"n1\""),
+        "{}",
+        out.stdout
+    );
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v, fake.status());
 }
@@ -168,30 +187,74 @@ fn queries_and_drain_cycle() {
     let (dir, _server) = start(&fake);
     let d = dir.path();
     assert_eq!(run(d, OpsCommand::ReadyNodes), ok("ready_nodes=n1,n2,n3\n"));
-    assert_eq!(run(d, OpsCommand::LocalDrained), ok("local_drained=false\n"));
+    assert_eq!(
+        run(d, OpsCommand::LocalDrained),
+        ok("local_drained=false\n")
+    );
 
     assert_eq!(run(d, OpsCommand::Drain { node: None }), ok("ok\n"));
     assert_eq!(run(d, OpsCommand::ReadyNodes), ok("ready_nodes=n2,n3\n"));
     assert_eq!(run(d, OpsCommand::LocalDrained), ok("local_drained=true\n"));
-    assert_eq!(run(d, OpsCommand::WaitDrained { ms: None, timeout_ms: 1000 }), ok("local_drained=true\n"));
-    assert_eq!(run(d, OpsCommand::Drain { node: Some("n2".to_owned()) }), ok("ok\n"));
+    assert_eq!(
+        run(
+            d,
+            OpsCommand::WaitDrained {
+                ms: None,
+                timeout_ms: 1000
+            }
+        ),
+        ok("local_drained=true\n")
+    );
+    assert_eq!(
+        run(
+            d,
+            OpsCommand::Drain {
+                node: Some("n2".to_owned())
+            }
+        ),
+        ok("ok\n")
+    );
     assert_eq!(run(d, OpsCommand::ReadyNodes), ok("ready_nodes=n3\n"));
 
     assert_eq!(run(d, OpsCommand::Undrain { node: None }), ok("ok\n"));
-    assert_eq!(run(d, OpsCommand::Undrain { node: Some(" n2 ".to_owned()) }), ok("ok\n"));
+    assert_eq!(
+        run(
+            d,
+            OpsCommand::Undrain {
+                node: Some(" n2 ".to_owned())
+            }
+        ),
+        ok("ok\n")
+    );
     assert_eq!(run(d, OpsCommand::ReadyNodes), ok("ready_nodes=n1,n2,n3\n"));
 
-    let bad = run(d, OpsCommand::Drain { node: Some("router9".to_owned()) });
+    let bad = run(
+        d,
+        OpsCommand::Drain {
+            node: Some("router9".to_owned()),
+        },
+    );
     assert_eq!(bad.code, 1);
     assert!(bad.stdout.is_empty());
     assert!(
-        bad.stderr.contains("invalid_write_node") && bad.stderr.contains("\"router9\" is not a write node"),
+        bad.stderr.contains("invalid_write_node")
+            && bad.stderr.contains("\"router9\" is not a write node"),
         "{bad:?}"
     );
-    let bad = run(d, OpsCommand::Undrain { node: Some("router9".to_owned()) });
+    let bad = run(
+        d,
+        OpsCommand::Undrain {
+            node: Some("router9".to_owned()),
+        },
+    );
     assert_eq!(bad.code, 1);
 
-    let empty = run(d, OpsCommand::Drain { node: Some("  ".to_owned()) });
+    let empty = run(
+        d,
+        OpsCommand::Drain {
+            node: Some("  ".to_owned()),
+        },
+    );
     assert_eq!(empty.code, 2, "{empty:?}");
     assert_eq!(fake.ready_nodes().len(), 3);
 }
@@ -200,11 +263,21 @@ fn queries_and_drain_cycle() {
 fn group_replicas_and_invalid_group() {
     let fake = Fake::new();
     let (dir, _server) = start(&fake);
-    assert_eq!(run(dir.path(), OpsCommand::GroupReplicas { group: 7 }), ok("group_7_replicas=n2,n3,n1\n"));
-    assert_eq!(run(dir.path(), OpsCommand::GroupReplicas { group: 0 }), ok("group_0_replicas=n1,n2,n3\n"));
+    assert_eq!(
+        run(dir.path(), OpsCommand::GroupReplicas { group: 7 }),
+        ok("group_7_replicas=n2,n3,n1\n")
+    );
+    assert_eq!(
+        run(dir.path(), OpsCommand::GroupReplicas { group: 0 }),
+        ok("group_0_replicas=n1,n2,n3\n")
+    );
     let bad = run(dir.path(), OpsCommand::GroupReplicas { group: 16 });
     assert_eq!(bad.code, 1);
-    assert!(bad.stderr.contains("invalid_group_id") && bad.stderr.contains("group id 16 is out of range"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("invalid_group_id")
+            && bad.stderr.contains("group id 16 is out of range"),
+        "{bad:?}"
+    );
 }
 
 #[test]
@@ -212,9 +285,15 @@ fn local_ready_single_check() {
     let fake = Fake::new();
     fake.ready_after.store(usize::MAX, Ordering::SeqCst);
     let (dir, _server) = start(&fake);
-    assert_eq!(run(dir.path(), OpsCommand::LocalReady), ok("local_ready=false\n"));
+    assert_eq!(
+        run(dir.path(), OpsCommand::LocalReady),
+        ok("local_ready=false\n")
+    );
     fake.ready_after.store(0, Ordering::SeqCst);
-    assert_eq!(run(dir.path(), OpsCommand::LocalReady), ok("local_ready=true\n"));
+    assert_eq!(
+        run(dir.path(), OpsCommand::LocalReady),
+        ok("local_ready=true\n")
+    );
 }
 
 #[test]
@@ -223,11 +302,17 @@ fn wait_ready_succeeds_once_the_node_flips() {
     fake.ready_after.store(3, Ordering::SeqCst);
     let (dir, _server) = start(&fake);
     let t0 = Instant::now();
-    assert_eq!(run(dir.path(), wait_ready(10_000)), ok("local_ready=true\n"));
+    assert_eq!(
+        run(dir.path(), wait_ready(10_000)),
+        ok("local_ready=true\n")
+    );
     let took = t0.elapsed();
     assert_eq!(fake.ready_checks.load(Ordering::SeqCst), 3);
     // Two 200 ms pauses between the three checks.
-    assert!(took >= Duration::from_millis(390) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -240,14 +325,27 @@ fn wait_ready_times_out() {
     let took = t0.elapsed();
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.is_empty());
-    assert!(out.stderr.contains("timed out after 500 ms: local_ready is still false"), "{out:?}");
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        out.stderr
+            .contains("timed out after 500 ms: local_ready is still false"),
+        "{out:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     let checks = fake.ready_checks.load(Ordering::SeqCst);
     assert!((2..=5).contains(&checks), "{checks} checks");
 
     // The positional form wins over the default; 0 = a single check.
     let before = fake.ready_checks.load(Ordering::SeqCst);
-    let out = run(dir.path(), OpsCommand::WaitReady { ms: Some(0), timeout_ms: 30_000 });
+    let out = run(
+        dir.path(),
+        OpsCommand::WaitReady {
+            ms: Some(0),
+            timeout_ms: 30_000,
+        },
+    );
     assert_eq!(out.code, 1);
     assert_eq!(fake.ready_checks.load(Ordering::SeqCst), before + 1);
 }
@@ -256,9 +354,18 @@ fn wait_ready_times_out() {
 fn wait_drained_times_out_when_not_drained() {
     let fake = Fake::new();
     let (dir, _server) = start(&fake);
-    let out = run(dir.path(), OpsCommand::WaitDrained { ms: Some(250), timeout_ms: 30_000 });
+    let out = run(
+        dir.path(),
+        OpsCommand::WaitDrained {
+            ms: Some(250),
+            timeout_ms: 30_000,
+        },
+    );
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("local_drained is still false"), "{out:?}");
+    assert!(
+        out.stderr.contains("local_drained is still false"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -266,7 +373,10 @@ fn unreachable_socket_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), OpsCommand::Status);
     assert_eq!(out.code, 3, "{out:?}");
-    let expected = format!("is the node running? looked for {}", socket_path(dir.path()).display());
+    let expected = format!(
+        "is the node running? looked for {}",
+        socket_path(dir.path()).display()
+    );
     assert!(out.stderr.contains(&expected), "{out:?}");
 
     // A missing data directory is the same.
@@ -277,7 +387,11 @@ fn unreachable_socket_exits_3() {
     let t0 = Instant::now();
     let out = run(dir.path(), wait_ready(300));
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stderr.contains("timed out after 300 ms") && out.stderr.contains("is the node running?"), "{out:?}");
+    assert!(
+        out.stderr.contains("timed out after 300 ms")
+            && out.stderr.contains("is the node running?"),
+        "{out:?}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
 
@@ -304,8 +418,12 @@ fn wait_ready_rides_out_a_node_start() {
 #[test]
 fn rpc_expression_table() {
     use OpsCommand as C;
-    let drain = |n: Option<&str>| C::Drain { node: n.map(str::to_owned) };
-    let undrain = |n: Option<&str>| C::Undrain { node: n.map(str::to_owned) };
+    let drain = |n: Option<&str>| C::Drain {
+        node: n.map(str::to_owned),
+    };
+    let undrain = |n: Option<&str>| C::Undrain {
+        node: n.map(str::to_owned),
+    };
     let good: Vec<(&str, OpsCommand)> = vec![
         ("Starcite.ControlPlane.Ops.status()", C::Status),
         ("  Starcite.ControlPlane.Ops.status()\n", C::Status),
@@ -316,21 +434,78 @@ fn rpc_expression_table() {
         ("Starcite.ControlPlane.Ops.local_ready()", C::LocalReady),
         ("Starcite.ControlPlane.Ops.local_drained()", C::LocalDrained),
         ("Starcite.ControlPlane.Ops.drain_node()", drain(None)),
-        ("Starcite.ControlPlane.Ops.drain_node(\"starcite@10.0.0.2\")", drain(Some("starcite@10.0.0.2"))),
-        ("Starcite.ControlPlane.Ops.drain_node(\\\"starcite@10.0.0.2\\\")", drain(Some("starcite@10.0.0.2"))),
-        ("Starcite.ControlPlane.Ops.drain_node('starcite@10.0.0.2')", drain(Some("starcite@10.0.0.2"))),
-        ("Starcite.ControlPlane.Ops.drain_node(starcite@10.0.0.2)", drain(Some("starcite@10.0.0.2"))),
-        ("Starcite.ControlPlane.Ops.drain_node( :\"starcite@10.0.0.2\" )", drain(Some("starcite@10.0.0.2"))),
-        ("Starcite.ControlPlane.Ops.drain_node(:n2)", drain(Some("n2"))),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(\"starcite@10.0.0.2\")",
+            drain(Some("starcite@10.0.0.2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(\\\"starcite@10.0.0.2\\\")",
+            drain(Some("starcite@10.0.0.2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node('starcite@10.0.0.2')",
+            drain(Some("starcite@10.0.0.2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(starcite@10.0.0.2)",
+            drain(Some("starcite@10.0.0.2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node( :\"starcite@10.0.0.2\" )",
+            drain(Some("starcite@10.0.0.2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(:n2)",
+            drain(Some("n2")),
+        ),
         ("Starcite.ControlPlane.Ops.undrain_node()", undrain(None)),
-        ("Starcite.ControlPlane.Ops.undrain_node(\"n2\")", undrain(Some("n2"))),
-        ("Starcite.ControlPlane.Ops.wait_local_drained(30000)", C::WaitDrained { ms: None, timeout_ms: 30_000 }),
-        ("Starcite.ControlPlane.Ops.wait_local_drained()", C::WaitDrained { ms: None, timeout_ms: 30_000 }),
-        ("Starcite.ControlPlane.Ops.wait_local_ready(60000)", C::WaitReady { ms: None, timeout_ms: 60_000 }),
-        ("Starcite.ControlPlane.Ops.wait_local_ready(60_000)", C::WaitReady { ms: None, timeout_ms: 60_000 }),
-        ("Starcite.ControlPlane.Ops.wait_local_ready( 0 )", C::WaitReady { ms: None, timeout_ms: 0 }),
-        ("Starcite.ControlPlane.Ops.group_replicas(7)", C::GroupReplicas { group: 7 }),
-        ("Starcite.ControlPlane.Ops.group_replicas(4294967295)", C::GroupReplicas { group: u32::MAX }),
+        (
+            "Starcite.ControlPlane.Ops.undrain_node(\"n2\")",
+            undrain(Some("n2")),
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_drained(30000)",
+            C::WaitDrained {
+                ms: None,
+                timeout_ms: 30_000,
+            },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_drained()",
+            C::WaitDrained {
+                ms: None,
+                timeout_ms: 30_000,
+            },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready(60000)",
+            C::WaitReady {
+                ms: None,
+                timeout_ms: 60_000,
+            },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready(60_000)",
+            C::WaitReady {
+                ms: None,
+                timeout_ms: 60_000,
+            },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready( 0 )",
+            C::WaitReady {
+                ms: None,
+                timeout_ms: 0,
+            },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(7)",
+            C::GroupReplicas { group: 7 },
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(4294967295)",
+            C::GroupReplicas { group: u32::MAX },
+        ),
     ];
     for (expr, want) in good {
         assert_eq!(parse_rpc(expr), Ok(want), "{expr:?}");
@@ -338,27 +513,72 @@ fn rpc_expression_table() {
     let bad: Vec<(&str, &str)> = vec![
         ("", "empty expression"),
         ("   ", "empty expression"),
-        ("Starcite.ControlPlane.Ops.frobnicate()", "unknown function Starcite.ControlPlane.Ops.frobnicate/0"),
+        (
+            "Starcite.ControlPlane.Ops.frobnicate()",
+            "unknown function Starcite.ControlPlane.Ops.frobnicate/0",
+        ),
         ("Starcite.ControlPlane.Ops.status(1)", "takes no argument"),
-        ("Starcite.ControlPlane.Ops.ready_nodes(\"x\")", "takes no argument"),
+        (
+            "Starcite.ControlPlane.Ops.ready_nodes(\"x\")",
+            "takes no argument",
+        ),
         ("Starcite.ControlPlane.Opsx.status()", "cannot understand"),
         ("Starcite.Other.status()", "cannot understand"),
         ("Starcite.ControlPlane.Ops.status(", "cannot understand"),
         ("Starcite.ControlPlane.Ops.status())", "single argument"),
-        ("Starcite.ControlPlane.Ops.status() extra", "cannot understand"),
-        ("Starcite.ControlPlane.Ops.group_replicas()", "needs a group id"),
-        ("Starcite.ControlPlane.Ops.group_replicas(-1)", "group id must be an integer"),
-        ("Starcite.ControlPlane.Ops.group_replicas(4294967296)", "group id must be an integer"),
-        ("Starcite.ControlPlane.Ops.group_replicas(\"7\")", "got the string"),
-        ("Starcite.ControlPlane.Ops.group_replicas(7, 8)", "single argument"),
-        ("Starcite.ControlPlane.Ops.wait_local_ready(abc)", "non-negative integer"),
-        ("Starcite.ControlPlane.Ops.wait_local_ready(1__0)", "non-negative integer"),
-        ("Starcite.ControlPlane.Ops.wait_local_ready(\"100\")", "got the string"),
-        ("Starcite.ControlPlane.Ops.drain_node(\"a\", \"b\")", "single argument"),
+        (
+            "Starcite.ControlPlane.Ops.status() extra",
+            "cannot understand",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas()",
+            "needs a group id",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(-1)",
+            "group id must be an integer",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(4294967296)",
+            "group id must be an integer",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(\"7\")",
+            "got the string",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.group_replicas(7, 8)",
+            "single argument",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready(abc)",
+            "non-negative integer",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready(1__0)",
+            "non-negative integer",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.wait_local_ready(\"100\")",
+            "got the string",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(\"a\", \"b\")",
+            "single argument",
+        ),
         ("Starcite.ControlPlane.Ops.drain_node(\"a)", "unterminated"),
-        ("Starcite.ControlPlane.Ops.drain_node(\"\")", "node name is empty"),
-        ("Starcite.ControlPlane.Ops.drain_node(a b)", "single argument"),
-        (":rpc.call(:n1, Starcite.ControlPlane.Ops, :status, [])", "cannot understand"),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(\"\")",
+            "node name is empty",
+        ),
+        (
+            "Starcite.ControlPlane.Ops.drain_node(a b)",
+            "single argument",
+        ),
+        (
+            ":rpc.call(:n1, Starcite.ControlPlane.Ops, :status, [])",
+            "cannot understand",
+        ),
         ("1 + 1", "cannot understand"),
     ];
     for (expr, want) in bad {
@@ -374,27 +594,51 @@ fn rpc_runs_against_the_node() {
     let fake = Fake::new();
     let (dir, _server) = start(&fake);
     let t = Timing::default();
-    let out = execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.drain_node(\"n2\")", &t);
+    let out = execute_rpc(
+        dir.path(),
+        "Starcite.ControlPlane.Ops.drain_node(\"n2\")",
+        &t,
+    );
     assert_eq!(out, ok("ok\n"));
-    assert_eq!(execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.ready_nodes()", &t), ok("ready_nodes=n1,n3\n"));
     assert_eq!(
-        execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.group_replicas(7)", &t),
+        execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.ready_nodes()", &t),
+        ok("ready_nodes=n1,n3\n")
+    );
+    assert_eq!(
+        execute_rpc(
+            dir.path(),
+            "Starcite.ControlPlane.Ops.group_replicas(7)",
+            &t
+        ),
         ok("group_7_replicas=n2,n3,n1\n")
     );
     assert_eq!(
-        execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.wait_local_ready(60000)", &t),
+        execute_rpc(
+            dir.path(),
+            "Starcite.ControlPlane.Ops.wait_local_ready(60000)",
+            &t
+        ),
         ok("local_ready=true\n")
     );
     let status = execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.status()", &t);
     assert_eq!(status.code, 0);
-    assert_eq!(serde_json::from_str::<Value>(&status.stdout).unwrap()["node"], "n1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&status.stdout).unwrap()["node"],
+        "n1"
+    );
     let bad = execute_rpc(dir.path(), "Starcite.ControlPlane.Ops.explode()", &t);
     assert_eq!(bad.code, 2);
-    assert!(bad.stderr.starts_with("starcite: error: unknown function"), "{bad:?}");
+    assert!(
+        bad.stderr.starts_with("starcite: error: unknown function"),
+        "{bad:?}"
+    );
     // Usage errors are reported without needing a node.
     let nowhere = tempfile::tempdir().unwrap();
     assert_eq!(execute_rpc(nowhere.path(), "nonsense(", &t).code, 2);
-    assert_eq!(execute_rpc(nowhere.path(), "Starcite.ControlPlane.Ops.status()", &t).code, 3);
+    assert_eq!(
+        execute_rpc(nowhere.path(), "Starcite.ControlPlane.Ops.status()", &t).code,
+        3
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -407,7 +651,12 @@ fn socket_is_private() {
     let meta = std::fs::symlink_metadata(socket_path(dir.path())).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
-    assert_eq!(server.path(), std::fs::canonicalize(dir.path()).unwrap().join("admin.sock"));
+    assert_eq!(
+        server.path(),
+        std::fs::canonicalize(dir.path())
+            .unwrap()
+            .join("admin.sock")
+    );
 }
 
 #[test]
@@ -422,7 +671,10 @@ fn request_size_limit() {
     line.extend_from_slice(tail);
     assert_eq!(line.len(), MAX_REQUEST_BYTES);
     line.push(b'\n');
-    assert_eq!(raw(dir.path(), &line), json!({"ok": true, "result": ["n1", "n2", "n3"]}));
+    assert_eq!(
+        raw(dir.path(), &line),
+        json!({"ok": true, "result": ["n1", "n2", "n3"]})
+    );
 
     // One byte more is rejected, and the connection closed.
     let mut big = head.to_vec();
@@ -435,7 +687,10 @@ fn request_size_limit() {
     let answer = read_response(&stream, &mut reader).unwrap();
     assert_eq!(answer["ok"], false);
     assert_eq!(answer["error"], "request_too_large");
-    assert!(read_response(&stream, &mut reader).is_none(), "connection should be closed");
+    assert!(
+        read_response(&stream, &mut reader).is_none(),
+        "connection should be closed"
+    );
 
     // A huge line with no newline at all is cut off early too.
     let stream = connect(dir.path());
@@ -480,11 +735,17 @@ fn several_requests_per_connection_and_bad_ones() {
     ] {
         let v = next();
         assert_eq!(v["error"], "bad_request", "{v}");
-        assert!(v["message"].as_str().unwrap().contains(want), "{v} lacks {want}");
+        assert!(
+            v["message"].as_str().unwrap().contains(want),
+            "{v} lacks {want}"
+        );
     }
     let v = next();
     assert_eq!(v["error"], "invalid_write_node");
-    assert_eq!(v["message"], "\"zz\" is not a write node (not listed in STARCITE_WRITE_NODE_IDS)");
+    assert_eq!(
+        v["message"],
+        "\"zz\" is not a write node (not listed in STARCITE_WRITE_NODE_IDS)"
+    );
     assert_eq!(next(), json!({"ok": true, "result": ["n1", "n2", "n3"]}));
     // A last request ended by end-of-stream instead of a newline is still answered.
     (&stream).write_all(b"{\"op\":\"local_drained\"}").unwrap();
@@ -499,7 +760,11 @@ fn backend_panic_is_an_internal_error() {
     fake.panic_on_status.store(true, Ordering::SeqCst);
     let out = run(dir.path(), OpsCommand::Status);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("internal: the node failed while running status"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("internal: the node failed while running status"),
+        "{out:?}"
+    );
     fake.panic_on_status.store(false, Ordering::SeqCst);
     assert_eq!(run(dir.path(), OpsCommand::Status).code, 0);
 }
@@ -507,8 +772,13 @@ fn backend_panic_is_an_internal_error() {
 #[test]
 fn idle_connections_time_out() {
     let fake = Fake::new();
-    let (dir, _server) =
-        start_with(&fake, ServeOptions { read_timeout: Duration::from_millis(300), ..ServeOptions::default() });
+    let (dir, _server) = start_with(
+        &fake,
+        ServeOptions {
+            read_timeout: Duration::from_millis(300),
+            ..ServeOptions::default()
+        },
+    );
     let t0 = Instant::now();
     let stream = connect(dir.path());
     (&stream).write_all(b"{\"op\":\"sta").unwrap();
@@ -517,7 +787,10 @@ fn idle_connections_time_out() {
     assert_eq!(v["error"], "timeout");
     assert!(read_response(&stream, &mut reader).is_none());
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -528,7 +801,9 @@ fn connection_limit() {
     let mut held = Vec::new();
     for _ in 0..MAX_CONNECTIONS {
         let stream = connect(dir.path());
-        (&stream).write_all(b"{\"op\":\"local_drained\"}\n").unwrap();
+        (&stream)
+            .write_all(b"{\"op\":\"local_drained\"}\n")
+            .unwrap();
         let mut reader = LineReader::default();
         assert_eq!(read_response(&stream, &mut reader).unwrap()["ok"], true);
         held.push(stream);
@@ -557,9 +832,16 @@ fn stop_closes_connections_and_removes_the_socket() {
     assert_eq!(read_response(&idle, &mut reader).unwrap()["ok"], true);
     let t0 = Instant::now();
     server.stop();
-    assert!(t0.elapsed() < Duration::from_secs(2), "stop took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        t0.elapsed()
+    );
     assert!(!sock.exists());
-    assert!(read_response(&idle, &mut reader).is_none(), "idle connection should be closed");
+    assert!(
+        read_response(&idle, &mut reader).is_none(),
+        "idle connection should be closed"
+    );
     assert_eq!(run(dir.path(), OpsCommand::Status).code, 3);
 
     // Drop does the same.
@@ -583,7 +865,9 @@ fn stale_live_and_foreign_socket_files() {
     assert_eq!(run(dir.path(), OpsCommand::ReadyNodes).code, 0);
 
     // A socket some live process serves is left alone.
-    let err = serve_admin(dir.path(), fake.clone()).err().expect("second server must fail");
+    let err = serve_admin(dir.path(), fake.clone())
+        .err()
+        .expect("second server must fail");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert_eq!(run(dir.path(), OpsCommand::ReadyNodes).code, 0);
 
@@ -594,7 +878,9 @@ fn stale_live_and_foreign_socket_files() {
     assert_eq!(std::fs::read(&sock).unwrap(), b"not ours");
 
     // Something that is not a socket is never deleted.
-    let err = serve_admin(dir.path(), fake.clone()).err().expect("must refuse a regular file");
+    let err = serve_admin(dir.path(), fake.clone())
+        .err()
+        .expect("must refuse a regular file");
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
     assert_eq!(std::fs::read(&sock).unwrap(), b"not ours");
 
@@ -637,32 +923,74 @@ enum TestCommand {
 }
 
 fn parse(args: &[&str]) -> Result<TestCommand, clap::Error> {
-    TestCli::try_parse_from(std::iter::once("starcite").chain(args.iter().copied())).map(|c| c.command)
+    TestCli::try_parse_from(std::iter::once("starcite").chain(args.iter().copied()))
+        .map(|c| c.command)
 }
 
 #[test]
 fn clap_wiring() {
     TestCli::command().debug_assert();
     let ops = |data_dir: Option<&str>, cmd| {
-        TestCommand::Operator(OperatorCommand::Ops { data_dir: data_dir.map(PathBuf::from), cmd })
+        TestCommand::Operator(OperatorCommand::Ops {
+            data_dir: data_dir.map(PathBuf::from),
+            cmd,
+        })
     };
     assert_eq!(parse(&["dev"]).unwrap(), TestCommand::Dev);
-    assert_eq!(parse(&["ops", "status"]).unwrap(), ops(None, OpsCommand::Status));
-    assert_eq!(parse(&["ops", "ready-nodes"]).unwrap(), ops(None, OpsCommand::ReadyNodes));
-    assert_eq!(parse(&["ops", "drain"]).unwrap(), ops(None, OpsCommand::Drain { node: None }));
-    assert_eq!(parse(&["ops", "undrain", "n2"]).unwrap(), ops(None, OpsCommand::Undrain { node: Some("n2".into()) }));
-    assert_eq!(parse(&["ops", "group-replicas", "7"]).unwrap(), ops(None, OpsCommand::GroupReplicas { group: 7 }));
+    assert_eq!(
+        parse(&["ops", "status"]).unwrap(),
+        ops(None, OpsCommand::Status)
+    );
+    assert_eq!(
+        parse(&["ops", "ready-nodes"]).unwrap(),
+        ops(None, OpsCommand::ReadyNodes)
+    );
+    assert_eq!(
+        parse(&["ops", "drain"]).unwrap(),
+        ops(None, OpsCommand::Drain { node: None })
+    );
+    assert_eq!(
+        parse(&["ops", "undrain", "n2"]).unwrap(),
+        ops(
+            None,
+            OpsCommand::Undrain {
+                node: Some("n2".into())
+            }
+        )
+    );
+    assert_eq!(
+        parse(&["ops", "group-replicas", "7"]).unwrap(),
+        ops(None, OpsCommand::GroupReplicas { group: 7 })
+    );
     assert_eq!(
         parse(&["ops", "--data-dir", "/x", "wait-ready", "--timeout-ms", "5"]).unwrap(),
-        ops(Some("/x"), OpsCommand::WaitReady { ms: None, timeout_ms: 5 })
+        ops(
+            Some("/x"),
+            OpsCommand::WaitReady {
+                ms: None,
+                timeout_ms: 5
+            }
+        )
     );
     assert_eq!(
         parse(&["ops", "wait-drained", "500", "--data-dir", "/y"]).unwrap(),
-        ops(Some("/y"), OpsCommand::WaitDrained { ms: Some(500), timeout_ms: 30_000 })
+        ops(
+            Some("/y"),
+            OpsCommand::WaitDrained {
+                ms: Some(500),
+                timeout_ms: 30_000
+            }
+        )
     );
     assert_eq!(
         parse(&["ops", "wait-ready"]).unwrap(),
-        ops(None, OpsCommand::WaitReady { ms: None, timeout_ms: 30_000 })
+        ops(
+            None,
+            OpsCommand::WaitReady {
+                ms: None,
+                timeout_ms: 30_000
+            }
+        )
     );
     assert_eq!(
         parse(&["rpc", "Starcite.ControlPlane.Ops.status()"]).unwrap(),
@@ -672,7 +1000,13 @@ fn clap_wiring() {
         })
     );
     assert_eq!(
-        parse(&["rpc", "--data-dir", "/z", "Starcite.ControlPlane.Ops.drain_node(\"n2\")"]).unwrap(),
+        parse(&[
+            "rpc",
+            "--data-dir",
+            "/z",
+            "Starcite.ControlPlane.Ops.drain_node(\"n2\")"
+        ])
+        .unwrap(),
         TestCommand::Operator(OperatorCommand::Rpc {
             data_dir: Some("/z".into()),
             expr: "Starcite.ControlPlane.Ops.drain_node(\"n2\")".into()
@@ -695,9 +1029,24 @@ fn clap_wiring() {
 
 #[test]
 fn data_dir_resolution() {
-    assert_eq!(resolve_data_dir(Some("/flag".into()), Some("/env".into())), PathBuf::from("/flag"));
-    assert_eq!(resolve_data_dir(None, Some(" /env ".into())), PathBuf::from("/env"));
-    assert_eq!(resolve_data_dir(None, Some("  ".into())), PathBuf::from("./starcite-data"));
-    assert_eq!(resolve_data_dir(Some("".into()), None), PathBuf::from("./starcite-data"));
-    assert_eq!(resolve_data_dir(None, None), PathBuf::from("./starcite-data"));
+    assert_eq!(
+        resolve_data_dir(Some("/flag".into()), Some("/env".into())),
+        PathBuf::from("/flag")
+    );
+    assert_eq!(
+        resolve_data_dir(None, Some(" /env ".into())),
+        PathBuf::from("/env")
+    );
+    assert_eq!(
+        resolve_data_dir(None, Some("  ".into())),
+        PathBuf::from("./starcite-data")
+    );
+    assert_eq!(
+        resolve_data_dir(Some("".into()), None),
+        PathBuf::from("./starcite-data")
+    );
+    assert_eq!(
+        resolve_data_dir(None, None),
+        PathBuf::from("./starcite-data")
+    );
 }

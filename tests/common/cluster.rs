@@ -7,7 +7,7 @@
 //! at the same time (a process-wide lock is held by every `Cluster`), so the
 //! default parallel test runner does not put 9 nodes on 2 cores.
 
-use super::{build_request, try_request, append_path, pct, Frame, HttpConn, Response, Tail};
+use super::{append_path, build_request, pct, try_request, Frame, HttpConn, Response, Tail};
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -83,7 +83,8 @@ pub struct NodeProc {
 
 impl NodeProc {
     fn log_path(&self) -> PathBuf {
-        self.log_dir.join(format!("{}-start{}.log", self.name, self.starts))
+        self.log_dir
+            .join(format!("{}-start{}.log", self.name, self.starts))
     }
 }
 
@@ -116,8 +117,14 @@ impl Cluster {
     /// one's `/health/ready` answers 200.
     pub fn start(opts: ClusterOpts) -> Cluster {
         let guard = CLUSTER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(opts.writers >= 1 && opts.rf >= 1 && opts.rf <= opts.writers, "bad opts {opts:?}");
-        let tmp = tempfile::Builder::new().prefix("stc-cluster-").tempdir().expect("tempdir");
+        assert!(
+            opts.writers >= 1 && opts.rf >= 1 && opts.rf <= opts.writers,
+            "bad opts {opts:?}"
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("stc-cluster-")
+            .tempdir()
+            .expect("tempdir");
         let n = opts.writers + opts.routers;
         let http = free_ports(n);
         // With a proxy the id port is the proxy's listener (kept bound); the
@@ -127,7 +134,10 @@ impl Cluster {
             for _ in 0..n {
                 proxy_listeners.push(TcpListener::bind("127.0.0.1:0").expect("bind proxy"));
             }
-            let cp: Vec<u16> = proxy_listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+            let cp: Vec<u16> = proxy_listeners
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect();
             let lp = free_ports(n);
             (cp, lp)
         } else {
@@ -137,7 +147,11 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..n {
             let writer = i < opts.writers;
-            let name = if writer { format!("n{}", i + 1) } else { format!("r{}", i + 1 - opts.writers) };
+            let name = if writer {
+                format!("n{}", i + 1)
+            } else {
+                format!("r{}", i + 1 - opts.writers)
+            };
             let id = format!("{name}@127.0.0.1:{}", cluster_ports[i]);
             let base = tmp.path().join(&name);
             let data_dir = base.join("data");
@@ -158,27 +172,52 @@ impl Cluster {
             });
         }
         let all: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-        let writers: Vec<String> = nodes.iter().filter(|n| n.writer).map(|n| n.id.clone()).collect();
+        let writers: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.writer)
+            .map(|n| n.id.clone())
+            .collect();
         let mut common_env = vec![
             ("CLUSTER_NODES".to_string(), all.join(",")),
             ("STARCITE_WRITE_NODE_IDS".to_string(), writers.join(",")),
-            ("STARCITE_WRITE_REPLICATION_FACTOR".to_string(), opts.rf.to_string()),
+            (
+                "STARCITE_WRITE_REPLICATION_FACTOR".to_string(),
+                opts.rf.to_string(),
+            ),
             ("SECRET_KEY_BASE".to_string(), SECRET.to_string()),
             ("STARCITE_CORES".to_string(), opts.cores.to_string()),
-            ("STARCITE_NUM_GROUPS".to_string(), opts.num_groups.to_string()),
+            (
+                "STARCITE_NUM_GROUPS".to_string(),
+                opts.num_groups.to_string(),
+            ),
         ];
         common_env.extend(opts.env.iter().cloned());
         let net = if opts.proxy {
-            Some(Net::start(proxy_listeners, all.clone(), listen_ports.clone()))
+            Some(Net::start(
+                proxy_listeners,
+                all.clone(),
+                listen_ports.clone(),
+            ))
         } else {
             None
         };
-        let mut c = Cluster { opts, nodes, common_env, net, tmp: Some(tmp), _guard: guard };
+        let mut c = Cluster {
+            opts,
+            nodes,
+            common_env,
+            net,
+            tmp: Some(tmp),
+            _guard: guard,
+        };
         eprintln!(
             "[cluster] starting {} node(s) in {}: {}",
             n,
             c.tmp.as_ref().unwrap().path().display(),
-            c.nodes.iter().map(|n| format!("{} http={}", n.id, n.http_port)).collect::<Vec<_>>().join(", ")
+            c.nodes
+                .iter()
+                .map(|n| format!("{} http={}", n.id, n.http_port))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let t0 = Instant::now();
         for i in 0..n {
@@ -186,12 +225,20 @@ impl Cluster {
         }
         let timeout = c.opts.ready_timeout;
         for i in 0..n {
-            let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(1));
+            let left = timeout
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_secs(1));
             if let Err(e) = c.wait_ready(i, left) {
-                panic!("[cluster] node {} not ready within {timeout:?}: {e}", c.nodes[i].name);
+                panic!(
+                    "[cluster] node {} not ready within {timeout:?}: {e}",
+                    c.nodes[i].name
+                );
             }
         }
-        eprintln!("[cluster] all {n} nodes ready after {} ms", ms(t0.elapsed()));
+        eprintln!(
+            "[cluster] all {n} nodes ready after {} ms",
+            ms(t0.elapsed())
+        );
         c
     }
 
@@ -224,9 +271,9 @@ impl Cluster {
     }
     /// Index of the node with this id or short name.
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.id == id || n.name == id || id.split('@').next() == Some(n.name.as_str()))
+        self.nodes.iter().position(|n| {
+            n.id == id || n.name == id || id.split('@').next() == Some(n.name.as_str())
+        })
     }
 
     /// Sets an environment variable for nodes started from now on.
@@ -237,7 +284,11 @@ impl Cluster {
 
     /// Starts node `i`'s process (it must not be running); does not wait.
     pub fn spawn(&mut self, i: usize) {
-        assert!(!self.is_running(i), "node {} is already running", self.nodes[i].name);
+        assert!(
+            !self.is_running(i),
+            "node {} is already running",
+            self.nodes[i].name
+        );
         let env = self.common_env.clone();
         let proxied = self.net.is_some();
         let node = &mut self.nodes[i];
@@ -260,7 +311,12 @@ impl Cluster {
             cmd.env("STARCITE_CLUSTER_LISTEN_PORT", node.listen_port.to_string());
         }
         let child = cmd.spawn().expect("spawn starcite");
-        eprintln!("[cluster] spawned {} (pid {}, start #{})", node.name, child.id(), node.starts);
+        eprintln!(
+            "[cluster] spawned {} (pid {}, start #{})",
+            node.name,
+            child.id(),
+            node.starts
+        );
         node.child = Some(child);
     }
 
@@ -288,7 +344,9 @@ impl Cluster {
     /// Returns the exit status if it exited on its own.
     pub fn sigterm(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
         let name = self.nodes[i].name.clone();
-        let Some(mut c) = self.nodes[i].child.take() else { return None };
+        let Some(mut c) = self.nodes[i].child.take() else {
+            return None;
+        };
         unsafe {
             libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
         }
@@ -315,7 +373,10 @@ impl Cluster {
         self.spawn(i);
         let t = self.opts.ready_timeout;
         if let Err(e) = self.wait_ready(i, t) {
-            panic!("[cluster] {} not ready within {t:?} after restart: {e}", self.nodes[i].name);
+            panic!(
+                "[cluster] {} not ready within {t:?} after restart: {e}",
+                self.nodes[i].name
+            );
         }
     }
 
@@ -354,7 +415,10 @@ impl Cluster {
                 Err(e) => last = e,
             }
             if Instant::now() > deadline {
-                return Err(format!("last /health/ready: {last}; log tail:\n{}", self.log_tail(i, 40)));
+                return Err(format!(
+                    "last /health/ready: {last}; log tail:\n{}",
+                    self.log_tail(i, 40)
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -363,8 +427,11 @@ impl Cluster {
     pub fn wait_all_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let t0 = Instant::now();
         for i in 0..self.nodes.len() {
-            let left = timeout.saturating_sub(t0.elapsed()).max(Duration::from_millis(200));
-            self.wait_ready(i, left).map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
+            let left = timeout
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_millis(200));
+            self.wait_ready(i, left)
+                .map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
         }
         Ok(())
     }
@@ -374,7 +441,10 @@ impl Cluster {
     /// `starcite ops --data-dir <dir of node i> <args…>` (bounded by 120 s).
     pub fn ops_full(&self, i: usize, args: &[&str]) -> OpsOut {
         let mut cmd = Command::new(BIN);
-        cmd.arg("ops").arg("--data-dir").arg(&self.nodes[i].data_dir).args(args);
+        cmd.arg("ops")
+            .arg("--data-dir")
+            .arg(&self.nodes[i].data_dir)
+            .args(args);
         run_bounded(cmd, Duration::from_secs(120))
     }
 
@@ -382,7 +452,10 @@ impl Cluster {
     pub fn ops(&self, i: usize, args: &[&str]) -> (i32, String) {
         let o = self.ops_full(i, args);
         if o.code != 0 {
-            eprintln!("[ops {} {:?}] exit {}: stdout {:?} stderr {:?}", self.nodes[i].name, args, o.code, o.stdout, o.stderr);
+            eprintln!(
+                "[ops {} {:?}] exit {}: stdout {:?} stderr {:?}",
+                self.nodes[i].name, args, o.code, o.stdout, o.stderr
+            );
         }
         (o.code, o.stdout)
     }
@@ -391,14 +464,21 @@ impl Cluster {
     #[track_caller]
     pub fn ops_ok(&self, i: usize, args: &[&str]) -> String {
         let o = self.ops_full(i, args);
-        assert_eq!(o.code, 0, "starcite ops {args:?} on {}: stdout {:?} stderr {:?}", self.nodes[i].name, o.stdout, o.stderr);
+        assert_eq!(
+            o.code, 0,
+            "starcite ops {args:?} on {}: stdout {:?} stderr {:?}",
+            self.nodes[i].name, o.stdout, o.stderr
+        );
         o.stdout
     }
 
     /// `starcite rpc --data-dir <dir> "<expr>"`.
     pub fn rpc(&self, i: usize, expr: &str) -> OpsOut {
         let mut cmd = Command::new(BIN);
-        cmd.arg("rpc").arg("--data-dir").arg(&self.nodes[i].data_dir).arg(expr);
+        cmd.arg("rpc")
+            .arg("--data-dir")
+            .arg(&self.nodes[i].data_dir)
+            .arg(expr);
         run_bounded(cmd, Duration::from_secs(120))
     }
 
@@ -406,7 +486,12 @@ impl Cluster {
     #[track_caller]
     pub fn status(&self, i: usize) -> Value {
         let out = self.ops_ok(i, &["status"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ops status of {} is not JSON ({e}): {out}", self.nodes[i].name))
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!(
+                "ops status of {} is not JSON ({e}): {out}",
+                self.nodes[i].name
+            )
+        })
     }
 
     pub fn try_status(&self, i: usize) -> Option<Value> {
@@ -448,18 +533,30 @@ impl Cluster {
         if o.code != 0 {
             return Err(format!("exit {} stderr {}", o.code, o.stderr));
         }
-        let line = o.stdout.lines().find(|l| l.starts_with("ready_nodes=")).ok_or_else(|| format!("unexpected output {:?}", o.stdout))?;
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("ready_nodes="))
+            .ok_or_else(|| format!("unexpected output {:?}", o.stdout))?;
         let list = &line["ready_nodes=".len()..];
         let mut out = Vec::new();
         for n in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            out.push(self.index_of(n).ok_or_else(|| format!("unknown node {n:?} in {line:?}"))?);
+            out.push(
+                self.index_of(n)
+                    .ok_or_else(|| format!("unknown node {n:?} in {line:?}"))?,
+            );
         }
         out.sort();
         Ok(out)
     }
 
     /// Polls until `ready_nodes(i)` equals `want` (sorted) or timeout.
-    pub fn wait_ready_set(&self, i: usize, want: &[usize], timeout: Duration) -> Result<Duration, String> {
+    pub fn wait_ready_set(
+        &self,
+        i: usize,
+        want: &[usize],
+        timeout: Duration,
+    ) -> Result<Duration, String> {
         let mut want = want.to_vec();
         want.sort();
         let t0 = Instant::now();
@@ -471,13 +568,18 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(format!("ready set on {} never became {want:?} within {timeout:?}; last {last:?}", self.nodes[i].name))
+        Err(format!(
+            "ready set on {} never became {want:?} within {timeout:?}; last {last:?}",
+            self.nodes[i].name
+        ))
     }
 
     // --- network faults -----------------------------------------------------
 
     pub fn net(&self) -> &Net {
-        self.net.as_ref().expect("cluster started without proxy: true")
+        self.net
+            .as_ref()
+            .expect("cluster started without proxy: true")
     }
 
     // --- logs ---------------------------------------------------------------
@@ -513,7 +615,13 @@ impl Cluster {
 
     fn dump_logs(&self, lines: usize) {
         for (i, n) in self.nodes.iter().enumerate() {
-            eprintln!("---- log tail of {} ({}; {}) ----\n{}", n.name, n.id, n.log_path().display(), self.log_tail(i, lines));
+            eprintln!(
+                "---- log tail of {} ({}; {}) ----\n{}",
+                n.name,
+                n.id,
+                n.log_path().display(),
+                self.log_tail(i, lines)
+            );
         }
     }
 }
@@ -544,7 +652,9 @@ impl Drop for Cluster {
 
 /// Runs a child command with a deadline (killing only that child on timeout).
 pub fn run_bounded(mut cmd: Command, timeout: Duration) -> OpsOut {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn starcite ops");
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
@@ -571,7 +681,11 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> OpsOut {
             Err(_) => break -1,
         }
     };
-    OpsOut { code, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    OpsOut {
+        code,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -662,7 +776,8 @@ fn proxy_conn(inner: Arc<NetInner>, dst: usize, mut client: TcpStream) {
     let mut tmp = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut src = None;
-    while Instant::now() < deadline && buf.len() < 16 * 1024 && !inner.stop.load(Ordering::Relaxed) {
+    while Instant::now() < deadline && buf.len() < 16 * 1024 && !inner.stop.load(Ordering::Relaxed)
+    {
         match client.read(&mut tmp) {
             Ok(0) => return,
             Ok(n) => {
@@ -672,7 +787,11 @@ fn proxy_conn(inner: Arc<NetInner>, dst: usize, mut client: TcpStream) {
                     break;
                 }
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return,
         }
     }
@@ -682,7 +801,10 @@ fn proxy_conn(inner: Arc<NetInner>, dst: usize, mut client: TcpStream) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     }
-    let mut server = match TcpStream::connect_timeout(&([127, 0, 0, 1], inner.targets[dst]).into(), Duration::from_secs(2)) {
+    let mut server = match TcpStream::connect_timeout(
+        &([127, 0, 0, 1], inner.targets[dst]).into(),
+        Duration::from_secs(2),
+    ) {
         Ok(s) => s,
         Err(_) => {
             let _ = client.shutdown(Shutdown::Both);
@@ -695,13 +817,21 @@ fn proxy_conn(inner: Arc<NetInner>, dst: usize, mut client: TcpStream) {
         return;
     }
     let id = inner.next.fetch_add(1, Ordering::Relaxed);
-    let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) else { return };
-    inner.conns.lock().unwrap().insert(id, ProxyConn { src, dst, a, b });
+    let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    inner
+        .conns
+        .lock()
+        .unwrap()
+        .insert(id, ProxyConn { src, dst, a, b });
     // A partition may have been set between the check above and the insert.
     if inner.is_blocked(src, dst) {
         inner.enforce();
     }
-    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
     let back = std::thread::spawn(move || pump(s2, c2));
     pump(client, server);
     let _ = back.join();
@@ -720,7 +850,10 @@ impl Net {
             refused: AtomicU64::new(0),
             cut: AtomicU64::new(0),
         });
-        let ports = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         let threads = listeners
             .into_iter()
             .enumerate()
@@ -739,7 +872,11 @@ impl Net {
                 })
             })
             .collect();
-        Net { inner, threads, ports }
+        Net {
+            inner,
+            threads,
+            ports,
+        }
     }
 
     /// Cuts every link between a node of `a` and a node of `b` (both directions).
@@ -770,18 +907,30 @@ impl Net {
 
     /// (connections refused, connections cut) so far.
     pub fn stats(&self) -> (u64, u64) {
-        (self.inner.refused.load(Ordering::Relaxed), self.inner.cut.load(Ordering::Relaxed))
+        (
+            self.inner.refused.load(Ordering::Relaxed),
+            self.inner.cut.load(Ordering::Relaxed),
+        )
     }
 
     /// Open proxied connections as (src, dst).
     pub fn open_links(&self) -> Vec<(Option<usize>, usize)> {
-        self.inner.conns.lock().unwrap().values().map(|c| (c.src, c.dst)).collect()
+        self.inner
+            .conns
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| (c.src, c.dst))
+            .collect()
     }
 
     fn stop(mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
         for p in &self.ports {
-            let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], *p).into(), Duration::from_millis(200));
+            let _ = TcpStream::connect_timeout(
+                &([127, 0, 0, 1], *p).into(),
+                Duration::from_millis(200),
+            );
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -811,7 +960,12 @@ fn error_name(r: &Response) -> String {
 
 /// POST a JSON body to a random port of `ports`, retrying 503 / I/O errors
 /// (other nodes, identical body) until a non-503 answer or `budget` passes.
-pub fn post_retry(ports: &[u16], path: &str, body: &Value, budget: Duration) -> Result<(u16, Value, u32), String> {
+pub fn post_retry(
+    ports: &[u16],
+    path: &str,
+    body: &Value,
+    budget: Duration,
+) -> Result<(u16, Value, u32), String> {
     let t0 = Instant::now();
     let raw = body.to_string();
     let mut attempts = 0;
@@ -819,7 +973,12 @@ pub fn post_retry(ports: &[u16], path: &str, body: &Value, budget: Duration) -> 
     while t0.elapsed() < budget {
         attempts += 1;
         let port = pick(ports);
-        let req = build_request("POST", path, &[("Content-Type", "application/json")], Some(raw.as_bytes()));
+        let req = build_request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(raw.as_bytes()),
+        );
         match try_request(port, &req, false, Duration::from_secs(12)) {
             Ok(r) if r.status == 503 => last = format!(":{port} 503 {}", r.text()),
             Ok(r) => {
@@ -837,8 +996,13 @@ pub fn post_retry(ports: &[u16], path: &str, body: &Value, budget: Duration) -> 
 /// ambiguous attempt).
 pub fn create_sessions(ports: &[u16], ids: &[String]) {
     for id in ids {
-        let (st, v, attempts) = post_retry(ports, "/v1/sessions", &json!({"id": id, "metadata": {"suite": "cluster"}}), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("create {id}: {e}"));
+        let (st, v, attempts) = post_retry(
+            ports,
+            "/v1/sessions",
+            &json!({"id": id, "metadata": {"suite": "cluster"}}),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("create {id}: {e}"));
         let ok = st == 201 || (st == 409 && attempts > 1 && v["error"] == "session_exists");
         assert!(ok, "create {id}: {st} {v}");
     }
@@ -853,7 +1017,13 @@ pub fn try_list(port: u16) -> Result<Vec<Value>, String> {
         if let Some(c) = &cursor {
             q.push_str(&format!("&cursor={}", pct(c)));
         }
-        let r = try_request(port, &build_request("GET", &q, &[], None), false, Duration::from_secs(10)).map_err(|e| format!("list :{port}: {e}"))?;
+        let r = try_request(
+            port,
+            &build_request("GET", &q, &[], None),
+            false,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("list :{port}: {e}"))?;
         if r.status != 200 {
             return Err(format!("list :{port}: {} {}", r.status, r.text()));
         }
@@ -870,7 +1040,12 @@ pub fn try_list(port: u16) -> Result<Vec<Value>, String> {
 /// Reads a session through a tail on `port` until it has `last` events
 /// (reconnecting with its cursor on close or silence). Every frame must be
 /// exactly the next seq.
-pub fn read_session(port: u16, session: &str, last: u64, timeout: Duration) -> Result<Vec<Value>, String> {
+pub fn read_session(
+    port: u16,
+    session: &str,
+    last: u64,
+    timeout: Duration,
+) -> Result<Vec<Value>, String> {
     let deadline = Instant::now() + timeout;
     let mut out: Vec<Value> = Vec::new();
     let mut last_err = String::from("-");
@@ -883,15 +1058,16 @@ pub fn read_session(port: u16, session: &str, last: u64, timeout: Duration) -> R
             ));
         }
         let cursor = out.len();
-        let mut t = match Tail::try_connect(port, session, &format!("cursor={cursor}&batch_size=1000")) {
-            Ok(t) => t,
-            Err((st, body)) => {
-                last_err = format!("connect: {st} {}", String::from_utf8_lossy(&body));
-                reconnects += 1;
-                std::thread::sleep(Duration::from_millis(250));
-                continue;
-            }
-        };
+        let mut t =
+            match Tail::try_connect(port, session, &format!("cursor={cursor}&batch_size=1000")) {
+                Ok(t) => t,
+                Err((st, body)) => {
+                    last_err = format!("connect: {st} {}", String::from_utf8_lossy(&body));
+                    reconnects += 1;
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            };
         while (out.len() as u64) < last {
             let now = Instant::now();
             if now >= deadline {
@@ -905,7 +1081,10 @@ pub fn read_session(port: u16, session: &str, last: u64, timeout: Duration) -> R
                     };
                     for e in items {
                         if e["seq"].as_u64() != Some(out.len() as u64 + 1) {
-                            return Err(format!("tail of {session} on :{port}: expected seq {} next, got {e}", out.len() + 1));
+                            return Err(format!(
+                                "tail of {session} on :{port}: expected seq {} next, got {e}",
+                                out.len() + 1
+                            ));
                         }
                         out.push(e);
                     }
@@ -1079,7 +1258,11 @@ impl Load {
 
     pub fn stop(mut self) -> LoadReport {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let producers = self.handles.drain(..).map(|h| h.join().expect("producer thread panicked")).collect();
+        let producers = self
+            .handles
+            .drain(..)
+            .map(|h| h.join().expect("producer thread panicked"))
+            .collect();
         LoadReport {
             acks: self.shared.acks.lock().unwrap().clone(),
             producers,
@@ -1111,22 +1294,34 @@ fn run_producer(mut p: ProducerState, sh: Arc<LoadShared>, o: LoadOpts) -> Produ
                 let ports = sh.ports.lock().unwrap();
                 pick(&ports)
             };
-            let c = conns.entry(port).or_insert_with(|| HttpConn::with_timeout(port, o.request_timeout));
+            let c = conns
+                .entry(port)
+                .or_insert_with(|| HttpConn::with_timeout(port, o.request_timeout));
             let res = c.try_post(&path, body.as_bytes());
             let retry = match res {
                 Ok(r) if r.status == 201 => {
                     let v: Value = match serde_json::from_slice(&r.body) {
                         Ok(v) => v,
                         Err(_) => {
-                            sh.errors.lock().unwrap().push(format!("{}/{pseq}: 201 with non-JSON body {:?}", p.id, r.text()));
+                            sh.errors.lock().unwrap().push(format!(
+                                "{}/{pseq}: 201 with non-JSON body {:?}",
+                                p.id,
+                                r.text()
+                            ));
                             p.pending = Some(pseq);
                             return p;
                         }
                     };
                     let seq = v["seq"].as_u64();
                     let deduped = v["deduped"].as_bool();
-                    if seq.is_none() || deduped.is_none() || (deduped == Some(true) && attempts == 1) {
-                        sh.errors.lock().unwrap().push(format!("{}/{pseq} via :{port}: first attempt answered {v}", p.id));
+                    if seq.is_none()
+                        || deduped.is_none()
+                        || (deduped == Some(true) && attempts == 1)
+                    {
+                        sh.errors.lock().unwrap().push(format!(
+                            "{}/{pseq} via :{port}: first attempt answered {v}",
+                            p.id
+                        ));
                         p.pending = Some(pseq);
                         return p;
                     }
@@ -1151,7 +1346,12 @@ fn run_producer(mut p: ProducerState, sh: Arc<LoadShared>, o: LoadOpts) -> Produ
                     true
                 }
                 Ok(r) => {
-                    sh.errors.lock().unwrap().push(format!("{}/{pseq} via :{port} (attempt {attempts}): {} {}", p.id, r.status, r.text()));
+                    sh.errors.lock().unwrap().push(format!(
+                        "{}/{pseq} via :{port} (attempt {attempts}): {} {}",
+                        p.id,
+                        r.status,
+                        r.text()
+                    ));
                     // A 4xx changes nothing; the outcome of earlier attempts is unknown.
                     p.pending = Some(pseq);
                     return p;
@@ -1180,13 +1380,24 @@ fn run_producer(mut p: ProducerState, sh: Arc<LoadShared>, o: LoadOpts) -> Produ
 
 /// Resends every pending append (identical body) through `ports` until it is
 /// acknowledged (fresh or deduped); returns the resulting acks.
-pub fn resolve_pending(ports: &[u16], producers: &mut [ProducerState], budget: Duration) -> Vec<Ack> {
+pub fn resolve_pending(
+    ports: &[u16],
+    producers: &mut [ProducerState],
+    budget: Duration,
+) -> Vec<Ack> {
     let mut out = Vec::new();
     for p in producers.iter_mut() {
-        let Some(pseq) = p.pending.take() else { continue };
+        let Some(pseq) = p.pending.take() else {
+            continue;
+        };
         let t0 = Instant::now();
-        let (st, v, attempts) = post_retry(ports, &append_path(&p.session), &load_body(&p.id, pseq, p.pad), budget)
-            .unwrap_or_else(|e| panic!("resolving pending {}/{pseq}: {e}", p.id));
+        let (st, v, attempts) = post_retry(
+            ports,
+            &append_path(&p.session),
+            &load_body(&p.id, pseq, p.pad),
+            budget,
+        )
+        .unwrap_or_else(|e| panic!("resolving pending {}/{pseq}: {e}", p.id));
         assert_eq!(st, 201, "retry of pending append {}/{pseq}: {st} {v}", p.id);
         let seq = v["seq"].as_u64().expect("seq");
         eprintln!(
@@ -1216,19 +1427,40 @@ pub fn append_acked(ports: &[u16], session: &str, producer: &str, pseq: u64, pad
 
 /// Like [`append_acked`] for the resend of an append that earlier answered an
 /// ambiguous 503: it may dedupe (the earlier attempt committed after all).
-pub fn resend_acked(ports: &[u16], session: &str, producer: &str, pseq: u64, pad: usize) -> (Ack, bool) {
+pub fn resend_acked(
+    ports: &[u16],
+    session: &str,
+    producer: &str,
+    pseq: u64,
+    pad: usize,
+) -> (Ack, bool) {
     let a = append_acked_inner(ports, session, producer, pseq, pad, true);
     let deduped = a.attempts == u32::MAX;
     (Ack { attempts: 1, ..a }, deduped)
 }
 
-fn append_acked_inner(ports: &[u16], session: &str, producer: &str, pseq: u64, pad: usize, resend: bool) -> Ack {
+fn append_acked_inner(
+    ports: &[u16],
+    session: &str,
+    producer: &str,
+    pseq: u64,
+    pad: usize,
+    resend: bool,
+) -> Ack {
     let t0 = Instant::now();
-    let (st, v, mut attempts) = post_retry(ports, &append_path(session), &load_body(producer, pseq, pad), Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("append {session} {producer}/{pseq}: {e}"));
+    let (st, v, mut attempts) = post_retry(
+        ports,
+        &append_path(session),
+        &load_body(producer, pseq, pad),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("append {session} {producer}/{pseq}: {e}"));
     assert_eq!(st, 201, "append {session} {producer}/{pseq}: {st} {v}");
     if v["deduped"] == json!(true) {
-        assert!(resend || attempts > 1, "first attempt of {producer}/{pseq} deduped: {v}");
+        assert!(
+            resend || attempts > 1,
+            "first attempt of {producer}/{pseq} deduped: {v}"
+        );
         if resend {
             attempts = u32::MAX;
         }
@@ -1282,7 +1514,11 @@ pub fn gaps(acks: &[Ack], sessions: &[String], from: Duration, to: Duration) -> 
     let mut per_session = BTreeMap::new();
     let (mut worst_session, mut worst) = (String::new(), Duration::ZERO);
     for s in sessions {
-        let mut t: Vec<Duration> = acks.iter().filter(|a| a.port != 0 && &a.session == s).map(|a| a.at).collect();
+        let mut t: Vec<Duration> = acks
+            .iter()
+            .filter(|a| a.port != 0 && &a.session == s)
+            .map(|a| a.at)
+            .collect();
         let (g, _) = longest(&mut t, from, to);
         if g > worst {
             worst = g;
@@ -1290,7 +1526,13 @@ pub fn gaps(acks: &[Ack], sessions: &[String], from: Duration, to: Duration) -> 
         }
         per_session.insert(s.clone(), g);
     }
-    Gaps { global, global_at, per_session, worst_session, worst }
+    Gaps {
+        global,
+        global_at,
+        per_session,
+        worst_session,
+        worst,
+    }
 }
 
 impl Gaps {
@@ -1313,14 +1555,25 @@ impl Gaps {
 }
 
 pub fn latency_summary(acks: &[Ack]) -> String {
-    let mut l: Vec<Duration> = acks.iter().filter(|a| a.port != 0).map(|a| a.latency).collect();
+    let mut l: Vec<Duration> = acks
+        .iter()
+        .filter(|a| a.port != 0)
+        .map(|a| a.latency)
+        .collect();
     if l.is_empty() {
         return "no acks".into();
     }
     l.sort();
     let q = |f: f64| ms(l[((l.len() - 1) as f64 * f) as usize]);
     let retried = acks.iter().filter(|a| a.attempts > 1).count();
-    format!("{} acks; latency p50 {} ms, p99 {} ms, max {} ms; {} needed retries", l.len(), q(0.5), q(0.99), q(1.0), retried)
+    format!(
+        "{} acks; latency p50 {} ms, p99 {} ms, max {} ms; {} needed retries",
+        l.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        retried
+    )
 }
 
 impl LoadReport {
@@ -1336,7 +1589,11 @@ impl LoadReport {
 
     #[track_caller]
     pub fn assert_no_errors(&self) {
-        assert!(self.errors.is_empty(), "load saw unexpected answers:\n{}", self.errors.join("\n"));
+        assert!(
+            self.errors.is_empty(),
+            "load saw unexpected answers:\n{}",
+            self.errors.join("\n")
+        );
     }
 }
 
@@ -1356,7 +1613,13 @@ pub struct Verified {
 /// producer exactly 1..K in seq order). With `exact`, the session holds exactly
 /// the acknowledged events (every ambiguous attempt was resolved).
 #[track_caller]
-pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], exact: bool) -> Verified {
+pub fn verify(
+    c: &Cluster,
+    nodes: &[usize],
+    sessions: &[String],
+    acks: &[Ack],
+    exact: bool,
+) -> Verified {
     // last_seq per session, as listed by each node; they must converge.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut listed: BTreeMap<usize, BTreeMap<String, Option<u64>>> = BTreeMap::new();
@@ -1368,7 +1631,11 @@ pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], e
                 Ok(rows) => {
                     let m = rows
                         .iter()
-                        .filter_map(|r| r["id"].as_str().map(|id| (id.to_string(), r["last_seq"].as_u64())))
+                        .filter_map(|r| {
+                            r["id"]
+                                .as_str()
+                                .map(|id| (id.to_string(), r["last_seq"].as_u64()))
+                        })
                         .collect();
                     listed.insert(i, m);
                 }
@@ -1377,7 +1644,10 @@ pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], e
         }
         let agree = errs.is_empty()
             && sessions.iter().all(|s| {
-                let vals: HashSet<Option<u64>> = listed.values().map(|m| m.get(s).copied().flatten()).collect();
+                let vals: HashSet<Option<u64>> = listed
+                    .values()
+                    .map(|m| m.get(s).copied().flatten())
+                    .collect();
                 vals.len() == 1 && !vals.contains(&None)
             });
         if agree {
@@ -1387,24 +1657,43 @@ pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], e
             let detail: Vec<String> = sessions
                 .iter()
                 .map(|s| {
-                    let per: Vec<String> = listed.iter().map(|(i, m)| format!("{}={:?}", c.name(*i), m.get(s))).collect();
+                    let per: Vec<String> = listed
+                        .iter()
+                        .map(|(i, m)| format!("{}={:?}", c.name(*i), m.get(s)))
+                        .collect();
                     format!("{s}: {}", per.join(" "))
                 })
                 .collect();
-            panic!("list rows (last_seq) do not agree across nodes after 30 s; errors {errs:?}\n{}", detail.join("\n"));
+            panic!(
+                "list rows (last_seq) do not agree across nodes after 30 s; errors {errs:?}\n{}",
+                detail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let mut out = Verified { last: BTreeMap::new(), events: 0 };
+    let mut out = Verified {
+        last: BTreeMap::new(),
+        events: 0,
+    };
     for s in sessions {
         let sacks: Vec<&Ack> = acks.iter().filter(|a| &a.session == s).collect();
         let max_acked = sacks.iter().map(|a| a.seq).max().unwrap_or(0);
         let last = listed.values().next().unwrap()[s].unwrap();
-        assert!(last >= max_acked, "session {s}: listed last_seq {last} < highest acknowledged seq {max_acked}");
+        assert!(
+            last >= max_acked,
+            "session {s}: listed last_seq {last} < highest acknowledged seq {max_acked}"
+        );
         let mut reference: Option<(usize, Vec<Value>)> = None;
         for &i in nodes {
-            let evs = read_session(c.http_port(i), s, last, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{}: {e}", c.name(i)));
-            assert_eq!(evs.len() as u64, last, "session {s} on {}: {} events, listed last_seq {last}", c.name(i), evs.len());
+            let evs = read_session(c.http_port(i), s, last, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name(i)));
+            assert_eq!(
+                evs.len() as u64,
+                last,
+                "session {s} on {}: {} events, listed last_seq {last}",
+                c.name(i),
+                evs.len()
+            );
             match &reference {
                 None => reference = Some((i, evs)),
                 Some((ri, rev)) => {
@@ -1433,7 +1722,9 @@ pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], e
         }
         let mut per: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for e in &evs {
-            per.entry(e["producer_id"].as_str().unwrap_or("?").to_string()).or_default().push(e["producer_seq"].as_u64().unwrap_or(0));
+            per.entry(e["producer_id"].as_str().unwrap_or("?").to_string())
+                .or_default()
+                .push(e["producer_seq"].as_u64().unwrap_or(0));
         }
         for (pid, ps) in &per {
             assert_eq!(
@@ -1442,8 +1733,15 @@ pub fn verify(c: &Cluster, nodes: &[usize], sessions: &[String], acks: &[Ack], e
                 "session {s}: producer {pid}: producer_seqs are not 1..K, each once, in seq order"
             );
         }
-        let distinct: HashSet<(&str, u64)> = sacks.iter().map(|a| (a.producer_id.as_str(), a.producer_seq)).collect();
-        assert_eq!(distinct.len(), sacks.len(), "session {s}: the same (producer, producer_seq) was acknowledged twice");
+        let distinct: HashSet<(&str, u64)> = sacks
+            .iter()
+            .map(|a| (a.producer_id.as_str(), a.producer_seq))
+            .collect();
+        assert_eq!(
+            distinct.len(),
+            sacks.len(),
+            "session {s}: the same (producer, producer_seq) was acknowledged twice"
+        );
         if exact {
             assert_eq!(
                 evs.len(),

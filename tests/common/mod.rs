@@ -238,7 +238,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {
-            eprintln!("---- starcite log tail (port {}) ----\n{}", self.port, self.log_tail());
+            eprintln!(
+                "---- starcite log tail (port {}) ----\n{}",
+                self.port,
+                self.log_tail()
+            );
         }
         self.kill();
     }
@@ -331,12 +335,7 @@ pub fn read_response(
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
     let mut body = Vec::new();
     if !no_body {
@@ -454,7 +453,12 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
 
 /// Builds a request with `Host`, `Connection: close`, the given extra headers
 /// and (when `body` is Some) a Content-Length.
-pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+pub fn build_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
@@ -470,7 +474,13 @@ pub fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: O
     out
 }
 
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Response {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
     raw_request(port, &build_request(method, path, headers, body))
 }
 
@@ -487,7 +497,13 @@ pub fn get_json(port: u16, path: &str) -> (u16, Value) {
 
 /// POST a raw body with `Content-Type: application/json`.
 pub fn post_raw(port: u16, path: &str, body: &[u8]) -> Response {
-    request(port, "POST", path, &[("Content-Type", "application/json")], Some(body))
+    request(
+        port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
 }
 
 /// POST a JSON value, returns (status, JSON body).
@@ -538,8 +554,7 @@ impl HttpConn {
         })();
         match res {
             Ok(r) => {
-                if r
-                    .header("connection")
+                if r.header("connection")
                     .map(|v| v.eq_ignore_ascii_case("close"))
                     .unwrap_or(false)
                 {
@@ -660,7 +675,13 @@ pub fn list_all(port: u16, extra_query: &str) -> Vec<Value> {
         }
         let (st, v) = get_json(port, &q);
         assert_eq!(st, 200, "list {q}: {v}");
-        out.extend(v["sessions"].as_array().expect("sessions array").iter().cloned());
+        out.extend(
+            v["sessions"]
+                .as_array()
+                .expect("sessions array")
+                .iter()
+                .cloned(),
+        );
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => return out,
@@ -907,7 +928,11 @@ impl Tail {
 pub fn seqs(events: &[Value]) -> Vec<u64> {
     events
         .iter()
-        .map(|e| e["seq"].as_u64().unwrap_or_else(|| panic!("event without seq: {e}")))
+        .map(|e| {
+            e["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("event without seq: {e}"))
+        })
         .collect()
 }
 

@@ -43,23 +43,49 @@ const HEADER_CRC_OFFSET: usize = 12;
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum PeerFrame {
     /// First frame from the connecting side.
-    Hello { cluster_version: u32, node: String, http_port: u16, nonce: [u8; 32] },
+    Hello {
+        cluster_version: u32,
+        node: String,
+        http_port: u16,
+        nonce: [u8; 32],
+    },
     /// Answer: proves the acceptor knows the secret.
-    Challenge { node: String, http_port: u16, nonce: [u8; 32], mac: [u8; 32] },
+    Challenge {
+        node: String,
+        http_port: u16,
+        nonce: [u8; 32],
+        mac: [u8; 32],
+    },
     /// Proves the connector knows the secret.
-    Auth { mac: [u8; 32] },
+    Auth {
+        mac: [u8; 32],
+    },
     /// Raft messages of many groups, batched per peer per flush.
-    Raft { messages: Vec<RaftEnvelope> },
+    Raft {
+        messages: Vec<RaftEnvelope>,
+    },
     /// A request; answered by a [`PeerFrame::Response`] with the same id on the same
     /// connection. The body is opaque here.
-    Request { id: u64, body: Vec<u8> },
+    Request {
+        id: u64,
+        body: Vec<u8>,
+    },
     /// The answer to the request with this id.
-    Response { id: u64, body: Vec<u8> },
+    Response {
+        id: u64,
+        body: Vec<u8>,
+    },
     /// One-way control message (node status, drain marks: opaque here).
-    Control { body: Vec<u8> },
+    Control {
+        body: Vec<u8>,
+    },
     /// Liveness probe; answered with a [`PeerFrame::Pong`] carrying the same `at`.
-    Ping { at: u64 },
-    Pong { at: u64 },
+    Ping {
+        at: u64,
+    },
+    Pong {
+        at: u64,
+    },
 }
 
 /// One Raft message for one group. `data` is a protobuf-encoded `raft` `Message`,
@@ -118,13 +144,19 @@ pub fn encoded_peer_frame_len(payload_len: usize) -> usize {
 /// buffer that starts empty); [`encode_frame`] panics otherwise. On error `out` is
 /// unchanged.
 pub fn encode_peer_frame(frame: &PeerFrame, out: &mut Vec<u8>) -> Result<usize, PeerError> {
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(frame)
-        .map_err(|e| PeerError::Invalid { reason: e.to_string() })?;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(frame).map_err(|e| PeerError::Invalid {
+        reason: e.to_string(),
+    })?;
     if payload.len() > MAX_PEER_FRAME {
-        return Err(PeerError::TooLarge { len: payload.len(), max: MAX_PEER_FRAME });
+        return Err(PeerError::TooLarge {
+            len: payload.len(),
+            max: MAX_PEER_FRAME,
+        });
     }
-    encode_frame(&payload, out)
-        .map_err(|_| PeerError::TooLarge { len: payload.len(), max: MAX_PEER_FRAME })?;
+    encode_frame(&payload, out).map_err(|_| PeerError::TooLarge {
+        len: payload.len(),
+        max: MAX_PEER_FRAME,
+    })?;
     Ok(payload.len())
 }
 
@@ -155,7 +187,12 @@ impl PeerDecoder {
     /// [`MAX_PEER_FRAME`]), e.g. a small limit while a connection is not yet
     /// authenticated.
     pub fn with_max_frame(max_frame: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, max_frame: max_frame.min(MAX_PEER_FRAME), failed: None }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max_frame: max_frame.min(MAX_PEER_FRAME),
+            failed: None,
+        }
     }
 
     /// The current payload limit.
@@ -222,12 +259,17 @@ impl PeerDecoder {
         if magic != FRAME_MAGIC {
             return Err(PeerError::BadMagic { found: magic });
         }
-        if field(HEADER_CRC_OFFSET) != crc32c::crc32c(header.get(..HEADER_CRC_OFFSET).unwrap_or_default()) {
+        if field(HEADER_CRC_OFFSET)
+            != crc32c::crc32c(header.get(..HEADER_CRC_OFFSET).unwrap_or_default())
+        {
             return Err(PeerError::HeaderChecksum);
         }
         let len = usize::try_from(field(LEN_OFFSET)).unwrap_or(usize::MAX);
         if len > self.max_frame {
-            return Err(PeerError::TooLarge { len, max: self.max_frame });
+            return Err(PeerError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         // len <= MAX_PEER_FRAME, so none of this can overflow.
         let total = FRAME_HEADER_LEN + len.next_multiple_of(FRAME_ALIGN);
@@ -249,7 +291,9 @@ impl PeerDecoder {
         }
         rkyv::from_bytes::<PeerFrame, rkyv::rancor::Error>(&aligned)
             .map(Some)
-            .map_err(|e| PeerError::Invalid { reason: e.to_string() })
+            .map_err(|e| PeerError::Invalid {
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -279,21 +323,51 @@ mod tests {
 
     fn every_kind() -> Vec<PeerFrame> {
         vec![
-            PeerFrame::Hello { cluster_version: CLUSTER_VERSION, node: "node-a".into(), http_port: 4000, nonce: [7; 32] },
-            PeerFrame::Challenge { node: "nöde-b".into(), http_port: 4001, nonce: [1; 32], mac: [2; 32] },
+            PeerFrame::Hello {
+                cluster_version: CLUSTER_VERSION,
+                node: "node-a".into(),
+                http_port: 4000,
+                nonce: [7; 32],
+            },
+            PeerFrame::Challenge {
+                node: "nöde-b".into(),
+                http_port: 4001,
+                nonce: [1; 32],
+                mac: [2; 32],
+            },
             PeerFrame::Auth { mac: [3; 32] },
             PeerFrame::Raft { messages: vec![] },
             PeerFrame::Raft {
                 messages: vec![
-                    RaftEnvelope { group: 0, data: vec![] },
-                    RaftEnvelope { group: 17, data: vec![1, 2, 3] },
-                    RaftEnvelope { group: u32::MAX, data: vec![0xab; 5000] },
+                    RaftEnvelope {
+                        group: 0,
+                        data: vec![],
+                    },
+                    RaftEnvelope {
+                        group: 17,
+                        data: vec![1, 2, 3],
+                    },
+                    RaftEnvelope {
+                        group: u32::MAX,
+                        data: vec![0xab; 5000],
+                    },
                 ],
             },
-            PeerFrame::Request { id: 1, body: b"hello".to_vec() },
-            PeerFrame::Request { id: u64::MAX, body: vec![] },
-            PeerFrame::Response { id: 42, body: vec![9; 70_000] },
-            PeerFrame::Control { body: b"drain".to_vec() },
+            PeerFrame::Request {
+                id: 1,
+                body: b"hello".to_vec(),
+            },
+            PeerFrame::Request {
+                id: u64::MAX,
+                body: vec![],
+            },
+            PeerFrame::Response {
+                id: 42,
+                body: vec![9; 70_000],
+            },
+            PeerFrame::Control {
+                body: b"drain".to_vec(),
+            },
             PeerFrame::Ping { at: 123_456 },
             PeerFrame::Pong { at: u64::MAX },
         ]
@@ -310,7 +384,10 @@ mod tests {
 
     /// Feeds `bytes` in pieces whose sizes come from `piece`, draining frames after
     /// every push.
-    fn decode_in_pieces(bytes: &[u8], mut piece: impl FnMut() -> usize) -> Result<Vec<PeerFrame>, PeerError> {
+    fn decode_in_pieces(
+        bytes: &[u8],
+        mut piece: impl FnMut() -> usize,
+    ) -> Result<Vec<PeerFrame>, PeerError> {
         let mut dec = PeerDecoder::new();
         let mut out = Vec::new();
         let mut pos = 0;
@@ -364,7 +441,10 @@ mod tests {
     fn every_corrupted_byte_is_an_error() {
         // Flipping any byte of the header or payload must be detected (padding is not
         // covered by a checksum, so it may go unnoticed).
-        let frame = PeerFrame::Request { id: 5, body: b"some request body".to_vec() };
+        let frame = PeerFrame::Request {
+            id: 5,
+            body: b"some request body".to_vec(),
+        };
         let mut bytes = Vec::new();
         let payload_len = encode_peer_frame(&frame, &mut bytes).unwrap();
         for i in 0..FRAME_HEADER_LEN + payload_len {
@@ -374,7 +454,10 @@ mod tests {
             dec.push(&bad);
             // The header checksum covers the length and the magic, the payload
             // checksum the payload: every flip is detected at once.
-            assert!(dec.next_frame().is_err(), "byte {i}: corruption went unnoticed");
+            assert!(
+                dec.next_frame().is_err(),
+                "byte {i}: corruption went unnoticed"
+            );
             assert!(dec.is_failed());
         }
     }
@@ -420,7 +503,13 @@ mod tests {
     fn oversized_length_is_rejected_from_the_header_alone() {
         let mut dec = PeerDecoder::new();
         dec.push(&header_with_len(MAX_PEER_FRAME as u32 + 1));
-        assert_eq!(dec.next_frame(), Err(PeerError::TooLarge { len: MAX_PEER_FRAME + 1, max: MAX_PEER_FRAME }));
+        assert_eq!(
+            dec.next_frame(),
+            Err(PeerError::TooLarge {
+                len: MAX_PEER_FRAME + 1,
+                max: MAX_PEER_FRAME
+            })
+        );
         let mut dec = PeerDecoder::new();
         dec.push(&header_with_len(u32::MAX));
         assert!(matches!(dec.next_frame(), Err(PeerError::TooLarge { .. })));
@@ -428,7 +517,13 @@ mod tests {
         // A smaller limit (e.g. before authentication) applies the same way.
         let mut dec = PeerDecoder::with_max_frame(1024);
         dec.push(&header_with_len(1025));
-        assert!(matches!(dec.next_frame(), Err(PeerError::TooLarge { len: 1025, max: 1024 })));
+        assert!(matches!(
+            dec.next_frame(),
+            Err(PeerError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ));
         // Exactly at the limit: waits for the payload.
         let mut dec = PeerDecoder::with_max_frame(1024);
         dec.push(&header_with_len(1024));
@@ -438,8 +533,13 @@ mod tests {
     #[test]
     fn encoder_refuses_oversized_payloads() {
         let mut out = Vec::new();
-        let frame = PeerFrame::Control { body: vec![0; MAX_PEER_FRAME] };
-        assert!(matches!(encode_peer_frame(&frame, &mut out), Err(PeerError::TooLarge { .. })));
+        let frame = PeerFrame::Control {
+            body: vec![0; MAX_PEER_FRAME],
+        };
+        assert!(matches!(
+            encode_peer_frame(&frame, &mut out),
+            Err(PeerError::TooLarge { .. })
+        ));
         assert!(out.is_empty());
     }
 
@@ -450,7 +550,10 @@ mod tests {
             encode_frame(&payload, &mut bytes).unwrap();
             let mut dec = PeerDecoder::new();
             dec.push(&bytes);
-            assert!(matches!(dec.next_frame(), Err(PeerError::Invalid { .. })), "{payload:?}");
+            assert!(
+                matches!(dec.next_frame(), Err(PeerError::Invalid { .. })),
+                "{payload:?}"
+            );
         }
     }
 

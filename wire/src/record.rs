@@ -11,11 +11,25 @@ use rkyv::{Archive, Deserialize, Serialize};
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum LogRecord {
     /// Raft entries appended to one group's log (may overwrite a suffix).
-    Entries { group: u32, entries: Vec<EntryRecord> },
+    Entries {
+        group: u32,
+        entries: Vec<EntryRecord>,
+    },
     /// A group's Raft hard state.
-    HardState { group: u32, term: u64, vote: u64, commit: u64 },
+    HardState {
+        group: u32,
+        term: u64,
+        vote: u64,
+        commit: u64,
+    },
     /// A group's state-machine snapshot at `index`; every entry at or below it is obsolete.
-    Snapshot { group: u32, index: u64, term: u64, voters: Vec<u64>, state: Vec<u8> },
+    Snapshot {
+        group: u32,
+        index: u64,
+        term: u64,
+        voters: Vec<u64>,
+        state: Vec<u8>,
+    },
 }
 
 /// A Raft entry as stored in the log.
@@ -43,7 +57,11 @@ pub enum Command {
     Create(CreateCommand),
     Append(AppendCommand),
     /// Everything up to `upto` is durable in the archive; replicas may evict it.
-    AckArchived { origin: Origin, session: String, upto: u64 },
+    AckArchived {
+        origin: Origin,
+        session: String,
+        upto: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -123,7 +141,11 @@ pub struct ProducerEntry {
 pub fn encode<T>(value: &T) -> rkyv::util::AlignedVec
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
     >,
 {
     // Serialising plain owned data into a growable buffer cannot fail.
@@ -151,7 +173,10 @@ mod tests {
     #[test]
     fn command_round_trip() {
         let cmd = Command::Append(AppendCommand {
-            origin: Origin { incarnation: 7, token: 9 },
+            origin: Origin {
+                incarnation: 7,
+                token: 9,
+            },
             session: "s".into(),
             producer_id: "p".into(),
             producer_seq: 3,

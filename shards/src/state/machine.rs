@@ -17,9 +17,17 @@ use crate::time::format_micros;
 /// The successful result of a command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
-    Created { created_at_us: i64 },
-    Appended { seq: u64, last_seq: u64, deduped: bool },
-    Acked { archived_seq: u64 },
+    Created {
+        created_at_us: i64,
+    },
+    Appended {
+        seq: u64,
+        last_seq: u64,
+        deduped: bool,
+    },
+    Acked {
+        archived_seq: u64,
+    },
 }
 
 /// A freshly appended event, for tail subscribers.
@@ -51,14 +59,22 @@ pub struct GroupMachine {
 
 impl GroupMachine {
     pub fn new(dedupe_window: usize, producer_cap: usize) -> Self {
-        Self { sessions: BTreeMap::new(), dedupe_window, producer_cap }
+        Self {
+            sessions: BTreeMap::new(),
+            dedupe_window,
+            producer_cap,
+        }
     }
 
     pub fn apply(&mut self, cmd: Command) -> Applied {
         match cmd {
             Command::Create(c) => self.apply_create(c),
             Command::Append(a) => self.apply_append(a),
-            Command::AckArchived { origin, session, upto } => self.apply_ack(origin, &session, upto),
+            Command::AckArchived {
+                origin,
+                session,
+                upto,
+            } => self.apply_ack(origin, &session, upto),
         }
     }
 
@@ -86,7 +102,9 @@ impl GroupMachine {
         self.sessions.insert(c.id.clone(), session);
         Applied {
             origin,
-            result: Ok(Outcome::Created { created_at_us: c.created_at_us }),
+            result: Ok(Outcome::Created {
+                created_at_us: c.created_at_us,
+            }),
             notification: None,
             hot_delta: 0,
             created: Some(c.id),
@@ -100,19 +118,47 @@ impl GroupMachine {
         };
         if let Some(expected) = a.expected_seq {
             if expected != s.last_seq {
-                return failed(origin, EngineError::ExpectedSeqConflict { expected, current: s.last_seq });
+                return failed(
+                    origin,
+                    EngineError::ExpectedSeqConflict {
+                        expected,
+                        current: s.last_seq,
+                    },
+                );
             }
         }
-        match s.producers.check(&a.producer_id, a.producer_seq, &a.fingerprint) {
+        match s
+            .producers
+            .check(&a.producer_id, a.producer_seq, &a.fingerprint)
+        {
             ProducerCheck::Fresh => {}
             ProducerCheck::Duplicate { seq } => {
-                let outcome = Outcome::Appended { seq, last_seq: s.last_seq, deduped: true };
-                return Applied { origin, result: Ok(outcome), notification: None, hot_delta: 0, created: None };
+                let outcome = Outcome::Appended {
+                    seq,
+                    last_seq: s.last_seq,
+                    deduped: true,
+                };
+                return Applied {
+                    origin,
+                    result: Ok(outcome),
+                    notification: None,
+                    hot_delta: 0,
+                    created: None,
+                };
             }
-            ProducerCheck::ReplayConflict => return failed(origin, EngineError::ProducerReplayConflict),
+            ProducerCheck::ReplayConflict => {
+                return failed(origin, EngineError::ProducerReplayConflict)
+            }
             ProducerCheck::SeqConflict { expected, got } => {
                 let producer_id = a.producer_id;
-                return failed(origin, EngineError::ProducerSeqConflict { producer_id, expected, got });
+                return failed(
+                    origin,
+                    EngineError::ProducerSeqConflict {
+                        producer_id,
+                        expected,
+                        got,
+                    },
+                );
             }
         }
         let seq = s.last_seq + 1;
@@ -120,15 +166,30 @@ impl GroupMachine {
         let hot_delta = frame.len() as i64 + HOT_EVENT_OVERHEAD as i64;
         s.producers.record(
             &a.producer_id,
-            ProducerEntry { producer_seq: a.producer_seq, seq, fingerprint: a.fingerprint },
+            ProducerEntry {
+                producer_seq: a.producer_seq,
+                seq,
+                fingerprint: a.fingerprint,
+            },
         );
         s.last_seq = seq;
         s.updated_at_us = a.inserted_at_us;
-        s.hot.push_back(HotEntry { seq, frame: frame.clone() });
+        s.hot.push_back(HotEntry {
+            seq,
+            frame: frame.clone(),
+        });
         Applied {
             origin,
-            result: Ok(Outcome::Appended { seq, last_seq: seq, deduped: false }),
-            notification: Some(Notification { session: a.session, seq, frame }),
+            result: Ok(Outcome::Appended {
+                seq,
+                last_seq: seq,
+                deduped: false,
+            }),
+            notification: Some(Notification {
+                session: a.session,
+                seq,
+                frame,
+            }),
             hot_delta,
             created: None,
         }
@@ -145,8 +206,16 @@ impl GroupMachine {
                 freed += e.frame.len() as i64 + HOT_EVENT_OVERHEAD as i64;
             }
         }
-        let outcome = Outcome::Acked { archived_seq: s.archived_seq };
-        Applied { origin, result: Ok(outcome), notification: None, hot_delta: -freed, created: None }
+        let outcome = Outcome::Acked {
+            archived_seq: s.archived_seq,
+        };
+        Applied {
+            origin,
+            result: Ok(outcome),
+            notification: None,
+            hot_delta: -freed,
+            created: None,
+        }
     }
 
     /// Bytes held by hot events of this group.
@@ -174,7 +243,13 @@ impl GroupMachine {
 }
 
 fn failed(origin: Origin, err: EngineError) -> Applied {
-    Applied { origin, result: Err(err), notification: None, hot_delta: 0, created: None }
+    Applied {
+        origin,
+        result: Err(err),
+        notification: None,
+        hot_delta: 0,
+        created: None,
+    }
 }
 
 fn snapshot_session(s: &Session) -> SessionSnapshot {
@@ -190,7 +265,14 @@ fn snapshot_session(s: &Session) -> SessionSnapshot {
         last_seq: s.last_seq,
         archived_seq: s.archived_seq,
         producers: s.producers.snapshot(),
-        hot: s.hot.iter().map(|e| HotEvent { seq: e.seq, frame: e.frame.to_vec() }).collect(),
+        hot: s
+            .hot
+            .iter()
+            .map(|e| HotEvent {
+                seq: e.seq,
+                frame: e.frame.to_vec(),
+            })
+            .collect(),
     }
 }
 
@@ -208,7 +290,14 @@ fn restore_session(s: SessionSnapshot, window: usize, cap: usize) -> Session {
         last_seq: s.last_seq,
         archived_seq: s.archived_seq,
         producers: Producers::restore(s.producers, window, cap),
-        hot: s.hot.into_iter().map(|e| HotEntry { seq: e.seq, frame: Bytes::from(e.frame) }).collect(),
+        hot: s
+            .hot
+            .into_iter()
+            .map(|e| HotEntry {
+                seq: e.seq,
+                frame: Bytes::from(e.frame),
+            })
+            .collect(),
     }
 }
 
@@ -216,7 +305,10 @@ fn restore_session(s: SessionSnapshot, window: usize, cap: usize) -> Session {
 mod tests {
     use super::*;
 
-    const O: Origin = Origin { incarnation: 1, token: 1 };
+    const O: Origin = Origin {
+        incarnation: 1,
+        token: 1,
+    };
 
     fn create(id: &str) -> Command {
         Command::Create(CreateCommand {
@@ -253,7 +345,11 @@ mod tests {
     }
 
     fn appended(seq: u64, last_seq: u64, deduped: bool) -> Outcome {
-        Outcome::Appended { seq, last_seq, deduped }
+        Outcome::Appended {
+            seq,
+            last_seq,
+            deduped,
+        }
     }
 
     /// The worked example of contract §6.6, adjusted for decision 2 (row 8).
@@ -261,24 +357,55 @@ mod tests {
     fn worked_example() {
         let mut m = GroupMachine::new(128, 10_000);
         ok(&mut m, create("S"));
-        assert_eq!(ok(&mut m, append("S", "a", 1, 1, None)), appended(1, 1, false));
-        assert_eq!(ok(&mut m, append("S", "a", 1, 1, None)), appended(1, 1, true));
-        assert_eq!(ok(&mut m, append("S", "b", 1, 2, None)), appended(2, 2, false));
-        assert_eq!(ok(&mut m, append("S", "a", 1, 1, None)), appended(1, 2, true));
+        assert_eq!(
+            ok(&mut m, append("S", "a", 1, 1, None)),
+            appended(1, 1, false)
+        );
+        assert_eq!(
+            ok(&mut m, append("S", "a", 1, 1, None)),
+            appended(1, 1, true)
+        );
+        assert_eq!(
+            ok(&mut m, append("S", "b", 1, 2, None)),
+            appended(2, 2, false)
+        );
+        assert_eq!(
+            ok(&mut m, append("S", "a", 1, 1, None)),
+            appended(1, 2, true)
+        );
         assert_eq!(
             err(&mut m, append("S", "a", 3, 3, None)),
-            EngineError::ProducerSeqConflict { producer_id: "a".into(), expected: 2, got: 3 }
+            EngineError::ProducerSeqConflict {
+                producer_id: "a".into(),
+                expected: 2,
+                got: 3
+            }
         );
         assert_eq!(
             err(&mut m, append("S", "a", 2, 4, Some(1))),
-            EngineError::ExpectedSeqConflict { expected: 1, current: 2 }
+            EngineError::ExpectedSeqConflict {
+                expected: 1,
+                current: 2
+            }
         );
-        assert_eq!(ok(&mut m, append("S", "a", 2, 4, Some(2))), appended(3, 3, false));
-        assert_eq!(ok(&mut m, append("S", "a", 1, 1, None)), appended(1, 3, true));
-        assert_eq!(err(&mut m, append("S", "a", 2, 9, None)), EngineError::ProducerReplayConflict);
+        assert_eq!(
+            ok(&mut m, append("S", "a", 2, 4, Some(2))),
+            appended(3, 3, false)
+        );
+        assert_eq!(
+            ok(&mut m, append("S", "a", 1, 1, None)),
+            appended(1, 3, true)
+        );
+        assert_eq!(
+            err(&mut m, append("S", "a", 2, 9, None)),
+            EngineError::ProducerReplayConflict
+        );
         assert_eq!(
             err(&mut m, append("S", "a", 2, 4, Some(2))),
-            EngineError::ExpectedSeqConflict { expected: 2, current: 3 }
+            EngineError::ExpectedSeqConflict {
+                expected: 2,
+                current: 3
+            }
         );
     }
 
@@ -287,7 +414,10 @@ mod tests {
         let mut m = GroupMachine::new(128, 10_000);
         ok(&mut m, create("S"));
         assert_eq!(err(&mut m, create("S")), EngineError::SessionExists);
-        assert_eq!(err(&mut m, append("X", "a", 1, 1, None)), EngineError::SessionNotFound);
+        assert_eq!(
+            err(&mut m, append("X", "a", 1, 1, None)),
+            EngineError::SessionNotFound
+        );
     }
 
     #[test]
@@ -296,16 +426,39 @@ mod tests {
         ok(&mut m, create("S"));
         let applied = m.apply(append("S", "a", 1, 1, None));
         let frame = applied.notification.expect("fresh append notifies").frame;
-        assert_eq!(&frame[..], br#"{"seq":1,"type":"t","inserted_at":"1970-01-01T00:00:00.000010Z"}"#);
+        assert_eq!(
+            &frame[..],
+            br#"{"seq":1,"type":"t","inserted_at":"1970-01-01T00:00:00.000010Z"}"#
+        );
         ok(&mut m, append("S", "a", 2, 2, None));
         let before = m.hot_bytes();
-        assert_eq!(ok(&mut m, Command::AckArchived { origin: O, session: "S".into(), upto: 1 }), Outcome::Acked { archived_seq: 1 });
+        assert_eq!(
+            ok(
+                &mut m,
+                Command::AckArchived {
+                    origin: O,
+                    session: "S".into(),
+                    upto: 1
+                }
+            ),
+            Outcome::Acked { archived_seq: 1 }
+        );
         let s = &m.sessions["S"];
         assert_eq!(s.hot.len(), 1);
-        assert_eq!(s.hot_after(0, 10).map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            s.hot_after(0, 10).map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2]
+        );
         assert!(m.hot_bytes() < before);
         // Acks never pass last_seq.
-        ok(&mut m, Command::AckArchived { origin: O, session: "S".into(), upto: 99 });
+        ok(
+            &mut m,
+            Command::AckArchived {
+                origin: O,
+                session: "S".into(),
+                upto: 99,
+            },
+        );
         assert_eq!(m.sessions["S"].archived_seq, 2);
     }
 
@@ -319,8 +472,14 @@ mod tests {
         let snap = m.snapshot();
         let mut r = GroupMachine::restore(snap.clone(), 4, 10);
         assert_eq!(r.snapshot(), snap);
-        assert_eq!(ok(&mut r, append("S", "a", 5, 5, None)), appended(5, 6, true));
-        assert_eq!(ok(&mut r, append("S", "a", 7, 7, None)), appended(7, 7, false));
+        assert_eq!(
+            ok(&mut r, append("S", "a", 5, 5, None)),
+            appended(5, 6, true)
+        );
+        assert_eq!(
+            ok(&mut r, append("S", "a", 7, 7, None)),
+            appended(7, 7, false)
+        );
     }
 
     #[test]

@@ -42,7 +42,12 @@ pub struct Producers {
 impl Producers {
     pub fn new(window: usize, cap: usize) -> Self {
         assert!(window >= 1 && cap >= 1);
-        Self { by_id: HashMap::new(), recency: BTreeMap::new(), window, cap }
+        Self {
+            by_id: HashMap::new(),
+            recency: BTreeMap::new(),
+            window,
+            cap,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +63,10 @@ impl Producers {
             return if producer_seq == 1 {
                 ProducerCheck::Fresh
             } else {
-                ProducerCheck::SeqConflict { expected: 1, got: producer_seq }
+                ProducerCheck::SeqConflict {
+                    expected: 1,
+                    got: producer_seq,
+                }
             };
         };
         let expected = last.producer_seq + 1;
@@ -68,7 +76,10 @@ impl Producers {
         match self.find(producer_id, producer_seq) {
             Some(entry) if &entry.fingerprint == fp => ProducerCheck::Duplicate { seq: entry.seq },
             Some(_) => ProducerCheck::ReplayConflict,
-            None => ProducerCheck::SeqConflict { expected, got: producer_seq },
+            None => ProducerCheck::SeqConflict {
+                expected,
+                got: producer_seq,
+            },
         }
     }
 
@@ -98,7 +109,9 @@ impl Producers {
 
     fn evict_over_cap(&mut self) {
         while self.by_id.len() > self.cap {
-            let Some((_, oldest)) = self.recency.pop_first() else { break };
+            let Some((_, oldest)) = self.recency.pop_first() else {
+                break;
+            };
             self.by_id.remove(&oldest);
         }
     }
@@ -109,7 +122,10 @@ impl Producers {
             .values()
             .filter_map(|id| {
                 let p = self.by_id.get(id)?;
-                Some(ProducerSnapshot { id: id.clone(), window: p.window.iter().copied().collect() })
+                Some(ProducerSnapshot {
+                    id: id.clone(),
+                    window: p.window.iter().copied().collect(),
+                })
             })
             .collect()
     }
@@ -117,7 +133,9 @@ impl Producers {
     pub fn restore(snaps: Vec<ProducerSnapshot>, window: usize, cap: usize) -> Self {
         let mut producers = Self::new(window, cap);
         for snap in snaps {
-            let Some(last) = snap.window.last().copied() else { continue };
+            let Some(last) = snap.window.last().copied() else {
+                continue;
+            };
             let mut deque: VecDeque<ProducerEntry> = snap.window.into_iter().collect();
             while deque.len() > window {
                 deque.pop_front();
@@ -135,14 +153,24 @@ mod tests {
     use super::*;
 
     fn entry(producer_seq: u64, seq: u64, fp: u8) -> ProducerEntry {
-        ProducerEntry { producer_seq, seq, fingerprint: [fp; 16] }
+        ProducerEntry {
+            producer_seq,
+            seq,
+            fingerprint: [fp; 16],
+        }
     }
 
     #[test]
     fn unknown_producer_must_start_at_one() {
         let p = Producers::new(4, 10);
         assert_eq!(p.check("a", 1, &[0; 16]), ProducerCheck::Fresh);
-        assert_eq!(p.check("a", 2, &[0; 16]), ProducerCheck::SeqConflict { expected: 1, got: 2 });
+        assert_eq!(
+            p.check("a", 2, &[0; 16]),
+            ProducerCheck::SeqConflict {
+                expected: 1,
+                got: 2
+            }
+        );
     }
 
     #[test]
@@ -152,13 +180,37 @@ mod tests {
             p.record("a", entry(i, i * 10, i as u8));
         }
         assert_eq!(p.check("a", 6, &[0; 16]), ProducerCheck::Fresh);
-        assert_eq!(p.check("a", 5, &[5; 16]), ProducerCheck::Duplicate { seq: 50 });
-        assert_eq!(p.check("a", 3, &[3; 16]), ProducerCheck::Duplicate { seq: 30 });
+        assert_eq!(
+            p.check("a", 5, &[5; 16]),
+            ProducerCheck::Duplicate { seq: 50 }
+        );
+        assert_eq!(
+            p.check("a", 3, &[3; 16]),
+            ProducerCheck::Duplicate { seq: 30 }
+        );
         assert_eq!(p.check("a", 3, &[9; 16]), ProducerCheck::ReplayConflict);
         // Seq 2 fell out of the 3-entry window.
-        assert_eq!(p.check("a", 2, &[2; 16]), ProducerCheck::SeqConflict { expected: 6, got: 2 });
-        assert_eq!(p.check("a", 8, &[0; 16]), ProducerCheck::SeqConflict { expected: 6, got: 8 });
-        assert_eq!(p.check("a", 0, &[0; 16]), ProducerCheck::SeqConflict { expected: 6, got: 0 });
+        assert_eq!(
+            p.check("a", 2, &[2; 16]),
+            ProducerCheck::SeqConflict {
+                expected: 6,
+                got: 2
+            }
+        );
+        assert_eq!(
+            p.check("a", 8, &[0; 16]),
+            ProducerCheck::SeqConflict {
+                expected: 6,
+                got: 8
+            }
+        );
+        assert_eq!(
+            p.check("a", 0, &[0; 16]),
+            ProducerCheck::SeqConflict {
+                expected: 6,
+                got: 0
+            }
+        );
     }
 
     #[test]
@@ -169,7 +221,13 @@ mod tests {
         p.record("a", entry(2, 3, 0));
         p.record("c", entry(1, 4, 0)); // evicts b (latest append at seq 2)
         assert_eq!(p.len(), 2);
-        assert_eq!(p.check("b", 2, &[0; 16]), ProducerCheck::SeqConflict { expected: 1, got: 2 });
+        assert_eq!(
+            p.check("b", 2, &[0; 16]),
+            ProducerCheck::SeqConflict {
+                expected: 1,
+                got: 2
+            }
+        );
         assert_eq!(p.check("a", 3, &[0; 16]), ProducerCheck::Fresh);
     }
 
@@ -180,8 +238,15 @@ mod tests {
         p.record("b", entry(1, 2, 2));
         p.record("a", entry(2, 3, 3));
         let mut r = Producers::restore(p.snapshot(), 2, 2);
-        assert_eq!(r.check("a", 1, &[1; 16]), ProducerCheck::Duplicate { seq: 1 });
+        assert_eq!(
+            r.check("a", 1, &[1; 16]),
+            ProducerCheck::Duplicate { seq: 1 }
+        );
         r.record("c", entry(1, 4, 0));
-        assert_eq!(r.check("b", 1, &[2; 16]), ProducerCheck::Fresh, "b was least recent");
+        assert_eq!(
+            r.check("b", 1, &[2; 16]),
+            ProducerCheck::Fresh,
+            "b was least recent"
+        );
     }
 }

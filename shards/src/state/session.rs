@@ -44,7 +44,9 @@ impl Session {
 
     /// Whether every filter `(key, value)` matches a top-level string value.
     pub fn matches(&self, filters: &[(String, String)]) -> bool {
-        filters.iter().all(|(k, v)| matches!(self.metadata.get(k), Some(Value::String(s)) if s == v))
+        filters
+            .iter()
+            .all(|(k, v)| matches!(self.metadata.get(k), Some(Value::String(s)) if s == v))
     }
 }
 
