@@ -42,6 +42,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let topo = Arc::new(Topology::new(&cfg));
     let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
     let auth = cfg.auth.clone().map(crate::auth::AuthService::new);
+    let requests = Arc::new(super::metrics::RequestCounters::default());
     let backend = Arc::new(super::ops_backend::NodeOps {
         control: control.clone(),
         cfg: cfg.clone(),
@@ -66,6 +67,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             topo: topo.clone(),
             control: control.clone(),
             auth: auth.clone(),
+            requests: requests.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -105,6 +107,7 @@ struct CoreContext {
     topo: Arc<Topology>,
     control: Arc<ControlState>,
     auth: Option<Arc<crate::auth::AuthService>>,
+    requests: Arc<super::metrics::RequestCounters>,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -173,6 +176,7 @@ async fn core_main(ctx: CoreContext) {
         next_subscriber: Cell::new(1),
         leader_hints: Default::default(),
         auth: ctx.auth.clone(),
+        requests: ctx.requests.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
     if let Some((transport, listener)) = cluster {

@@ -25,7 +25,8 @@ const BALANCE_EVERY_TICKS: u64 = 20;
 /// Consecutive ticks behind before a synced core reports not-ready.
 const SYNC_FAILURE_TICKS: u32 = 10;
 
-type Waiter = Reply<CommandResult>;
+/// Who waits for a command, and since when (commit latency).
+type Waiter = (Reply<CommandResult>, Instant);
 
 pub struct EngineLoop {
     shard: Shard<Waiter>,
@@ -63,11 +64,7 @@ impl EngineLoop {
         control: Arc<ControlState>,
         cluster: Option<Cluster>,
     ) -> Self {
-        let stats = CoreStats {
-            core: shard.config().core,
-            groups: shard.config().groups.len(),
-            ..Default::default()
-        };
+        let stats = CoreStats::new(shard.config().core, shard.config().groups.len());
         Self {
             shard,
             log,
@@ -210,7 +207,14 @@ impl EngineLoop {
             self.stats.writes += 1;
             self.stats.syncs += u64::from(sync);
             self.stats.write_bytes += buf.len() as u64;
-            match self.log.append(buf, sync).await {
+            let started = Instant::now();
+            let written = self.log.append(buf, sync).await;
+            if sync {
+                self.stats
+                    .fsync_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            match written {
                 Ok(b) => buf = b,
                 Err(e) => fatal_disk_error(self.stats.core, "append", &e),
             }
@@ -218,6 +222,11 @@ impl EngineLoop {
         self.write_buf = buf;
         let out = self.shard.on_durable();
         self.stats.entries_written += out.completions.len() as u64;
+        if !out.completions.is_empty() {
+            self.stats
+                .batch_commands
+                .observe(out.completions.len() as f64);
+        }
         self.dispatch(out);
         if self.shard.wants_new_segment() {
             match self.log.start_segment().await {
@@ -234,7 +243,10 @@ impl EngineLoop {
     }
 
     fn dispatch(&mut self, out: Outputs<Waiter>) {
-        for (waiter, result) in out.completions {
+        for ((waiter, since), result) in out.completions {
+            self.stats
+                .commit_latency
+                .observe(since.elapsed().as_secs_f64());
             // The requester may have timed out and gone; nothing to do then.
             let _ = waiter.send(result);
         }
@@ -297,13 +309,22 @@ impl EngineLoop {
         };
         // A subscriber whose buffer is full is dropped: its socket notices the
         // closed channel and resumes by replay from its cursor (bounded memory).
+        let mut fell_behind = 0;
         subs.retain(|s| {
-            s.tx.try_send(LiveEvent {
+            let event = LiveEvent {
                 seq: n.seq,
                 frame: n.frame.clone(),
-            })
-            .is_ok()
+            };
+            match s.tx.try_send(event) {
+                Ok(()) => true,
+                Err(flume::TrySendError::Full(_)) => {
+                    fell_behind += 1;
+                    false
+                }
+                Err(flume::TrySendError::Disconnected(_)) => false,
+            }
         });
+        self.stats.tail_dropped += fell_behind;
         if subs.is_empty() {
             self.subscribers.remove(&n.session);
         }
@@ -313,7 +334,10 @@ impl EngineLoop {
     fn handle(&mut self, req: CoreRequest) -> bool {
         match req {
             CoreRequest::Propose { proposal, reply } => {
-                if let Err((reply, e)) = self.shard.propose(proposal, reply, now_us()) {
+                if let Err(((reply, _), e)) =
+                    self.shard
+                        .propose(proposal, (reply, Instant::now()), now_us())
+                {
                     let _ = reply.send(Err(e));
                 }
             }
@@ -370,6 +394,8 @@ impl EngineLoop {
                 stats.hot_bytes = self.shard.hot_bytes();
                 stats.pending = self.shard.pending_len();
                 stats.tail_subscribers = self.subscribers.values().map(Vec::len).sum();
+                stats.elections_won = self.shard.elections_won();
+                stats.apply_lag = self.shard.apply_lag();
                 let _ = reply.send(stats);
             }
             CoreRequest::HandOff => {

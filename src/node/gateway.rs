@@ -62,6 +62,8 @@ pub struct Gateway {
     pub leader_hints: RefCell<HashMap<u32, String>>,
     /// JWT verification (None in auth mode `none`).
     pub auth: Option<Arc<AuthService>>,
+    /// Requests by route and status, shared by every core.
+    pub requests: Arc<super::metrics::RequestCounters>,
 }
 
 /// Who is calling, and until when (token `exp`, Unix seconds).
@@ -72,14 +74,36 @@ struct Caller {
 
 impl Handler for Gateway {
     async fn handle(&self, req: Request) -> Reply {
-        match self.route(req).await {
+        let route = route_name(&req);
+        let reply = match self.route(req).await {
             Ok(reply) => reply,
             Err(Failure::Api(e)) => Reply::Http(error_response(&e)),
             Err(Failure::Auth(f)) => Reply::Http(
                 error_response(&f.api_error())
                     .with_header("www-authenticate", f.www_authenticate()),
             ),
-        }
+        };
+        let status = match &reply {
+            Reply::Http(r) => r.status,
+            Reply::WebSocket(_) => 101,
+        };
+        self.requests.count(route, status);
+        reply
+    }
+}
+
+/// The metrics label of a request's route.
+fn route_name(req: &Request) -> &'static str {
+    let p = req.path.as_str();
+    let v1 = p.strip_prefix("/v1/sessions/");
+    match p {
+        "/v1/sessions" if req.method == "POST" => "create",
+        "/v1/sessions" => "list",
+        _ if v1.is_some_and(|r| r.ends_with("/append")) => "append",
+        _ if v1.is_some_and(|r| r.ends_with("/tail")) => "tail",
+        _ if p.starts_with("/health/") => "health",
+        "/metrics" => "metrics",
+        _ => "other",
     }
 }
 
@@ -655,13 +679,7 @@ impl Gateway {
     }
 
     async fn metrics(&self) -> Result<Reply, ApiError> {
-        let mut out = String::new();
-        let mut lines = |name: &str, help: &str, kind: &str, values: &[(u32, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (core, v) in values {
-                out.push_str(&format!("{name}{{core=\"{core}\"}} {v}\n"));
-            }
-        };
+        use super::metrics::{Histogram, BATCH_BUCKETS, LATENCY_BUCKETS};
         let mut stats = Vec::new();
         for core in 0..self.cores.len() as u32 {
             stats.push(
@@ -669,51 +687,104 @@ impl Gateway {
                     .await?,
             );
         }
-        let col = |f: fn(&super::messages::CoreStats) -> u64| {
-            stats.iter().map(|s| (s.core, f(s))).collect::<Vec<_>>()
-        };
-        lines(
+        let mut out = String::new();
+        let mut per_core =
+            |name: &str, help: &str, kind: &str, f: fn(&super::messages::CoreStats) -> u64| {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                for s in &stats {
+                    out.push_str(&format!("{name}{{core=\"{}\"}} {}\n", s.core, f(s)));
+                }
+            };
+        per_core(
             "starcite_log_writes_total",
             "Group-commit log writes.",
             "counter",
-            &col(|s| s.writes),
+            |s| s.writes,
         );
-        lines(
+        per_core(
             "starcite_log_fsyncs_total",
-            "fdatasync calls on the Raft log (writes holding entries, votes or snapshots).",
+            "fdatasync calls on the Raft log.",
             "counter",
-            &col(|s| s.syncs),
+            |s| s.syncs,
         );
-        lines(
+        per_core(
             "starcite_log_write_bytes_total",
             "Bytes appended to the Raft log.",
             "counter",
-            &col(|s| s.write_bytes),
+            |s| s.write_bytes,
         );
-        lines(
+        per_core(
             "starcite_commands_applied_total",
             "Client commands answered after commit.",
             "counter",
-            &col(|s| s.entries_written),
+            |s| s.entries_written,
         );
-        lines(
+        per_core(
             "starcite_hot_tier_bytes",
             "Bytes of unarchived events held in memory.",
             "gauge",
-            &col(|s| s.hot_bytes),
+            |s| s.hot_bytes,
         );
-        lines(
+        per_core(
             "starcite_raft_leaders",
             "Raft groups led by this node.",
             "gauge",
-            &col(|s| s.leaders as u64),
+            |s| s.leaders as u64,
         );
-        lines(
+        per_core(
+            "starcite_raft_elections_won_total",
+            "Times a local replica became leader.",
+            "counter",
+            |s| s.elections_won,
+        );
+        per_core(
+            "starcite_raft_apply_lag_entries",
+            "Committed entries not yet applied (follower lag).",
+            "gauge",
+            |s| s.apply_lag,
+        );
+        per_core(
+            "starcite_pending_commands",
+            "Commands proposed and not yet answered.",
+            "gauge",
+            |s| s.pending as u64,
+        );
+        per_core(
             "starcite_tail_subscribers",
             "Live tail subscriptions.",
             "gauge",
-            &col(|s| s.tail_subscribers as u64),
+            |s| s.tail_subscribers as u64,
         );
+        per_core(
+            "starcite_tail_dropped_to_replay_total",
+            "Tail subscribers that fell behind and resumed by replay.",
+            "counter",
+            |s| s.tail_dropped,
+        );
+        let mut commit = Histogram::new(LATENCY_BUCKETS);
+        let mut fsync = Histogram::new(LATENCY_BUCKETS);
+        let mut batch = Histogram::new(BATCH_BUCKETS);
+        for s in &stats {
+            commit.merge(&s.commit_latency);
+            fsync.merge(&s.fsync_latency);
+            batch.merge(&s.batch_commands);
+        }
+        commit.render(
+            "starcite_commit_latency_seconds",
+            "From proposal to committed and applied, on the owner core.",
+            &mut out,
+        );
+        fsync.render(
+            "starcite_log_fsync_seconds",
+            "Log write plus fdatasync of one group-commit batch.",
+            &mut out,
+        );
+        batch.render(
+            "starcite_log_batch_commands",
+            "Client commands answered per log write (group-commit batch size).",
+            &mut out,
+        );
+        self.requests.render(&mut out);
         let mut response =
             Response::new(200).with_header("content-type", "text/plain; version=0.0.4");
         response.body = Bytes::from(out);

@@ -70,7 +70,7 @@ pub enum CoreRequest {
     Shutdown,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CoreStats {
     pub core: u32,
     pub groups: usize,
@@ -82,4 +82,36 @@ pub struct CoreStats {
     pub entries_written: u64,
     pub write_bytes: u64,
     pub tail_subscribers: usize,
+    /// Subscribers dropped back to replay for falling behind.
+    pub tail_dropped: u64,
+    pub elections_won: u64,
+    /// Committed but not yet applied entries, summed over groups.
+    pub apply_lag: u64,
+    pub commit_latency: super::metrics::Histogram,
+    pub fsync_latency: super::metrics::Histogram,
+    pub batch_commands: super::metrics::Histogram,
+}
+
+impl CoreStats {
+    pub fn new(core: u32, groups: usize) -> Self {
+        use super::metrics::{Histogram, BATCH_BUCKETS, LATENCY_BUCKETS};
+        CoreStats {
+            core,
+            groups,
+            leaders: 0,
+            hot_bytes: 0,
+            pending: 0,
+            writes: 0,
+            syncs: 0,
+            entries_written: 0,
+            write_bytes: 0,
+            tail_subscribers: 0,
+            tail_dropped: 0,
+            elections_won: 0,
+            apply_lag: 0,
+            commit_latency: Histogram::new(LATENCY_BUCKETS),
+            fsync_latency: Histogram::new(LATENCY_BUCKETS),
+            batch_commands: Histogram::new(BATCH_BUCKETS),
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod engine_loop;
 pub mod gateway;
 pub mod heartbeats;
 pub mod messages;
+pub mod metrics;
 pub mod ops_backend;
 pub mod peer_inbound;
 pub mod peer_rpc;
