@@ -293,18 +293,31 @@ impl Gateway {
     async fn command(&self, session: &str, proposal: Proposal) -> Result<Outcome, ApiError> {
         let group = self.topo.group(session);
         let deadline = Instant::now() + ROUTE_DEADLINE;
+        // Fast path, no control-plane lookups: the cached leader, else the
+        // local replica.
+        let hint = self.leader_hints.borrow().get(&group).cloned();
+        let preferred = hint.or_else(|| self.topo.replicates(group).then(|| self.topo.me.clone()));
+        // Whether any replica named a leader: if none ever did, the group has
+        // no quorum reachable from here (`raft_unavailable`), else it is slow.
+        let mut leader_seen = false;
+        let mut redirect = None;
+        if let Some(target) = preferred {
+            match self.attempt(group, &target, &proposal).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Redirect(leader) => {
+                    leader_seen |= leader.is_some();
+                    redirect = leader;
+                }
+            }
+        }
         let mut candidates = routing_candidates(&self.control, self.topo.replicas(group));
         if self.topo.replicates(group) {
             candidates.retain(|n| *n != self.topo.me);
             candidates.insert(0, self.topo.me.clone());
         }
-        let hint = self.leader_hints.borrow().get(&group).cloned();
-        let Some(mut route) = Route::new(candidates, hint) else {
+        let Some(mut route) = Route::new(candidates, redirect) else {
             return Err(ApiError::raft_unavailable());
         };
-        // Whether any replica named a leader: if none ever did, the group has
-        // no quorum reachable from here (`raft_unavailable`), else it is slow.
-        let mut leader_seen = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(if leader_seen {
@@ -314,47 +327,65 @@ impl Gateway {
                 });
             }
             let target = route.target().clone();
-            let answer = if target == self.topo.me {
-                Some(self.local_propose(proposal.clone()).await?)
-            } else {
-                match self
-                    .peer_call(
-                        &target,
-                        &PeerRequest::Propose {
-                            proposal: proposal.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(PeerResponse::Command(r)) => Some(r),
-                    Err(Delivery::NotSent) => None,
-                    // It may have been proposed: a retry here could turn a
-                    // create into 409 or an append into a dedupe. Let the
-                    // client retry with the identical body (§6.7).
-                    Ok(_) | Err(Delivery::Unknown) => return Err(ApiError::raft_timeout()),
-                }
-            };
-            let step = match answer {
-                Some(Ok(outcome)) => {
-                    self.leader_hints.borrow_mut().insert(group, target);
-                    return Ok(outcome);
-                }
-                Some(Err(EngineError::NotLeader { leader })) => {
-                    let leader = leader
-                        .and_then(|id| self.topo.node_of(id))
-                        .map(str::to_owned);
+            let step = match self.attempt(group, &target, &proposal).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Redirect(leader) => {
                     leader_seen |= leader.is_some();
-                    if leader.is_none() {
-                        self.leader_hints.borrow_mut().remove(&group);
-                    }
                     route.redirect(leader)
                 }
-                None => route.redirect(None),
-                Some(Err(e)) => return Err(engine_error(e)),
             };
             if step == Step::Backoff {
                 monoio::time::sleep(NO_LEADER_BACKOFF).await;
             }
+        }
+    }
+
+    /// Sends a command to one node. A redirect means it was provably not
+    /// proposed there (NotLeader, or the request never left); anything of
+    /// unknown fate ends the route with 503 (the client retries, §6.7).
+    async fn attempt(
+        &self,
+        group: u32,
+        target: &str,
+        proposal: &Proposal,
+    ) -> Result<Attempt, ApiError> {
+        let answer = if target == self.topo.me {
+            Some(self.local_propose(proposal.clone()).await?)
+        } else {
+            match self
+                .peer_call(
+                    target,
+                    &PeerRequest::Propose {
+                        proposal: proposal.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(PeerResponse::Command(r)) => Some(r),
+                Err(Delivery::NotSent) => None,
+                Ok(_) | Err(Delivery::Unknown) => return Err(ApiError::raft_timeout()),
+            }
+        };
+        match answer {
+            Some(Ok(outcome)) => {
+                if self.leader_hints.borrow().get(&group).map(String::as_str) != Some(target) {
+                    self.leader_hints
+                        .borrow_mut()
+                        .insert(group, target.to_owned());
+                }
+                Ok(Attempt::Done(outcome))
+            }
+            Some(Err(EngineError::NotLeader { leader })) => {
+                let leader = leader
+                    .and_then(|id| self.topo.node_of(id))
+                    .map(str::to_owned);
+                if leader.is_none() {
+                    self.leader_hints.borrow_mut().remove(&group);
+                }
+                Ok(Attempt::Redirect(leader))
+            }
+            None => Ok(Attempt::Redirect(None)),
+            Some(Err(e)) => Err(engine_error(e)),
         }
     }
 
@@ -790,6 +821,13 @@ impl Gateway {
         response.body = Bytes::from(out);
         Ok(Reply::Http(response))
     }
+}
+
+/// One routing attempt's result.
+enum Attempt {
+    Done(Outcome),
+    /// Not proposed there; the leader it named, if any.
+    Redirect(Option<String>),
 }
 
 /// What became of a request to a peer that got no answer.
