@@ -27,7 +27,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -46,6 +46,9 @@ const SLOWLORIS_GIVE_UP: Duration = Duration::from_secs(16);
 const OVERSIZED_REQUESTS: usize = 50;
 const GARBAGE_CONNS: usize = 200;
 const GARBAGE_THREADS: usize = 4;
+/// Of the garbage connections, this many send an unterminated garbage head
+/// and then wait: nothing to parse yet, so only the head timeout ends them.
+const GARBAGE_UNTERMINATED: usize = 8;
 /// Every hostile read is bounded by this.
 const HOSTILE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,7 +57,11 @@ const IDLE_HOLD: Duration = Duration::from_secs(10);
 
 const FLOOD_EVENTS: u64 = 5_000;
 const FLOOD_WRITERS: u64 = 4;
-const FLOOD_PAD: usize = 1_024;
+const FLOOD_PAD: usize = 2_048;
+/// SO_RCVBUF of the non-reading tail (set before connect).
+const NON_READER_RCVBUF: libc::c_int = 4096;
+/// How long after the flood starts the non-reader keeps not reading.
+const NON_READER_HOLD: Duration = Duration::from_secs(13);
 
 const GOOD_INTERVAL: Duration = Duration::from_millis(10);
 const GOOD_P99_LIMIT: Duration = Duration::from_millis(500);
@@ -93,7 +100,7 @@ fn nofile_soft_limit() -> u64 {
     // SAFETY: getrlimit only writes into the struct we pass.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
     assert_eq!(rc, 0, "getrlimit(RLIMIT_NOFILE)");
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// Percentile (0..=100) of an unsorted sample, in microseconds.
@@ -204,7 +211,7 @@ where
 fn phase_slowloris(port: u16, r: &mut Report) {
     // Never completes a head: a request line, then one endless header value.
     let mut script = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slowloris: ".to_vec();
-    script.extend(std::iter::repeat(b'a').take(256));
+    script.extend_from_slice(&[b'a'; 256]);
     struct C {
         s: TcpStream,
         opened: Instant,
@@ -446,7 +453,7 @@ fn garbage(kind: Garbage, rng: &mut Rng) -> (Vec<u8>, &'static [u16]) {
         ),
         Garbage::HugeHeader => {
             let mut v = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ".to_vec();
-            v.extend(std::iter::repeat(b'a').take(20 * 1024));
+            v.extend_from_slice(&[b'a'; 20 * 1024]);
             v.extend_from_slice(b"\r\n\r\n");
             (v, &[431])
         }
@@ -479,8 +486,50 @@ fn garbage(kind: Garbage, rng: &mut Rng) -> (Vec<u8>, &'static [u16]) {
     }
 }
 
+/// Garbage without an end-of-head marker and without FIN: the server cannot
+/// see a complete head, so the 10 s head timeout must close it (bounded).
+/// Returns each connection's time to close.
+fn garbage_unterminated(port: u16, n: usize) -> Result<Vec<Duration>, String> {
+    let mut rng = Rng(0xbad_c0de);
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut s = connect(port, HOSTILE_READ_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        let n = rng.range(64, 2048);
+        let bytes: Vec<u8> = rng
+            .bytes(n)
+            .into_iter()
+            .map(|b| if b == b'\n' { b'x' } else { b })
+            .collect();
+        let _ = s.write_all(&bytes);
+        conns.push((s, Instant::now()));
+    }
+    let mut out = Vec::new();
+    for (mut s, sent) in conns {
+        let deadline = sent + SLOWLORIS_CLOSE_BY;
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "unterminated garbage head still open after {SLOWLORIS_CLOSE_BY:?}"
+                ));
+            }
+            let _ = s.set_read_timeout(Some(left));
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue, // an error answer is fine too; wait for the close
+                Err(e) if is_timeout(&e) => continue,
+                Err(_) => break,
+            }
+        }
+        out.push(sent.elapsed());
+    }
+    Ok(out)
+}
+
 fn phase_garbage(port: u16, r: &mut Report) {
-    let per_thread = GARBAGE_CONNS / GARBAGE_THREADS;
+    let unterminated = thread::spawn(move || garbage_unterminated(port, GARBAGE_UNTERMINATED));
+    let per_thread = (GARBAGE_CONNS - GARBAGE_UNTERMINATED) / GARBAGE_THREADS;
     let workers: Vec<_> = (0..GARBAGE_THREADS)
         .map(|w| {
             thread::spawn(move || {
@@ -526,10 +575,26 @@ fn phase_garbage(port: u16, r: &mut Report) {
         }
     }
     r.info(format!(
-        "{GARBAGE_CONNS} garbage connections: {answered} answered, {closed_silently} closed \
+        "{} garbage connections: {answered} answered, {closed_silently} closed \
          without an answer, slowest {:.2}s; outcomes {by_status:?}",
+        per_thread * GARBAGE_THREADS,
         worst.as_secs_f64()
     ));
+    match unterminated.join() {
+        Ok(Ok(times)) => {
+            let lo = times.iter().min().copied().unwrap_or_default();
+            let hi = times.iter().max().copied().unwrap_or_default();
+            r.info(format!(
+                "{} unterminated garbage heads (no end-of-head, no FIN) closed after \
+                 {:.1}–{:.1}s (head timeout)",
+                times.len(),
+                lo.as_secs_f64(),
+                hi.as_secs_f64()
+            ));
+        }
+        Ok(Err(e)) => r.fail(e),
+        Err(_) => r.fail("unterminated-garbage thread panicked".into()),
+    }
 }
 
 /// Sends one garbage request; Ok(Some(status)) for an accepted answer (the
@@ -761,7 +826,7 @@ fn phase_json(port: u16, r: &mut Report) {
     // Huge numbers inside the (opaque) payload are valid JSON and are kept
     // verbatim (arbitrary precision): accepted and rendered back exactly.
     let huge_payload = [
-        format!("{big}"),
+        big.clone(),
         format!("-{big}.{big}e-999999999"),
         "1e999999999".to_string(),
     ];
@@ -813,11 +878,18 @@ fn phase_json(port: u16, r: &mut Report) {
     }
     for (e, n) in evs.iter().zip(huge_payload.iter()) {
         let got = e["payload"]["n"].to_string();
+        // Compared in serde_json's canonical spelling: the server (like this
+        // client) writes exponents as `e+N` ("1e999999999" → "1e+999999999").
+        let n = &serde_json::from_str::<Value>(n)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| n.clone());
         if got != *n {
             r.fail(format!(
-                "huge payload number not kept verbatim: sent {} chars, read back {} chars",
+                "huge payload number not kept verbatim: sent {} chars ({}…), read back {} chars ({}…)",
                 n.len(),
-                got.len()
+                &n[..n.len().min(16)],
+                got.len(),
+                &got[..got.len().min(16)]
             ));
         }
     }
@@ -834,27 +906,20 @@ fn phase_json(port: u16, r: &mut Report) {
 // ---------------------------------------------------------------------------
 
 fn phase_flood(port: u16, r: &mut Report) {
-    // The non-reader: a tail on the flood session that we do not read from.
-    let mut stuck = Tail::connect(port, FLOOD, "cursor=0");
-    {
-        // Small receive window so the server's writes block quickly instead of
-        // everything disappearing into kernel buffers.
-        let fd = stuck.ws.get_ref().as_raw_fd();
-        let sz: libc::c_int = 4096;
-        // SAFETY: plain setsockopt on a socket we own.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &sz as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+    // The non-reader: a tail on the flood session that we do not read from,
+    // with a small receive buffer (set before connect) so the server's writes
+    // block early instead of everything vanishing into kernel buffers.
+    let mut stuck = match tail_with_small_rcvbuf(port, FLOOD, NON_READER_RCVBUF) {
+        Ok(t) => t,
+        Err(e) => {
+            r.fail(format!("non-reading tail: {e}"));
+            return;
         }
-    }
+    };
+    let flood_start = Instant::now();
     let pad = "p".repeat(FLOOD_PAD);
     let per_writer = FLOOD_EVENTS / FLOOD_WRITERS;
-    let t = Instant::now();
+    let t = flood_start;
     let writers: Vec<_> = (0..FLOOD_WRITERS)
         .map(|w| {
             let pad = pad.clone();
@@ -896,9 +961,26 @@ fn phase_flood(port: u16, r: &mut Report) {
          did not read",
         t.elapsed().as_secs_f64()
     ));
+    // 5,000 events cannot fit the kernel buffers plus the 1,024-event
+    // subscription buffer: the server must have dropped the subscriber back
+    // to replay (docs/metrics.md) rather than queue for it.
+    match metric_sum(port, "starcite_tail_dropped_to_replay_total") {
+        Ok(n) if n >= 1.0 => r.info(format!(
+            "starcite_tail_dropped_to_replay_total = {n} after the flood"
+        )),
+        Ok(n) => r.fail(format!(
+            "starcite_tail_dropped_to_replay_total = {n}: the non-reading tail was not \
+             dropped back to replay"
+        )),
+        Err(e) => r.fail(format!("metrics: {e}")),
+    }
+    // Keep not reading past the server's 10 s socket-write timeout.
+    let hold_until = flood_start + NON_READER_HOLD;
+    thread::sleep(hold_until.saturating_duration_since(Instant::now()));
     // Now read the stuck socket: whatever it delivers must be a gap-free,
     // duplicate-free prefix from seq 1 (the server either resumed it by
-    // replay or closed it); it must never have been fed out of order.
+    // replay or closed it); it must never have been fed out of order. A
+    // socket that is neither closed nor fed is a leak.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut got: Vec<u64> = Vec::new();
     let mut outcome = String::from("still open, read everything");
@@ -939,8 +1021,17 @@ fn phase_flood(port: u16, r: &mut Report) {
             &got[bad..(bad + 5).min(got.len())]
         ));
     }
+    if outcome.starts_with("open but silent") || outcome.contains("deadline") {
+        r.fail(format!(
+            "non-reading tail after {NON_READER_HOLD:?}: {} of {appended} events delivered, \
+             then {outcome} (neither resumed nor closed)",
+            got.len()
+        ));
+    }
     r.info(format!(
-        "non-reading tail afterwards: {} of {appended} events delivered in order, {outcome}",
+        "non-reading tail held {:.1}s, then read: {} of {appended} events delivered in order, \
+         {outcome}",
+        NON_READER_HOLD.as_secs_f64(),
         got.len()
     ));
     drop(stuck);
@@ -951,6 +1042,90 @@ fn phase_flood(port: u16, r: &mut Report) {
             "fresh tail on {FLOOD}: expected 1..={appended}, got {} events",
             evs.len()
         ));
+    }
+}
+
+/// Sum of all samples of one metric family in /metrics.
+fn metric_sum(port: u16, name: &str) -> Result<f64, String> {
+    let raw = build_request("GET", "/metrics", &[], None);
+    let resp = try_request(port, &raw, false, HOSTILE_READ_TIMEOUT).map_err(|e| e.to_string())?;
+    if resp.status != 200 {
+        return Err(format!("/metrics answered {}", resp.status));
+    }
+    let text = resp.text();
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            found = true;
+            sum += v;
+        }
+    }
+    if found {
+        Ok(sum)
+    } else {
+        Err(format!("{name} not in /metrics"))
+    }
+}
+
+/// A tail whose socket got `SO_RCVBUF = rcvbuf` before connect (setting it
+/// after the handshake leaves a window-scale mismatch that stalls the
+/// connection on the client side, which is not what this test is about).
+fn tail_with_small_rcvbuf(port: u16, session: &str, rcvbuf: libc::c_int) -> Result<Tail, String> {
+    // SAFETY: plain socket calls on a descriptor we create and then hand to
+    // TcpStream, which owns (and closes) it.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            return Err(format!("connect: {}", std::io::Error::last_os_error()));
+        }
+        stream
+    };
+    stream
+        .set_read_timeout(Some(HOSTILE_READ_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(HOSTILE_READ_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let url = tail_url(port, session, "cursor=0");
+    let cfg = tungstenite::protocol::WebSocketConfig {
+        max_message_size: None,
+        max_frame_size: None,
+        ..Default::default()
+    };
+    match tungstenite::client::client_with_config(url.as_str(), stream, Some(cfg)) {
+        Ok((ws, _)) => Ok(Tail { ws, closed: None }),
+        Err(e) => Err(format!("handshake: {e}")),
     }
 }
 

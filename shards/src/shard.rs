@@ -160,6 +160,8 @@ pub struct Shard<W> {
     pub(crate) pending_pins: Vec<(u32, u64)>,
     /// Whether the batch being written must be fsynced (see `batch_needs_sync`).
     needs_sync: bool,
+    /// Times a local replica became leader (metrics).
+    elections_won: u64,
 }
 
 impl<W> Shard<W> {
@@ -183,6 +185,7 @@ impl<W> Shard<W> {
             pins: BTreeMap::new(),
             pending_pins: Vec::new(),
             needs_sync: false,
+            elections_won: 0,
             cfg,
         };
         if shard.segment_sizes.is_empty() {
@@ -478,6 +481,9 @@ impl<W> Shard<W> {
             out.messages
                 .extend(rd.take_messages().into_iter().map(|m| (gid, m)));
             if let Some(ss) = rd.ss() {
+                if ss.raft_state == StateRole::Leader {
+                    self.elections_won += 1;
+                }
                 if ss.raft_state != StateRole::Leader {
                     fail_pending_of(&mut self.pending, &mut self.reserved_bytes, gid, &mut out);
                 }
@@ -620,6 +626,18 @@ impl<W> Shard<W> {
                 }
             }
         }
+    }
+
+    pub fn elections_won(&self) -> u64 {
+        self.elections_won
+    }
+
+    /// Committed entries not yet applied, summed over the local groups.
+    pub fn apply_lag(&self) -> u64 {
+        self.groups
+            .values()
+            .map(|g| g.node.raft.raft_log.committed.saturating_sub(g.applied))
+            .sum()
     }
 
     /// The local groups' ids.
