@@ -33,7 +33,8 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Appends `v` as compact JSON, members in stored order, numbers as originally written.
+/// Appends `v` as compact JSON, members in stored order, numbers with their digits
+/// kept (exponents are normalised by serde_json, e.g. `1E5` → `1e+5`).
 pub fn push_json_value(out: &mut String, v: &Value) {
     // Writing a `Value` into a `String` cannot fail: `Value` keys are strings and
     // `String` never refuses bytes.
