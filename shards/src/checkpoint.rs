@@ -116,7 +116,7 @@ impl<W> Shard<W> {
             buf,
         );
         if !tail.is_empty() {
-            crate::shard::push_entries_pub(gid, &tail, buf);
+            crate::shard::push_entries(gid, &tail, buf);
         }
         group
             .node

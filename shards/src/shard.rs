@@ -859,7 +859,7 @@ fn fail_pending_of<W>(
     }
 }
 
-fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
+pub(crate) fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
     let entries = entries
         .iter()
         .map(|e| EntryRecord {
@@ -901,8 +901,4 @@ fn list_row(s: &Session) -> ListRow {
         created_at_us: s.created_at_us,
         updated_at_us: s.updated_at_us,
     }
-}
-
-pub(crate) fn push_entries_pub(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
-    push_entries(gid, entries, buf);
 }
