@@ -1,3 +1,4 @@
 pub mod log;
 pub mod peer;
+pub mod proto;
 pub mod record;
