@@ -22,6 +22,9 @@ pub enum Profile {
 pub struct Config {
     pub node_name: String,
     pub port: u16,
+    /// `STARCITE_WIRE_PORT`: the binary client protocol (docs/wire-protocol.md);
+    /// 0 disables it.
+    pub wire_port: u16,
     pub data_dir: PathBuf,
     pub cores: u32,
     pub num_groups: u32,
@@ -90,6 +93,7 @@ impl Config {
         let node_name =
             non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
         let port = int(env, "PORT", 4000u64, 1, u64::from(u16::MAX))? as u16;
+        let wire_port = int(env, "STARCITE_WIRE_PORT", 4001u64, 0, u64::from(u16::MAX))? as u16;
         let data_dir = non_blank(env, "STARCITE_RAFT_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(if dev { "./starcite-data" } else { "priv/raft" }));
@@ -145,6 +149,7 @@ impl Config {
         Ok(Config {
             node_name,
             port,
+            wire_port,
             data_dir,
             cores,
             num_groups,
@@ -339,6 +344,7 @@ mod tests {
     fn dev_defaults() {
         let c = Config::from_env(Profile::Dev, &[("STARCITE_CORES", "2")]).unwrap();
         assert_eq!(c.port, 4000);
+        assert_eq!(c.wire_port, 4001);
         assert_eq!(c.data_dir, PathBuf::from("./starcite-data"));
         assert_eq!(c.num_groups, 256);
         assert_eq!(c.cores, 2);

@@ -8,3 +8,4 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod ops;
+pub mod wire_server;

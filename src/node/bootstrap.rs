@@ -23,7 +23,7 @@ use super::shutdown::Shutdown;
 use super::topology::Topology;
 use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
 use crate::config::{node_socket_addr, Config};
-use crate::http::{bind_reuseport, serve, Limits};
+use crate::http::{bind_reuseport, serve_with, Limits, NodeConnections, ServeOptions};
 
 /// Gossip (node status, readiness, drain marks) interval.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(1_000);
@@ -53,6 +53,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
+    let serve_opts = ServeOptions {
+        tls: crate::tls::Acceptor::from_config(cfg.tls.as_ref())?,
+        node: Arc::new(NodeConnections::new(
+            cfg.conn_limits.max_connections_per_ip,
+            cfg.conn_limits.max_tail_sockets,
+        )),
+    };
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -68,6 +75,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             control: control.clone(),
             auth: auth.clone(),
             requests: requests.clone(),
+            serve_opts: serve_opts.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -85,7 +93,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a core thread died during start-up".to_owned()),
         }
     }
-    tracing::info!(port = cfg.port, cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
+    tracing::info!(port = cfg.port, tls = cfg.tls.is_some(), cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
     wait_for_signal()?;
     tracing::info!("shutting down: closing listeners and tails, finishing in-flight requests");
     for stop in &stops {
@@ -108,6 +116,8 @@ struct CoreContext {
     control: Arc<ControlState>,
     auth: Option<Arc<crate::auth::AuthService>>,
     requests: Arc<super::metrics::RequestCounters>,
+    /// TLS acceptor and node-wide connection caps, shared by every core.
+    serve_opts: ServeOptions,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -154,9 +164,15 @@ async fn core_main(ctx: CoreContext) {
         let listener = bind_reuseport(addr)
             .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], ctx.cfg.port))))
             .map_err(|e| format!("core {core}: cannot listen on port {}: {e}", ctx.cfg.port))?;
-        Ok((engine, listener, cluster))
+        let wire = match ctx.cfg.wire_port {
+            0 => None,
+            port => Some(crate::wire_server::bind(port).map_err(|e| {
+                format!("core {core}: cannot listen on STARCITE_WIRE_PORT {port}: {e}")
+            })?),
+        };
+        Ok((engine, listener, cluster, wire))
     });
-    let (engine, listener, cluster) = match started {
+    let (engine, listener, cluster, wire) = match started {
         Ok(v) => v,
         Err(e) => {
             let _ = ctx.boot.send(Err(e));
@@ -179,6 +195,15 @@ async fn core_main(ctx: CoreContext) {
         requests: ctx.requests.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
+    let wire_task = wire.map(|listener| {
+        let limits = Rc::new(crate::wire_server::WireLimits::default());
+        monoio::spawn(crate::wire_server::serve(
+            listener,
+            gateway.clone(),
+            limits,
+            shutdown.wait(),
+        ))
+    });
     if let Some((transport, listener)) = cluster {
         transport.start(shutdown.wait());
         let serving = transport.clone();
@@ -202,13 +227,17 @@ async fn core_main(ctx: CoreContext) {
         // Leadership moves during the grace period, so peers need no election.
         let _ = own_inbox.send_async(CoreRequest::HandOff).await;
     });
-    serve(
+    serve_with(
         listener,
         gateway,
         Rc::new(Limits::default()),
+        ctx.serve_opts.clone(),
         shutdown.wait(),
     )
     .await;
+    if let Some(task) = wire_task {
+        task.await;
+    }
     // Listeners are closed and tails told to go away; let in-flight work finish.
     monoio::time::sleep(SHUTDOWN_GRACE).await;
     let _ = ctx.senders[core as usize]

@@ -215,10 +215,21 @@ impl Gateway {
     }
 
     async fn create(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
+        let (_, body) = self.create_session(auth, parse_body(&req.body)).await?;
+        json(201, body)
+    }
+
+    /// A create from a parsed body (HTTP and the binary protocol): the new
+    /// session's id and its 201 body.
+    pub async fn create_session(
+        &self,
+        auth: &AuthContext,
+        body: Result<serde_json::Value, ApiError>,
+    ) -> Result<(String, String), ApiError> {
         if !auth.allows("session:create") {
             return Err(ApiError::forbidden_scope());
         }
-        let body = parse_body(&req.body)?;
+        let body = body?;
         let input = validate_create(&body, auth)?;
         let id = input.id.clone().unwrap_or_else(generate_session_id);
         let metadata_json = serde_json::Value::Object(input.metadata.clone()).to_string();
@@ -245,7 +256,7 @@ impl Gateway {
             created_at_us,
             updated_at_us: created_at_us,
         };
-        json(201, render_session_created(&view))
+        Ok((id.clone(), render_session_created(&view)))
     }
 
     /// Proposes on this node's replica of the session's group.
@@ -395,6 +406,18 @@ impl Gateway {
         auth: &AuthContext,
         id: String,
     ) -> Result<Reply, ApiError> {
+        let (seq, last_seq, deduped) = self.append_body(auth, id, parse_body(&req.body)).await?;
+        json(201, render_append_result(seq, last_seq, deduped))
+    }
+
+    /// An append from a parsed body (HTTP and the binary protocol):
+    /// `(seq, last_seq, deduped)`. Checks in the contract's order (§3).
+    pub async fn append_body(
+        &self,
+        auth: &AuthContext,
+        id: String,
+        body: Result<serde_json::Value, ApiError>,
+    ) -> Result<(u64, u64, bool), ApiError> {
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
         }
@@ -410,7 +433,7 @@ impl Gateway {
         }
         // Validate first so the happy path is one hop; a client error is only
         // reported once the session is known to exist (404 precedes 400, §3).
-        let validated = parse_body(&req.body).and_then(|body| validate_append(&body, auth));
+        let validated = body.and_then(|body| validate_append(&body, auth));
         let input = match validated {
             Ok(input) => input,
             Err(e) => {
@@ -433,9 +456,16 @@ impl Gateway {
                 seq,
                 last_seq,
                 deduped,
-            } => json(201, render_append_result(seq, last_seq, deduped)),
+            } => Ok((seq, last_seq, deduped)),
             _ => Err(ApiError::internal_error()),
         }
+    }
+
+    /// The node that last answered a command for the session's group (the
+    /// leader, as far as this core knows).
+    pub fn leader_node(&self, session: &str) -> Option<String> {
+        let group = self.topo.group(session);
+        self.leader_hints.borrow().get(&group).cloned()
     }
 
     pub async fn local_info(&self, id: &str) -> Result<Option<SessionInfo>, ApiError> {
@@ -596,6 +626,30 @@ impl Gateway {
         }
         let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
         let params = tail_params(&query)?;
+        let (source, subscriber_id) = self.tail_source(auth, &id).await?;
+        let spec = TailSpec {
+            session: id.clone(),
+            cursor: params.cursor,
+            batch_size: params.batch_size as usize,
+            source,
+            subscriber_id,
+            shutdown: self.shutdown.clone(),
+            expires_at: caller.expires_at,
+        };
+        Ok(Reply::WebSocket(Box::new(move |ws| {
+            Box::pin(run_tail(ws, spec))
+        })))
+    }
+
+    /// The authorization checks of a tail (§3 order) and where its events
+    /// come from, with a fresh subscriber id (HTTP tails and binary
+    /// subscriptions).
+    pub async fn tail_source(
+        &self,
+        auth: &AuthContext,
+        id: &str,
+    ) -> Result<(TailSource, u64), ApiError> {
+        let id = id.to_owned();
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
         }
@@ -623,18 +677,7 @@ impl Gateway {
                 None => return Err(ApiError::raft_unavailable()),
             }
         };
-        let spec = TailSpec {
-            session: id.clone(),
-            cursor: params.cursor,
-            batch_size: params.batch_size as usize,
-            source,
-            subscriber_id: (u64::from(self.core) << 48) | sub_id,
-            shutdown: self.shutdown.clone(),
-            expires_at: caller.expires_at,
-        };
-        Ok(Reply::WebSocket(Box::new(move |ws| {
-            Box::pin(run_tail(ws, spec))
-        })))
+        Ok((source, (u64::from(self.core) << 48) | sub_id))
     }
 
     /// Readiness per contract §5.5.

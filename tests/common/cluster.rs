@@ -71,6 +71,8 @@ pub struct NodeProc {
     pub id: String,
     pub writer: bool,
     pub http_port: u16,
+    /// The binary protocol port (`STARCITE_WIRE_PORT`), one per node.
+    pub wire_port: u16,
     /// The port in the id (where peers connect; the proxy when `proxy`).
     pub cluster_port: u16,
     /// Where the node itself listens for peers.
@@ -126,7 +128,8 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let n = opts.writers + opts.routers;
-        let http = free_ports(n);
+        let both = free_ports(2 * n);
+        let (http, wire) = both.split_at(n);
         // With a proxy the id port is the proxy's listener (kept bound); the
         // node listens on a separate port.
         let mut proxy_listeners = Vec::new();
@@ -163,6 +166,7 @@ impl Cluster {
                 id,
                 writer,
                 http_port: http[i],
+                wire_port: wire[i],
                 cluster_port: cluster_ports[i],
                 listen_port: listen_ports[i],
                 data_dir,
@@ -257,6 +261,9 @@ impl Cluster {
     pub fn http_port(&self, i: usize) -> u16 {
         self.nodes[i].http_port
     }
+    pub fn wire_port(&self, i: usize) -> u16 {
+        self.nodes[i].wire_port
+    }
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.http_port).collect()
     }
@@ -299,6 +306,7 @@ impl Cluster {
             .current_dir(node.data_dir.parent().unwrap())
             .env("RELEASE_NODE", &node.id)
             .env("PORT", node.http_port.to_string())
+            .env("STARCITE_WIRE_PORT", node.wire_port.to_string())
             .env("STARCITE_RAFT_DATA_DIR", &node.data_dir)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

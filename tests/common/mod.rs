@@ -48,6 +48,9 @@ impl ServerOpts {
 pub struct Server {
     child: Option<Child>,
     port: u16,
+    /// The binary protocol port (`STARCITE_WIRE_PORT`): every spawned server gets
+    /// its own (SO_REUSEPORT would let two local servers share one silently).
+    wire_port: u16,
     opts: ServerOpts,
     data_dir: PathBuf,
     /// Holds the temporary data dir and the log files; removed on drop.
@@ -84,6 +87,7 @@ impl Server {
         let mut s = Server {
             child: None,
             port: 0,
+            wire_port: 0,
             opts,
             data_dir,
             _tmp: tmp,
@@ -101,11 +105,13 @@ impl Server {
     fn spawn_and_wait(&mut self) {
         self.starts += 1;
         self.port = free_port();
+        self.wire_port = free_port();
         let log = std::fs::File::create(self.log_path()).expect("create log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_starcite"));
         cmd.arg("dev")
             .current_dir(self.data_dir.parent().unwrap_or(Path::new("/tmp")))
             .env("PORT", self.port.to_string())
+            .env("STARCITE_WIRE_PORT", self.wire_port.to_string())
             .env("STARCITE_RAFT_DATA_DIR", &self.data_dir)
             .env("STARCITE_CORES", "2")
             .stdin(Stdio::null())
@@ -162,6 +168,11 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The binary protocol port (see docs/wire-protocol.md).
+    pub fn wire_port(&self) -> u16 {
+        self.wire_port
     }
 
     pub fn base_url(&self) -> String {
