@@ -23,7 +23,7 @@ use super::shutdown::Shutdown;
 use super::topology::Topology;
 use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
 use crate::config::{node_socket_addr, Config};
-use crate::http::{bind_reuseport, serve_with, Limits, NodeConnections, ServeOptions};
+use crate::http::{bind_reuseport, serve, Limits};
 
 /// Gossip (node status, readiness, drain marks) interval.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(1_000);
@@ -53,13 +53,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
-    let serve_opts = ServeOptions {
-        tls: crate::tls::Acceptor::from_config(cfg.tls.as_ref())?,
-        node: Arc::new(NodeConnections::new(
-            cfg.conn_limits.max_connections_per_ip,
-            cfg.conn_limits.max_tail_sockets,
-        )),
-    };
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -75,7 +68,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
             control: control.clone(),
             auth: auth.clone(),
             requests: requests.clone(),
-            serve_opts: serve_opts.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -93,7 +85,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a core thread died during start-up".to_owned()),
         }
     }
-    tracing::info!(port = cfg.port, tls = cfg.tls.is_some(), cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
+    tracing::info!(port = cfg.port, cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
     wait_for_signal()?;
     tracing::info!("shutting down: closing listeners and tails, finishing in-flight requests");
     for stop in &stops {
@@ -116,8 +108,6 @@ struct CoreContext {
     control: Arc<ControlState>,
     auth: Option<Arc<crate::auth::AuthService>>,
     requests: Arc<super::metrics::RequestCounters>,
-    /// TLS acceptor and node-wide connection caps, shared by every core.
-    serve_opts: ServeOptions,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -227,11 +217,10 @@ async fn core_main(ctx: CoreContext) {
         // Leadership moves during the grace period, so peers need no election.
         let _ = own_inbox.send_async(CoreRequest::HandOff).await;
     });
-    serve_with(
+    serve(
         listener,
         gateway,
         Rc::new(Limits::default()),
-        ctx.serve_opts.clone(),
         shutdown.wait(),
     )
     .await;
