@@ -1,3 +1,5 @@
+#[cfg(feature = "client")]
+pub mod client;
 pub mod log;
 pub mod peer;
 pub mod proto;
