@@ -49,6 +49,94 @@ pub struct Config {
     pub rejoin: bool,
     /// JWT settings; `None` in auth mode `none`.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// The archive backend and archiver settings (contract §9.4, §11).
+    pub archive: crate::archive::ArchiveConfig,
+    /// TLS on the public listeners (`STARCITE_TLS_CERT_FILE` + `STARCITE_TLS_KEY_FILE`);
+    /// `None`: plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Extra CA bundle for outbound TLS (`STARCITE_TLS_CA_FILE`); see [`crate::tls`].
+    pub tls_ca_file: Option<PathBuf>,
+    /// Connection and tail-socket caps over the per-core connection cap.
+    pub conn_limits: ConnLimits,
+}
+
+/// Certificate chain and private key files (PEM) of the public listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Default `STARCITE_MAX_CONNECTIONS_PER_IP`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 4_096;
+/// Default `STARCITE_MAX_TAIL_SOCKETS`.
+pub const DEFAULT_MAX_TAIL_SOCKETS: u64 = 10_000;
+
+/// Per-node connection limits of the HTTP gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// `STARCITE_MAX_CONNECTIONS_PER_IP`: open connections from one client address
+    /// across all cores (0 = no per-address cap).
+    pub max_connections_per_ip: usize,
+    /// `STARCITE_MAX_TAIL_SOCKETS`: open tail WebSockets on the node.
+    pub max_tail_sockets: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP as usize,
+            max_tail_sockets: DEFAULT_MAX_TAIL_SOCKETS as usize,
+        }
+    }
+}
+
+/// `STARCITE_TLS_CERT_FILE` / `STARCITE_TLS_KEY_FILE` (both or neither; each must be
+/// a readable PEM file and together a usable pair) and `STARCITE_TLS_CA_FILE`.
+fn tls_settings(env: &impl Env) -> Result<(Option<TlsConfig>, Option<PathBuf>), ConfigError> {
+    const CERT: &str = "STARCITE_TLS_CERT_FILE";
+    const KEY: &str = "STARCITE_TLS_KEY_FILE";
+    let cert = non_blank(env, CERT).map(PathBuf::from);
+    let key = non_blank(env, KEY).map(PathBuf::from);
+    let tls = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(err(KEY, format!("must be set when {CERT} is"))),
+        (None, Some(_)) => return Err(err(CERT, format!("must be set when {KEY} is"))),
+        (Some(cert_file), Some(key_file)) => {
+            crate::tls::load_certs(&cert_file).map_err(|e| err(CERT, e))?;
+            crate::tls::load_key(&key_file).map_err(|e| err(KEY, e))?;
+            crate::tls::server_config(&cert_file, &key_file).map_err(|e| err(KEY, e))?;
+            Some(TlsConfig {
+                cert_file,
+                key_file,
+            })
+        }
+    };
+    let ca = non_blank(env, crate::tls::CA_FILE_VAR).map(PathBuf::from);
+    if let Some(path) = &ca {
+        crate::tls::client_config_with_ca(Some(path))
+            .map_err(|e| err(crate::tls::CA_FILE_VAR, e))?;
+    }
+    Ok((tls, ca))
+}
+
+fn conn_limits(env: &impl Env) -> Result<ConnLimits, ConfigError> {
+    Ok(ConnLimits {
+        max_connections_per_ip: int(
+            env,
+            "STARCITE_MAX_CONNECTIONS_PER_IP",
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
+            0,
+            10_000_000,
+        )? as usize,
+        max_tail_sockets: int(
+            env,
+            "STARCITE_MAX_TAIL_SOCKETS",
+            DEFAULT_MAX_TAIL_SOCKETS,
+            1,
+            10_000_000,
+        )? as usize,
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,7 +146,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         reason: reason.into(),
@@ -146,6 +234,18 @@ impl Config {
         )?;
         let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
         let rejoin = boolean(env, "STARCITE_REJOIN", false)?;
+        let (tls, tls_ca_file) = tls_settings(env)?;
+        let conn_limits = conn_limits(env)?;
+        let archive = crate::archive::config::from_env(env, dev, &data_dir)?;
+        if write_node_ids.len() > 1
+            && matches!(archive.backend, crate::archive::Backend::Fs { .. })
+            && non_blank(env, "STARCITE_ARCHIVE_FS_DIR").is_none()
+        {
+            return Err(err(
+                "STARCITE_ARCHIVE_FS_DIR",
+                "a cluster with the fs archive needs one directory every node shares; set it, or use s3 or postgres",
+            ));
+        }
         Ok(Config {
             node_name,
             port,
@@ -166,6 +266,10 @@ impl Config {
             telemetry,
             rejoin,
             auth,
+            tls,
+            tls_ca_file,
+            conn_limits,
+            archive,
         })
     }
 }
@@ -264,14 +368,14 @@ pub fn node_socket_addr(id: &str, default_port: u16) -> Result<std::net::SocketA
         .ok_or_else(|| format!("{id}: {with_port} resolves to no address"))
 }
 
-fn non_blank(env: &impl Env, var: &str) -> Option<String> {
+pub(crate) fn non_blank(env: &impl Env, var: &str) -> Option<String> {
     env.get(var)
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
 }
 
 /// Integer grammar of §12.1: trimmed, fully parsed, optional sign, in range.
-fn int(
+pub(crate) fn int(
     env: &impl Env,
     var: &'static str,
     default: u64,
@@ -295,7 +399,7 @@ fn int(
 }
 
 /// Boolean grammar of §12.1.
-fn boolean(env: &impl Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+pub(crate) fn boolean(env: &impl Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
     let Some(raw) = env.get(var) else {
         return Ok(default);
     };
@@ -324,7 +428,7 @@ pub fn parse_size(raw: &str) -> Option<u64> {
     n.checked_mul(mult).filter(|v| *v > 0)
 }
 
-fn size(env: &impl Env, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+pub(crate) fn size(env: &impl Env, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     let Some(raw) = env.get(var) else {
         return Ok(default);
     };
@@ -360,6 +464,7 @@ mod tests {
             ("STARCITE_AUTH_JWT_AUDIENCE", "starcite-api"),
             ("STARCITE_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks.json"),
             ("STARCITE_WRITE_REPLICATION_FACTOR", "1"),
+            ("STARCITE_S3_BUCKET", "events"),
         ];
         let c = Config::from_env(Profile::Start, &jwt).unwrap();
         assert_eq!(
@@ -372,7 +477,8 @@ mod tests {
             Profile::Start,
             &[
                 ("STARCITE_AUTH_MODE", " NONE "),
-                ("STARCITE_WRITE_REPLICATION_FACTOR", "1")
+                ("STARCITE_WRITE_REPLICATION_FACTOR", "1"),
+                ("STARCITE_ARCHIVE_ADAPTER", "fs")
             ]
         )
         .is_ok());
@@ -440,6 +546,53 @@ mod tests {
             Config::from_env(Profile::Dev, &dup).unwrap_err().var,
             "CLUSTER_NODES"
         );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let e = Config::from_env(Profile::Dev, &[("STARCITE_TLS_CERT_FILE", "/x.pem")])
+            .unwrap_err();
+        assert_eq!(e.var, "STARCITE_TLS_KEY_FILE");
+        let e =
+            Config::from_env(Profile::Dev, &[("STARCITE_TLS_KEY_FILE", "/x.pem")]).unwrap_err();
+        assert_eq!(e.var, "STARCITE_TLS_CERT_FILE");
+        let e = Config::from_env(
+            Profile::Dev,
+            &[
+                ("STARCITE_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+                ("STARCITE_TLS_KEY_FILE", "/nonexistent/key.pem"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.var, "STARCITE_TLS_CERT_FILE");
+        assert!(e.reason.contains("/nonexistent/cert.pem"), "{e}");
+        let e = Config::from_env(Profile::Dev, &[("STARCITE_TLS_CA_FILE", "/nonexistent/ca")])
+            .unwrap_err();
+        assert_eq!(e.var, "STARCITE_TLS_CA_FILE");
+        let c = Config::from_env(Profile::Dev, &[("STARCITE_CORES", "1")]).unwrap();
+        assert_eq!(c.tls, None);
+        assert_eq!(c.conn_limits, ConnLimits::default());
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = Config::from_env(
+            Profile::Dev,
+            &[
+                ("STARCITE_MAX_CONNECTIONS_PER_IP", "0"),
+                ("STARCITE_MAX_TAIL_SOCKETS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.conn_limits.max_connections_per_ip, 0);
+        assert_eq!(c.conn_limits.max_tail_sockets, 7);
+        for (var, val) in [
+            ("STARCITE_MAX_CONNECTIONS_PER_IP", "-1"),
+            ("STARCITE_MAX_TAIL_SOCKETS", "0"),
+            ("STARCITE_MAX_TAIL_SOCKETS", "many"),
+        ] {
+            assert_eq!(Config::from_env(Profile::Dev, &[(var, val)]).unwrap_err().var, var);
+        }
     }
 
     #[test]

@@ -24,4 +24,8 @@ pub enum EngineError {
     Unavailable,
     #[error("archive read unavailable")]
     ArchiveReadUnavailable,
+    /// The cursor is below the hot tier: events up to `archived_seq` are only in
+    /// the archive (the caller reads them there, §9.5).
+    #[error("events up to {archived_seq} are archived")]
+    Archived { archived_seq: u64 },
 }

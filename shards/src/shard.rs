@@ -68,6 +68,8 @@ pub enum Proposal {
         expected_seq: Option<u64>,
         body: String,
     },
+    /// The archive holds every event up to `upto`: evict them (§9.4).
+    AckArchived { session: String, upto: u64 },
 }
 
 impl Proposal {
@@ -75,8 +77,19 @@ impl Proposal {
         match self {
             Proposal::Create { id, .. } => id,
             Proposal::Append { session, .. } => session,
+            Proposal::AckArchived { session, .. } => session,
         }
     }
+}
+
+/// Committed, unarchived events of one session this replica leads, for the
+/// archiver.
+#[derive(Debug, Clone)]
+pub struct ArchiveWork {
+    pub session: ListRow,
+    pub archived_seq: u64,
+    /// Hot events `archived_seq + 1 ..`, ascending, as stored frames.
+    pub events: Vec<(u64, Bytes)>,
 }
 
 /// Everything the driver must do after a step of the shard.
@@ -377,7 +390,7 @@ impl<W> Shard<W> {
         }
         let reserved = match &proposal {
             Proposal::Append { body, .. } => body.len() as u64 + 128,
-            Proposal::Create { .. } => 0,
+            Proposal::Create { .. } | Proposal::AckArchived { .. } => 0,
         };
         if reserved > 0
             && self.hot_bytes + self.reserved_bytes + reserved > self.cfg.hot_bytes_limit
@@ -700,8 +713,10 @@ impl<W> Shard<W> {
     pub fn read(&self, id: &str, after: u64, limit: usize) -> Result<ReadResult, EngineError> {
         let s = self.session(id).ok_or(EngineError::SessionNotFound)?;
         if after < s.archived_seq {
-            // The cold tier (archive) is not wired yet; never skip events silently.
-            return Err(EngineError::ArchiveReadUnavailable);
+            // Below the hot tier: the caller reads the archive (never a silent skip).
+            return Err(EngineError::Archived {
+                archived_seq: s.archived_seq,
+            });
         }
         let limit = if crate::fault::point("shard.read.short") {
             1
@@ -716,6 +731,54 @@ impl<W> Shard<W> {
             events,
             last_seq: s.last_seq,
         })
+    }
+
+    /// Work for the archiver: sessions of groups this replica leads with
+    /// committed events not yet archived, in id order after `after`, at most
+    /// `per_session` events each and about `budget_bytes` of frames in all.
+    /// Also returns whether the scan stopped early (more work after the last
+    /// session returned). Sessions without events created at or after
+    /// `empty_since_us` come too, so their records reach the archive.
+    pub fn archive_scan(
+        &self,
+        after: Option<&str>,
+        per_session: usize,
+        budget_bytes: usize,
+        empty_since_us: i64,
+    ) -> (Vec<ArchiveWork>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = after.map_or(Unbounded, |c| Excluded(c.to_owned()));
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for (id, gid) in self.index.range((lower, Unbounded)) {
+            let Some(group) = self.groups.get(gid) else {
+                continue;
+            };
+            if !group.is_leader() {
+                continue;
+            }
+            let Some(s) = group.machine.sessions.get(id) else {
+                continue;
+            };
+            let empty = s.last_seq == 0 && s.created_at_us >= empty_since_us;
+            if s.last_seq <= s.archived_seq && !empty {
+                continue;
+            }
+            if used >= budget_bytes {
+                return (out, true);
+            }
+            let events: Vec<(u64, Bytes)> = s
+                .hot_after(s.archived_seq, per_session)
+                .map(|e| (e.seq, e.frame.clone()))
+                .collect();
+            used += events.iter().map(|(_, f)| f.len()).sum::<usize>() + 256;
+            out.push(ArchiveWork {
+                session: list_row(s),
+                archived_seq: s.archived_seq,
+                events,
+            });
+        }
+        (out, false)
     }
 
     /// Sessions with id > `cursor`, ascending, matching tenant and filters.
@@ -823,6 +886,11 @@ fn stamp(proposal: Proposal, origin: Origin, now_us: i64) -> Command {
             body,
             inserted_at_us: now_us,
         }),
+        Proposal::AckArchived { session, upto } => Command::AckArchived {
+            origin,
+            session,
+            upto,
+        },
     }
 }
 

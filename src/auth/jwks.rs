@@ -68,30 +68,46 @@ pub trait JwksFetcher: Send + Sync {
 
 /// The production fetcher: blocking `ureq` GET with `Accept: application/json`, no
 /// retries, no redirects, only `200` accepted, connect/total timeouts and a body cap
-/// from [`limits`]. TLS is rustls with the ring provider (chosen explicitly by ureq).
+/// from [`limits`]. TLS is rustls with the ring provider and the node's outbound
+/// client configuration ([`crate::tls::client_config`]: Mozilla roots plus
+/// `STARCITE_TLS_CA_FILE`); the server certificate is always verified.
 pub struct HttpJwksFetcher {
     url: String,
-    agent: ureq::Agent,
+    /// `Err`: the TLS client configuration could not be built; every fetch fails.
+    agent: Result<ureq::Agent, String>,
 }
 
 impl HttpJwksFetcher {
     pub fn new(url: &str) -> Self {
+        match crate::tls::client_config() {
+            Ok(tls) => Self::with_tls(url, tls),
+            Err(e) => HttpJwksFetcher {
+                url: url.to_owned(),
+                agent: Err(format!("TLS client configuration: {e}")),
+            },
+        }
+    }
+
+    /// A fetcher that verifies HTTPS servers with `tls` (e.g.
+    /// [`crate::tls::client_config_with_ca`]).
+    pub fn with_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(limits::JWKS_CONNECT_TIMEOUT)
             .timeout(limits::JWKS_TOTAL_TIMEOUT)
             .redirects(0)
+            .tls_config(tls)
             .build();
         HttpJwksFetcher {
             url: url.to_owned(),
-            agent,
+            agent: Ok(agent),
         }
     }
 }
 
 impl JwksFetcher for HttpJwksFetcher {
     fn fetch(&self) -> Result<Vec<u8>, String> {
-        let response = match self
-            .agent
+        let agent = self.agent.as_ref().map_err(Clone::clone)?;
+        let response = match agent
             .get(&self.url)
             .set("Accept", "application/json")
             .call()

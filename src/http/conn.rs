@@ -3,12 +3,17 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::time::{timeout_at, Instant};
+
+use super::guard::NodeConnections;
+use super::stream::HttpStream;
+use super::unwind::{catch_unwind_future, panic_message};
 
 use super::io::{deadline_after, head_and_body, read_exact_into, write_parts_timeout, InBuf};
 use super::parse::{
@@ -60,6 +65,18 @@ fn payload_too_large() -> Response {
     error_response(413, "payload_too_large", "Request body is too large")
 }
 
+fn internal_error() -> Response {
+    error_response(500, "internal_error", "Internal server error")
+}
+
+fn too_many_tails() -> Response {
+    error_response(
+        503,
+        "too_many_tails",
+        "Too many tail sockets on this node",
+    )
+}
+
 fn invalid_upgrade() -> Response {
     error_response(
         400,
@@ -79,22 +96,24 @@ impl From<FramingError> for Stop {
 
 /// State of one accepted connection.
 pub(crate) struct Conn<H> {
-    stream: TcpStream,
+    stream: HttpStream,
     inbuf: InBuf,
     peer: SocketAddr,
     limits: Rc<Limits>,
     handler: Rc<H>,
     shutdown: ShutdownSignal,
     accepted_at: Instant,
+    node: Arc<NodeConnections>,
 }
 
 impl<H: Handler> Conn<H> {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: HttpStream,
         peer: SocketAddr,
         handler: Rc<H>,
         limits: Rc<Limits>,
         shutdown: ShutdownSignal,
+        node: Arc<NodeConnections>,
     ) -> Self {
         Self {
             stream,
@@ -104,6 +123,7 @@ impl<H: Handler> Conn<H> {
             handler,
             shutdown,
             accepted_at: Instant::now(),
+            node,
         }
     }
 
@@ -124,7 +144,19 @@ impl<H: Handler> Conn<H> {
             let upgrade_check = (!http10).then(|| upgrade_check_for(&head)).flatten();
             let req = into_request(head, body, self.peer);
             let is_head = req.method == "HEAD";
-            match self.handler.handle(req).await {
+            let handled = catch_unwind_future(self.handler.handle(req)).await;
+            let reply = match handled {
+                Ok(reply) => reply,
+                Err(payload) => {
+                    tracing::error!(
+                        peer = %self.peer,
+                        panic = panic_message(payload.as_ref()),
+                        "request handler panicked; answering 500 and closing"
+                    );
+                    return self.reject(internal_error()).await;
+                }
+            };
+            match reply {
                 Reply::Http(resp) => {
                     let keep = keep_alive && !wants_close(&resp) && !self.shutdown.is_triggered();
                     let conn_header = connection_header(keep, http10);
@@ -280,6 +312,10 @@ impl<H: Handler> Conn<H> {
             Some(Err(resp)) => return self.reject(resp).await,
             None => return self.reject(invalid_upgrade()).await,
         };
+        let Some(slot) = self.node.open_websocket() else {
+            tracing::debug!(peer = %self.peer, "WebSocket cap reached");
+            return self.reject(too_many_tails()).await;
+        };
         let parts = encode_response(&accept, false, None);
         if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
             .await
@@ -288,8 +324,16 @@ impl<H: Handler> Conn<H> {
             return;
         }
         let buffered = self.inbuf.take_pending();
-        let ws = WebSocket::new(self.stream, buffered, self.peer, self.limits, self.shutdown);
-        f(ws).await;
+        let peer = self.peer;
+        let ws = WebSocket::new(self.stream, buffered, peer, self.limits, self.shutdown);
+        if let Err(payload) = catch_unwind_future(f(ws)).await {
+            tracing::error!(
+                %peer,
+                panic = panic_message(payload.as_ref()),
+                "WebSocket session panicked; socket closed"
+            );
+        }
+        drop(slot);
     }
 }
 
@@ -460,9 +504,23 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Answers a connection refused at accept (e.g. over its address's cap) with `resp`
+/// and closes, without reading a request: the write is bounded by `write_timeout`
+/// and the linger by [`LINGER_TIME`].
+pub(crate) async fn reject_connection(stream: TcpStream, limits: &Limits, resp: Response) {
+    let mut stream = HttpStream::Plain(stream);
+    let parts = encode_response(&resp, false, Some("close"));
+    if write_parts_timeout(&mut stream, parts, limits.write_timeout)
+        .await
+        .is_ok()
+    {
+        linger_close(stream).await;
+    }
+}
+
 /// Half-closes, then drains (bounded in time and bytes) what the client still sends,
 /// so our last response is not destroyed by a RST; then closes.
-async fn linger_close(mut stream: TcpStream) {
+async fn linger_close(mut stream: HttpStream) {
     let _ = stream.shutdown().await;
     let deadline = deadline_after(LINGER_TIME);
     let mut buf = Vec::with_capacity(LINGER_READ);

@@ -15,11 +15,21 @@
 //! - [`Reply::WebSocket`] turns the connection into a [`WebSocket`] (RFC 6455, server
 //!   side) after the connection loop validated the upgrade and wrote the `101`.
 //!
-//! # Handlers must not panic
+//! # Panics
 //!
-//! A panic inside a handler future (or a WebSocket upgrade future) unwinds through the
-//! monoio runtime and takes down the whole core. The HTTP layer itself never panics on
-//! client input; handlers must turn their own failures into error responses.
+//! A panic inside a handler future is caught at the poll that raised it
+//! ([`unwind`]): the client gets `500 internal_error` (the standard envelope) and the
+//! connection is closed; a panic in a WebSocket session (or its reader task) closes
+//! that socket. The core keeps serving every other connection. Handlers should still
+//! turn their own failures into error responses: state a panicking handler left
+//! half-updated is not repaired.
+//!
+//! # TLS and node-wide caps
+//!
+//! [`serve_with`] takes [`ServeOptions`]: an optional [`crate::tls::Acceptor`] (the
+//! handshake runs in the connection's task, bounded by `header_timeout`) and the
+//! node's [`NodeConnections`] (connections per client address; open WebSocket
+//! sessions — over that cap an upgrade is answered `503 too_many_tails`).
 //!
 //! # Memory bounds
 //!
@@ -29,10 +39,13 @@
 //! 125 bytes — are held), and the WebSocket event channel by [`WS_EVENT_CHANNEL`].
 
 mod conn;
+mod guard;
 mod io;
 mod parse;
 mod request;
 mod server;
+mod stream;
+mod unwind;
 mod ws;
 
 #[cfg(test)]
@@ -41,7 +54,9 @@ mod tests;
 use std::time::Duration;
 
 pub use request::{error_response, Handler, Reply, Request, Response, UpgradeFn};
-pub use server::{bind_reuseport, serve, ShutdownSignal};
+pub use guard::{IpSlot, NodeConnections, WebSocketSlot};
+pub use server::{bind_reuseport, serve, serve_with, ServeOptions, ShutdownSignal};
+pub use stream::HttpStream;
 pub use ws::{websocket_accept, WebSocket, WsEvent, WsReader, WsWriter, WS_EVENT_CHANNEL};
 
 /// Default cap on the request head (request line + headers), in bytes.

@@ -140,7 +140,8 @@ impl From<Response> for Reply {
     }
 }
 
-/// Request handler of one core. Must not panic (a panic takes down the core).
+/// Request handler of one core. Should not panic: a panic is caught and answered
+/// `500 internal_error` with the connection closed (see the module docs).
 pub trait Handler: 'static {
     fn handle(&self, req: Request) -> impl Future<Output = Reply>;
 }

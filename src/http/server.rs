@@ -6,11 +6,17 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::{ListenerOpts, TcpListener};
+use std::sync::Arc;
 
-use super::conn::Conn;
-use super::request::Handler;
+use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+
+use super::conn::{reject_connection, Conn};
+use super::guard::NodeConnections;
+use super::request::{error_response, Handler, Response};
+use super::stream::HttpStream;
+use super::unwind::{catch_unwind_future, panic_message};
 use super::Limits;
+use crate::tls::Acceptor;
 
 /// Listen backlog of each core's listener.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -81,6 +87,37 @@ impl Drop for ConnGuard {
     }
 }
 
+/// What a core's accept loop shares with the rest of the node.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Serve HTTPS/WSS: every accepted connection first completes a TLS handshake
+    /// (within `header_timeout`); `None` serves plaintext.
+    pub tls: Option<Acceptor>,
+    /// Node-wide per-address connection cap and WebSocket cap, shared by every core.
+    pub node: Arc<NodeConnections>,
+}
+
+/// The answer to a connection over its address's cap (plaintext only: a TLS
+/// connection is closed without a handshake).
+fn too_many_connections() -> Response {
+    error_response(
+        503,
+        "too_many_connections",
+        "Too many connections from this address",
+    )
+}
+
+/// Accept loop for one core, plaintext, with no node-wide caps: [`serve_with`] with
+/// default [`ServeOptions`].
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Rc<H>,
+    limits: Rc<Limits>,
+    shutdown: impl Future<Output = ()> + 'static,
+) {
+    serve_with(listener, handler, limits, ServeOptions::default(), shutdown).await
+}
+
 /// Accept loop for one core.
 ///
 /// Each connection runs in its own task. When `shutdown` resolves: the listener is
@@ -89,10 +126,16 @@ impl Drop for ConnGuard {
 /// [`ShutdownSignal::wait`] resolve (via [`super::WebSocket::shutdown_signal`]) and
 /// should close with 1001; `serve` returns when every connection task has ended or
 /// after `limits.shutdown_grace`, whichever comes first.
-pub async fn serve<H: Handler>(
+///
+/// Connections over the per-core cap are closed at once. Connections over the
+/// per-address cap of `opts.node` get a `503 too_many_connections` (plaintext) or are
+/// closed (TLS). A panic in a connection's task (handler, WebSocket session) is caught
+/// there: it ends that connection only.
+pub async fn serve_with<H: Handler>(
     listener: TcpListener,
     handler: Rc<H>,
     limits: Rc<Limits>,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + 'static,
 ) {
     let (trigger, signal) = ShutdownSignal::new();
@@ -112,16 +155,40 @@ pub async fn serve<H: Handler>(
                 }
                 let _ = stream.set_nodelay(true);
                 let guard = ConnGuard::new(&active, &drain_tx);
-                let conn = Conn::new(
-                    stream,
-                    peer,
-                    Rc::clone(&handler),
-                    Rc::clone(&limits),
-                    signal.clone(),
-                );
+                let Some(ip_slot) = opts.node.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "per-address connection cap reached");
+                    if opts.tls.is_none() {
+                        let limits = Rc::clone(&limits);
+                        monoio::spawn(async move {
+                            let _guard = guard;
+                            reject_connection(stream, &limits, too_many_connections()).await;
+                        });
+                    }
+                    continue;
+                };
+                let handler = Rc::clone(&handler);
+                let limits = Rc::clone(&limits);
+                let signal = signal.clone();
+                let tls = opts.tls.clone();
+                let node = Arc::clone(&opts.node);
                 monoio::spawn(async move {
                     let _guard = guard;
-                    conn.run().await;
+                    let _ip_slot = ip_slot;
+                    let task = async move {
+                        let Some(stream) = establish(stream, tls.as_ref(), &limits).await else {
+                            return;
+                        };
+                        Conn::new(stream, peer, handler, limits, signal, node)
+                            .run()
+                            .await;
+                    };
+                    if let Err(payload) = catch_unwind_future(task).await {
+                        tracing::error!(
+                            %peer,
+                            panic = panic_message(payload.as_ref()),
+                            "connection task panicked; connection closed"
+                        );
+                    }
                 });
             }
             Err(err) => {
@@ -134,6 +201,25 @@ pub async fn serve<H: Handler>(
     drop(trigger);
     drop(drain_tx);
     drain(drain_rx, &active, limits.shutdown_grace).await;
+}
+
+/// The connection's stream: the TCP stream itself, or a TLS stream once the handshake
+/// completed within `header_timeout` (`None`: handshake failed, the socket is dropped).
+async fn establish(
+    stream: TcpStream,
+    tls: Option<&Acceptor>,
+    limits: &Limits,
+) -> Option<HttpStream> {
+    let Some(acceptor) = tls else {
+        return Some(HttpStream::Plain(stream));
+    };
+    match acceptor.accept(stream, limits.header_timeout).await {
+        Ok(s) => Some(HttpStream::Tls(Box::new(s))),
+        Err(err) => {
+            tracing::debug!(%err, "TLS handshake failed");
+            None
+        }
+    }
 }
 
 /// Waits until every connection guard is gone, bounded by `grace`.

@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use monoio::net::TcpStream;
+use super::stream::HttpStream;
+use super::unwind::{catch_unwind_future, panic_message};
 use monoio::time::timeout_at;
 
 use super::io::{deadline_after, head_and_body, write_parts_timeout};
@@ -123,7 +124,7 @@ pub enum WsEvent {
 
 /// An upgraded connection, before [`split`](Self::split).
 pub struct WebSocket {
-    stream: TcpStream,
+    stream: HttpStream,
     buffered: Vec<u8>,
     peer: SocketAddr,
     limits: Rc<Limits>,
@@ -132,7 +133,7 @@ pub struct WebSocket {
 
 impl WebSocket {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: HttpStream,
         buffered: Vec<u8>,
         peer: SocketAddr,
         limits: Rc<Limits>,
@@ -174,7 +175,17 @@ impl WebSocket {
             hint: Rc::clone(&hint),
             idle: self.limits.ws_idle_timeout,
         };
-        monoio::spawn(task.run());
+        let peer = self.peer;
+        monoio::spawn(async move {
+            // A panic here drops the event sender: the session sees `Closed`.
+            if let Err(payload) = catch_unwind_future(task.run()).await {
+                tracing::error!(
+                    %peer,
+                    panic = panic_message(payload.as_ref()),
+                    "WebSocket reader panicked; socket closed"
+                );
+            }
+        });
         let writer = WsWriter {
             wr,
             state: WriterState::Open,
@@ -226,7 +237,7 @@ enum WriterState {
 /// syscall in the common case) and is bounded by `Limits::write_timeout` (error kind
 /// `TimedOut`); after any error the writer refuses further sends.
 pub struct WsWriter {
-    wr: OwnedWriteHalf<TcpStream>,
+    wr: OwnedWriteHalf<HttpStream>,
     state: WriterState,
     write_timeout: Duration,
 }
@@ -535,7 +546,7 @@ enum ReadOutcome {
 
 /// The reader task: socket → frames → events.
 struct ReadTask {
-    rd: OwnedReadHalf<TcpStream>,
+    rd: OwnedReadHalf<HttpStream>,
     buf: Vec<u8>,
     parser: FrameParser,
     tx: flume::Sender<WsEvent>,

@@ -23,7 +23,7 @@ use super::shutdown::Shutdown;
 use super::topology::Topology;
 use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
 use crate::config::{node_socket_addr, Config};
-use crate::http::{bind_reuseport, serve, Limits};
+use crate::http::{bind_reuseport, serve_with, Limits, NodeConnections, ServeOptions};
 
 /// Gossip (node status, readiness, drain marks) interval.
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(1_000);
@@ -53,6 +53,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
+    let serve_opts = ServeOptions {
+        tls: crate::tls::Acceptor::from_config(cfg.tls.as_ref())?,
+        node: Arc::new(NodeConnections::new(
+            cfg.conn_limits.max_connections_per_ip,
+            cfg.conn_limits.max_tail_sockets,
+        )),
+    };
+    let archive_stats = Arc::new(crate::archive::stats::ArchiveStats::default());
+    let cold = crate::archive::cold::ColdTier::start(&cfg.archive, archive_stats.clone());
+    let archiver_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::archive::archiver::Archiver {
+        config: cfg.archive.clone(),
+        cores: senders.clone(),
+        cache: cold.cache.clone(),
+        stats: archive_stats,
+        stop: archiver_stop.clone(),
+    }
+    .spawn()
+    .map_err(|e| format!("cannot start the archiver thread: {e}"))?;
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -68,6 +87,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             control: control.clone(),
             auth: auth.clone(),
             requests: requests.clone(),
+            serve_opts: serve_opts.clone(),
+            cold: cold.clone(),
             stop: stop_rx,
             boot: boot_tx.clone(),
         };
@@ -85,9 +106,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a core thread died during start-up".to_owned()),
         }
     }
-    tracing::info!(port = cfg.port, cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
+    tracing::info!(port = cfg.port, tls = cfg.tls.is_some(), cores = cfg.cores, groups = cfg.num_groups, data = %cfg.data_dir.display(), "starcite is serving");
     wait_for_signal()?;
     tracing::info!("shutting down: closing listeners and tails, finishing in-flight requests");
+    archiver_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for stop in &stops {
         let _ = stop.send(());
     }
@@ -108,6 +130,10 @@ struct CoreContext {
     control: Arc<ControlState>,
     auth: Option<Arc<crate::auth::AuthService>>,
     requests: Arc<super::metrics::RequestCounters>,
+    /// TLS acceptor and node-wide connection caps, shared by every core.
+    serve_opts: ServeOptions,
+    /// The archive read path, shared by every core.
+    cold: crate::archive::cold::ColdTier,
     stop: flume::Receiver<()>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
@@ -183,6 +209,7 @@ async fn core_main(ctx: CoreContext) {
         leader_hints: Default::default(),
         auth: ctx.auth.clone(),
         requests: ctx.requests.clone(),
+        cold: ctx.cold.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
     let wire_task = wire.map(|listener| {
@@ -217,10 +244,11 @@ async fn core_main(ctx: CoreContext) {
         // Leadership moves during the grace period, so peers need no election.
         let _ = own_inbox.send_async(CoreRequest::HandOff).await;
     });
-    serve(
+    serve_with(
         listener,
         gateway,
         Rc::new(Limits::default()),
+        ctx.serve_opts.clone(),
         shutdown.wait(),
     )
     .await;

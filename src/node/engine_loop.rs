@@ -398,6 +398,20 @@ impl EngineLoop {
                 stats.apply_lag = self.shard.apply_lag();
                 let _ = reply.send(stats);
             }
+            CoreRequest::ArchiveScan {
+                after,
+                per_session,
+                budget_bytes,
+                empty_since_us,
+                reply,
+            } => {
+                let _ = reply.send(self.shard.archive_scan(
+                    after.as_deref(),
+                    per_session,
+                    budget_bytes,
+                    empty_since_us,
+                ));
+            }
             CoreRequest::HandOff => {
                 self.handing_off = true;
                 self.move_leadership();

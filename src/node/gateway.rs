@@ -64,6 +64,8 @@ pub struct Gateway {
     pub auth: Option<Arc<AuthService>>,
     /// Requests by route and status, shared by every core.
     pub requests: Arc<super::metrics::RequestCounters>,
+    /// Reads below the hot tier (archive + read cache) and archive counters.
+    pub cold: crate::archive::cold::ColdTier,
 }
 
 /// Who is calling, and until when (token `exp`, Unix seconds).
@@ -72,8 +74,20 @@ struct Caller {
     expires_at: Option<u64>,
 }
 
+/// `STARCITE_TEST_PANIC_ROUTE=1` (tests only, off by default): `GET /__test/panic`
+/// panics inside the handler, to prove a panic costs one request, not the core.
+fn test_panic_route_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("STARCITE_TEST_PANIC_ROUTE").is_ok_and(|v| v.trim() == "1")
+    })
+}
+
 impl Handler for Gateway {
     async fn handle(&self, req: Request) -> Reply {
+        if req.path == "/__test/panic" && test_panic_route_enabled() {
+            panic!("test panic route");
+        }
         let route = route_name(&req);
         let reply = match self.route(req).await {
             Ok(reply) => reply,
@@ -626,7 +640,7 @@ impl Gateway {
         }
         let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
         let params = tail_params(&query)?;
-        let (source, subscriber_id) = self.tail_source(auth, &id).await?;
+        let (source, subscriber_id, tenant_id) = self.tail_source(auth, &id).await?;
         let spec = TailSpec {
             session: id.clone(),
             cursor: params.cursor,
@@ -635,6 +649,8 @@ impl Gateway {
             subscriber_id,
             shutdown: self.shutdown.clone(),
             expires_at: caller.expires_at,
+            tenant_id,
+            cold: self.cold.clone(),
         };
         Ok(Reply::WebSocket(Box::new(move |ws| {
             Box::pin(run_tail(ws, spec))
@@ -642,13 +658,13 @@ impl Gateway {
     }
 
     /// The authorization checks of a tail (§3 order) and where its events
-    /// come from, with a fresh subscriber id (HTTP tails and binary
-    /// subscriptions).
+    /// come from, with a fresh subscriber id and the session's tenant (HTTP
+    /// tails and binary subscriptions).
     pub async fn tail_source(
         &self,
         auth: &AuthContext,
         id: &str,
-    ) -> Result<(TailSource, u64), ApiError> {
+    ) -> Result<(TailSource, u64, String), ApiError> {
         let id = id.to_owned();
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
@@ -677,7 +693,7 @@ impl Gateway {
                 None => return Err(ApiError::raft_unavailable()),
             }
         };
-        Ok((source, (u64::from(self.core) << 48) | sub_id))
+        Ok((source, (u64::from(self.core) << 48) | sub_id, info.tenant_id))
     }
 
     /// Readiness per contract §5.5.
@@ -859,6 +875,9 @@ impl Gateway {
             &mut out,
         );
         self.requests.render(&mut out);
+        self.cold
+            .stats
+            .render(self.cold.adapter, self.cold.cache.bytes(), &mut out);
         let mut response =
             Response::new(200).with_header("content-type", "text/plain; version=0.0.4");
         response.body = Bytes::from(out);
@@ -935,7 +954,9 @@ fn engine_error(e: EngineError) -> ApiError {
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
         EngineError::Backpressure => ApiError::event_store_backpressure(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
-        EngineError::ArchiveReadUnavailable => ApiError::archive_read_unavailable(),
+        EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
+            ApiError::archive_read_unavailable()
+        }
     }
 }
 

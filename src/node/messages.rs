@@ -2,7 +2,7 @@
 //! back on one-shot flume channels so any runtime can await them.
 
 use bytes::Bytes;
-use starcite_shards::shard::{ListRow, Proposal, ReadResult, SessionInfo};
+use starcite_shards::shard::{ArchiveWork, ListRow, Proposal, ReadResult, SessionInfo};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
@@ -60,6 +60,15 @@ pub enum CoreRequest {
     },
     Stats {
         reply: Reply<CoreStats>,
+    },
+    /// Committed, unarchived events of the groups this core leads, for the
+    /// archiver (see `Shard::archive_scan`).
+    ArchiveScan {
+        after: Option<String>,
+        per_session: usize,
+        budget_bytes: usize,
+        empty_since_us: i64,
+        reply: Reply<(Vec<ArchiveWork>, bool)>,
     },
     /// Raft messages from peers for groups this core owns.
     Raft {

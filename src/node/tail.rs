@@ -15,6 +15,7 @@ use std::rc::Rc;
 use super::messages::{CoreRequest, LiveEvent, Subscriber, SUBSCRIBER_DEPTH};
 use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
+use starcite_shards::EngineError;
 use crate::cluster::transport::Transport;
 use crate::http::{WebSocket, WsEvent, WsReader, WsWriter};
 
@@ -84,6 +85,10 @@ pub struct TailSpec {
     pub shutdown: Shutdown,
     /// The token's `exp` (Unix seconds): the socket closes with 4001 then.
     pub expires_at: Option<u64>,
+    /// The session's tenant (rendered into events read from the archive).
+    pub tenant_id: String,
+    /// Where events below the hot tier come from.
+    pub cold: crate::archive::cold::ColdTier,
 }
 
 /// Where a tail's events come from.
@@ -233,25 +238,26 @@ impl Tail {
                     limit: REPLAY_READ,
                     reply,
                 })
-                .await?
-                .map_err(|e| match e {
-                    starcite_shards::EngineError::ArchiveReadUnavailable => {
-                        Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable")
-                    }
-                    _ => Stop::Close(CLOSE_INTERNAL, "raft_unavailable"),
-                })?;
-            if read.events.is_empty() {
+                .await?;
+            let events = match read {
+                Ok(read) => read.events,
+                Err(EngineError::Archived { archived_seq }) => self.cold_read(archived_seq).await?,
+                Err(EngineError::ArchiveReadUnavailable) => {
+                    return Err(Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"))
+                }
+                Err(_) => return Err(Stop::Close(CLOSE_INTERNAL, "raft_unavailable")),
+            };
+            if events.is_empty() {
                 return Ok(());
             }
-            let contiguous = read
-                .events
+            let contiguous = events
                 .iter()
                 .enumerate()
                 .all(|(i, (seq, _))| *seq == after + 1 + i as u64);
             if !contiguous {
                 return Err(Stop::Close(CLOSE_INTERNAL, "event_gap_detected"));
             }
-            for chunk in frames_of(&read.events, self.spec.batch_size.max(1)) {
+            for chunk in frames_of(&events, self.spec.batch_size.max(1)) {
                 let frame = self.frame(chunk.iter().map(|(_, f)| f));
                 writer.send_text(frame).await.map_err(|_| Stop::Gone)?;
                 self.spec.cursor = chunk.last().map_or(self.spec.cursor, |(seq, _)| *seq);
@@ -368,15 +374,36 @@ impl Tail {
                         .map(|(seq, f)| (seq, Bytes::from(f)))
                         .collect());
                 }
-                Some(PeerResponse::Read(Err(
-                    starcite_shards::EngineError::ArchiveReadUnavailable,
-                ))) => {
+                Some(PeerResponse::Read(Err(EngineError::Archived { archived_seq }))) => {
+                    return self.cold_read(archived_seq).await;
+                }
+                Some(PeerResponse::Read(Err(EngineError::ArchiveReadUnavailable))) => {
                     return Err(Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"));
                 }
                 _ => continue,
             }
         }
         Err(Stop::Close(CLOSE_INTERNAL, "raft_unavailable"))
+    }
+
+    /// Events after the cursor that only the archive holds (§9.5): exactly
+    /// `cursor + 1 ..= min(cursor + 1000, archived_seq)`, or the socket closes with
+    /// 1011 and the reason (decision 6) — never a silent skip.
+    async fn cold_read(&self, archived_seq: u64) -> Result<Vec<(u64, Bytes)>, Stop> {
+        use crate::archive::cold::ColdError;
+        let from = self.spec.cursor + 1;
+        let to = archived_seq.min(self.spec.cursor + REPLAY_READ as u64);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.spec
+            .cold
+            .read(&self.spec.session, &self.spec.tenant_id, from, to)
+            .await
+            .map_err(|e| match e {
+                ColdError::Unavailable => Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"),
+                ColdError::Gap => Stop::Close(CLOSE_INTERNAL, "event_gap_detected"),
+            })
     }
 
     /// One text frame: the event itself for batch_size 1, else a JSON array.

@@ -56,7 +56,7 @@ pub(super) async fn run_subscription(
     out: flume::Sender<ServerMsg>,
     stop: flume::Receiver<()>,
 ) -> SubEnd {
-    let (source, subscriber_id) = match gw.tail_source(&auth, &session).await {
+    let (source, subscriber_id, _tenant) = match gw.tail_source(&auth, &session).await {
         Ok(v) => v,
         Err(e) => return SubEnd::Api(e),
     };

@@ -308,6 +308,11 @@ impl Cluster {
             .env("PORT", node.http_port.to_string())
             .env("STARCITE_WIRE_PORT", node.wire_port.to_string())
             .env("STARCITE_RAFT_DATA_DIR", &node.data_dir)
+            // One archive for the whole cluster (the fs adapter's shared directory).
+            .env(
+                "STARCITE_ARCHIVE_FS_DIR",
+                node.data_dir.parent().unwrap().parent().unwrap().join("archive"),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

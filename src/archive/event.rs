@@ -1,0 +1,380 @@
+//! The archived forms of events and sessions (contract §11), and their conversions
+//! to and from the hot tier's stored frames.
+//!
+//! One event, three spellings:
+//! - the **frame** kept in the hot tier and streamed by tails (decision 3:
+//!   `inserted_at` RFC 3339 with `Z`, absent optionals omitted, `tenant_id` present);
+//! - the **NDJSON line** of an S3/fs chunk object (§11.1: every key present, nulls for
+//!   absent `source`/`idempotency_key`, naive `inserted_at` without zone);
+//! - the **row** of the Postgres `events` table (§11.2).
+//!
+//! [`ArchiveEvent`] is the common parsed form. A frame rendered back from an
+//! `ArchiveEvent` is byte-identical to the hot frame it came from (same member order,
+//! same escaping), so a tail cannot tell which tier served it.
+
+use std::fmt::Write;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime};
+use serde_json::{Map, Value};
+
+use crate::api::render::{push_json_map, push_json_str, push_json_value};
+use starcite_shards::time::format_micros;
+
+/// Why a stored event or session could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+fn unreadable(what: impl Into<String>) -> Unreadable {
+    Unreadable(what.into())
+}
+
+/// One committed event, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveEvent {
+    pub seq: u64,
+    pub event_type: String,
+    pub payload: Value,
+    pub actor: String,
+    pub producer_id: String,
+    pub producer_seq: u64,
+    pub source: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub refs: Map<String, Value>,
+    pub idempotency_key: Option<String>,
+    /// Unix microseconds (leader-assigned, decision 4).
+    pub inserted_at_us: i64,
+}
+
+/// A session as the archive keeps it (§11.1 session blob, §11.2 `sessions` row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub title: Option<String>,
+    pub tenant_id: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub metadata: Map<String, Value>,
+    pub created_at_us: i64,
+}
+
+impl ArchiveEvent {
+    /// Parses a hot-tier frame (`{"seq":…,"type":…,…,"inserted_at":"…Z"}`).
+    pub fn from_frame(frame: &[u8]) -> Result<Self, Unreadable> {
+        let obj: Map<String, Value> =
+            serde_json::from_slice(frame).map_err(|e| unreadable(format!("frame: {e}")))?;
+        Self::from_object(obj, false)
+    }
+
+    /// Parses one NDJSON line of a chunk object; every key of §11.1 must be present.
+    pub fn from_line(line: &str) -> Result<Self, Unreadable> {
+        let obj: Map<String, Value> =
+            serde_json::from_str(line).map_err(|e| unreadable(format!("line: {e}")))?;
+        Self::from_object(obj, true)
+    }
+
+    fn from_object(mut obj: Map<String, Value>, strict: bool) -> Result<Self, Unreadable> {
+        if strict {
+            for key in LINE_KEYS {
+                if !obj.contains_key(*key) {
+                    return Err(unreadable(format!("line without {key:?}")));
+                }
+            }
+        }
+        let inserted_at = take_str(&mut obj, "inserted_at")?;
+        Ok(ArchiveEvent {
+            seq: take_u64(&mut obj, "seq")?,
+            event_type: take_str(&mut obj, "type")?,
+            payload: obj
+                .remove("payload")
+                .ok_or_else(|| unreadable("no payload"))?,
+            actor: take_str(&mut obj, "actor")?,
+            producer_id: take_str(&mut obj, "producer_id")?,
+            producer_seq: take_u64(&mut obj, "producer_seq")?,
+            source: take_opt_str(&mut obj, "source")?,
+            metadata: take_object(&mut obj, "metadata")?,
+            refs: take_object(&mut obj, "refs")?,
+            idempotency_key: take_opt_str(&mut obj, "idempotency_key")?,
+            inserted_at_us: parse_timestamp(&inserted_at)
+                .ok_or_else(|| unreadable(format!("bad inserted_at {inserted_at:?}")))?,
+        })
+    }
+
+    /// The hot-tier/tail frame of this event (decision 3), for `tenant_id`.
+    pub fn to_frame(&self, tenant_id: &str) -> Bytes {
+        let mut out = String::with_capacity(256);
+        let _ = write!(out, "{{\"seq\":{},\"type\":", self.seq);
+        push_json_str(&mut out, &self.event_type);
+        out.push_str(",\"payload\":");
+        push_json_value(&mut out, &self.payload);
+        out.push_str(",\"actor\":");
+        push_json_str(&mut out, &self.actor);
+        out.push_str(",\"producer_id\":");
+        push_json_str(&mut out, &self.producer_id);
+        let _ = write!(out, ",\"producer_seq\":{}", self.producer_seq);
+        if let Some(source) = &self.source {
+            out.push_str(",\"source\":");
+            push_json_str(&mut out, source);
+        }
+        out.push_str(",\"metadata\":");
+        push_json_map(&mut out, &self.metadata);
+        out.push_str(",\"refs\":");
+        push_json_map(&mut out, &self.refs);
+        if let Some(key) = &self.idempotency_key {
+            out.push_str(",\"idempotency_key\":");
+            push_json_str(&mut out, key);
+        }
+        out.push_str(",\"tenant_id\":");
+        push_json_str(&mut out, tenant_id);
+        out.push_str(",\"inserted_at\":");
+        push_json_str(&mut out, &format_micros(self.inserted_at_us));
+        out.push('}');
+        Bytes::from(out)
+    }
+
+    /// The NDJSON line of a chunk object (§11.1): every key present, `null` for an
+    /// absent `source`/`idempotency_key`, `tenant_id` added as the reference does for
+    /// lines written from memory, naive `inserted_at` with microseconds.
+    pub fn to_line(&self, tenant_id: Option<&str>) -> String {
+        let mut out = String::with_capacity(256);
+        let _ = write!(out, "{{\"seq\":{},\"type\":", self.seq);
+        push_json_str(&mut out, &self.event_type);
+        out.push_str(",\"payload\":");
+        push_json_value(&mut out, &self.payload);
+        out.push_str(",\"actor\":");
+        push_json_str(&mut out, &self.actor);
+        out.push_str(",\"producer_id\":");
+        push_json_str(&mut out, &self.producer_id);
+        let _ = write!(out, ",\"producer_seq\":{}", self.producer_seq);
+        out.push_str(",\"source\":");
+        push_opt(&mut out, self.source.as_deref());
+        out.push_str(",\"metadata\":");
+        push_json_map(&mut out, &self.metadata);
+        out.push_str(",\"refs\":");
+        push_json_map(&mut out, &self.refs);
+        out.push_str(",\"idempotency_key\":");
+        push_opt(&mut out, self.idempotency_key.as_deref());
+        if let Some(t) = tenant_id {
+            out.push_str(",\"tenant_id\":");
+            push_json_str(&mut out, t);
+        }
+        out.push_str(",\"inserted_at\":");
+        push_json_str(&mut out, &naive_micros(self.inserted_at_us));
+        out.push('}');
+        out
+    }
+}
+
+impl SessionRecord {
+    /// The session blob of §11.1.
+    pub fn to_blob(&self) -> String {
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"id\":");
+        push_json_str(&mut out, &self.id);
+        out.push_str(",\"title\":");
+        push_opt(&mut out, self.title.as_deref());
+        out.push_str(",\"tenant_id\":");
+        push_json_str(&mut out, &self.tenant_id);
+        out.push_str(",\"creator_principal\":");
+        out.push_str(&self.principal_json());
+        out.push_str(",\"metadata\":");
+        push_json_map(&mut out, &self.metadata);
+        out.push_str(",\"created_at\":");
+        push_json_str(&mut out, &format_micros(self.created_at_us));
+        out.push('}');
+        out
+    }
+
+    /// `{"tenant_id","id","type"}` of the creator.
+    pub fn principal_json(&self) -> String {
+        let mut out = String::from("{\"tenant_id\":");
+        push_json_str(&mut out, &self.tenant_id);
+        out.push_str(",\"id\":");
+        push_json_str(&mut out, &self.principal_id);
+        out.push_str(",\"type\":");
+        push_json_str(&mut out, &self.principal_type);
+        out.push('}');
+        out
+    }
+
+    /// Parses a session blob; all six keys must be present (§11.1).
+    pub fn from_blob(blob: &str) -> Result<Self, Unreadable> {
+        let mut obj: Map<String, Value> =
+            serde_json::from_str(blob).map_err(|e| unreadable(format!("session blob: {e}")))?;
+        let mut principal = take_object(&mut obj, "creator_principal")?;
+        let created_at = take_str(&mut obj, "created_at")?;
+        Ok(SessionRecord {
+            id: take_str(&mut obj, "id")?,
+            title: match obj.remove("title") {
+                Some(Value::String(t)) => Some(t),
+                Some(Value::Null) => None,
+                _ => return Err(unreadable("session blob without a title key")),
+            },
+            tenant_id: take_str(&mut obj, "tenant_id")?,
+            principal_id: take_str(&mut principal, "id")?,
+            principal_type: take_str(&mut principal, "type")?,
+            metadata: take_object(&mut obj, "metadata")?,
+            created_at_us: parse_timestamp(&created_at)
+                .ok_or_else(|| unreadable(format!("bad created_at {created_at:?}")))?,
+        })
+    }
+}
+
+/// Keys every chunk line must carry (§11.1).
+const LINE_KEYS: &[&str] = &[
+    "seq",
+    "type",
+    "payload",
+    "actor",
+    "producer_id",
+    "producer_seq",
+    "source",
+    "metadata",
+    "refs",
+    "idempotency_key",
+    "inserted_at",
+];
+
+fn push_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffff` (naive, UTC, no zone suffix).
+pub fn naive_micros(us: i64) -> String {
+    let mut s = format_micros(us);
+    s.pop();
+    s
+}
+
+/// Parses RFC 3339 (any offset) or a naive ISO-8601 timestamp taken as UTC, into
+/// Unix microseconds.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+fn take_str(obj: &mut Map<String, Value>, key: &str) -> Result<String, Unreadable> {
+    match obj.remove(key) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(unreadable(format!("{key:?} is not a string"))),
+    }
+}
+
+fn take_opt_str(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, Unreadable> {
+    match obj.remove(key) {
+        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) => Ok(None),
+        _ => Err(unreadable(format!("{key:?} is not a string or null"))),
+    }
+}
+
+fn take_u64(obj: &mut Map<String, Value>, key: &str) -> Result<u64, Unreadable> {
+    obj.remove(key)
+        .as_ref()
+        .and_then(Value::as_u64)
+        .ok_or_else(|| unreadable(format!("{key:?} is not an unsigned integer")))
+}
+
+fn take_object(
+    obj: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Map<String, Value>, Unreadable> {
+    match obj.remove(key) {
+        Some(Value::Object(m)) => Ok(m),
+        _ => Err(unreadable(format!("{key:?} is not an object"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ArchiveEvent {
+        ArchiveEvent {
+            seq: 7,
+            event_type: "message".into(),
+            payload: serde_json::from_str(r#"{"z":1,"a":[1.50,"\u0001"],"big":123456789012345678901234567890}"#)
+                .unwrap(),
+            actor: "user:alice".into(),
+            producer_id: "p1".into(),
+            producer_seq: 3,
+            source: None,
+            metadata: serde_json::from_str(r#"{"k":"v"}"#).unwrap(),
+            refs: Map::new(),
+            idempotency_key: Some("idem\"1".into()),
+            inserted_at_us: 1_772_360_131_004_518,
+        }
+    }
+
+    #[test]
+    fn frame_round_trips_byte_for_byte() {
+        let e = sample();
+        let frame = e.to_frame("acme");
+        let back = ArchiveEvent::from_frame(&frame).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.to_frame("acme"), frame);
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert!(!text.contains("\"source\""), "absent source omitted: {text}");
+        assert!(text.ends_with("\"inserted_at\":\"2026-03-01T10:15:31.004518Z\"}"));
+        assert!(text.contains("123456789012345678901234567890"));
+    }
+
+    #[test]
+    fn line_has_every_key_and_a_naive_timestamp() {
+        let e = sample();
+        let line = e.to_line(Some("acme"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        for k in LINE_KEYS {
+            assert!(v.get(*k).is_some(), "{k} missing in {line}");
+        }
+        assert_eq!(v["source"], Value::Null);
+        assert_eq!(v["inserted_at"], "2026-03-01T10:15:31.004518");
+        assert_eq!(ArchiveEvent::from_line(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn a_line_missing_a_key_is_unreadable() {
+        let line = sample().to_line(None).replace("\"refs\":{},", "");
+        assert!(ArchiveEvent::from_line(&line).is_err());
+        // A frame may omit optionals; a line may not.
+        let frame = sample().to_frame("t");
+        let frame = std::str::from_utf8(&frame).unwrap();
+        assert!(ArchiveEvent::from_line(frame).is_err());
+    }
+
+    #[test]
+    fn session_blob_round_trips() {
+        let s = SessionRecord {
+            id: "ses/1".into(),
+            title: None,
+            tenant_id: "acme".into(),
+            principal_id: "alice".into(),
+            principal_type: "user".into(),
+            metadata: serde_json::from_str(r#"{"a":"b"}"#).unwrap(),
+            created_at_us: 1_000_001,
+        };
+        let blob = s.to_blob();
+        assert_eq!(
+            blob,
+            r#"{"id":"ses/1","title":null,"tenant_id":"acme","creator_principal":{"tenant_id":"acme","id":"alice","type":"user"},"metadata":{"a":"b"},"created_at":"1970-01-01T00:00:01.000001Z"}"#
+        );
+        assert_eq!(SessionRecord::from_blob(&blob).unwrap(), s);
+        assert!(SessionRecord::from_blob(r#"{"id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn timestamps_parse_in_both_spellings() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01.5Z"), Some(1_500_000));
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01.000002"), Some(1_000_002));
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01"), Some(1_000_000));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+}

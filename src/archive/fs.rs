@@ -1,0 +1,253 @@
+//! The S3 layout in a local directory (`STARCITE_ARCHIVE_FS_DIR`): the embedded
+//! default of `starcite dev`, and a backend for single-host deployments.
+//!
+//! Objects are files named by their S3 key under the directory. A chunk write is
+//! read–merge–write under an exclusive `flock` on a sidecar lock file, and the new
+//! body replaces the old one by `rename` of a fsynced temporary file, so readers see
+//! either the old or the new chunk and two archivers (a leader change) never lose
+//! each other's lines. Session files are created with `O_EXCL` (first writer wins).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::adapter::{Adapter, ArchiveError};
+use super::event::{ArchiveEvent, SessionRecord};
+use super::layout::{by_chunk, chunk_start, event_key, merge_chunk, parse_chunk, session_key, CHUNK};
+
+/// Key prefix inside the directory (the S3 prefix's default).
+const PREFIX: &str = "starcite";
+
+pub struct FsAdapter {
+    root: PathBuf,
+}
+
+fn unavailable(what: &str, path: &Path, e: std::io::Error) -> ArchiveError {
+    ArchiveError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+impl FsAdapter {
+    pub fn open(dir: &Path) -> Result<Self, ArchiveError> {
+        fs::create_dir_all(dir).map_err(|e| unavailable("create", dir, e))?;
+        Ok(FsAdapter {
+            root: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn read_opt(&self, path: &Path) -> Result<Option<String>, ArchiveError> {
+        match fs::read_to_string(path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable("read", path, e)),
+        }
+    }
+
+    fn write_chunk(
+        &self,
+        session: &SessionRecord,
+        chunk: u64,
+        events: &[ArchiveEvent],
+    ) -> Result<usize, ArchiveError> {
+        let path = self.path(&event_key(PREFIX, &session.id, chunk));
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        fs::create_dir_all(&dir).map_err(|e| unavailable("create", &dir, e))?;
+        let _lock = Lock::take(&path.with_extension("lock"))?;
+        let existing = self.read_opt(&path)?;
+        let (body, added) = merge_chunk(existing.as_deref(), events, Some(&session.tenant_id))?;
+        if added == 0 {
+            return Ok(0);
+        }
+        replace(&path, body.as_bytes())?;
+        Ok(added)
+    }
+}
+
+impl Adapter for FsAdapter {
+    fn name(&self) -> &'static str {
+        "fs"
+    }
+
+    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), ArchiveError> {
+        for s in sessions {
+            let path = self.path(&session_key(PREFIX, &s.id));
+            if path.exists() {
+                continue;
+            }
+            let dir = path.parent().unwrap_or(&self.root).to_owned();
+            fs::create_dir_all(&dir).map_err(|e| unavailable("create", &dir, e))?;
+            // Write aside, then link into place: the link fails if another writer
+            // got there first (first writer wins), and nobody sees a partial blob.
+            let tmp = temp_path(&path);
+            write_synced(&tmp, s.to_blob().as_bytes())?;
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => sync_dir(&dir)?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable("link", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_events(
+        &mut self,
+        session: &SessionRecord,
+        events: &[ArchiveEvent],
+    ) -> Result<usize, ArchiveError> {
+        let mut added = 0;
+        for (chunk, part) in by_chunk(events) {
+            added += self.write_chunk(session, chunk, part)?;
+        }
+        Ok(added)
+    }
+
+    fn read_events(
+        &mut self,
+        session: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ArchiveEvent>, ArchiveError> {
+        let mut out = Vec::new();
+        let mut chunk = chunk_start(from);
+        while chunk <= to {
+            let path = self.path(&event_key(PREFIX, session, chunk));
+            if let Some(body) = self.read_opt(&path)? {
+                out.extend(
+                    parse_chunk(&body)?
+                        .into_iter()
+                        .filter(|e| e.seq >= from && e.seq <= to),
+                );
+            }
+            chunk += CHUNK;
+        }
+        Ok(out)
+    }
+}
+
+/// An exclusive advisory lock held until drop.
+struct Lock(File);
+
+impl Lock {
+    fn take(path: &Path) -> Result<Lock, ArchiveError> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| unavailable("open", path, e))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(unavailable("lock", path, std::io::Error::last_os_error()));
+        }
+        Ok(Lock(f))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // SAFETY: as above; closing the file would release it anyway.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let n: u64 = rand::random();
+    path.with_extension(format!("tmp{n:016x}"))
+}
+
+fn write_synced(path: &Path, body: &[u8]) -> Result<(), ArchiveError> {
+    let mut f = File::create(path).map_err(|e| unavailable("create", path, e))?;
+    f.write_all(body)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| unavailable("write", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| unavailable("sync", dir, e))
+}
+
+/// Atomically replaces `path` with `body`, durably.
+fn replace(path: &Path, body: &[u8]) -> Result<(), ArchiveError> {
+    let tmp = temp_path(path);
+    write_synced(&tmp, body)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(unavailable("rename", path, e));
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionRecord {
+        SessionRecord {
+            id: "ses-1".into(),
+            title: Some("t".into()),
+            tenant_id: "acme".into(),
+            principal_id: "svc".into(),
+            principal_type: "service".into(),
+            metadata: Default::default(),
+            created_at_us: 5,
+        }
+    }
+
+    fn ev(seq: u64) -> ArchiveEvent {
+        ArchiveEvent {
+            seq,
+            event_type: "t".into(),
+            payload: serde_json::json!({"n": seq}),
+            actor: "service:svc".into(),
+            producer_id: "p".into(),
+            producer_seq: seq,
+            source: Some("s".into()),
+            metadata: Default::default(),
+            refs: Default::default(),
+            idempotency_key: None,
+            inserted_at_us: 1_000_000 + seq as i64,
+        }
+    }
+
+    #[test]
+    fn writes_are_idempotent_and_reads_filter_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = FsAdapter::open(dir.path()).unwrap();
+        let s = session();
+        a.write_sessions(&[s.clone()]).unwrap();
+        a.write_sessions(&[s.clone()]).unwrap();
+        let evs: Vec<_> = (1..=300).map(ev).collect();
+        assert_eq!(a.write_events(&s, &evs[..100]).unwrap(), 100);
+        assert_eq!(a.write_events(&s, &evs).unwrap(), 200);
+        assert_eq!(a.write_events(&s, &evs).unwrap(), 0);
+        let got = a.read_events("ses-1", 250, 260).unwrap();
+        assert_eq!(got, evs[249..260].to_vec());
+        assert!(a.read_events("other", 1, 10).unwrap().is_empty());
+        let chunk = dir.path().join("starcite/events/v1/c2VzLTE/257.ndjson");
+        let body = fs::read_to_string(chunk).unwrap();
+        assert_eq!(body.lines().count(), 44);
+        let blob = dir.path().join("starcite/sessions/v1/c2VzLTE.json");
+        assert_eq!(fs::read_to_string(blob).unwrap(), s.to_blob());
+    }
+
+    #[test]
+    fn an_unreadable_chunk_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = FsAdapter::open(dir.path()).unwrap();
+        let path = dir.path().join("starcite/events/v1/c2VzLTE/1.ndjson");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "{\"seq\":1}").unwrap();
+        assert!(matches!(
+            a.read_events("ses-1", 1, 5),
+            Err(ArchiveError::Unreadable(_))
+        ));
+    }
+}

@@ -1,0 +1,158 @@
+//! The object layout shared by the S3 and local-directory adapters (§11.1):
+//! keys, 256-seq chunks, and the merge that makes chunk writes idempotent.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use super::event::{ArchiveEvent, Unreadable};
+
+/// Seqs per chunk object (and per read-cache entry). Fixed by the contract.
+pub const CHUNK: u64 = 256;
+
+/// First seq of the chunk holding `seq` (`seq ≥ 1`).
+pub fn chunk_start(seq: u64) -> u64 {
+    (seq.max(1) - 1) / CHUNK * CHUNK + 1
+}
+
+/// `STARCITE_S3_PREFIX` normalised: whitespace and `/` trimmed, empty → `starcite`.
+pub fn normalise_prefix(raw: Option<&str>) -> String {
+    let p = raw.unwrap_or("").trim().trim_matches('/').trim();
+    if p.is_empty() {
+        "starcite".to_owned()
+    } else {
+        p.to_owned()
+    }
+}
+
+/// Unpadded URL-safe base64 of the session id bytes.
+pub fn session_b64(session: &str) -> String {
+    URL_SAFE_NO_PAD.encode(session.as_bytes())
+}
+
+/// `<p>/events/v1/<b64>/<chunk_start>.ndjson`
+pub fn event_key(prefix: &str, session: &str, chunk: u64) -> String {
+    format!("{prefix}/events/v1/{}/{chunk}.ndjson", session_b64(session))
+}
+
+/// `<p>/sessions/v1/<b64>.json`
+pub fn session_key(prefix: &str, session: &str) -> String {
+    format!("{prefix}/sessions/v1/{}.json", session_b64(session))
+}
+
+/// Splits ascending events into runs that share a chunk: `(chunk_start, events)`.
+pub fn by_chunk(events: &[ArchiveEvent]) -> Vec<(u64, &[ArchiveEvent])> {
+    let mut out = Vec::new();
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let chunk = chunk_start(first.seq);
+        let n = rest
+            .iter()
+            .take_while(|e| chunk_start(e.seq) == chunk)
+            .count();
+        out.push((chunk, &rest[..n]));
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// Parses a chunk body: lines joined by `\n`. Any unreadable line makes the whole
+/// chunk unreadable (§11.1).
+pub fn parse_chunk(body: &str) -> Result<Vec<ArchiveEvent>, Unreadable> {
+    body.split('\n')
+        .filter(|l| !l.trim().is_empty())
+        .map(ArchiveEvent::from_line)
+        .collect()
+}
+
+/// Step 2 of the §11.1 write algorithm: the existing lines win, incoming seqs not
+/// yet present are added. Returns the merged body and how many seqs were new
+/// (0 → nothing to write).
+pub fn merge_chunk(
+    existing: Option<&str>,
+    incoming: &[ArchiveEvent],
+    tenant_id: Option<&str>,
+) -> Result<(String, usize), Unreadable> {
+    let mut lines: BTreeMap<u64, String> = BTreeMap::new();
+    if let Some(body) = existing {
+        for line in body.split('\n').filter(|l| !l.trim().is_empty()) {
+            let e = ArchiveEvent::from_line(line)?;
+            // The reference drops `tenant_id` again when it rewrites an existing
+            // line; we keep existing lines verbatim (extra keys are ignored on read).
+            lines.insert(e.seq, line.to_owned());
+        }
+    }
+    let mut added = 0;
+    for e in incoming {
+        if let std::collections::btree_map::Entry::Vacant(v) = lines.entry(e.seq) {
+            v.insert(e.to_line(tenant_id));
+            added += 1;
+        }
+    }
+    let body = lines.into_values().collect::<Vec<_>>().join("\n");
+    Ok((body, added))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64) -> ArchiveEvent {
+        ArchiveEvent {
+            seq,
+            event_type: "t".into(),
+            payload: serde_json::json!({"n": seq}),
+            actor: "service:a".into(),
+            producer_id: "p".into(),
+            producer_seq: seq,
+            source: None,
+            metadata: Default::default(),
+            refs: Default::default(),
+            idempotency_key: None,
+            inserted_at_us: 1_000_000 * seq as i64,
+        }
+    }
+
+    #[test]
+    fn chunks_are_256_seqs_starting_at_one() {
+        assert_eq!(chunk_start(1), 1);
+        assert_eq!(chunk_start(256), 1);
+        assert_eq!(chunk_start(257), 257);
+        assert_eq!(chunk_start(513), 513);
+        let evs: Vec<_> = (250..=260).map(ev).collect();
+        let parts = by_chunk(&evs);
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].0, parts[0].1.len()), (1, 7));
+        assert_eq!((parts[1].0, parts[1].1.len()), (257, 4));
+    }
+
+    #[test]
+    fn keys_follow_the_contract() {
+        assert_eq!(normalise_prefix(Some(" /a/b/ ")), "a/b");
+        assert_eq!(normalise_prefix(Some(" / ")), "starcite");
+        assert_eq!(normalise_prefix(None), "starcite");
+        assert_eq!(
+            event_key("starcite", "ses?1", 257),
+            "starcite/events/v1/c2VzPzE/257.ndjson"
+        );
+        assert_eq!(session_key("p", "ses?1"), "p/sessions/v1/c2VzPzE.json");
+    }
+
+    #[test]
+    fn merge_keeps_existing_lines_and_counts_new_ones() {
+        let first: Vec<_> = (1..=3).map(ev).collect();
+        let (body, added) = merge_chunk(None, &first, Some("t")).unwrap();
+        assert_eq!(added, 3);
+        assert!(!body.ends_with('\n'));
+        assert_eq!(body.lines().count(), 3);
+        let (again, added) = merge_chunk(Some(&body), &first, Some("t")).unwrap();
+        assert_eq!((again.as_str(), added), (body.as_str(), 0));
+        let more: Vec<_> = (2..=5).map(ev).collect();
+        let (merged, added) = merge_chunk(Some(&body), &more, None).unwrap();
+        assert_eq!(added, 2);
+        let seqs: Vec<u64> = parse_chunk(&merged).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert!(merge_chunk(Some("{\"seq\":1}"), &more, None).is_err());
+    }
+}
