@@ -65,6 +65,11 @@ pub fn encode<M: Message>(msg: &M, max: usize, out: &mut Vec<u8>) -> Result<usiz
     Ok(FRAME_HEADER_LEN + payload.len())
 }
 
+/// The frame checksum: CRC32C (Castagnoli) of the payload.
+pub fn checksum(payload: &[u8]) -> u32 {
+    crc32c::crc32c(payload)
+}
+
 /// Length of the frame [`encode`] would append for `msg`.
 pub fn encoded_len<M: Message>(msg: &M) -> usize {
     msg.archive()
