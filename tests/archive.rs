@@ -470,3 +470,73 @@ fn missing_or_corrupt_archive_closes_the_tail() {
         _ => panic!("expected a 1011 close"),
     }
 }
+
+/// A 3-node cluster archiving under load while the node leading the most groups is
+/// killed and restarted: the new leaders resume archiving where `archived_seq`
+/// says; afterwards every node replays every acknowledged append exactly once
+/// (cold + hot), and the archive holds each seq of each session once.
+fn cluster_leader_change(kind: Kind) {
+    use common::cluster::{
+        create_sessions, resolve_pending, session_ids, verify, Cluster, ClusterOpts, Load,
+        LoadOpts,
+    };
+    let Some(b) = backend(kind) else {
+        eprintln!("skipped: no {kind:?} service");
+        return;
+    };
+    let _g = SERVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut opts = ClusterOpts::default();
+    opts.env = b.env.clone();
+    opts.env.retain(|(k, _)| k != "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS");
+    opts.env.push(("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(), "100".into()));
+    let mut c = Cluster::start(opts);
+    let sessions: Vec<String> = session_ids(&unique("arch-fo"), 6);
+    create_sessions(&c.ports(), &sessions);
+    let load = Load::start(LoadOpts::new("afo", sessions.len(), &sessions, &c.ports()));
+    std::thread::sleep(Duration::from_secs(3));
+    let leaders = c.own_leaders();
+    let victim = leaders.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i).unwrap();
+    let archived_before: u64 = c
+        .ports()
+        .iter()
+        .map(|p| metric(*p, "starcite_archive_events_acked_total"))
+        .sum();
+    assert!(archived_before > 0, "nothing archived in the first 3 s");
+    c.kill9(victim);
+    std::thread::sleep(Duration::from_secs(5));
+    c.restart(victim);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut report = load.stop();
+    report.assert_no_errors();
+    let extra = resolve_pending(&c.ports(), &mut report.producers, Duration::from_secs(30));
+    let mut acks = report.acks.clone();
+    acks.extend(extra);
+    let ports = c.ports();
+    wait_for("every node's hot tier drained by the archiver", Duration::from_secs(90), || {
+        ports
+            .iter()
+            .all(|p| metric(*p, "starcite_hot_tier_bytes") == 0)
+    });
+    let v = verify(&c, &c.all(), &sessions, &acks, true);
+    for s in &sessions {
+        let last = v.last[s];
+        let seqs: Vec<u64> = b.read(s, 1, 1_000_000).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "archive of {s}");
+    }
+    c.assert_no_panics();
+}
+
+#[test]
+fn fs_cluster_leader_change_mid_archive() {
+    cluster_leader_change(Kind::Fs);
+}
+
+#[test]
+fn s3_cluster_leader_change_mid_archive() {
+    cluster_leader_change(Kind::S3);
+}
+
+#[test]
+fn postgres_cluster_leader_change_mid_archive() {
+    cluster_leader_change(Kind::Pg);
+}
