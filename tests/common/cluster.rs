@@ -106,12 +106,9 @@ pub struct Cluster {
     _guard: MutexGuard<'static, ()>,
 }
 
-/// Binds `n` distinct loopback ports at once (so they differ), then releases them.
+/// `n` distinct free loopback ports (see [`super::free_ports`]).
 fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    super::free_ports(n)
 }
 
 impl Cluster {

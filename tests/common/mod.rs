@@ -59,10 +59,37 @@ pub struct Server {
     starts: u32,
 }
 
-/// Picks a free loopback port by binding port 0 and releasing it.
+/// Picks a free loopback port below the kernel's ephemeral range (32768+).
+///
+/// Ports handed out by binding port 0 come from the ephemeral range, where client
+/// sockets of other tests (thousands of them in TIME_WAIT after a load test) can
+/// hold the same number and make a server's second `SO_REUSEPORT` listener fail
+/// with "address in use". Below 32768 only listeners live.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports (held together while chosen, so they differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let mut held = Vec::with_capacity(n);
+    let mut tries = 0u32;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries < 100_000, "no free port below 32768");
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let x = seed.wrapping_add(k.wrapping_mul(40_503)) % 22_000;
+        let port = 10_000 + x as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 impl Server {
