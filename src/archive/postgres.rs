@@ -184,7 +184,7 @@ impl PostgresAdapter {
     fn check<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, ArchiveError> {
         result.map_err(|e| {
             let broken = e.as_db_error().is_none()
-                || self.client.as_ref().map_or(true, Client::is_closed);
+                || self.client.as_ref().is_none_or(Client::is_closed);
             if broken {
                 self.client = None;
             }
