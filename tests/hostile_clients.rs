@@ -11,7 +11,9 @@
 //!    `payload_too_large` without the body being read;
 //! 3. 200 garbage connections (random bytes, invalid request lines, invalid
 //!    UTF-8 headers, a 20 KiB header, ...) → 400 / 431 / closed, never a hang;
-//! 4. up to 5,000 idle TCP connections held for 10 s;
+//! 4. 10,000 idle TCP connections held for 10 s, from 127.0.0.2–127.0.0.4 (under
+//!    the default per-address cap of 4,096 each), while 127.0.0.5 opens more than
+//!    the cap and must see the surplus refused (503 `too_many_connections`);
 //! 5. deep JSON nesting and huge numbers in append bodies;
 //! 6. a WebSocket tail that never reads while 5,000 events are appended to its
 //!    session.
@@ -52,7 +54,13 @@ const GARBAGE_UNTERMINATED: usize = 8;
 /// Every hostile read is bounded by this.
 const HOSTILE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-const IDLE_TARGET: usize = 5_000;
+const IDLE_TARGET: usize = 10_000;
+/// Source addresses of the idle connections (each below the per-address cap).
+const IDLE_SOURCES: [[u8; 4]; 3] = [[127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]];
+/// The server's default `STARCITE_MAX_CONNECTIONS_PER_IP`.
+const PER_IP_CAP: usize = 4_096;
+/// Source address that goes over the per-address cap.
+const OVER_CAP_SOURCE: [u8; 4] = [127, 0, 0, 5];
 const IDLE_HOLD: Duration = Duration::from_secs(10);
 
 const FLOOD_EVENTS: u64 = 5_000;
@@ -90,6 +98,56 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (the server
+/// child inherits it); returns the new soft limit.
+fn raise_nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+    nofile_soft_limit()
+}
+
+/// A blocking TCP connection to 127.0.0.1:`port` from source address `src`.
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    fn sockaddr(ip: [u8; 4], port: u16) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own; it is closed on every error
+    // path, and handed to `TcpStream` (which then owns it) on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let local = sockaddr(src, 0);
+        let remote = sockaddr([127, 0, 0, 1], port);
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0
+            || libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
 }
 
 fn nofile_soft_limit() -> u64 {
@@ -649,8 +707,15 @@ fn garbage_one(
 // ---------------------------------------------------------------------------
 
 fn phase_idle(port: u16, r: &mut Report) {
+    // Client and server are separate processes, each with this limit (the server
+    // inherited it); keep ~1,500 descriptors spare on each side for the other phases.
     let limit = nofile_soft_limit();
-    let n = (IDLE_TARGET as u64).min((limit / 2).saturating_sub(200)) as usize;
+    let n = (IDLE_TARGET as u64).min(limit.saturating_sub(1_500)) as usize;
+    if n < IDLE_TARGET {
+        r.fail(format!(
+            "RLIMIT_NOFILE soft limit {limit} only allows {n} of {IDLE_TARGET} idle connections"
+        ));
+    }
     r.info(format!(
         "RLIMIT_NOFILE soft limit {limit}: opening {n} idle connections"
     ));
@@ -658,7 +723,8 @@ fn phase_idle(port: u16, r: &mut Report) {
     let mut conns = Vec::with_capacity(n);
     let mut errors = 0usize;
     while conns.len() < n && errors < 50 && t.elapsed() < Duration::from_secs(20) {
-        match TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), HOSTILE_READ_TIMEOUT) {
+        let src = IDLE_SOURCES[conns.len() % IDLE_SOURCES.len()];
+        match connect_from(src, port) {
             Ok(s) => conns.push(s),
             Err(e) => {
                 errors += 1;
@@ -678,7 +744,9 @@ fn phase_idle(port: u16, r: &mut Report) {
         "opened {opened} idle connections in {:.2}s; holding them {IDLE_HOLD:?}",
         t.elapsed().as_secs_f64()
     ));
-    thread::sleep(IDLE_HOLD);
+    let hold_start = Instant::now();
+    over_the_cap(port, r);
+    thread::sleep(IDLE_HOLD.saturating_sub(hold_start.elapsed()));
     // How many the server closed meanwhile (its 10 s head timeout counts from accept).
     let mut closed_by_server = 0usize;
     let mut b = [0u8; 16];
@@ -693,6 +761,45 @@ fn phase_idle(port: u16, r: &mut Report) {
     r.info(format!(
         "held {opened} idle connections for {IDLE_HOLD:?} ({closed_by_server} already closed \
          by the server at the end); closed them"
+    ));
+}
+
+/// From one address, opens the per-address cap's worth of idle connections plus 20:
+/// the surplus must be refused with 503 `too_many_connections` at once.
+fn over_the_cap(port: u16, r: &mut Report) {
+    let mut held = Vec::with_capacity(PER_IP_CAP);
+    for _ in 0..PER_IP_CAP {
+        match connect_from(OVER_CAP_SOURCE, port) {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                r.fail(format!("over-cap source: connect #{} failed: {e}", held.len()));
+                return;
+            }
+        }
+    }
+    // The server counts a connection when it accepts it: let it catch up.
+    thread::sleep(Duration::from_millis(500));
+    let mut refused = 0;
+    for _ in 0..20 {
+        let Ok(mut s) = connect_from(OVER_CAP_SOURCE, port) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(HOSTILE_READ_TIMEOUT));
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        if text.starts_with("HTTP/1.1 503") && text.contains("too_many_connections") {
+            refused += 1;
+        }
+    }
+    if refused != 20 {
+        r.fail(format!(
+            "only {refused} of 20 connections over the per-address cap got 503 too_many_connections"
+        ));
+    }
+    r.info(format!(
+        "held {} connections from one address; 20 more were refused (503): {refused}",
+        held.len()
     ));
 }
 
@@ -1256,6 +1363,8 @@ fn good_tail(
 
 #[test]
 fn node_survives_hostile_clients_with_bounded_memory() {
+    let nofile = raise_nofile_limit();
+    eprintln!("RLIMIT_NOFILE soft limit {nofile} (server inherits it)");
     let test_start = Instant::now();
     let hard_deadline = test_start + Duration::from_secs(55);
     let mut server = Server::start(ServerOpts::new().env("RUST_LOG", "warn"));

@@ -35,6 +35,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Cap on the bytes drained during that linger.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// Size of the read that waits for the next request on an idle connection (the rest
+/// of a larger head is read after it).
+const IDLE_READ: usize = 2048;
 /// Read chunk used while draining.
 const LINGER_READ: usize = 4096;
 /// Slack over `max_header_bytes` for the input buffer while decoding a chunked body,
@@ -144,7 +147,9 @@ impl<H: Handler> Conn<H> {
             let upgrade_check = (!http10).then(|| upgrade_check_for(&head)).flatten();
             let req = into_request(head, body, self.peer);
             let is_head = req.method == "HEAD";
-            let handled = catch_unwind_future(self.handler.handle(req)).await;
+            // Boxed: the handler future can be large, and an idle connection task
+            // should not carry its space between requests.
+            let handled = catch_unwind_future(Box::pin(self.handler.handle(req))).await;
             let reply = match handled {
                 Ok(reply) => reply,
                 Err(payload) => {
@@ -221,7 +226,12 @@ impl<H: Handler> Conn<H> {
         };
         let shutdown = self.shutdown.clone();
         let max = self.limits.max_header_bytes;
-        let read = timeout_at(idle_deadline, self.inbuf.fill(&mut self.stream, max));
+        // The first read of a request is small: an idle connection parks this buffer
+        // in the kernel until its client speaks, so it is kept to a few pages.
+        let read = timeout_at(
+            idle_deadline,
+            self.inbuf.fill(&mut self.stream, max.min(IDLE_READ)),
+        );
         monoio::select! {
             _ = shutdown.wait() => Err(Stop::Quiet),
             res = read => match res {
