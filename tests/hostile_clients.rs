@@ -772,7 +772,10 @@ fn over_the_cap(port: u16, r: &mut Report) {
         match connect_from(OVER_CAP_SOURCE, port) {
             Ok(s) => held.push(s),
             Err(e) => {
-                r.fail(format!("over-cap source: connect #{} failed: {e}", held.len()));
+                r.fail(format!(
+                    "over-cap source: connect #{} failed: {e}",
+                    held.len()
+                ));
                 return;
             }
         }

@@ -182,7 +182,11 @@ fn https_append_and_wss_tail() {
     assert_eq!(created.status(), 201);
 
     // The tail opens first, then events arrive live over WSS.
-    let mut ws = wss_connect(node.port, "/v1/sessions/tls-1/tail?cursor=0", pki.client_config());
+    let mut ws = wss_connect(
+        node.port,
+        "/v1/sessions/tls-1/tail?cursor=0",
+        pki.client_config(),
+    );
     for seq in 1..=3u64 {
         let r = agent
             .post(&node.url("/v1/sessions/tls-1/append"))
@@ -244,9 +248,16 @@ fn plain_http_to_the_tls_port_is_closed_and_the_node_keeps_serving() {
                 Err(e) => panic!("expected the server to close, got {e}"),
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "close took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "close took too long"
+        );
         // Nothing that looks like HTTP; at most a TLS alert record (content type 21).
-        assert!(!got.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&got));
+        assert!(
+            !got.starts_with(b"HTTP/"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
         assert!(got.is_empty() || got[0] == 0x15, "unexpected bytes {got:?}");
     }
     // A client that connects and never speaks is also dropped (handshake timeout is
@@ -350,7 +361,8 @@ fn jwks_over_https_needs_the_custom_ca() {
     let trusted = HttpJwksFetcher::with_tls(&url, pki.client_config());
     assert_eq!(trusted.fetch().unwrap(), body.as_bytes());
 
-    let public = HttpJwksFetcher::with_tls(&url, starcite::tls::client_config_with_ca(None).unwrap());
+    let public =
+        HttpJwksFetcher::with_tls(&url, starcite::tls::client_config_with_ca(None).unwrap());
     let err = public.fetch().unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
@@ -362,7 +374,7 @@ fn jwks_over_https_needs_the_custom_ca() {
 fn node_fetches_jwks_over_https_with_the_ca_file() {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    use jwt_simple::prelude::{Claims, Deserialize, RSAKeyPairLike, RS256KeyPair, Serialize};
+    use jwt_simple::prelude::{Claims, Deserialize, RS256KeyPair, RSAKeyPairLike, Serialize};
 
     let pki = Pki::new();
     let key = RS256KeyPair::generate(2048).unwrap().with_key_id("k1");

@@ -73,11 +73,7 @@ fn internal_error() -> Response {
 }
 
 fn too_many_tails() -> Response {
-    error_response(
-        503,
-        "too_many_tails",
-        "Too many tail sockets on this node",
-    )
+    error_response(503, "too_many_tails", "Too many tail sockets on this node")
 }
 
 fn invalid_upgrade() -> Response {

@@ -53,8 +53,8 @@ mod tests;
 
 use std::time::Duration;
 
-pub use request::{error_response, Handler, Reply, Request, Response, UpgradeFn};
 pub use guard::{IpSlot, NodeConnections, WebSocketSlot};
+pub use request::{error_response, Handler, Reply, Request, Response, UpgradeFn};
 pub use server::{bind_reuseport, serve, serve_with, ServeOptions, ShutdownSignal};
 pub use stream::HttpStream;
 pub use ws::{websocket_accept, WebSocket, WsEvent, WsReader, WsWriter, WS_EVENT_CHANNEL};

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::stream::HttpStream;
+use super::unwind::{catch_unwind_future, panic_message};
 use bytes::Bytes;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use super::stream::HttpStream;
-use super::unwind::{catch_unwind_future, panic_message};
 use monoio::time::timeout_at;
 
 use super::io::{deadline_after, head_and_body, write_parts_timeout};

@@ -126,7 +126,11 @@ impl Acceptor {
     /// socket and never speaks TLS cannot hold it longer). A failed handshake — plain
     /// HTTP on the TLS port, a bad ClientHello, a timeout — is an error; the caller
     /// drops the socket.
-    pub async fn accept(&self, tcp: TcpStream, limit: Duration) -> std::io::Result<ServerTlsStream> {
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        limit: Duration,
+    ) -> std::io::Result<ServerTlsStream> {
         match monoio::time::timeout(limit, self.inner.accept(tcp)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
@@ -192,7 +196,9 @@ mod tests {
         assert!(e.contains("nope.pem"), "{e}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        assert!(load_certs(&empty).unwrap_err().contains("no PEM certificate"));
+        assert!(load_certs(&empty)
+            .unwrap_err()
+            .contains("no PEM certificate"));
         assert!(load_key(&empty).is_err());
         assert!(client_config_with_ca(Some(&empty)).is_err());
     }
