@@ -109,6 +109,31 @@ impl ColdTier {
     }
 }
 
+impl ColdTier {
+    /// The replay step below the hot tier (§9.5): events `after + 1 ..=
+    /// min(after + limit, archived_seq)`, exactly, or the reason a stream must stop
+    /// with (`archive_read_unavailable` / `event_gap_detected`, decision 6).
+    pub async fn read_below_hot(
+        &self,
+        session: &str,
+        tenant_id: &str,
+        after: u64,
+        archived_seq: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Bytes)>, &'static str> {
+        let to = archived_seq.min(after.saturating_add(limit));
+        if after >= to {
+            return Ok(Vec::new());
+        }
+        self.read(session, tenant_id, after + 1, to)
+            .await
+            .map_err(|e| match e {
+                ColdError::Unavailable => "archive_read_unavailable",
+                ColdError::Gap => "event_gap_detected",
+            })
+    }
+}
+
 fn reader_loop(
     rx: &flume::Receiver<ColdRequest>,
     config: &ArchiveConfig,

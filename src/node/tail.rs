@@ -390,20 +390,17 @@ impl Tail {
     /// `cursor + 1 ..= min(cursor + 1000, archived_seq)`, or the socket closes with
     /// 1011 and the reason (decision 6) — never a silent skip.
     async fn cold_read(&self, archived_seq: u64) -> Result<Vec<(u64, Bytes)>, Stop> {
-        use crate::archive::cold::ColdError;
-        let from = self.spec.cursor + 1;
-        let to = archived_seq.min(self.spec.cursor + REPLAY_READ as u64);
-        if from > to {
-            return Ok(Vec::new());
-        }
-        self.spec
-            .cold
-            .read(&self.spec.session, &self.spec.tenant_id, from, to)
+        let spec = &self.spec;
+        spec.cold
+            .read_below_hot(
+                &spec.session,
+                &spec.tenant_id,
+                spec.cursor,
+                archived_seq,
+                REPLAY_READ as u64,
+            )
             .await
-            .map_err(|e| match e {
-                ColdError::Unavailable => Stop::Close(CLOSE_INTERNAL, "archive_read_unavailable"),
-                ColdError::Gap => Stop::Close(CLOSE_INTERNAL, "event_gap_detected"),
-            })
+            .map_err(|reason| Stop::Close(CLOSE_INTERNAL, reason))
     }
 
     /// One text frame: the event itself for batch_size 1, else a JSON array.
