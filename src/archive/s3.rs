@@ -90,6 +90,9 @@ pub fn http_agent() -> Result<ureq::Agent, ArchiveError> {
         .tls_config(tls)
         // Keep a few idle connections to the store across requests of a tick.
         .max_idle_connections_per_host(4)
+        // Never follow a redirect (a redirected PUT could come back as a GET's 200):
+        // a 3xx is an answer we do not expect, hence "unavailable" (§11.1).
+        .redirects(0)
         .build())
 }
 
@@ -132,6 +135,9 @@ impl S3Adapter {
             Err(ureq::Error::Status(404, _)) => return Ok(None),
             Err(e) => return Err(request_error("GET", key, e)),
         };
+        if !(200..300).contains(&resp.status()) {
+            return Err(unavailable(format!("GET {key}: HTTP {}", resp.status())));
+        }
         let etag = resp.header("etag").map(str::to_owned);
         let mut body = Vec::new();
         resp.into_reader()
@@ -168,7 +174,8 @@ impl S3Adapter {
             .set(name, value)
             .send_bytes(body)
         {
-            Ok(_) => Ok(Put::Stored),
+            Ok(resp) if (200..300).contains(&resp.status()) => Ok(Put::Stored),
+            Ok(resp) => Err(unavailable(format!("PUT {key}: HTTP {}", resp.status()))),
             Err(ureq::Error::Status(409 | 412, _)) => Ok(Put::PreconditionFailed),
             Err(e) => Err(request_error("PUT", key, e)),
         }
@@ -319,6 +326,67 @@ mod tests {
         let url = a.bucket.get_object(None, "k").sign(SIGN_FOR);
         assert_eq!(url.host_str(), Some("archive.s3.eu-west-1.amazonaws.com"));
         assert_eq!((url.scheme(), url.path()), ("https", "/k"));
+    }
+
+    /// A loopback listener answering every request with `status` (this checks the
+    /// status mapping of §11.1 only; the behaviour against a real store is in
+    /// tests/archive_s3_adapter.rs).
+    fn answering(status: &'static str) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(8) {
+                let Ok(mut conn) = conn else { return };
+                let mut buf = [0u8; 65536];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nLocation: http://127.0.0.1:9/elsewhere\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn session() -> SessionRecord {
+        SessionRecord {
+            id: "s".into(),
+            title: None,
+            tenant_id: "t".into(),
+            principal_id: "p".into(),
+            principal_type: "user".into(),
+            metadata: Default::default(),
+            created_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn statuses_map_as_the_contract_says() {
+        let with = |status| {
+            let mut c = config();
+            c.endpoint = Some(answering(status));
+            S3Adapter::open(&c).unwrap()
+        };
+        // A session blob already there (409/412) is success: first writer wins.
+        assert_eq!(with("412 Precondition Failed").write_sessions(&[session()]), Ok(()));
+        assert_eq!(with("409 Conflict").write_sessions(&[session()]), Ok(()));
+        // A redirect is never followed, and like any other status is "unavailable".
+        for status in ["307 Temporary Redirect", "301 Moved Permanently", "500 Oops", "403 Forbidden"] {
+            let r = with(status).write_sessions(&[session()]);
+            assert!(matches!(r, Err(ArchiveError::Unavailable(_))), "{status}: {r:?}");
+            let r = with(status).read_events("s", 1, 10);
+            assert!(matches!(r, Err(ArchiveError::Unavailable(_))), "{status}: {r:?}");
+        }
+        // 404 on GET is an absent chunk.
+        assert_eq!(with("404 Not Found").read_events("s", 1, 10), Ok(vec![]));
     }
 
     #[test]
