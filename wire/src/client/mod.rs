@@ -228,6 +228,11 @@ struct State {
     hints: HashMap<String, String>,
     /// Live subscriptions by their current request id.
     subs: HashMap<u64, SubState>,
+    /// Per session: appends refused with `producer_seq_conflict` while an
+    /// earlier append of their producer was unanswered, waiting for it.
+    parked: HashMap<String, Vec<Pending2>>,
+    /// Highest acknowledged producer_seq per (session, producer).
+    acked: HashMap<(String, String), u64>,
     next_handle: u64,
 }
 
@@ -303,6 +308,12 @@ impl Client {
             .filter(|c| c.usable())
             .map(|c| c.node.clone())
             .collect()
+    }
+
+    /// The node id believed to lead the session's group (from the last
+    /// acknowledged append), if known.
+    pub fn leader_hint(&self, session: &str) -> Option<String> {
+        self.inner.lock().hints.get(session).cloned()
     }
 
     pub fn create_session(
@@ -447,6 +458,11 @@ impl Client {
         let pending = std::mem::take(&mut st.pending);
         for (_, p) in pending {
             self.inner.fail(p.req, ClientError::Closed);
+        }
+        for (_, parked) in std::mem::take(&mut st.parked) {
+            for p in parked {
+                self.inner.fail(p.req, ClientError::Closed);
+            }
         }
         for (_, s) in std::mem::take(&mut st.subs) {
             let _ = s.tx.try_send(Err(ClientError::Closed));
@@ -649,6 +665,23 @@ impl Inner {
         self.release_slot();
     }
 
+    /// Sends a session's parked appends again, in submission order (after
+    /// an append of the session was answered).
+    fn flush_parked<'a>(
+        self: &'a Arc<Self>,
+        mut st: MutexGuard<'a, State>,
+        session: &str,
+    ) -> MutexGuard<'a, State> {
+        let Some(mut parked) = st.parked.remove(session) else {
+            return st;
+        };
+        parked.sort_by_key(|p| p.since);
+        for p in parked {
+            st = self.send_req(st, p.req, None, p.since);
+        }
+        st
+    }
+
     fn lane_done(st: &mut State, session: &str) {
         if let Some(l) = st.lanes.get_mut(session) {
             l.1 = l.1.saturating_sub(1);
@@ -700,30 +733,54 @@ impl Inner {
                 let Some(p) = st.pending.remove(&request_id) else {
                     return;
                 };
-                if let Req::Append { session, .. } = &p.req {
+                let mut flush = None;
+                if let Req::Append {
+                    session, fields, ..
+                } = &p.req
+                {
                     let session = session.clone();
                     Self::lane_done(&mut st, &session);
-                    // Retry when its fate is unknown, or when an earlier
-                    // append of the session is being retried (this one was
-                    // refused only because that one is missing).
-                    let earlier_retrying = code == "producer_seq_conflict"
-                        && st.pending.iter().any(|(rid, q)| {
-                            *rid > request_id
-                                && matches!(&q.req, Req::Append { session: s, .. } if *s == session)
-                                && q.since <= p.since
-                        });
-                    if (retryable(&code) || earlier_retrying)
-                        && p.since + self.cfg.retry_for > Instant::now()
-                    {
-                        if code != "producer_seq_conflict" {
-                            st.hints.remove(&session);
-                        }
+                    let in_time = p.since + self.cfg.retry_for > Instant::now();
+                    if retryable(&code) && in_time {
+                        // Fate unknown or provably not applied: send again
+                        // (deduped if it had been committed).
+                        st.hints.remove(&session);
                         drop(st);
                         std::thread::sleep(Duration::from_millis(20));
                         let st = self.lock();
                         drop(self.send_req(st, p.req, None, p.since));
                         return;
                     }
+                    // Refused only because an earlier append of the same
+                    // producer is still on its way (being retried): park it
+                    // until that one is answered.
+                    let earlier_unanswered = code == "producer_seq_conflict"
+                        && st.pending.values().any(|q| {
+                            q.since < p.since
+                                && matches!(&q.req, Req::Append { session: s, fields: f, .. }
+                                    if *s == session && f.producer_id == fields.producer_id)
+                        });
+                    if earlier_unanswered && in_time {
+                        st.parked.entry(session).or_default().push(p);
+                        return;
+                    }
+                    // Refused although the previous producer_seq was
+                    // acknowledged: the answering replica has not applied it
+                    // yet (right after a leader change). Try again shortly.
+                    let key = (session.clone(), fields.producer_id.clone());
+                    let previous_acked = code == "producer_seq_conflict"
+                        && st
+                            .acked
+                            .get(&key)
+                            .is_some_and(|m| m.saturating_add(1) >= fields.producer_seq);
+                    if previous_acked && in_time {
+                        drop(st);
+                        std::thread::sleep(Duration::from_millis(20));
+                        let st = self.lock();
+                        drop(self.send_req(st, p.req, None, p.since));
+                        return;
+                    }
+                    flush = Some(session);
                 }
                 self.fail(
                     p.req,
@@ -733,6 +790,9 @@ impl Inner {
                         status,
                     },
                 );
+                if let Some(session) = flush {
+                    drop(self.flush_parked(st, &session));
+                }
             }
             ServerMsg::Error { .. } => {
                 // Connection-level: the server closes; the reader sees EOF.
@@ -747,26 +807,32 @@ impl Inner {
                 let Some(p) = st.pending.remove(&request_id) else {
                     return;
                 };
-                if let Req::Append { session, reply, .. } = p.req {
+                if let Req::Append {
+                    session,
+                    reply,
+                    fields,
+                } = p.req
+                {
                     Self::lane_done(&mut st, &session);
-                    match leader {
-                        Some(node) if st.node_addr.contains_key(&node) => {
-                            st.hints.insert(session, node);
-                        }
-                        Some(_) => {}
-                        None => {
-                            if st.hints.get(&session).is_some_and(|n| *n != conn.node) {
-                                st.hints.remove(&session);
-                            }
-                        }
+                    let acked = st
+                        .acked
+                        .entry((session.clone(), fields.producer_id))
+                        .or_insert(0);
+                    *acked = (*acked).max(fields.producer_seq);
+                    // The leader is the named node, or else the one that answered.
+                    let node = leader.unwrap_or_else(|| conn.node.clone());
+                    if st.node_addr.contains_key(&node) {
+                        st.hints.insert(session.clone(), node);
+                    } else {
+                        st.hints.remove(&session);
                     }
-                    drop(st);
                     let _ = reply.send(Ok(Ack {
                         seq,
                         last_seq,
                         deduped,
                     }));
                     self.release_slot();
+                    drop(self.flush_parked(st, &session));
                 }
             }
             ServerMsg::SessionCreated {
