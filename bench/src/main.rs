@@ -16,6 +16,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod archive;
+
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -36,6 +38,9 @@ enum Cmd {
     Append(AppendArgs),
     /// CPU use of an (idle) process, in % of one core, from /proc/PID/stat.
     IdleCpu(IdleArgs),
+    /// Archive throughput, hot/cold replay throughput, append latency with and
+    /// without the archiver (starts its own node).
+    Archive(archive::ArchiveArgs),
 }
 
 #[derive(Args, Clone)]
@@ -69,6 +74,21 @@ struct AppendArgs {
     /// Per-request I/O timeout.
     #[arg(long, default_value_t = 10)]
     timeout_secs: u64,
+    /// `http` (JSON over HTTP/1.1) or `wire` (the binary protocol).
+    #[arg(long, default_value = "http")]
+    transport: String,
+    /// Requests in flight per producer (HTTP: pipelined on the keep-alive
+    /// connection; wire: pipelined on the client's connection).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Wire addresses (`host:port`, comma-separated; the nodes' STARCITE_WIRE_PORT)
+    /// for `--transport wire`. Sessions are still created over `--url`.
+    #[arg(long)]
+    wire: Option<String>,
+    /// Wire clients (each with one connection per node) shared by the
+    /// producers round-robin; 0 = one client per producer.
+    #[arg(long, default_value_t = 0)]
+    wire_clients: usize,
 }
 
 #[derive(Args)]
@@ -89,6 +109,7 @@ fn main() {
     let code = match cli.cmd {
         Cmd::Append(a) => cmd_append(a),
         Cmd::IdleCpu(a) => cmd_idle_cpu(a),
+        Cmd::Archive(a) => archive::cmd_archive(a),
     };
     std::process::exit(code);
 }
@@ -194,6 +215,31 @@ impl Conn {
 
     fn roundtrip_inner(&mut self, req: &[u8]) -> std::io::Result<Resp> {
         self.stream.as_mut().unwrap().write_all(req)?;
+        self.read_response()
+    }
+
+    /// Writes requests without reading (HTTP pipelining).
+    fn send_only(&mut self, req: &[u8]) -> std::io::Result<()> {
+        self.ensure()?;
+        let r = self.stream.as_mut().unwrap().write_all(req);
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    /// Reads the next response of a pipelined connection.
+    fn recv_one(&mut self) -> std::io::Result<Resp> {
+        let r = self.read_response();
+        match &r {
+            Ok(resp) if resp.close => self.stream = None,
+            Err(_) => self.stream = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn read_response(&mut self) -> std::io::Result<Resp> {
         let head_end = loop {
             if let Some(p) = find(&self.buf, b"\r\n\r\n") {
                 break p;
@@ -281,6 +327,22 @@ fn post_once(
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     c.roundtrip(&bytes)
+}
+
+/// One GET on a fresh connection.
+fn get_once(t: &Target, path: &str, timeout: Duration) -> std::io::Result<Resp> {
+    let mut c = Conn::new(t.addr, timeout);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        t.host_header
+    );
+    c.roundtrip(req.as_bytes())
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn pct(s: &str) -> String {
@@ -457,6 +519,30 @@ fn run_append(
     for s in &sessions {
         create_session(t, s, token, timeout)?;
     }
+    let wire_clients = match args.transport.as_str() {
+        "wire" => {
+            let nodes: Vec<String> = args
+                .wire
+                .as_deref()
+                .ok_or("--transport wire needs --wire host:port[,host:port...]")?
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect();
+            let n = if args.wire_clients == 0 {
+                producers
+            } else {
+                args.wire_clients
+            };
+            let per = args.pipeline.max(1) * producers.div_ceil(n);
+            let mut clients = Vec::new();
+            for _ in 0..n {
+                clients.push(wire::connect(&nodes, args.token.as_deref(), per)?);
+            }
+            Some(clients)
+        }
+        "http" => None,
+        other => return Err(format!("unknown --transport {other} (http or wire)")),
+    };
     let warmup = Duration::from_secs_f64(args.warmup_secs.max(0.0));
     let measure = Duration::from_secs(args.duration_secs);
     // Common clock for all producers.
@@ -477,10 +563,26 @@ fn run_append(
                 token,
             );
             let addr = t.addr;
+            let pipeline = args.pipeline.max(1);
+            let wire = wire_clients.as_ref().map(|c| c[i % c.len()].clone());
+            let payload_bytes = args.payload_bytes;
             std::thread::Builder::new()
                 .name(format!("producer-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || producer_loop(addr, timeout, tpl, start, measure_from, end))
+                .spawn(move || match wire {
+                    Some(client) => wire::producer_loop(
+                        client,
+                        &session,
+                        &producer_id,
+                        payload_bytes,
+                        pipeline,
+                        (start, measure_from, end),
+                    ),
+                    None if pipeline > 1 => {
+                        http_pipelined_loop(addr, timeout, tpl, pipeline, start, measure_from, end)
+                    }
+                    None => producer_loop(addr, timeout, tpl, start, measure_from, end),
+                })
                 .expect("spawn producer thread")
         })
         .collect();
@@ -588,6 +690,159 @@ fn producer_loop(
     res
 }
 
+/// HTTP/1.1 pipelining: `depth` requests on the wire, one written per response read.
+fn http_pipelined_loop(
+    addr: SocketAddr,
+    timeout: Duration,
+    tpl: ReqTemplate,
+    depth: usize,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) -> ProducerResult {
+    let mut res = ProducerResult::default();
+    let mut hist = new_hist();
+    let mut conn = Conn::new(addr, timeout);
+    let mut req = Vec::new();
+    let now = Instant::now();
+    if start > now {
+        std::thread::sleep(start - now);
+    }
+    let mut seq: u64 = 1;
+    let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    loop {
+        let now = Instant::now();
+        if now >= end && sent.is_empty() {
+            break;
+        }
+        if now < end && sent.len() < depth {
+            tpl.render(seq, &mut req);
+            if conn.send_only(&req).is_ok() {
+                sent.push_back(now);
+                seq += 1;
+                continue;
+            }
+        }
+        if sent.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let r = conn.recv_one();
+        let t1 = Instant::now();
+        let t0 = sent.pop_front().unwrap();
+        let measured = t0 >= measure_from && t1 <= end;
+        match r {
+            Ok(resp) if resp.status == 201 => {
+                if measured {
+                    res.ok += 1;
+                    let _ = hist.record(((t1 - t0).as_micros().max(1) as u64).min(60_000_000));
+                }
+            }
+            Ok(resp) => {
+                if measured {
+                    res.errors += 1;
+                }
+                if res.error_samples.len() < 3 {
+                    res.error_samples.push(format!(
+                        "{} {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                    ));
+                }
+            }
+            Err(e) => {
+                // The connection is gone with everything in flight on it.
+                if measured {
+                    res.errors += 1 + sent.len() as u64;
+                }
+                if res.error_samples.len() < 3 {
+                    res.error_samples.push(format!("io: {e}"));
+                }
+                sent.clear();
+            }
+        }
+    }
+    res.hist = Some(hist);
+    res
+}
+
+/// The binary-protocol transport (starcite-wire's client).
+mod wire {
+    use super::{new_hist, ProducerResult};
+    use starcite_wire::client::{Ack, Client, ClientConfig, Pending};
+    use starcite_wire::proto::AppendFields;
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    pub fn connect(nodes: &[String], token: Option<&str>, inflight: usize) -> Result<Client, String> {
+        let mut cfg = ClientConfig::new(nodes.iter().cloned()).max_inflight(inflight.max(1));
+        if let Some(t) = token {
+            cfg = cfg.token(t);
+        }
+        Client::connect(cfg).map_err(|e| format!("wire connect: {e}"))
+    }
+
+    pub fn producer_loop(
+        client: Client,
+        session: &str,
+        producer_id: &str,
+        payload_bytes: usize,
+        depth: usize,
+        (start, measure_from, end): (Instant, Instant, Instant),
+    ) -> ProducerResult {
+        let mut res = ProducerResult::default();
+        let mut hist = new_hist();
+        let pad = "x".repeat(payload_bytes.saturating_sub(40));
+        let now = Instant::now();
+        if start > now {
+            std::thread::sleep(start - now);
+        }
+        let mut seq = 1u64;
+        let mut window: VecDeque<(Instant, Pending<Ack>)> = VecDeque::new();
+        loop {
+            let now = Instant::now();
+            if now < end && window.len() < depth {
+                let fields = AppendFields {
+                    event_type: "bench.append".into(),
+                    payload: format!("{{\"n\":{seq},\"pad\":\"{pad}\"}}").into_bytes(),
+                    producer_id: producer_id.to_owned(),
+                    producer_seq: seq,
+                    ..Default::default()
+                };
+                seq += 1;
+                window.push_back((now, client.append_async(session, fields)));
+                continue;
+            }
+            let Some((t0, p)) = window.pop_front() else {
+                break;
+            };
+            let r = p.wait();
+            let t1 = Instant::now();
+            let measured = t0 >= measure_from && t1 <= end;
+            match r {
+                Ok(_) => {
+                    if measured {
+                        res.ok += 1;
+                        let us = (t1 - t0).as_micros().max(1) as u64;
+                        let _ = hist.record(us.min(60_000_000));
+                    }
+                }
+                Err(e) => {
+                    if measured {
+                        res.errors += 1;
+                    }
+                    if res.error_samples.len() < 3 {
+                        res.error_samples.push(format!("wire: {e}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        res.hist = Some(hist);
+        res
+    }
+}
+
 fn cmd_append(args: AppendArgs) -> i32 {
     let t: Vec<Target> = match args
         .url
@@ -615,7 +870,9 @@ fn cmd_append(args: AppendArgs) -> i32 {
     let mut results = Vec::new();
     for &n in &args.producers {
         eprintln!(
-            "running: {n} producers, {} s (+{} s warm-up), payload {} B, sessions {}",
+            "running: {} transport, pipeline {}, {n} producers, {} s (+{} s warm-up), payload {} B, sessions {}",
+            args.transport,
+            args.pipeline,
             args.duration_secs,
             args.warmup_secs,
             args.payload_bytes,
@@ -670,6 +927,9 @@ fn cmd_append(args: AppendArgs) -> i32 {
     let doc = json!({
         "benchmark": "append",
         "url": args.url,
+        "transport": args.transport,
+        "pipeline": args.pipeline,
+        "wire": args.wire,
         "duration_secs": args.duration_secs,
         "warmup_secs": args.warmup_secs,
         "payload_bytes": args.payload_bytes,
