@@ -176,6 +176,8 @@ fn pg_schema_is_the_contract_one_and_migrations_are_idempotent() {
             c("inserted_at", ts, false, None),
             c("producer_id", "text", true, None),
             c("producer_seq", "bigint", true, None),
+            // Ours, additive (docs/archive.md "Fidelity"): the event verbatim.
+            c("frame", "text", true, None),
         ]
     );
     assert_eq!(
@@ -286,7 +288,7 @@ fn pg_rows_have_the_contract_content() {
     assert_eq!(row.get::<_, String>(5), "acme");
 
     // And back through the adapter: equal but for the sub-second part.
-    assert_eq!(a.read_events(&s.id, 1, 300).unwrap(), stored_events(1..=300));
+    assert_eq!(a.read_events(&s.id, 1, 300).unwrap(), events(1..=300));
 }
 
 /// `MM:SS` of 10:15:00 + `secs` seconds (below an hour).
@@ -307,13 +309,13 @@ fn pg_writes_are_idempotent_in_batches_and_count_only_new_rows() {
     // More than one 5,000-row batch, overlapping what is there.
     assert_eq!(a.write_events(&s, &events(1..=12_000)).unwrap(), 11_700);
     assert_eq!(a.write_events(&s, &events(1..=12_000)).unwrap(), 0);
-    assert_eq!(a.read_events(&s.id, 1, 20_000).unwrap(), stored_events(1..=12_000));
+    assert_eq!(a.read_events(&s.id, 1, 20_000).unwrap(), events(1..=12_000));
 
     // An existing row wins over a rewrite with different content.
     let mut changed = ev(10);
     changed.payload = json!({"changed": true});
     assert_eq!(a.write_events(&s, &[changed]).unwrap(), 0);
-    assert_eq!(a.read_events(&s.id, 10, 10).unwrap(), stored_events(10..=10));
+    assert_eq!(a.read_events(&s.id, 10, 10).unwrap(), events(10..=10));
 }
 
 #[test]
@@ -346,8 +348,8 @@ fn pg_reads_filter_to_the_range_and_json_round_trips() {
     let mut a = PostgresAdapter::open(&config(&url)).unwrap();
     let s = session(&unique("ses-range"));
     a.write_events(&s, &events(1..=300)).unwrap();
-    assert_eq!(a.read_events(&s.id, 250, 260).unwrap(), stored_events(250..=260));
-    assert_eq!(a.read_events(&s.id, 290, u64::MAX).unwrap(), stored_events(290..=300));
+    assert_eq!(a.read_events(&s.id, 250, 260).unwrap(), events(250..=260));
+    assert_eq!(a.read_events(&s.id, 290, u64::MAX).unwrap(), events(290..=300));
     assert!(a.read_events(&s.id, 301, 400).unwrap().is_empty());
     assert!(a.read_events(&s.id, 10, 5).unwrap().is_empty());
     assert!(a.read_events("no-such-session", 1, 1000).unwrap().is_empty());
@@ -361,6 +363,46 @@ fn pg_reads_filter_to_the_range_and_json_round_trips() {
     assert_eq!(got.payload["text"], "héllo \"7\"\n");
 }
 
+/// Rows written by other tools (no `frame`) are read from the contract's columns:
+/// whole-second timestamps, JSON compared as values.
+#[test]
+fn pg_rows_without_the_verbatim_frame_read_from_the_contract_columns() {
+    let Some(url) = pg_url() else { return };
+    let _shared = SERVER.read().unwrap();
+    let mut a = PostgresAdapter::open(&config(&url)).unwrap();
+    let s = session(&unique("ses-ref"));
+    a.write_events(&s, &events(1..=10)).unwrap();
+    assert_eq!(a.read_events(&s.id, 1, 10).unwrap(), events(1..=10));
+    sql(&url)
+        .execute("UPDATE events SET frame = NULL WHERE session_id = $1", &[&s.id])
+        .unwrap();
+    assert_eq!(a.read_events(&s.id, 1, 10).unwrap(), stored_events(1..=10));
+}
+
+/// NUL characters cannot live in Postgres text/jsonb: the contract's columns get
+/// U+FFFD, the verbatim frame keeps the event exact, and archiving is not blocked.
+#[test]
+fn pg_events_with_nul_characters_are_archived_exactly() {
+    let Some(url) = pg_url() else { return };
+    let _shared = SERVER.read().unwrap();
+    let mut a = PostgresAdapter::open(&config(&url)).unwrap();
+    let s = session(&unique("ses-nul"));
+    let mut e = ev(1);
+    e.payload = json!({"t": "a\u{0}b", "k\u{0}": [1, "\u{0}"]});
+    e.actor = "user:al\u{0}ice".into();
+    e.source = Some("s\u{0}".into());
+    assert_eq!(a.write_events(&s, std::slice::from_ref(&e)).unwrap(), 1);
+    assert_eq!(a.read_events(&s.id, 1, 1).unwrap(), vec![e]);
+    let row = sql(&url)
+        .query_one(
+            "SELECT actor, payload->>'t' FROM events WHERE session_id = $1",
+            &[&s.id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "user:al\u{FFFD}ice");
+    assert_eq!(row.get::<_, String>(1), "a\u{FFFD}b");
+}
+
 #[test]
 fn pg_an_unreadable_row_is_reported() {
     let Some(url) = pg_url() else { return };
@@ -370,11 +412,11 @@ fn pg_an_unreadable_row_is_reported() {
     a.write_events(&s, &events(1..=3)).unwrap();
     sql(&url)
         .execute(
-            "UPDATE events SET metadata = '[1]' WHERE session_id = $1 AND seq = 2",
+            "UPDATE events SET metadata = '[1]', frame = NULL WHERE session_id = $1 AND seq = 2",
             &[&s.id],
         )
         .unwrap();
-    assert_eq!(a.read_events(&s.id, 1, 1).unwrap(), stored_events(1..=1));
+    assert_eq!(a.read_events(&s.id, 1, 1).unwrap(), events(1..=1));
     assert!(matches!(
         a.read_events(&s.id, 1, 3),
         Err(ArchiveError::Unreadable(_))
@@ -421,5 +463,5 @@ fn pg_server_down_is_unavailable_then_the_adapter_reconnects() {
     services("start-pg");
     // The same adapter reconnects on its next call; nothing was lost or duplicated.
     assert_eq!(a.write_events(&s, &events(50..=200)).unwrap(), 100);
-    assert_eq!(a.read_events(&s.id, 1, 1000).unwrap(), stored_events(1..=200));
+    assert_eq!(a.read_events(&s.id, 1, 1000).unwrap(), events(1..=200));
 }

@@ -83,19 +83,26 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         CREATE INDEX IF NOT EXISTS sessions_metadata_index ON sessions USING GIN (metadata);
         CREATE INDEX IF NOT EXISTS sessions_tenant_id_index ON sessions (tenant_id);",
     ),
+    (
+        // Ours, additive: the event verbatim (its NDJSON line, §11.1), so cold reads
+        // return exactly what the hot tier held — jsonb reorders keys and
+        // timestamp(0) drops the microseconds. Other readers ignore the column.
+        20_261_127_000_001,
+        "ALTER TABLE events ADD COLUMN IF NOT EXISTS frame text;",
+    ),
 ];
 
 const INSERT_EVENTS: &str = "INSERT INTO events
         (session_id, seq, type, payload, actor, source, metadata, refs,
-         idempotency_key, inserted_at, producer_id, producer_seq)
+         idempotency_key, inserted_at, producer_id, producer_seq, frame)
     SELECT $1, u.seq, u.type, u.payload::jsonb, u.actor, u.source, u.metadata::jsonb,
            u.refs::jsonb, u.idempotency_key, to_timestamp(u.ts) AT TIME ZONE 'UTC',
-           u.producer_id, u.producer_seq
+           u.producer_id, u.producer_seq, u.frame
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
-                $12::bigint[])
+                $12::bigint[], $13::text[])
          AS u(seq, type, payload, actor, source, metadata, refs, idempotency_key, ts,
-              producer_id, producer_seq)
+              producer_id, producer_seq, frame)
     ON CONFLICT (session_id, seq) DO NOTHING";
 
 const INSERT_SESSION: &str = "INSERT INTO sessions
@@ -106,7 +113,7 @@ const INSERT_SESSION: &str = "INSERT INTO sessions
 
 const SELECT_EVENTS: &str = "SELECT seq, type, payload::text, actor, source, metadata::text,
            refs::text, idempotency_key,
-           extract(epoch FROM inserted_at)::bigint, producer_id, producer_seq
+           extract(epoch FROM inserted_at)::bigint, producer_id, producer_seq, frame
     FROM events
     WHERE session_id = $1 AND seq BETWEEN $2 AND $3
     ORDER BY seq";
@@ -208,17 +215,22 @@ impl PostgresAdapter {
         let mut ts = Vec::with_capacity(events.len());
         let mut producer_id = Vec::with_capacity(events.len());
         let mut producer_seq = Vec::with_capacity(events.len());
+        let mut frame = Vec::with_capacity(events.len());
         for e in events {
+            // The verbatim line keeps every character (JSON escapes NUL as \u0000);
+            // the contract's columns cannot hold NUL (text, jsonb), so there it
+            // becomes U+FFFD rather than blocking the session's archiving forever.
+            frame.push(e.to_line(None));
             seq.push(to_i64(e.seq));
-            typ.push(e.event_type.as_str());
-            payload.push(serde_json::to_string(&e.payload).expect("JSON value serialises"));
-            actor.push(e.actor.as_str());
-            source.push(e.source.as_deref());
-            metadata.push(serde_json::to_string(&e.metadata).expect("JSON map serialises"));
-            refs.push(serde_json::to_string(&e.refs).expect("JSON map serialises"));
-            idem.push(e.idempotency_key.as_deref());
+            typ.push(no_nul(&e.event_type));
+            payload.push(json_no_nul(&e.payload));
+            actor.push(no_nul(&e.actor));
+            source.push(e.source.as_deref().map(no_nul));
+            metadata.push(json_no_nul(&Value::Object(e.metadata.clone())));
+            refs.push(json_no_nul(&Value::Object(e.refs.clone())));
+            idem.push(e.idempotency_key.as_deref().map(no_nul));
             ts.push(whole_seconds(e.inserted_at_us));
-            producer_id.push(e.producer_id.as_str());
+            producer_id.push(no_nul(&e.producer_id));
             producer_seq.push(to_i64(e.producer_seq));
         }
         let client = self.client()?;
@@ -237,6 +249,7 @@ impl PostgresAdapter {
                 &ts,
                 &producer_id,
                 &producer_seq,
+                &frame,
             ],
         );
         self.check(result)
@@ -289,8 +302,39 @@ fn json_object(row: &Row, i: usize, what: &str) -> Result<Map<String, Value>, Ar
     }
 }
 
+/// `s` with NUL characters replaced (Postgres text cannot hold them).
+fn no_nul(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_owned()
+    }
+}
+
+/// JSON text of `v` with NUL characters in strings and keys replaced (jsonb
+/// rejects `\u0000`).
+fn json_no_nul(v: &Value) -> String {
+    let text = serde_json::to_string(v).expect("JSON value serialises");
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    fn scrub(v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(no_nul(s)),
+            Value::Array(a) => Value::Array(a.iter().map(scrub).collect()),
+            Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (no_nul(k), scrub(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&scrub(v)).expect("JSON value serialises")
+}
+
 fn event_from_row(row: &Row) -> Result<ArchiveEvent, ArchiveError> {
     let bad = |what: &str, e: postgres::Error| ArchiveError::Unreadable(format!("{what}: {e}"));
+    let frame: Option<String> = row.try_get(11).map_err(|e| bad("frame", e))?;
+    if let Some(line) = frame {
+        return Ok(ArchiveEvent::from_line(&line)?);
+    }
     let seq: i64 = row.try_get(0).map_err(|e| bad("seq", e))?;
     let producer_seq: Option<i64> = row.try_get(10).map_err(|e| bad("producer_seq", e))?;
     let inserted_at: i64 = row.try_get(8).map_err(|e| bad("inserted_at", e))?;
