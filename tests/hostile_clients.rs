@@ -764,12 +764,18 @@ fn phase_idle(port: u16, r: &mut Report) {
     ));
 }
 
-/// From one address, opens the per-address cap's worth of idle connections plus 20:
-/// the surplus must be refused with 503 `too_many_connections` at once.
+/// From one address, opens the per-address cap's worth of connections, each made
+/// to complete one request (so the server has certainly admitted it) and then left
+/// idle under keep-alive; 20 more connections from that address must be refused
+/// with 503 `too_many_connections` at once.
 fn over_the_cap(port: u16, r: &mut Report) {
+    const REQ: &[u8] = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut held = Vec::with_capacity(PER_IP_CAP);
     for _ in 0..PER_IP_CAP {
-        match connect_from(OVER_CAP_SOURCE, port) {
+        match connect_from(OVER_CAP_SOURCE, port).and_then(|mut s| {
+            s.write_all(REQ)?;
+            Ok(s)
+        }) {
             Ok(s) => held.push(s),
             Err(e) => {
                 r.fail(format!(
@@ -780,8 +786,27 @@ fn over_the_cap(port: u16, r: &mut Report) {
             }
         }
     }
-    // The server counts a connection when it accepts it: let it catch up.
-    thread::sleep(Duration::from_millis(500));
+    let mut answered = 0;
+    for s in &mut held {
+        let _ = s.set_read_timeout(Some(HOSTILE_READ_TIMEOUT));
+        let mut got = Vec::new();
+        let mut b = [0u8; 1024];
+        // /health/live answers a small JSON body; the head end plus a '}' is enough.
+        while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+            match s.read(&mut b) {
+                Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                _ => break,
+            }
+        }
+        if got.starts_with(b"HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    if answered != PER_IP_CAP {
+        r.fail(format!(
+            "only {answered} of {PER_IP_CAP} connections up to the per-address cap were served"
+        ));
+    }
     let mut refused = 0;
     for _ in 0..20 {
         let Ok(mut s) = connect_from(OVER_CAP_SOURCE, port) else {
