@@ -530,3 +530,34 @@ fn s3_cluster_leader_change_mid_archive() {
 fn postgres_cluster_leader_change_mid_archive() {
     cluster_leader_change(Kind::Pg);
 }
+
+/// With the archive down the hot tier fills up to `STARCITE_EVENT_STORE_MAX_SIZE`,
+/// then appends answer 429 `event_store_backpressure` (decision 10) instead of
+/// growing without bound; once the archive is back they succeed again.
+#[test]
+fn fs_backpressure_while_the_archive_is_down() {
+    let b = backend(Kind::Fs).unwrap();
+    let server = Server::start(b.opts().env("STARCITE_EVENT_STORE_MAX_SIZE", "256KB"));
+    let port = server.port();
+    let session = "bp-session";
+    create_session(port, session);
+    b.stop();
+    let mut conn = HttpConn::new(port);
+    let mut refused = None;
+    for n in 1..=5_000u64 {
+        let (st, v) = conn.post_json(&append_path(session), &strip_nulls(body(n)));
+        if st == 429 {
+            assert_eq!(v["error"], "event_store_backpressure", "{v}");
+            refused = Some(n);
+            break;
+        }
+        assert_eq!(st, 201, "append {n}: {v}");
+    }
+    let refused = refused.expect("the hot-tier bound refuses appends");
+    assert!(refused > 100, "some appends fit first ({refused})");
+    b.start();
+    wait_for("appends accepted again after the archive returns", Duration::from_secs(60), || {
+        conn.post_json(&append_path(session), &strip_nulls(body(refused))).0 == 201
+    });
+    tail_all(port, session, 0, refused as usize);
+}

@@ -330,3 +330,89 @@ fn backpressure_rejects_appends_over_the_hot_bound() {
     assert_eq!(err, EngineError::Backpressure);
     assert!(at > 5, "some appends fit first");
 }
+
+fn ack(session: &str, upto: u64) -> Proposal {
+    Proposal::AckArchived {
+        session: session.into(),
+        upto,
+    }
+}
+
+/// The archiver's view: scan returns unarchived events of led groups; an ack
+/// evicts them (reads below answer `Archived`), frees the hot bound, and the
+/// state (archived_seq + the remaining hot events) survives checkpoints and
+/// recovery (decision 7).
+#[test]
+fn archive_scan_and_ack_evict_and_survive_recovery() {
+    let mut log = MemLog::new();
+    let mut cfg = config(16 * 1024);
+    cfg.hot_bytes_limit = 60_000;
+    let mut shard: Shard<u64> = Shard::new(cfg.clone(), log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    for s in ["a", "b", "empty"] {
+        shard.propose(create(s), 0, 100).unwrap();
+    }
+    drive(&mut shard, &mut log);
+    for i in 1..=300 {
+        shard.propose(append("a", "p", i), i, 1).unwrap();
+        if i <= 10 {
+            shard.propose(append("b", "p", i), i, 1).unwrap();
+        }
+        drive(&mut shard, &mut log);
+    }
+    // Until the hot bound is hit: then only archiving makes room.
+    let mut n = 301;
+    while shard.propose(append("a", "p", n), n, 1).is_ok() {
+        drive(&mut shard, &mut log);
+        n += 1;
+    }
+    let last = n - 1;
+
+    let (work, more) = shard.archive_scan(None, 100, usize::MAX, 0);
+    assert!(!more);
+    let ids: Vec<&str> = work.iter().map(|w| w.session.id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "b", "empty"], "empty sessions created since 0 come too");
+    assert_eq!(work[0].events.len(), 100, "per-session cap");
+    assert_eq!(work[0].events[0].0, 1);
+    assert!(work[2].events.is_empty());
+    let (later, _) = shard.archive_scan(None, 100, usize::MAX, 101);
+    assert_eq!(later.len(), 2, "old empty sessions are not scanned again");
+    let (budgeted, more) = shard.archive_scan(None, 100, 1, 0);
+    assert_eq!((budgeted.len(), more), (1, true), "the byte budget stops a scan early");
+    let (after_a, _) = shard.archive_scan(Some("a"), 100, usize::MAX, 0);
+    assert_eq!(after_a[0].session.id, "b", "scans resume after a session id");
+
+    let hot_before = shard.hot_bytes();
+    shard.propose(ack("a", 250), 9_000, 2).unwrap();
+    shard.propose(ack("b", 10_000), 9_001, 2).unwrap();
+    let out = drive(&mut shard, &mut log);
+    let mut acks: Vec<_> = out.completions.into_iter().filter(|(w, _)| *w >= 9_000).collect();
+    acks.sort_by_key(|(w, _)| *w);
+    assert_eq!(acks[0].1, Ok(Outcome::Acked { archived_seq: 250 }));
+    assert_eq!(acks[1].1, Ok(Outcome::Acked { archived_seq: 10 }), "capped at last_seq");
+    assert!(shard.hot_bytes() < hot_before);
+    assert_eq!(
+        shard.read("a", 100, 10),
+        Err(EngineError::Archived { archived_seq: 250 })
+    );
+    assert_eq!(shard.read("a", 250, 1).unwrap().events[0].0, 251);
+    assert!(shard.read("b", 10, 10).unwrap().events.is_empty());
+    // Room again.
+    shard.propose(append("a", "p", n), n, 1).unwrap();
+    drive(&mut shard, &mut log);
+    let (work, _) = shard.archive_scan(None, 10_000, usize::MAX, 101);
+    assert_eq!(work.len(), 1);
+    assert_eq!((work[0].archived_seq, work[0].events[0].0), (250, 251));
+    assert_eq!(work[0].events.last().unwrap().0, last + 1);
+
+    // Recovery keeps archived_seq and exactly the unarchived events.
+    let before = shard.read("a", 250, 1000).unwrap();
+    drop(shard);
+    let mut shard: Shard<u64> = Shard::new(cfg, log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    assert_eq!(shard.read("a", 250, 1000).unwrap(), before);
+    assert_eq!(
+        shard.read("a", 0, 1),
+        Err(EngineError::Archived { archived_seq: 250 })
+    );
+}
