@@ -218,6 +218,7 @@ async fn core_main(ctx: CoreContext) {
             listener,
             gateway.clone(),
             limits,
+            ctx.serve_opts.tls.clone(),
             shutdown.wait(),
         ))
     });

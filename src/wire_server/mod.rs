@@ -1,5 +1,7 @@
 //! The binary client protocol (`docs/wire-protocol.md`) on
-//! `STARCITE_WIRE_PORT`, served on every core next to HTTP.
+//! `STARCITE_WIRE_PORT`, served on every core next to HTTP, over TLS when the
+//! gateway has TLS (`STARCITE_TLS_CERT_FILE`/`STARCITE_TLS_KEY_FILE`, the same
+//! acceptor).
 //!
 //! Every core binds the port with `SO_REUSEPORT` and runs [`serve`]. A
 //! connection is handled by [`conn::run`], generic over the byte stream so a
@@ -82,6 +84,7 @@ pub async fn serve(
     listener: TcpListener,
     gateway: Rc<Gateway>,
     limits: Rc<WireLimits>,
+    tls: Option<crate::tls::Acceptor>,
     shutdown: impl Future<Output = ()> + 'static,
 ) {
     let active = Rc::new(Cell::new(0usize));
@@ -100,8 +103,17 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 active.set(active.get() + 1);
                 let (gw, lim, act) = (gateway.clone(), limits.clone(), active.clone());
+                let tls = tls.clone();
                 monoio::spawn(async move {
-                    conn::run(stream, gw, lim).await;
+                    match tls {
+                        None => conn::run(stream, gw, lim).await,
+                        // Same certificate and key as the HTTP gateway; the
+                        // handshake is bounded like the preface.
+                        Some(acceptor) => match acceptor.accept(stream, lim.hello_timeout).await {
+                            Ok(tls) => conn::run(tls, gw, lim).await,
+                            Err(err) => tracing::debug!(%err, "wire: TLS handshake failed"),
+                        },
+                    }
                     act.set(act.get() - 1);
                 });
             }
