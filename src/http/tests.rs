@@ -39,6 +39,19 @@ impl Handler for TestHandler {
         if req.path == "/ws" {
             return Reply::WebSocket(Box::new(|ws| Box::pin(ws_session(ws))));
         }
+        if req.path == "/panic" {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            panic!("handler panic (test)");
+        }
+        if req.path == "/ws-panic" {
+            return Reply::WebSocket(Box::new(|ws| {
+                Box::pin(async move {
+                    let (_rd, mut wr) = ws.split();
+                    let _ = wr.send_text(Bytes::from_static(b"before")).await;
+                    panic!("websocket session panic (test)");
+                })
+            }));
+        }
         let body = format!(
             "{} {} q={} len={} body={}",
             req.method,
@@ -535,6 +548,94 @@ fn connections_over_the_cap_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(1));
     first.send(b"GET /still HTTP/1.1\r\n\r\n");
     assert_eq!(first.read_response(false).status, 200);
+}
+
+#[test]
+fn handler_panic_is_a_500_and_the_runtime_keeps_serving() {
+    let server = TestServer::start(test_limits());
+    let mut bystander = server.connect();
+    bystander.send(b"GET /before HTTP/1.1\r\n\r\n");
+    assert_eq!(bystander.read_response(false).status, 200);
+    for _ in 0..3 {
+        let mut c = server.connect();
+        c.send(b"GET /panic HTTP/1.1\r\n\r\n");
+        let resp = c.read_response(false);
+        assert_eq!(resp.status, 500);
+        assert_eq!(resp.header("connection"), Some("close"));
+        assert_eq!(
+            resp.body_str(),
+            r#"{"error":"internal_error","message":"Internal server error"}"#
+        );
+        assert!(c.closed_by_server());
+    }
+    // A WebSocket session that panics closes its socket only.
+    let mut ws = server.connect();
+    ws.send(
+        b"GET /ws-panic HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(ws.read_response(false).status, 101);
+    assert_eq!(ws.read_text(), "before");
+    assert!(ws.closed_by_server());
+    // The connection opened before the panics is still served, and new ones too.
+    bystander.send(b"GET /after HTTP/1.1\r\n\r\n");
+    assert_eq!(bystander.read_response(false).status, 200);
+    let mut fresh = server.connect();
+    fresh.send(b"GET /fresh HTTP/1.1\r\n\r\n");
+    assert_eq!(fresh.read_response(false).status, 200);
+}
+
+#[test]
+fn websocket_cap_answers_503() {
+    use std::sync::Arc;
+    let node = Arc::new(NodeConnections::new(0, 1));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let opts = ServeOptions {
+        tls: None,
+        node: Arc::clone(&node),
+    };
+    let thread = std::thread::spawn(move || {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let shutdown = async move {
+                let _ = stop_rx.recv_async().await;
+            };
+            let limits = Rc::new(test_limits());
+            serve_with(listener, Rc::new(TestHandler), limits, opts, shutdown).await;
+        });
+    });
+    let addr = addr_rx.recv_timeout(CLIENT_READ_TIMEOUT).unwrap();
+    let mut first = Client::connect(addr);
+    first.upgrade();
+    assert_eq!(node.websockets(), 1);
+    let mut second = Client::connect(addr);
+    second.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let resp = second.read_response(false);
+    assert_eq!(resp.status, 503);
+    assert!(
+        resp.body_str().contains("too_many_tails"),
+        "{}",
+        resp.body_str()
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.websockets() > 0 {
+        assert!(Instant::now() < deadline, "WebSocket slot not released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut third = Client::connect(addr);
+    third.upgrade();
+    drop(stop_tx);
+    thread.join().expect("server thread");
 }
 
 #[test]
