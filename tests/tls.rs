@@ -108,10 +108,18 @@ fn agent(tls: Arc<rustls::ClientConfig>) -> ureq::Agent {
 
 impl TlsNode {
     fn start(pki: &Pki) -> TlsNode {
-        let (child, port, data, log) = spawn(&[
-            ("STARCITE_TLS_CERT_FILE", &pki.path("cert.pem")),
-            ("STARCITE_TLS_KEY_FILE", &pki.path("key.pem")),
-        ]);
+        Self::start_with(pki, &[])
+    }
+
+    fn start_with(pki: &Pki, extra: &[(&str, &Path)]) -> TlsNode {
+        let cert = pki.path("cert.pem");
+        let key = pki.path("key.pem");
+        let mut env: Vec<(&str, &Path)> = vec![
+            ("STARCITE_TLS_CERT_FILE", &cert),
+            ("STARCITE_TLS_KEY_FILE", &key),
+        ];
+        env.extend_from_slice(extra);
+        let (child, port, data, log) = spawn(&env);
         let mut node = TlsNode {
             child,
             port,
@@ -443,5 +451,32 @@ fn node_fetches_jwks_over_https_with_the_ca_file() {
             }
         };
         assert_eq!(status, want, "with_ca={with_ca}");
+    }
+}
+
+/// Over the per-address cap a TLS connection is closed before any handshake.
+#[test]
+fn tls_connections_over_the_per_address_cap_are_closed() {
+    let pki = Pki::new();
+    let node = TlsNode::start_with(&pki, &[("STARCITE_MAX_CONNECTIONS_PER_IP", Path::new("2"))]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Two raw connections take the address's slots (counted at accept, before TLS).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = agent(pki.client_config());
+    match agent.get(&node.url("/health/live")).call() {
+        Err(ureq::Error::Transport(_)) => {}
+        other => panic!("expected the connection to be closed, got {other:?}"),
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match agent.get(&node.url("/health/live")).call() {
+            Ok(r) if r.status() == 200 => break,
+            _ if Instant::now() > deadline => panic!("no slot after closing the held ones"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
