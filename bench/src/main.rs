@@ -17,6 +17,15 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod archive;
+mod cluster;
+mod failover;
+mod openloop;
+mod peers;
+mod plot;
+mod progress;
+mod replay;
+mod summarize;
+mod tail;
 
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -41,6 +50,22 @@ enum Cmd {
     /// Archive throughput, hot/cold replay throughput, append latency with and
     /// without the archiver (starts its own node).
     Archive(archive::ArchiveArgs),
+    /// Delivery latency from append ack to receipt at M subscribers of one
+    /// session; or `--idle N` idle tail sockets and the node's memory.
+    Tail(tail::TailArgs),
+    /// Events/s replayed from the hot tier over WebSocket tails.
+    Replay(replay::ReplayArgs),
+    /// Steady load on a self-started 3-node cluster while the node leading the
+    /// most groups is killed: unavailability window, p99 before/around/after.
+    Failover(failover::FailoverArgs),
+    /// Start a local N-node cluster on 127.0.0.1 and run another scenario
+    /// against it (`--run "append --producers 1,16"`), or just keep it up.
+    Cluster(cluster::ClusterArgs),
+    /// The same closed-loop append load against NATS JetStream or Redis
+    /// Streams (for the comparison in docs/performance.md).
+    Peer(peers::PeerArgs),
+    /// Medians of `bench/compare`'s rounds, comparison plots, summary tables.
+    Summarize(summarize::SummarizeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -89,6 +114,14 @@ struct AppendArgs {
     /// producers round-robin; 0 = one client per producer.
     #[arg(long, default_value_t = 0)]
     wire_clients: usize,
+    /// Open loop: send on a fixed schedule of `--rate` appends/s in total
+    /// (spread over the producers, one in flight each, HTTP), latency from each
+    /// request's intended send time (coordinated-omission-correct).
+    #[arg(long)]
+    open_loop: bool,
+    /// Total target rate of `--open-loop`, appends/s.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
 }
 
 #[derive(Args)]
@@ -110,6 +143,12 @@ fn main() {
         Cmd::Append(a) => cmd_append(a),
         Cmd::IdleCpu(a) => cmd_idle_cpu(a),
         Cmd::Archive(a) => archive::cmd_archive(a),
+        Cmd::Tail(a) => tail::cmd_tail(a),
+        Cmd::Replay(a) => replay::cmd_replay(a),
+        Cmd::Failover(a) => failover::cmd_failover(a),
+        Cmd::Cluster(a) => cluster::cmd_cluster(a),
+        Cmd::Peer(a) => peers::cmd_peer(a),
+        Cmd::Summarize(a) => summarize::cmd_summarize(a),
     };
     std::process::exit(code);
 }
@@ -549,6 +588,11 @@ fn run_append(
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + warmup;
     let end = measure_from + measure;
+    let prog = progress::start(
+        &format!("{producers} producers"),
+        (warmup + measure).as_secs_f64(),
+        Duration::from_millis(250),
+    );
 
     let handles: Vec<_> = (0..producers)
         .map(|i| {
@@ -566,6 +610,9 @@ fn run_append(
             let pipeline = args.pipeline.max(1);
             let wire = wire_clients.as_ref().map(|c| c[i % c.len()].clone());
             let payload_bytes = args.payload_bytes;
+            let open = args
+                .open_loop
+                .then(|| openloop::schedule(args.rate, producers, i));
             std::thread::Builder::new()
                 .name(format!("producer-{i}"))
                 .stack_size(256 * 1024)
@@ -578,6 +625,10 @@ fn run_append(
                         pipeline,
                         (start, measure_from, end),
                     ),
+                    None if open.is_some() => {
+                        let (iv, ph) = open.unwrap();
+                        openloop::producer_loop(addr, timeout, tpl, iv, ph, start, measure_from, end)
+                    }
                     None if pipeline > 1 => {
                         http_pipelined_loop(addr, timeout, tpl, pipeline, start, measure_from, end)
                     }
@@ -607,6 +658,7 @@ fn run_append(
             }
         }
     }
+    prog.finish();
     Ok(RunResult {
         producers,
         sessions: n_sessions,
@@ -648,6 +700,7 @@ fn producer_loop(
         match r {
             Ok(resp) if resp.status == 201 => {
                 seq += 1;
+                progress::ok();
                 if measured {
                     res.ok += 1;
                     let us = (t1 - t0).as_micros().max(1) as u64;
@@ -733,6 +786,7 @@ fn http_pipelined_loop(
         let measured = t0 >= measure_from && t1 <= end;
         match r {
             Ok(resp) if resp.status == 201 => {
+                progress::ok();
                 if measured {
                     res.ok += 1;
                     let _ = hist.record(((t1 - t0).as_micros().max(1) as u64).min(60_000_000));
@@ -821,6 +875,7 @@ mod wire {
             let measured = t0 >= measure_from && t1 <= end;
             match r {
                 Ok(_) => {
+                    crate::progress::ok();
                     if measured {
                         res.ok += 1;
                         let us = (t1 - t0).as_micros().max(1) as u64;
@@ -934,7 +989,12 @@ fn cmd_append(args: AppendArgs) -> i32 {
         "warmup_secs": args.warmup_secs,
         "payload_bytes": args.payload_bytes,
         "sessions_option": args.sessions,
-        "closed_loop": true,
+        "closed_loop": !args.open_loop,
+        "open_loop_rate_per_sec": if args.open_loop { json!(args.rate) } else { Value::Null },
+        "throughput_over_time": progress::take_all()
+            .into_iter()
+            .map(|(label, s)| json!({"run": label, "per_sec": s}))
+            .collect::<Vec<_>>(),
         "results": results.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
     });
     let text = serde_json::to_string_pretty(&doc).unwrap();
@@ -945,6 +1005,7 @@ fn cmd_append(args: AppendArgs) -> i32 {
         }
     }
     println!("{text}");
+    plot::append_plots(args.json.as_deref(), &doc, &results);
     let any_ok = results.iter().any(|r| r.ok > 0);
     if any_ok {
         0
