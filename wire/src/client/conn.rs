@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::{ClientConfig, ClientError, Inner};
@@ -15,7 +15,9 @@ pub(crate) struct ConnHandle {
     /// The node's id, from `HelloOk`.
     pub(crate) node: String,
     max_frame: usize,
-    out: flume::Sender<Vec<u8>>,
+    /// The write side: requests are written by the submitting thread itself
+    /// (no hand-off to another thread on the latency path).
+    wr: Mutex<TcpStream>,
     stream: TcpStream,
     draining: AtomicBool,
     dead: AtomicBool,
@@ -31,6 +33,10 @@ impl ConnHandle {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Writes one request. Called with the client's state lock held, so
+    /// requests leave in submission order. It can only block while the
+    /// server is not reading, which it does not do below its in-flight limit
+    /// (the client's `max_inflight` is capped to stay below it).
     pub(crate) fn send(&self, msg: &ClientMsg) {
         let mut buf = Vec::new();
         if encode(msg, self.max_frame, &mut buf).is_err() {
@@ -39,7 +45,11 @@ impl ConnHandle {
             // (Callers keep events below the server's max_frame.)
             return;
         }
-        let _ = self.out.send(buf);
+        let mut wr = self.wr.lock().unwrap_or_else(|p| p.into_inner());
+        if wr.write_all(&buf).is_err() {
+            // The reader sees the connection end and moves what is unanswered.
+            let _ = wr.shutdown(Shutdown::Both);
+        }
     }
 
     pub(crate) fn close(&self) {
@@ -123,22 +133,16 @@ pub(crate) fn open(
     stream
         .set_write_timeout(Some(Duration::from_secs(30)))
         .map_err(connect_err)?;
-    let (out, rx) = flume::unbounded::<Vec<u8>>();
     let handle = Arc::new(ConnHandle {
         id,
         addr: addr.to_owned(),
         node,
         max_frame,
-        out,
+        wr: Mutex::new(stream.try_clone().map_err(connect_err)?),
         stream: stream.try_clone().map_err(connect_err)?,
         draining: AtomicBool::new(false),
         dead: AtomicBool::new(false),
     });
-    let wr = stream.try_clone().map_err(connect_err)?;
-    std::thread::Builder::new()
-        .name(format!("starcite-wire-w{id}"))
-        .spawn(move || write_loop(wr, rx))
-        .map_err(connect_err)?;
     let weak = Arc::downgrade(&inner);
     let h = handle.clone();
     std::thread::Builder::new()
@@ -146,21 +150,6 @@ pub(crate) fn open(
         .spawn(move || read_loop(stream, dec, weak, h))
         .map_err(connect_err)?;
     Ok(handle)
-}
-
-fn write_loop(mut stream: TcpStream, rx: flume::Receiver<Vec<u8>>) {
-    while let Ok(mut buf) = rx.recv() {
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if stream.write_all(&buf).is_err() {
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
-        }
-    }
 }
 
 fn read_loop(mut stream: TcpStream, mut dec: Decoder, inner: Weak<Inner>, h: Arc<ConnHandle>) {

@@ -22,8 +22,9 @@
 //!
 //! - [`Client::connect`] opens a connection to every reachable node of the
 //!   list (preface, `Hello`), learning each node's id. Each connection has a
-//!   writer thread and a reader thread; the API only touches channels, so it
-//!   works from plain threads and from any async runtime alike:
+//!   reader thread; requests are written by the submitting thread (a short
+//!   blocking write), answers come back on channels, so it works from plain
+//!   threads and from any async runtime alike:
 //!   [`Client::append`] blocks, [`Client::append_async`] returns a [`Pending`]
 //!   at once (it only waits for an in-flight slot), to be `.wait()`ed or
 //!   `.recv().await`ed.
@@ -51,13 +52,19 @@ use crate::proto::{codes, AppendFields, ClientMsg, Event, ServerMsg};
 
 use conn::ConnHandle;
 
+/// Cap on `max_inflight`: requests are written by the submitting thread, so
+/// the client must never have more unanswered requests than the server reads
+/// (1024 per connection) or a write could wait on answers it holds up.
+pub const MAX_CLIENT_INFLIGHT: usize = 1000;
+
 /// Client settings. `nodes` are `host:port` addresses of wire ports.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub nodes: Vec<String>,
     /// A JWT for auth mode `jwt`; `None` in mode `none`.
     pub token: Option<String>,
-    /// Unanswered requests at once, client-wide.
+    /// Unanswered requests at once, client-wide (at most
+    /// [`MAX_CLIENT_INFLIGHT`], below the server's per-connection limit).
     pub max_inflight: usize,
     pub connect_timeout: Duration,
     /// How long unacknowledged appends are retried (reconnects included).
@@ -84,7 +91,7 @@ impl ClientConfig {
     }
 
     pub fn max_inflight(mut self, n: usize) -> Self {
-        self.max_inflight = n.max(1);
+        self.max_inflight = n.clamp(1, MAX_CLIENT_INFLIGHT);
         self
     }
 
@@ -280,7 +287,7 @@ impl Client {
         if cfg.nodes.is_empty() {
             return Err(ClientError::Connect("no nodes given".into()));
         }
-        let (slots_tx, slots_rx) = flume::bounded(cfg.max_inflight.max(1));
+        let (slots_tx, slots_rx) = flume::bounded(cfg.max_inflight.clamp(1, MAX_CLIENT_INFLIGHT));
         let inner = Arc::new(Inner {
             cfg,
             state: Mutex::new(State::default()),
