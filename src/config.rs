@@ -514,9 +514,17 @@ mod tests {
             ),
             ("STARCITE_WRITE_REPLICATION_FACTOR", "3"),
             ("SECRET_KEY_BASE", "0123456789abcdef0123"),
+            ("STARCITE_ARCHIVE_FS_DIR", "/shared/archive"),
         ];
         let c = Config::from_env(Profile::Dev, &base).unwrap();
         assert_eq!(c.cluster_nodes.len(), 3);
+        // A cluster cannot archive into each node's own directory.
+        let mut own_dirs = base;
+        own_dirs[5] = ("STARCITE_ARCHIVE_FS_DIR", " ");
+        assert_eq!(
+            Config::from_env(Profile::Dev, &own_dirs).unwrap_err().var,
+            "STARCITE_ARCHIVE_FS_DIR"
+        );
         assert_eq!(
             node_socket_addr("b@127.0.0.1:4372", 4370).unwrap().port(),
             4372

@@ -50,6 +50,23 @@ pub trait Adapter: Send {
         from: u64,
         to: u64,
     ) -> Result<Vec<ArchiveEvent>, ArchiveError>;
+
+    /// Tail frames (decision 3, `tenant_id` rendered in) of the events with
+    /// `from ≤ seq ≤ to`, ascending: what cold replay needs. Adapters that store
+    /// lines override this to skip building JSON trees.
+    fn read_frames(
+        &mut self,
+        session: &str,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
+        Ok(self
+            .read_events(session, from, to)?
+            .iter()
+            .map(|e| (e.seq, e.to_frame(tenant_id)))
+            .collect())
+    }
 }
 
 /// `STARCITE_ARCHIVE_ADAPTER` and its settings.

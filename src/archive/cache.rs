@@ -84,27 +84,37 @@ impl ChunkCache {
     /// Remembers consecutive events (ascending, any range). Runs that do not start
     /// at a chunk's first seq extend an entry only if they continue it.
     pub fn put(&self, session: &str, events: &[(u64, Bytes)]) {
-        if self.limit == 0 {
+        if self.limit == 0 || events.is_empty() {
             return;
         }
         let mut inner = self.lock();
-        for (seq, frame) in events {
-            let chunk = chunk_start(*seq);
+        let mut rest = events;
+        while let Some((first, _)) = rest.first() {
+            let chunk = chunk_start(*first);
+            let n = rest.iter().take_while(|(s, _)| chunk_start(*s) == chunk).count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
             let key = (session.to_owned(), chunk);
-            let index = (*seq - chunk) as usize;
-            let known = inner.entries.get(&key).map_or(0, |e| e.frames.len());
-            if index != known {
-                continue; // already held, or would leave a hole
-            }
             inner.clock += 1;
             let now = inner.clock;
             let entry = inner.entries.entry(key.clone()).or_default();
-            let added = frame.len() + if entry.frames.is_empty() { ENTRY_OVERHEAD } else { 8 };
-            entry.frames.push(frame.clone());
+            let mut added = 0;
+            for (seq, frame) in run {
+                if (*seq - chunk) as usize != entry.frames.len() {
+                    continue; // already held, or would leave a hole
+                }
+                added += frame.len() + if entry.frames.is_empty() { ENTRY_OVERHEAD } else { 8 };
+                entry.frames.push(frame.clone());
+            }
             entry.bytes += added;
+            let empty = entry.frames.is_empty();
             let old = std::mem::replace(&mut entry.touched, now);
             inner.order.remove(&old);
-            inner.order.insert(now, key);
+            if empty {
+                inner.entries.remove(&key);
+            } else {
+                inner.order.insert(now, key);
+            }
             inner.bytes += added;
         }
         while inner.bytes > self.limit {

@@ -180,17 +180,13 @@ fn read_range(
         if let Some(hit) = cache.get(&req.session, lo, hi) {
             out.extend(hit);
         } else {
-            let events = adapter
-                .read_events(&req.session, chunk, last)
+            let frames = adapter
+                .read_frames(&req.session, &req.tenant_id, chunk, last)
                 .map_err(|e| match e {
                     ArchiveError::Unavailable(_) | ArchiveError::Unreadable(_) => {
                         ColdError::Unavailable
                     }
                 })?;
-            let frames: Vec<(u64, Bytes)> = events
-                .iter()
-                .map(|e| (e.seq, e.to_frame(&req.tenant_id)))
-                .collect();
             cache.put(&req.session, &frames);
             out.extend(frames.into_iter().filter(|(s, _)| (lo..=hi).contains(s)));
         }

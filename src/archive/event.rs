@@ -221,6 +221,95 @@ impl SessionRecord {
     }
 }
 
+/// A chunk line borrowed, for the cold-read fast path: every key must be present
+/// (`&RawValue` fields are required even when their JSON is `null`); unknown keys
+/// (`tenant_id`) are ignored.
+#[derive(serde::Deserialize)]
+struct LineRef<'a> {
+    seq: u64,
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    actor: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    producer_id: std::borrow::Cow<'a, str>,
+    producer_seq: u64,
+    #[serde(borrow)]
+    source: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    metadata: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    refs: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    idempotency_key: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    inserted_at: std::borrow::Cow<'a, str>,
+}
+
+/// `null` → None, a JSON string → Some, anything else → unreadable.
+fn raw_opt_str(raw: &serde_json::value::RawValue, key: &str) -> Result<Option<String>, Unreadable> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Some)
+        .map_err(|_| unreadable(format!("{key:?} is not a string or null")))
+}
+
+fn raw_object<'a>(raw: &'a serde_json::value::RawValue, key: &str) -> Result<&'a str, Unreadable> {
+    let text = raw.get();
+    if text.starts_with('{') {
+        Ok(text)
+    } else {
+        Err(unreadable(format!("{key:?} is not an object")))
+    }
+}
+
+/// The tail frame of one chunk line, without building JSON trees: the same bytes
+/// as `ArchiveEvent::from_line(line)?.to_frame(tenant_id)` for lines this server
+/// wrote (compact JSON), and a valid frame with the same content for any other
+/// valid line. Returns the seq too.
+pub fn line_to_frame(line: &str, tenant_id: &str) -> Result<(u64, Bytes), Unreadable> {
+    let l: LineRef<'_> =
+        serde_json::from_str(line).map_err(|e| unreadable(format!("line: {e}")))?;
+    let metadata = raw_object(l.metadata, "metadata")?;
+    let refs = raw_object(l.refs, "refs")?;
+    let source = raw_opt_str(l.source, "source")?;
+    let idempotency_key = raw_opt_str(l.idempotency_key, "idempotency_key")?;
+    let inserted_at_us = parse_timestamp(&l.inserted_at)
+        .ok_or_else(|| unreadable(format!("bad inserted_at {:?}", l.inserted_at)))?;
+    let mut out = String::with_capacity(line.len() + tenant_id.len() + 32);
+    let _ = write!(out, "{{\"seq\":{},\"type\":", l.seq);
+    push_json_str(&mut out, &l.event_type);
+    out.push_str(",\"payload\":");
+    out.push_str(l.payload.get());
+    out.push_str(",\"actor\":");
+    push_json_str(&mut out, &l.actor);
+    out.push_str(",\"producer_id\":");
+    push_json_str(&mut out, &l.producer_id);
+    let _ = write!(out, ",\"producer_seq\":{}", l.producer_seq);
+    if let Some(source) = &source {
+        out.push_str(",\"source\":");
+        push_json_str(&mut out, source);
+    }
+    out.push_str(",\"metadata\":");
+    out.push_str(metadata);
+    out.push_str(",\"refs\":");
+    out.push_str(refs);
+    if let Some(key) = &idempotency_key {
+        out.push_str(",\"idempotency_key\":");
+        push_json_str(&mut out, key);
+    }
+    out.push_str(",\"tenant_id\":");
+    push_json_str(&mut out, tenant_id);
+    out.push_str(",\"inserted_at\":");
+    push_json_str(&mut out, &format_micros(inserted_at_us));
+    out.push('}');
+    Ok((l.seq, Bytes::from(out)))
+}
+
 /// Keys every chunk line must carry (§11.1).
 const LINE_KEYS: &[&str] = &[
     "seq",
@@ -338,6 +427,38 @@ mod tests {
         assert_eq!(v["source"], Value::Null);
         assert_eq!(v["inserted_at"], "2026-03-01T10:15:31.004518");
         assert_eq!(ArchiveEvent::from_line(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn the_fast_line_to_frame_path_matches_the_parsed_one() {
+        let mut e = sample();
+        for variant in 0..3 {
+            if variant == 1 {
+                e.source = Some("agent\u{1}\"x".into());
+                e.idempotency_key = None;
+            }
+            if variant == 2 {
+                e.payload = Value::String("just a string".into());
+                e.refs = serde_json::from_str(r#"{"a":{"b":[1,2]}}"#).unwrap();
+            }
+            let line = e.to_line(Some("ignored"));
+            let (seq, frame) = line_to_frame(&line, "acme").unwrap();
+            assert_eq!(seq, e.seq);
+            assert_eq!(frame, e.to_frame("acme"), "variant {variant}");
+        }
+        // Every key is required; wrong shapes are unreadable.
+        let line = sample().to_line(None);
+        for key in LINE_KEYS {
+            let v: Map<String, Value> = serde_json::from_str(&line).unwrap();
+            let mut v = v;
+            v.remove(*key);
+            let broken = serde_json::to_string(&v).unwrap();
+            assert!(line_to_frame(&broken, "t").is_err(), "without {key}");
+        }
+        let bad = line.replace("\"refs\":{}", "\"refs\":[1]");
+        assert!(line_to_frame(&bad, "t").is_err());
+        let bad = line.replace("\"source\":null", "\"source\":5");
+        assert!(line_to_frame(&bad, "t").is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use super::adapter::{Adapter, ArchiveError};
 use super::event::{ArchiveEvent, SessionRecord};
-use super::layout::{by_chunk, chunk_start, event_key, merge_chunk, parse_chunk, session_key, CHUNK};
+use super::layout::{
+    by_chunk, chunk_frames, chunk_start, event_key, merge_chunk, parse_chunk, session_key, CHUNK,
+};
 
 /// Key prefix inside the directory (the S3 prefix's default).
 const PREFIX: &str = "starcite";
@@ -123,6 +125,25 @@ impl Adapter for FsAdapter {
                         .into_iter()
                         .filter(|e| e.seq >= from && e.seq <= to),
                 );
+            }
+            chunk += CHUNK;
+        }
+        Ok(out)
+    }
+
+    fn read_frames(
+        &mut self,
+        session: &str,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
+        let mut out = Vec::new();
+        let mut chunk = chunk_start(from);
+        while chunk <= to {
+            let path = self.path(&event_key(PREFIX, session, chunk));
+            if let Some(body) = self.read_opt(&path)? {
+                out.extend(chunk_frames(&body, tenant_id, from, to)?);
             }
             chunk += CHUNK;
         }

@@ -66,6 +66,24 @@ pub fn parse_chunk(body: &str) -> Result<Vec<ArchiveEvent>, Unreadable> {
         .collect()
 }
 
+/// Tail frames of the chunk's events with `from ≤ seq ≤ to` (every line is
+/// checked, §11.1: one unreadable line makes the chunk unreadable).
+pub fn chunk_frames(
+    body: &str,
+    tenant_id: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, bytes::Bytes)>, Unreadable> {
+    let mut out = Vec::new();
+    for line in body.split('\n').filter(|l| !l.trim().is_empty()) {
+        let (seq, frame) = super::event::line_to_frame(line, tenant_id)?;
+        if (from..=to).contains(&seq) {
+            out.push((seq, frame));
+        }
+    }
+    Ok(out)
+}
+
 /// Step 2 of the §11.1 write algorithm: the existing lines win, incoming seqs not
 /// yet present are added. Returns the merged body and how many seqs were new
 /// (0 → nothing to write).

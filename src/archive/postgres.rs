@@ -408,6 +408,33 @@ impl Adapter for PostgresAdapter {
         let rows = self.check(result)?;
         rows.iter().map(event_from_row).collect()
     }
+
+    fn read_frames(
+        &mut self,
+        session: &str,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
+        let (from, to) = (to_i64(from), to_i64(to));
+        let client = self.client()?;
+        let result = client.query(SELECT_EVENTS, &[&session, &from, &to]);
+        let rows = self.check(result)?;
+        rows.iter()
+            .map(|row| {
+                let frame: Option<String> = row
+                    .try_get(11)
+                    .map_err(|e| ArchiveError::Unreadable(format!("frame: {e}")))?;
+                match frame {
+                    Some(line) => Ok(super::event::line_to_frame(&line, tenant_id)?),
+                    None => {
+                        let e = event_from_row(row)?;
+                        Ok((e.seq, e.to_frame(tenant_id)))
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -286,6 +286,26 @@ impl Adapter for S3Adapter {
         }
         Ok(out)
     }
+    fn read_frames(
+        &mut self,
+        session: &str,
+        tenant_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
+        let mut out = Vec::new();
+        let mut chunk = chunk_start(from);
+        while chunk <= to {
+            if let Some(object) = self.get(&event_key(&self.prefix, session, chunk))? {
+                out.extend(super::layout::chunk_frames(&object.body, tenant_id, from, to)?);
+            }
+            chunk = match chunk.checked_add(CHUNK) {
+                Some(c) => c,
+                None => break,
+            };
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
