@@ -335,3 +335,38 @@ fn a_client_that_never_reads_does_not_hold_the_server() {
     still_healthy(&s);
     drop(r);
 }
+
+/// SIGTERM: an open connection gets `Goaway{shutting_down}`, its subscription
+/// ends, then the server closes it; the process exits cleanly.
+#[test]
+fn goaway_on_shutdown() {
+    let mut s = Server::start_default();
+    create_session(s.port(), "ga");
+    append_ok(s.port(), "ga", &event("p", 1));
+    let mut r = Raw::hello(s.wire_port());
+    r.send(&ClientMsg::Subscribe {
+        request_id: 7,
+        session: "ga".into(),
+        cursor: 0,
+        max_batch: 10,
+    });
+    match r.recv() {
+        Some(ServerMsg::Events {
+            subscription: 7,
+            events,
+        }) => assert_eq!(events[0].seq, 1),
+        other => panic!("{other:?}"),
+    }
+    s.send_sigterm();
+    let mut goaway = None;
+    let t0 = Instant::now();
+    while let Some(m) = r.recv() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "not closed");
+        if let ServerMsg::Goaway { code, .. } = m {
+            goaway = Some(code);
+        }
+    }
+    assert_eq!(goaway.as_deref(), Some(codes::SHUTTING_DOWN));
+    let status = s.wait_exit(Duration::from_secs(20)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
