@@ -561,3 +561,40 @@ fn fs_backpressure_while_the_archive_is_down() {
     });
     tail_all(port, session, 0, refused as usize);
 }
+
+/// Binary-protocol subscriptions replay from the archive too, with the same
+/// events as the WebSocket tail.
+#[test]
+fn fs_wire_subscription_replays_from_the_archive() {
+    use starcite_wire::client::{Client, ClientConfig};
+    let b = backend(Kind::Fs).unwrap();
+    let server = Server::start(b.opts());
+    let port = server.port();
+    let session = "wire-cold";
+    create_session(port, session);
+    append_range(port, session, 1, 600);
+    wait_for("eviction", Duration::from_secs(60), || {
+        metric(port, "starcite_archive_events_acked_total") >= 600
+            && metric(port, "starcite_hot_tier_bytes") == 0
+    });
+    let ws = tail_all(port, session, 0, 600);
+    let client = Client::connect(ClientConfig::new([format!("127.0.0.1:{}", server.wire_port())]))
+        .expect("connect");
+    let sub = client.subscribe(session, 0, 1000).expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 600 && Instant::now() < deadline {
+        match sub.next_timeout(Duration::from_secs(5)) {
+            Some(Ok(batch)) => got.extend(batch),
+            Some(Err(e)) => panic!("subscription ended: {e:?}"),
+            None => break,
+        }
+    }
+    assert_eq!(got.len(), 600);
+    for (i, (e, w)) in got.iter().zip(&ws).enumerate() {
+        assert_eq!(e.seq, i as u64 + 1);
+        let v: Value = serde_json::from_slice(&e.json).unwrap();
+        assert_eq!(&v, w);
+    }
+    client.close();
+}

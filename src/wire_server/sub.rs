@@ -39,6 +39,8 @@ pub(super) enum SubEnd {
 struct Sub {
     id: u64,
     session: String,
+    /// The session's tenant (rendered into events read from the archive).
+    tenant_id: String,
     cursor: u64,
     max_batch: usize,
     out: flume::Sender<ServerMsg>,
@@ -56,13 +58,14 @@ pub(super) async fn run_subscription(
     out: flume::Sender<ServerMsg>,
     stop: flume::Receiver<()>,
 ) -> SubEnd {
-    let (source, subscriber_id, _tenant) = match gw.tail_source(&auth, &session).await {
+    let (source, subscriber_id, tenant_id) = match gw.tail_source(&auth, &session).await {
         Ok(v) => v,
         Err(e) => return SubEnd::Api(e),
     };
     let mut sub = Sub {
         id,
         session,
+        tenant_id,
         cursor,
         max_batch,
         out,
@@ -179,17 +182,23 @@ impl Sub {
                 })
                 .await
                 {
-                    Ok(Ok(r)) => r,
+                    Ok(Ok(r)) => r.events,
+                    Ok(Err(starcite_shards::EngineError::Archived { archived_seq })) => {
+                        match self.cold_read(gw, archived_seq).await {
+                            Ok(events) => events,
+                            Err(end) => return end,
+                        }
+                    }
                     Ok(Err(starcite_shards::EngineError::ArchiveReadUnavailable)) => {
                         return SubEnd::Api(ApiError::archive_read_unavailable())
                     }
                     Ok(Err(_)) => return SubEnd::Api(ApiError::raft_unavailable()),
                     Err(end) => return end,
                 };
-                if read.events.is_empty() {
+                if read.is_empty() {
                     break;
                 }
-                if let Err(end) = self.send(&read.events).await {
+                if let Err(end) = self.send(&read).await {
                     return end;
                 }
             }
@@ -234,6 +243,27 @@ impl Sub {
                 }
             }
         }
+    }
+
+    /// Events below the hot tier, from the archive (docs/archive.md): exactly
+    /// the next range after the cursor, or the error that ends the subscription.
+    async fn cold_read(&self, gw: &Gateway, archived_seq: u64) -> Result<Vec<(u64, Bytes)>, SubEnd> {
+        gw.cold
+            .read_below_hot(
+                &self.session,
+                &self.tenant_id,
+                self.cursor,
+                archived_seq,
+                REPLAY_READ as u64,
+            )
+            .await
+            .map_err(|reason| {
+                SubEnd::Api(if reason == "event_gap_detected" {
+                    ApiError::event_gap_detected()
+                } else {
+                    ApiError::archive_read_unavailable()
+                })
+            })
     }
 
     async fn subscribe(
@@ -292,6 +322,19 @@ impl Sub {
                         events = Some(ev);
                         break;
                     }
+                    Some(PeerResponse::Read(Err(
+                        starcite_shards::EngineError::Archived { archived_seq },
+                    ))) => match self.cold_read(gw, archived_seq).await {
+                        Ok(cold) => {
+                            events = Some(
+                                cold.into_iter()
+                                    .map(|(s, f)| (s, String::from_utf8_lossy(&f).into_owned()))
+                                    .collect(),
+                            );
+                            break;
+                        }
+                        Err(end) => return end,
+                    },
                     Some(PeerResponse::Read(Err(
                         starcite_shards::EngineError::ArchiveReadUnavailable,
                     ))) => return SubEnd::Api(ApiError::archive_read_unavailable()),
