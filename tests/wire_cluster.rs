@@ -24,15 +24,14 @@ fn client_survives_kill9_of_the_leader_and_acks_are_exactly_once() {
         .expect("connect");
     assert_eq!(client.connected_nodes().len(), 3);
     let session = "wire-failover";
-    let created = (0..100)
-        .find_map(|_| match client.create_session(Some(session), None, None) {
-            Ok(_) => Some(()),
-            Err(e) if e.code() == "session_exists" => Some(()),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(200));
-                None
-            }
-        });
+    let created = (0..100).find_map(|_| match client.create_session(Some(session), None, None) {
+        Ok(_) => Some(()),
+        Err(e) if e.code() == "session_exists" => Some(()),
+        Err(_) => {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        }
+    });
     assert!(created.is_some(), "could not create the session");
 
     // Producer: pipelined appends (16 in flight), recording every ack.
@@ -73,7 +72,9 @@ fn client_survives_kill9_of_the_leader_and_acks_are_exactly_once() {
     std::thread::sleep(Duration::from_secs(3));
     let before = acks.lock().unwrap().len();
     assert!(before > 0, "no ack in the first 3 s");
-    let leader = client.leader_hint(session).expect("a leader hint after acks");
+    let leader = client
+        .leader_hint(session)
+        .expect("a leader hint after acks");
     let victim = c
         .all()
         .into_iter()
@@ -102,7 +103,12 @@ fn client_survives_kill9_of_the_leader_and_acks_are_exactly_once() {
         acks.iter()
             .filter(|(_, _, t)| *t > killed_at - Duration::from_millis(300))
             .take(40)
-            .map(|(p, a, t)| (*p, a.seq, a.deduped, t.duration_since(killed_at).as_millis() as i64))
+            .map(|(p, a, t)| (
+                *p,
+                a.seq,
+                a.deduped,
+                t.duration_since(killed_at).as_millis() as i64
+            ))
             .collect::<Vec<_>>()
     );
     assert!(after_kill > 0, "no append acknowledged after the kill");
@@ -116,8 +122,13 @@ fn client_survives_kill9_of_the_leader_and_acks_are_exactly_once() {
     // at the seq its ack reported.
     let survivor = c.all().into_iter().find(|i| *i != victim).unwrap();
     let last = acks.iter().map(|(_, a, _)| a.last_seq).max().unwrap();
-    let events = read_session(c.http_port(survivor), session, last, Duration::from_secs(30))
-        .expect("read the log");
+    let events = read_session(
+        c.http_port(survivor),
+        session,
+        last,
+        Duration::from_secs(30),
+    )
+    .expect("read the log");
     let mut by_pseq: HashMap<u64, Vec<u64>> = HashMap::new();
     for e in &events {
         by_pseq
@@ -126,7 +137,12 @@ fn client_survives_kill9_of_the_leader_and_acks_are_exactly_once() {
             .push(e["seq"].as_u64().unwrap());
     }
     for (pseq, seqs) in &by_pseq {
-        assert_eq!(seqs.len(), 1, "producer_seq {pseq} is in the log {} times", seqs.len());
+        assert_eq!(
+            seqs.len(),
+            1,
+            "producer_seq {pseq} is in the log {} times",
+            seqs.len()
+        );
     }
     for (pseq, ack, _) in &acks {
         assert_eq!(

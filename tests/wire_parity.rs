@@ -124,7 +124,10 @@ fn scenario() -> Vec<(&'static str, AppendFields)> {
     f.idempotency_key = Some("idem-1".into());
     f.refs = Some(b"{\"to_seq\":1,\"request_id\":\"r\"}".to_vec());
     v.push(("every optional field", f));
-    v.push(("deep nesting", fields("p1", 5, &format!("{}{}", "[".repeat(200), "]".repeat(200)))));
+    v.push((
+        "deep nesting",
+        fields("p1", 5, &format!("{}{}", "[".repeat(200), "]".repeat(200))),
+    ));
     v.push(("after the errors", ok("p1", 5)));
     v
 }
@@ -152,14 +155,27 @@ fn appends_give_the_same_seqs_and_errors_over_http_and_wire() {
     eprintln!("{}", report.join("\n"));
     // Unknown session, and create conflicts.
     let f = fields("p", 1, "{}");
-    assert_eq!(over_http(s.port(), "nope", &f), Err("session_not_found".into()));
+    assert_eq!(
+        over_http(s.port(), "nope", &f),
+        Err("session_not_found".into())
+    );
     assert_eq!(over_wire(&c, "nope", &f), Err("session_not_found".into()));
     let again = c.create_session(Some("par-http"), None, None).unwrap_err();
     assert_eq!(again.code(), "session_exists");
-    let (st, v) = post_json(s.port(), "/v1/sessions", &serde_json::json!({"id": "par-wire"}));
+    let (st, v) = post_json(
+        s.port(),
+        "/v1/sessions",
+        &serde_json::json!({"id": "par-wire"}),
+    );
     assert_eq!((st, v["error"].as_str()), (409, Some("session_exists")));
-    let bad_meta = c.create_session(Some("x1"), None, Some(b"[1]")).unwrap_err();
-    let (_, v) = post_json(s.port(), "/v1/sessions", &serde_json::json!({"id": "x2", "metadata": [1]}));
+    let bad_meta = c
+        .create_session(Some("x1"), None, Some(b"[1]"))
+        .unwrap_err();
+    let (_, v) = post_json(
+        s.port(),
+        "/v1/sessions",
+        &serde_json::json!({"id": "x2", "metadata": [1]}),
+    );
     assert_eq!(Some(bad_meta.code()), v["error"].as_str());
     let generated = c.create_session(None, None, None).unwrap();
     assert!(generated.id.starts_with("ses_"), "{}", generated.id);
@@ -177,7 +193,11 @@ fn tails_from_cursors_match_http_tails() {
     let mut total = 30u64;
     for (live_n, cursor) in [0u64, 7, 29, 30].into_iter().enumerate() {
         let want = (total - cursor) as usize;
-        let mut http = Tail::connect(s.port(), "tail-par", &format!("cursor={cursor}&batch_size=4"));
+        let mut http = Tail::connect(
+            s.port(),
+            "tail-par",
+            &format!("cursor={cursor}&batch_size=4"),
+        );
         let http_events = if want > 0 {
             http.collect_events(want, Duration::from_secs(10))
         } else {
@@ -207,7 +227,10 @@ fn tails_from_cursors_match_http_tails() {
         let live = sub.next_timeout(Duration::from_secs(10)).unwrap().unwrap();
         assert_eq!(live[0].seq, seq);
         let h = http.collect_events(1, Duration::from_secs(10));
-        assert_eq!(serde_json::from_slice::<Value>(&live[0].json).unwrap(), h[0]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&live[0].json).unwrap(),
+            h[0]
+        );
         http.close();
         // Resubscribing from the new end replays nothing.
         drop(sub);
@@ -221,8 +244,14 @@ fn tails_from_cursors_match_http_tails() {
     append_ok(s.port(), "tail-b", &event("p", 1));
     let a = c.subscribe("tail-par", 0, 1000).unwrap();
     let b = c.subscribe("tail-b", 0, 1000).unwrap();
-    assert_eq!(b.next_timeout(Duration::from_secs(5)).unwrap().unwrap()[0].seq, 1);
-    assert_eq!(a.next_timeout(Duration::from_secs(5)).unwrap().unwrap()[0].seq, 1);
+    assert_eq!(
+        b.next_timeout(Duration::from_secs(5)).unwrap().unwrap()[0].seq,
+        1
+    );
+    assert_eq!(
+        a.next_timeout(Duration::from_secs(5)).unwrap().unwrap()[0].seq,
+        1
+    );
     let missing = c.subscribe("no-such", 0, 10).unwrap();
     let end = missing.next_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(end.unwrap_err().code(), "session_not_found");
@@ -246,8 +275,8 @@ fn concurrent_producers_get_the_same_seqs_over_http_and_wire() {
                     let mut conn = HttpConn::new(port);
                     (1..=per)
                         .map(|n| {
-                            let (st, v) =
-                                conn.post_json(&append_path("conc-http"), &event(&format!("p{p}"), n));
+                            let (st, v) = conn
+                                .post_json(&append_path("conc-http"), &event(&format!("p{p}"), n));
                             assert_eq!(st, 201, "{v}");
                             v["seq"].as_u64().unwrap()
                         })
@@ -288,10 +317,14 @@ fn concurrent_producers_get_the_same_seqs_over_http_and_wire() {
     assert_eq!(seqs_http, all);
     assert_eq!(seqs_wire, all);
     // A second pass of the same appends is deduped identically.
-    let h = over_http(port, "conc-http", &AppendFields {
-        payload: b"{\"n\":1,\"producer\":\"p0\"}".to_vec(),
-        ..fields("p0", 1, "")
-    });
+    let h = over_http(
+        port,
+        "conc-http",
+        &AppendFields {
+            payload: b"{\"n\":1,\"producer\":\"p0\"}".to_vec(),
+            ..fields("p0", 1, "")
+        },
+    );
     let w = over_wire(&c, "conc-wire", &fields("p0", 1, "{}"));
     assert!(matches!(h, Ok((_, 320, true))), "{h:?}");
     assert!(matches!(w, Ok((_, 320, true))), "{w:?}");

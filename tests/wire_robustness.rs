@@ -130,7 +130,8 @@ fn malformed_prefaces_and_frames_close_the_connection() {
 
     // A version range we do not speak: our preface, then close.
     let mut r = Raw::connect(port);
-    r.s.write_all(&Preface { min: 7, max: 9 }.to_bytes()).unwrap();
+    r.s.write_all(&Preface { min: 7, max: 9 }.to_bytes())
+        .unwrap();
     r.s.read_exact(&mut b).unwrap();
     assert_eq!(Preface::parse(&b), Ok(Preface::OURS));
     assert!(Preface::OURS.negotiate(Preface { min: 7, max: 9 }).is_err());
@@ -174,13 +175,15 @@ fn malformed_prefaces_and_frames_close_the_connection() {
     let mut payload = good[8..].to_vec();
     let tag = payload.len() - std::mem::size_of::<starcite_wire::proto::ArchivedClientMsg>();
     payload[tag] = 77;
-    r.s.write_all(&frame(&payload, starcite_wire::proto::checksum(&payload))).unwrap();
+    r.s.write_all(&frame(&payload, starcite_wire::proto::checksum(&payload)))
+        .unwrap();
     r.expect_error_then_close(codes::INVALID_FRAME);
 
     // Random bytes with a valid CRC.
     let mut r = Raw::hello(port);
     let junk: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
-    r.s.write_all(&frame(&junk, starcite_wire::proto::checksum(&junk))).unwrap();
+    r.s.write_all(&frame(&junk, starcite_wire::proto::checksum(&junk)))
+        .unwrap();
     r.expect_error_then_close(codes::INVALID_FRAME);
 
     // Oversized frames: above 64 KiB before Hello, above max_frame after.
@@ -261,7 +264,8 @@ fn a_flood_of_pipelined_requests_is_backpressured_and_answered_in_order() {
                     session: "flood".into(),
                     fields: AppendFields {
                         event_type: "t".into(),
-                        payload: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes(),
+                        payload: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(200))
+                            .into_bytes(),
                         producer_id: "p".into(),
                         producer_seq: i,
                         ..Default::default()
@@ -367,6 +371,8 @@ fn goaway_on_shutdown() {
         }
     }
     assert_eq!(goaway.as_deref(), Some(codes::SHUTTING_DOWN));
-    let status = s.wait_exit(Duration::from_secs(20)).expect("exits after SIGTERM");
+    let status = s
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::free_port;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use starcite_wire::proto::{encode, AppendFields, ClientMsg, Decoder, Preface, ServerMsg, MAX_FRAME};
+use starcite_wire::proto::{
+    encode, AppendFields, ClientMsg, Decoder, Preface, ServerMsg, MAX_FRAME,
+};
 
 struct Node {
     child: Child,
@@ -85,7 +87,9 @@ fn wire_protocol_inside_tls() {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "wire test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wire test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["localhost".to_owned()])
@@ -173,7 +177,9 @@ fn wire_protocol_inside_tls() {
     }
     // Plaintext on the TLS port: no preface comes back, the socket is dropped.
     let mut plain = TcpStream::connect(("127.0.0.1", wire_port)).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     plain.write_all(&Preface::OURS.to_bytes()).unwrap();
     let mut b = [0u8; 8];
     let got = plain.read(&mut b);

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable,
+};
 use starcite_wire::proto::{
     codes, encode, AppendFields, ClientMsg, Decoder, FrameError, Preface, ServerMsg, MAX_FRAME,
     MAX_PREAUTH_FRAME, PREFACE_LEN,
@@ -98,10 +100,7 @@ where
     // Subscriptions end; requests already read get `drain_grace` to finish.
     conn.subs.borrow_mut().clear();
     let deadline = std::time::Instant::now() + conn.limits.drain_grace;
-    while !conn.permit_rx.is_empty()
-        && !kill.is_fired()
-        && std::time::Instant::now() < deadline
-    {
+    while !conn.permit_rx.is_empty() && !kill.is_fired() && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     if !conn.permit_rx.is_empty() {
@@ -184,7 +183,11 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<Conn>, mut rd: R, kill: &Shutdown
                         let _ = conn.out.try_send(ServerMsg::protocol_error(
                             0,
                             codes::TIMEOUT,
-                            if authed { "idle connection" } else { "no Hello in time" },
+                            if authed {
+                                "idle connection"
+                            } else {
+                                "no Hello in time"
+                            },
                         ));
                         return;
                     }
@@ -317,7 +320,10 @@ async fn dispatch(conn: &Rc<Conn>, msg: ClientMsg, dec: &mut Decoder) -> bool {
                 let _ = c.out.send_async(answer).await;
                 drop(done_tx);
                 let mut lanes = c.lanes.borrow_mut();
-                if lanes.get(&session).is_some_and(|r| r.same_channel(&done_rx)) {
+                if lanes
+                    .get(&session)
+                    .is_some_and(|r| r.same_channel(&done_rx))
+                {
                     lanes.remove(&session);
                 }
                 drop(lanes);

@@ -247,7 +247,11 @@ impl Sub {
 
     /// Events below the hot tier, from the archive (docs/archive.md): exactly
     /// the next range after the cursor, or the error that ends the subscription.
-    async fn cold_read(&self, gw: &Gateway, archived_seq: u64) -> Result<Vec<(u64, Bytes)>, SubEnd> {
+    async fn cold_read(
+        &self,
+        gw: &Gateway,
+        archived_seq: u64,
+    ) -> Result<Vec<(u64, Bytes)>, SubEnd> {
         gw.cold
             .read_below_hot(
                 &self.session,
@@ -322,9 +326,9 @@ impl Sub {
                         events = Some(ev);
                         break;
                     }
-                    Some(PeerResponse::Read(Err(
-                        starcite_shards::EngineError::Archived { archived_seq },
-                    ))) => match self.cold_read(gw, archived_seq).await {
+                    Some(PeerResponse::Read(Err(starcite_shards::EngineError::Archived {
+                        archived_seq,
+                    }))) => match self.cold_read(gw, archived_seq).await {
                         Ok(cold) => {
                             events = Some(
                                 cold.into_iter()

@@ -51,8 +51,5 @@ fn main() {
     for p in inflight {
         last = p.wait().expect("append").seq;
     }
-    println!(
-        "{n} appends in {:?}; last seq {last}",
-        started.elapsed()
-    );
+    println!("{n} appends in {:?}; last seq {last}", started.elapsed());
 }

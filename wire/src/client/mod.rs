@@ -162,7 +162,10 @@ impl<T> Pending<T> {
     }
 
     pub async fn recv(self) -> Result<T, ClientError> {
-        self.rx.recv_async().await.unwrap_or(Err(ClientError::Closed))
+        self.rx
+            .recv_async()
+            .await
+            .unwrap_or(Err(ClientError::Closed))
     }
 
     /// The answer if it is there already.
@@ -278,7 +281,10 @@ struct SubState {
 /// Codes after which an append is sent again (its fate is unknown or it was
 /// provably not applied, and the dedupe window makes a second try safe).
 fn retryable(code: &str) -> bool {
-    matches!(code, "raft_timeout" | "raft_unavailable" | codes::CONNECTION_LOST)
+    matches!(
+        code,
+        "raft_timeout" | "raft_unavailable" | codes::CONNECTION_LOST
+    )
 }
 
 impl Client {
@@ -908,7 +914,10 @@ impl Inner {
             .filter(|(_, s)| s.conn == conn.id)
             .map(|(r, _)| *r)
             .collect();
-        let subs: Vec<SubState> = subs.into_iter().filter_map(|r| st.subs.remove(&r)).collect();
+        let subs: Vec<SubState> = subs
+            .into_iter()
+            .filter_map(|r| st.subs.remove(&r))
+            .collect();
         if st.closed {
             drop(st);
             for (_, p) in moved {

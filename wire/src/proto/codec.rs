@@ -72,8 +72,7 @@ pub fn checksum(payload: &[u8]) -> u32 {
 
 /// Length of the frame [`encode`] would append for `msg`.
 pub fn encoded_len<M: Message>(msg: &M) -> usize {
-    msg.archive()
-        .map_or(0, |p| FRAME_HEADER_LEN + p.len())
+    msg.archive().map_or(0, |p| FRAME_HEADER_LEN + p.len())
 }
 
 /// Streaming decoder: [`push`](Self::push) bytes as they arrive, then call
@@ -124,6 +123,7 @@ impl Decoder {
 
     /// The next whole message, `Ok(None)` if more bytes are needed, or the
     /// (sticky) error that makes the stream unusable.
+    #[allow(clippy::should_implement_trait)] // generic over the message type, not an Iterator
     pub fn next<M: Message>(&mut self) -> Result<Option<M>, FrameError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -166,6 +166,8 @@ impl Decoder {
                 self.buf = Vec::new();
             }
         }
-        M::unarchive(&aligned).map(Some).map_err(FrameError::Invalid)
+        M::unarchive(&aligned)
+            .map(Some)
+            .map_err(FrameError::Invalid)
     }
 }

@@ -172,7 +172,10 @@ fn oversized_length_is_refused_before_the_payload_arrives() {
     d.push(&hdr);
     assert!(matches!(
         d.next::<ClientMsg>(),
-        Err(FrameError::TooLarge { len: 1025, max: 1024 })
+        Err(FrameError::TooLarge {
+            len: 1025,
+            max: 1024
+        })
     ));
     let big = ClientMsg::Ping {
         request_id: 1,
