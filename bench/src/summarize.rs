@@ -186,7 +186,7 @@ pub fn cmd_summarize(a: SummarizeArgs) -> i32 {
     }
     if let Some(d) = get("tail-idle.json") {
         s.push_str(&format!("| idle tails: {} sockets | node RSS {} MB (before: {} MB), {} bytes/socket, still open {} |\n",
-            d["open_sockets"], num(&d["rss_after_mb"]), num(&d["rss_before_mb"]), num(&d["bytes_per_socket"]), d["sampled_still_open"]));
+            d["open_sockets"], num(&d["rss_after_mb"]), num(&d["rss_before_mb"]), num(&d["bytes_per_socket"]), d["sampled_still_open"].as_str().unwrap_or("?")));
     }
     if let Some(d) = get("replay.json") {
         s.push_str(&format!(
@@ -197,11 +197,11 @@ pub fn cmd_summarize(a: SummarizeArgs) -> i32 {
         ));
     }
     if let Some(d) = get("archive.json") {
-        s.push_str(&format!("| archive ({}): {} events | archive {} events/s; hot replay {} events/s; cold replay {} events/s |\n", d["adapter"], d["events"], num(&d["archive"]["events_per_sec"]), num(&d["hot_replay"]["events_per_sec"]), num(&d["cold_replay"]["events_per_sec"])));
+        s.push_str(&format!("| archive ({}): {} events | archive {} events/s; hot replay {} events/s; cold replay {} events/s |\n", d["adapter"].as_str().unwrap_or("?"), d["events"], num(&d["archive"]["events_per_sec"]), num(&d["hot_replay"]["events_per_sec"]), num(&d["cold_replay"]["events_per_sec"])));
     }
     if let Some(d) = get("failover.json") {
         s.push_str(&format!("| failover: kill -9 of {} under {} appends/s | unavailability max {} s (median producer {} s); p99 before {} ms, around {} ms, after {} ms |\n",
-            d["killed_node"], d["rate_per_sec"], num(&d["unavailability_secs_max"]), num(&d["unavailability_secs_median"]), num(&d["before"]["p99_ms"]), num(&d["around"]["p99_ms"]), num(&d["after"]["p99_ms"])));
+            d["killed_node"].as_str().unwrap_or("?"), d["rate_per_sec"], num(&d["unavailability_secs_max"]), num(&d["unavailability_secs_median"]), num(&d["before"]["p99_ms"]), num(&d["around"]["p99_ms"]), num(&d["after"]["p99_ms"])));
     }
     if let Some(d) = get("openloop.json") {
         for r in d["results"].as_array().cloned().unwrap_or_default() {

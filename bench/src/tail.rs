@@ -37,8 +37,9 @@ pub struct TailArgs {
     /// Appends/s into the session (open loop).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Producer connections sharing the rate (one append in flight each).
-    #[arg(long, default_value_t = 4)]
+    /// Producer connections sharing the rate (one append in flight each;
+    /// enough that rate / producers stays well below 1 / append latency).
+    #[arg(long, default_value_t = 16)]
     producers: usize,
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
