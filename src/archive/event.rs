@@ -103,67 +103,106 @@ impl ArchiveEvent {
 
     /// The hot-tier/tail frame of this event (decision 3), for `tenant_id`.
     pub fn to_frame(&self, tenant_id: &str) -> Bytes {
-        let mut out = String::with_capacity(256);
-        let _ = write!(out, "{{\"seq\":{},\"type\":", self.seq);
-        push_json_str(&mut out, &self.event_type);
-        out.push_str(",\"payload\":");
-        push_json_value(&mut out, &self.payload);
-        out.push_str(",\"actor\":");
-        push_json_str(&mut out, &self.actor);
-        out.push_str(",\"producer_id\":");
-        push_json_str(&mut out, &self.producer_id);
-        let _ = write!(out, ",\"producer_seq\":{}", self.producer_seq);
-        if let Some(source) = &self.source {
-            out.push_str(",\"source\":");
-            push_json_str(&mut out, source);
-        }
-        out.push_str(",\"metadata\":");
-        push_json_map(&mut out, &self.metadata);
-        out.push_str(",\"refs\":");
-        push_json_map(&mut out, &self.refs);
-        if let Some(key) = &self.idempotency_key {
-            out.push_str(",\"idempotency_key\":");
-            push_json_str(&mut out, key);
-        }
-        out.push_str(",\"tenant_id\":");
-        push_json_str(&mut out, tenant_id);
-        out.push_str(",\"inserted_at\":");
-        push_json_str(&mut out, &format_micros(self.inserted_at_us));
-        out.push('}');
-        Bytes::from(out)
+        Bytes::from(self.with_parts(Some(tenant_id), |p| render(p, Style::Frame)))
     }
 
     /// The NDJSON line of a chunk object (§11.1): every key present, `null` for an
     /// absent `source`/`idempotency_key`, `tenant_id` added as the reference does for
     /// lines written from memory, naive `inserted_at` with microseconds.
     pub fn to_line(&self, tenant_id: Option<&str>) -> String {
-        let mut out = String::with_capacity(256);
-        let _ = write!(out, "{{\"seq\":{},\"type\":", self.seq);
-        push_json_str(&mut out, &self.event_type);
-        out.push_str(",\"payload\":");
-        push_json_value(&mut out, &self.payload);
-        out.push_str(",\"actor\":");
-        push_json_str(&mut out, &self.actor);
-        out.push_str(",\"producer_id\":");
-        push_json_str(&mut out, &self.producer_id);
-        let _ = write!(out, ",\"producer_seq\":{}", self.producer_seq);
-        out.push_str(",\"source\":");
-        push_opt(&mut out, self.source.as_deref());
-        out.push_str(",\"metadata\":");
-        push_json_map(&mut out, &self.metadata);
-        out.push_str(",\"refs\":");
-        push_json_map(&mut out, &self.refs);
-        out.push_str(",\"idempotency_key\":");
-        push_opt(&mut out, self.idempotency_key.as_deref());
-        if let Some(t) = tenant_id {
-            out.push_str(",\"tenant_id\":");
-            push_json_str(&mut out, t);
-        }
-        out.push_str(",\"inserted_at\":");
-        push_json_str(&mut out, &naive_micros(self.inserted_at_us));
-        out.push('}');
-        out
+        self.with_parts(tenant_id, |p| render(p, Style::Line))
     }
+
+    fn with_parts<T>(&self, tenant_id: Option<&str>, f: impl FnOnce(&Parts<'_>) -> T) -> T {
+        let json = |push: &dyn Fn(&mut String)| {
+            let mut out = String::new();
+            push(&mut out);
+            out
+        };
+        let payload = json(&|o| push_json_value(o, &self.payload));
+        let metadata = json(&|o| push_json_map(o, &self.metadata));
+        let refs = json(&|o| push_json_map(o, &self.refs));
+        f(&Parts {
+            seq: self.seq,
+            event_type: &self.event_type,
+            payload: &payload,
+            actor: &self.actor,
+            producer_id: &self.producer_id,
+            producer_seq: self.producer_seq,
+            source: self.source.as_deref(),
+            metadata: &metadata,
+            refs: &refs,
+            idempotency_key: self.idempotency_key.as_deref(),
+            tenant_id,
+            inserted_at_us: self.inserted_at_us,
+        })
+    }
+}
+
+/// One event's members, JSON values already rendered (compact).
+struct Parts<'a> {
+    seq: u64,
+    event_type: &'a str,
+    payload: &'a str,
+    actor: &'a str,
+    producer_id: &'a str,
+    producer_seq: u64,
+    source: Option<&'a str>,
+    metadata: &'a str,
+    refs: &'a str,
+    idempotency_key: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    inserted_at_us: i64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Style {
+    /// Tail frame: absent optionals omitted, `inserted_at` RFC 3339 with `Z`.
+    Frame,
+    /// Chunk line: every key, `null` for absent optionals, naive `inserted_at`.
+    Line,
+}
+
+/// The one member order every spelling shares.
+fn render(p: &Parts<'_>, style: Style) -> String {
+    let mut out = String::with_capacity(p.payload.len() + p.metadata.len() + 192);
+    let _ = write!(out, "{{\"seq\":{},\"type\":", p.seq);
+    push_json_str(&mut out, p.event_type);
+    out.push_str(",\"payload\":");
+    out.push_str(p.payload);
+    out.push_str(",\"actor\":");
+    push_json_str(&mut out, p.actor);
+    out.push_str(",\"producer_id\":");
+    push_json_str(&mut out, p.producer_id);
+    let _ = write!(out, ",\"producer_seq\":{}", p.producer_seq);
+    let optional = |out: &mut String, key: &str, v: Option<&str>| match (v, style) {
+        (Some(v), _) => {
+            let _ = write!(out, ",\"{key}\":");
+            push_json_str(out, v);
+        }
+        (None, Style::Line) => {
+            let _ = write!(out, ",\"{key}\":null");
+        }
+        (None, Style::Frame) => {}
+    };
+    optional(&mut out, "source", p.source);
+    out.push_str(",\"metadata\":");
+    out.push_str(p.metadata);
+    out.push_str(",\"refs\":");
+    out.push_str(p.refs);
+    optional(&mut out, "idempotency_key", p.idempotency_key);
+    if let Some(t) = p.tenant_id {
+        out.push_str(",\"tenant_id\":");
+        push_json_str(&mut out, t);
+    }
+    out.push_str(",\"inserted_at\":");
+    let ts = match style {
+        Style::Frame => format_micros(p.inserted_at_us),
+        Style::Line => naive_micros(p.inserted_at_us),
+    };
+    push_json_str(&mut out, &ts);
+    out.push('}');
+    out
 }
 
 impl SessionRecord {
@@ -280,33 +319,23 @@ pub fn line_to_frame(line: &str, tenant_id: &str) -> Result<(u64, Bytes), Unread
     let idempotency_key = raw_opt_str(l.idempotency_key, "idempotency_key")?;
     let inserted_at_us = parse_timestamp(&l.inserted_at)
         .ok_or_else(|| unreadable(format!("bad inserted_at {:?}", l.inserted_at)))?;
-    let mut out = String::with_capacity(line.len() + tenant_id.len() + 32);
-    let _ = write!(out, "{{\"seq\":{},\"type\":", l.seq);
-    push_json_str(&mut out, &l.event_type);
-    out.push_str(",\"payload\":");
-    out.push_str(l.payload.get());
-    out.push_str(",\"actor\":");
-    push_json_str(&mut out, &l.actor);
-    out.push_str(",\"producer_id\":");
-    push_json_str(&mut out, &l.producer_id);
-    let _ = write!(out, ",\"producer_seq\":{}", l.producer_seq);
-    if let Some(source) = &source {
-        out.push_str(",\"source\":");
-        push_json_str(&mut out, source);
-    }
-    out.push_str(",\"metadata\":");
-    out.push_str(metadata);
-    out.push_str(",\"refs\":");
-    out.push_str(refs);
-    if let Some(key) = &idempotency_key {
-        out.push_str(",\"idempotency_key\":");
-        push_json_str(&mut out, key);
-    }
-    out.push_str(",\"tenant_id\":");
-    push_json_str(&mut out, tenant_id);
-    out.push_str(",\"inserted_at\":");
-    push_json_str(&mut out, &format_micros(inserted_at_us));
-    out.push('}');
+    let out = render(
+        &Parts {
+            seq: l.seq,
+            event_type: &l.event_type,
+            payload: l.payload.get(),
+            actor: &l.actor,
+            producer_id: &l.producer_id,
+            producer_seq: l.producer_seq,
+            source: source.as_deref(),
+            metadata,
+            refs,
+            idempotency_key: idempotency_key.as_deref(),
+            tenant_id: Some(tenant_id),
+            inserted_at_us,
+        },
+        Style::Frame,
+    );
     Ok((l.seq, Bytes::from(out)))
 }
 

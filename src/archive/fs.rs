@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::adapter::{Adapter, ArchiveError};
 use super::event::{ArchiveEvent, SessionRecord};
-use super::layout::{
-    by_chunk, chunk_frames, chunk_start, event_key, merge_chunk, parse_chunk, session_key, CHUNK,
-};
+use super::layout::{self, event_key, merge_chunk, session_key, ChunkStore};
 
 /// Key prefix inside the directory (the S3 prefix's default).
 const PREFIX: &str = "starcite";
@@ -49,8 +47,19 @@ impl FsAdapter {
         }
     }
 
+}
+
+impl ChunkStore for FsAdapter {
+    fn prefix(&self) -> &str {
+        PREFIX
+    }
+
+    fn get_chunk(&mut self, key: &str) -> Result<Option<String>, ArchiveError> {
+        self.read_opt(&self.path(key))
+    }
+
     fn write_chunk(
-        &self,
+        &mut self,
         session: &SessionRecord,
         chunk: u64,
         events: &[ArchiveEvent],
@@ -102,11 +111,7 @@ impl Adapter for FsAdapter {
         session: &SessionRecord,
         events: &[ArchiveEvent],
     ) -> Result<usize, ArchiveError> {
-        let mut added = 0;
-        for (chunk, part) in by_chunk(events) {
-            added += self.write_chunk(session, chunk, part)?;
-        }
-        Ok(added)
+        layout::write_events(self, session, events)
     }
 
     fn read_events(
@@ -115,20 +120,7 @@ impl Adapter for FsAdapter {
         from: u64,
         to: u64,
     ) -> Result<Vec<ArchiveEvent>, ArchiveError> {
-        let mut out = Vec::new();
-        let mut chunk = chunk_start(from);
-        while chunk <= to {
-            let path = self.path(&event_key(PREFIX, session, chunk));
-            if let Some(body) = self.read_opt(&path)? {
-                out.extend(
-                    parse_chunk(&body)?
-                        .into_iter()
-                        .filter(|e| e.seq >= from && e.seq <= to),
-                );
-            }
-            chunk += CHUNK;
-        }
-        Ok(out)
+        layout::read_events(self, session, from, to)
     }
 
     fn read_frames(
@@ -138,16 +130,7 @@ impl Adapter for FsAdapter {
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
-        let mut out = Vec::new();
-        let mut chunk = chunk_start(from);
-        while chunk <= to {
-            let path = self.path(&event_key(PREFIX, session, chunk));
-            if let Some(body) = self.read_opt(&path)? {
-                out.extend(chunk_frames(&body, tenant_id, from, to)?);
-            }
-            chunk += CHUNK;
-        }
-        Ok(out)
+        layout::read_frames(self, session, tenant_id, from, to)
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use super::event::{ArchiveEvent, Unreadable};
+use super::adapter::ArchiveError;
+use super::event::{ArchiveEvent, SessionRecord, Unreadable};
 
 /// Seqs per chunk object (and per read-cache entry). Fixed by the contract.
 pub const CHUNK: u64 = 256;
@@ -82,6 +83,85 @@ pub fn chunk_frames(
         }
     }
     Ok(out)
+}
+
+/// A store of whole chunk objects by key (an S3 bucket, a directory): the §11.1
+/// layout's reads and writes are the same on both.
+pub trait ChunkStore {
+    /// The key prefix (`STARCITE_S3_PREFIX`).
+    fn prefix(&self) -> &str;
+    /// A chunk object's body, or None when it does not exist.
+    fn get_chunk(&mut self, key: &str) -> Result<Option<String>, ArchiveError>;
+    /// The §11.1 write of one chunk's events: merge with what is stored, write if
+    /// anything is new. Returns how many seqs were new.
+    fn write_chunk(
+        &mut self,
+        session: &SessionRecord,
+        chunk: u64,
+        events: &[ArchiveEvent],
+    ) -> Result<usize, ArchiveError>;
+}
+
+/// Writes ascending events of one session, chunk by chunk.
+pub fn write_events(
+    store: &mut impl ChunkStore,
+    session: &SessionRecord,
+    events: &[ArchiveEvent],
+) -> Result<usize, ArchiveError> {
+    let mut added = 0;
+    for (chunk, part) in by_chunk(events) {
+        added += store.write_chunk(session, chunk, part)?;
+    }
+    Ok(added)
+}
+
+/// Parses every chunk overlapping `from ..= to` with `parse` (which keeps the range).
+fn read_chunks<T>(
+    store: &mut impl ChunkStore,
+    session: &str,
+    from: u64,
+    to: u64,
+    parse: impl Fn(&str) -> Result<Vec<T>, Unreadable>,
+) -> Result<Vec<T>, ArchiveError> {
+    let mut out = Vec::new();
+    let mut chunk = chunk_start(from);
+    while chunk <= to {
+        let key = event_key(store.prefix(), session, chunk);
+        if let Some(body) = store.get_chunk(&key)? {
+            out.extend(parse(&body)?);
+        }
+        chunk = match chunk.checked_add(CHUNK) {
+            Some(c) => c,
+            None => break,
+        };
+    }
+    Ok(out)
+}
+
+/// Events `from ..= to` of a session.
+pub fn read_events(
+    store: &mut impl ChunkStore,
+    session: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<ArchiveEvent>, ArchiveError> {
+    read_chunks(store, session, from, to, |body| {
+        Ok(parse_chunk(body)?
+            .into_iter()
+            .filter(|e| (from..=to).contains(&e.seq))
+            .collect())
+    })
+}
+
+/// Tail frames of events `from ..= to` (the cold-read fast path).
+pub fn read_frames(
+    store: &mut impl ChunkStore,
+    session: &str,
+    tenant_id: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
+    read_chunks(store, session, from, to, |body| chunk_frames(body, tenant_id, from, to))
 }
 
 /// Step 2 of the §11.1 write algorithm: the existing lines win, incoming seqs not

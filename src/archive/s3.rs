@@ -19,7 +19,7 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use super::adapter::{Adapter, ArchiveError, S3Config};
 use super::event::{ArchiveEvent, SessionRecord};
-use super::layout::{by_chunk, chunk_start, event_key, merge_chunk, parse_chunk, session_key, CHUNK};
+use super::layout::{self, event_key, merge_chunk, session_key, ChunkStore};
 
 /// TCP connect timeout of every request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -181,9 +181,20 @@ impl S3Adapter {
         }
     }
 
+}
+
+impl ChunkStore for S3Adapter {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn get_chunk(&mut self, key: &str) -> Result<Option<String>, ArchiveError> {
+        Ok(self.get(key)?.map(|o| o.body))
+    }
+
     /// The §11.1 write algorithm for one `(session, chunk)`.
     fn write_chunk(
-        &self,
+        &mut self,
         session: &SessionRecord,
         chunk: u64,
         events: &[ArchiveEvent],
@@ -256,11 +267,7 @@ impl Adapter for S3Adapter {
         session: &SessionRecord,
         events: &[ArchiveEvent],
     ) -> Result<usize, ArchiveError> {
-        let mut added = 0;
-        for (chunk, part) in by_chunk(events) {
-            added += self.write_chunk(session, chunk, part)?;
-        }
-        Ok(added)
+        layout::write_events(self, session, events)
     }
 
     fn read_events(
@@ -269,23 +276,9 @@ impl Adapter for S3Adapter {
         from: u64,
         to: u64,
     ) -> Result<Vec<ArchiveEvent>, ArchiveError> {
-        let mut out = Vec::new();
-        let mut chunk = chunk_start(from);
-        while chunk <= to {
-            if let Some(object) = self.get(&event_key(&self.prefix, session, chunk))? {
-                out.extend(
-                    parse_chunk(&object.body)?
-                        .into_iter()
-                        .filter(|e| e.seq >= from && e.seq <= to),
-                );
-            }
-            chunk = match chunk.checked_add(CHUNK) {
-                Some(c) => c,
-                None => break,
-            };
-        }
-        Ok(out)
+        layout::read_events(self, session, from, to)
     }
+
     fn read_frames(
         &mut self,
         session: &str,
@@ -293,18 +286,7 @@ impl Adapter for S3Adapter {
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
-        let mut out = Vec::new();
-        let mut chunk = chunk_start(from);
-        while chunk <= to {
-            if let Some(object) = self.get(&event_key(&self.prefix, session, chunk))? {
-                out.extend(super::layout::chunk_frames(&object.body, tenant_id, from, to)?);
-            }
-            chunk = match chunk.checked_add(CHUNK) {
-                Some(c) => c,
-                None => break,
-            };
-        }
-        Ok(out)
+        layout::read_frames(self, session, tenant_id, from, to)
     }
 }
 
