@@ -173,10 +173,26 @@ async fn read_loop<R: AsyncReadRent>(conn: &Rc<Conn>, mut rd: R, kill: &Shutdown
                 } else {
                     Duration::from_secs(86_400)
                 };
+                // The connection (and its subscriptions) ends when its token
+                // expires, as HTTP tails do (4001 there, Goaway here).
+                let expires_at = conn.auth.borrow().as_ref().and_then(|(_, e)| *e);
+                let until_expiry = expires_at.map_or(Duration::from_secs(86_400 * 365), |exp| {
+                    Duration::from_secs(exp.saturating_sub(crate::auth::unix_now()))
+                });
                 let read = monoio::select! {
                     r = monoio::time::timeout(limit, rd.read(std::mem::take(&mut buf))) => r,
                     _ = conn.goaway.wait() => return,
                     _ = kill.wait() => return,
+                    _ = monoio::time::sleep(until_expiry) => {
+                        let _ = conn
+                            .out
+                            .send_async(ServerMsg::Goaway {
+                                code: codes::TOKEN_EXPIRED.into(),
+                                message: "the token of this connection expired; reconnect with a fresh one".into(),
+                            })
+                            .await;
+                        return;
+                    }
                 };
                 match read {
                     Err(_) => {
