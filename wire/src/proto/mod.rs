@@ -18,7 +18,7 @@
 mod codec;
 mod msg;
 
-pub use codec::{checksum, encode, encoded_len, Decoder, FrameError, FRAME_HEADER_LEN};
+pub use codec::{checksum, encode, encoded_len, Decoder, FrameError, Message, FRAME_HEADER_LEN};
 pub use msg::*;
 
 /// First four bytes of each side's preface.
