@@ -77,6 +77,15 @@ pub struct Chart<'a> {
 
 impl Chart<'_> {
     pub fn svg(&self) -> String {
+        // The legend column widens with the longest label; the plot keeps its size.
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        let rr = R.max(6.6 * longest as f64 + 45.0);
+        let ww = W - R + rr;
         let pw = W - L - R;
         let ph = H - T - B;
         let all = self.series.iter().flat_map(|s| s.points.iter());
@@ -102,9 +111,9 @@ impl Chart<'_> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{ww:.0}" height="{H}" viewBox="0 0 {ww:.0} {H}" font-family="sans-serif" font-size="12">"#
         );
-        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(s, r#"<rect width="{ww:.0}" height="{H}" fill="white"/>"#);
         let _ = writeln!(
             s,
             r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
