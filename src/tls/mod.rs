@@ -10,7 +10,7 @@
 //! (the HTTP gateway, the binary-protocol port) builds one `Acceptor` per node from
 //! [`crate::config::TlsConfig`] and clones it into every core:
 //!
-//! ```ignore
+//! ```text
 //! let acceptor = starcite::tls::Acceptor::from_files(&cert, &key)?; // at boot
 //! // on a core, per accepted connection:
 //! let stream: starcite::tls::ServerTlsStream = acceptor.accept(tcp, timeout).await?;
