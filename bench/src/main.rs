@@ -544,6 +544,9 @@ fn run_append(
     producers: usize,
     run_tag: &str,
 ) -> Result<RunResult, String> {
+    if args.open_loop && (args.transport != "http" || args.pipeline > 1) {
+        return Err("--open-loop is HTTP with one append in flight per producer (no --transport wire, no --pipeline)".into());
+    }
     let t = &targets[0];
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let token = args.token.as_deref();
