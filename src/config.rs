@@ -399,7 +399,11 @@ pub(crate) fn int(
 }
 
 /// Boolean grammar of §12.1.
-pub(crate) fn boolean(env: &impl Env, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+pub(crate) fn boolean(
+    env: &impl Env,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
     let Some(raw) = env.get(var) else {
         return Ok(default);
     };
@@ -558,11 +562,10 @@ mod tests {
 
     #[test]
     fn tls_files_come_in_pairs() {
-        let e = Config::from_env(Profile::Dev, &[("STARCITE_TLS_CERT_FILE", "/x.pem")])
-            .unwrap_err();
-        assert_eq!(e.var, "STARCITE_TLS_KEY_FILE");
         let e =
-            Config::from_env(Profile::Dev, &[("STARCITE_TLS_KEY_FILE", "/x.pem")]).unwrap_err();
+            Config::from_env(Profile::Dev, &[("STARCITE_TLS_CERT_FILE", "/x.pem")]).unwrap_err();
+        assert_eq!(e.var, "STARCITE_TLS_KEY_FILE");
+        let e = Config::from_env(Profile::Dev, &[("STARCITE_TLS_KEY_FILE", "/x.pem")]).unwrap_err();
         assert_eq!(e.var, "STARCITE_TLS_CERT_FILE");
         let e = Config::from_env(
             Profile::Dev,
@@ -599,7 +602,12 @@ mod tests {
             ("STARCITE_MAX_TAIL_SOCKETS", "0"),
             ("STARCITE_MAX_TAIL_SOCKETS", "many"),
         ] {
-            assert_eq!(Config::from_env(Profile::Dev, &[(var, val)]).unwrap_err().var, var);
+            assert_eq!(
+                Config::from_env(Profile::Dev, &[(var, val)])
+                    .unwrap_err()
+                    .var,
+                var
+            );
         }
     }
 

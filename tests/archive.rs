@@ -40,7 +40,10 @@ struct VarEnv(Vec<(String, String)>);
 
 impl starcite::config::Env for VarEnv {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -70,13 +73,19 @@ fn rand_u32() -> u32 {
 }
 
 fn backend(kind: Kind) -> Option<Backend> {
-    let mut env = vec![("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".to_owned(), "200".to_owned())];
+    let mut env = vec![(
+        "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".to_owned(),
+        "200".to_owned(),
+    )];
     let mut dir = None;
     match kind {
         Kind::Fs => {
             let d = tempfile::tempdir().unwrap();
             env.push(("STARCITE_ARCHIVE_ADAPTER".into(), "fs".into()));
-            env.push(("STARCITE_ARCHIVE_FS_DIR".into(), d.path().display().to_string()));
+            env.push((
+                "STARCITE_ARCHIVE_FS_DIR".into(),
+                d.path().display().to_string(),
+            ));
             dir = Some(d);
         }
         Kind::S3 => {
@@ -84,8 +93,14 @@ fn backend(kind: Kind) -> Option<Backend> {
             let get = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
             env.push(("STARCITE_ARCHIVE_ADAPTER".into(), "s3".into()));
             env.push(("STARCITE_S3_ENDPOINT".into(), endpoint));
-            env.push(("STARCITE_S3_BUCKET".into(), get("STARCITE_TEST_S3_BUCKET", "starcite-test")));
-            env.push(("STARCITE_S3_REGION".into(), get("STARCITE_TEST_S3_REGION", "us-east-1")));
+            env.push((
+                "STARCITE_S3_BUCKET".into(),
+                get("STARCITE_TEST_S3_BUCKET", "starcite-test"),
+            ));
+            env.push((
+                "STARCITE_S3_REGION".into(),
+                get("STARCITE_TEST_S3_REGION", "us-east-1"),
+            ));
             env.push((
                 "STARCITE_S3_ACCESS_KEY_ID".into(),
                 get("STARCITE_TEST_S3_ACCESS_KEY_ID", "starcite-test-key"),
@@ -120,8 +135,12 @@ impl Backend {
 
     /// The node's archive configuration, opened here to read what it wrote.
     fn config(&self) -> ArchiveConfig {
-        starcite::archive::config::from_env(&VarEnv(self.env.clone()), false, &PathBuf::from("/nonexistent"))
-            .expect("archive config")
+        starcite::archive::config::from_env(
+            &VarEnv(self.env.clone()),
+            false,
+            &PathBuf::from("/nonexistent"),
+        )
+        .expect("archive config")
     }
 
     fn read(&self, session: &str, from: u64, to: u64) -> Vec<ArchiveEvent> {
@@ -155,7 +174,12 @@ impl Backend {
     }
 
     fn fs_dir(&self) -> PathBuf {
-        let v = &self.env.iter().find(|(k, _)| k == "STARCITE_ARCHIVE_FS_DIR").unwrap().1;
+        let v = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "STARCITE_ARCHIVE_FS_DIR")
+            .unwrap()
+            .1;
         PathBuf::from(v)
     }
 }
@@ -341,12 +365,18 @@ fn backend_outage(kind: Kind) {
     if let Err(p) = outage {
         std::panic::resume_unwind(p);
     }
-    wait_for("catch-up after the backend returns", Duration::from_secs(90), || {
-        metric(port, "starcite_archive_events_acked_total") >= 400
-    });
+    wait_for(
+        "catch-up after the backend returns",
+        Duration::from_secs(90),
+        || metric(port, "starcite_archive_events_acked_total") >= 400,
+    );
     let stored = b.read(&session, 1, 10_000);
     let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "each seq once, in order");
+    assert_eq!(
+        seqs,
+        (1..=400).collect::<Vec<_>>(),
+        "each seq once, in order"
+    );
     tail_all(port, &session, 0, 400);
 }
 
@@ -383,7 +413,10 @@ fn killed_mid_flush(kind: Kind) {
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline {
         let n = acked + 1;
-        match conn.try_post(&append_path(&session), strip_nulls(body(n)).to_string().as_bytes()) {
+        match conn.try_post(
+            &append_path(&session),
+            strip_nulls(body(n)).to_string().as_bytes(),
+        ) {
             Ok(r) if r.status == 201 => acked = n,
             other => panic!("append {n}: {:?}", other.map(|r| r.status)),
         }
@@ -391,7 +424,10 @@ fn killed_mid_flush(kind: Kind) {
             break;
         }
     }
-    assert!(metric(port, "starcite_archive_events_written_total") > 0, "archiving ran");
+    assert!(
+        metric(port, "starcite_archive_events_written_total") > 0,
+        "archiving ran"
+    );
     server.kill();
     server.restart();
     let port = server.port();
@@ -433,7 +469,9 @@ fn missing_or_corrupt_archive_closes_the_tail() {
         metric(port, "starcite_archive_events_acked_total") >= 300
             && metric(port, "starcite_hot_tier_bytes") == 0
     });
-    let chunk = b.fs_dir().join("starcite/events/v1/Z2FwLXNlc3Npb24/1.ndjson");
+    let chunk = b
+        .fs_dir()
+        .join("starcite/events/v1/Z2FwLXNlc3Npb24/1.ndjson");
     let body = std::fs::read_to_string(&chunk).unwrap();
     // Corrupt: a line without its keys. The node's read cache holds the chunk (the
     // archiver put it there), so restart to read the backend itself.
@@ -467,8 +505,7 @@ fn missing_or_corrupt_archive_closes_the_tail() {
 /// (cold + hot), and the archive holds each seq of each session once.
 fn cluster_leader_change(kind: Kind) {
     use common::cluster::{
-        create_sessions, resolve_pending, session_ids, verify, Cluster, ClusterOpts, Load,
-        LoadOpts,
+        create_sessions, resolve_pending, session_ids, verify, Cluster, ClusterOpts, Load, LoadOpts,
     };
     let Some(b) = backend(kind) else {
         eprintln!("skipped: no {kind:?} service");
@@ -477,15 +514,21 @@ fn cluster_leader_change(kind: Kind) {
     let _g = SERVICES.lock().unwrap_or_else(|p| p.into_inner());
     let mut opts = ClusterOpts::default();
     opts.env = b.env.clone();
-    opts.env.retain(|(k, _)| k != "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS");
-    opts.env.push(("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(), "100".into()));
+    opts.env
+        .retain(|(k, _)| k != "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS");
+    opts.env
+        .push(("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(), "100".into()));
     let mut c = Cluster::start(opts);
     let sessions: Vec<String> = session_ids(&unique("arch-fo"), 6);
     create_sessions(&c.ports(), &sessions);
     let load = Load::start(LoadOpts::new("afo", sessions.len(), &sessions, &c.ports()));
     std::thread::sleep(Duration::from_secs(3));
     let leaders = c.own_leaders();
-    let victim = leaders.iter().max_by_key(|(_, n)| **n).map(|(i, _)| *i).unwrap();
+    let victim = leaders
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(i, _)| *i)
+        .unwrap();
     let archived_before: u64 = c
         .ports()
         .iter()
@@ -502,11 +545,15 @@ fn cluster_leader_change(kind: Kind) {
     let mut acks = report.acks.clone();
     acks.extend(extra);
     let ports = c.ports();
-    wait_for("every node's hot tier drained by the archiver", Duration::from_secs(90), || {
-        ports
-            .iter()
-            .all(|p| metric(*p, "starcite_hot_tier_bytes") == 0)
-    });
+    wait_for(
+        "every node's hot tier drained by the archiver",
+        Duration::from_secs(90),
+        || {
+            ports
+                .iter()
+                .all(|p| metric(*p, "starcite_hot_tier_bytes") == 0)
+        },
+    );
     let v = verify(&c, &c.all(), &sessions, &acks, true);
     for s in &sessions {
         let last = v.last[s];
@@ -556,9 +603,15 @@ fn fs_backpressure_while_the_archive_is_down() {
     let refused = refused.expect("the hot-tier bound refuses appends");
     assert!(refused > 100, "some appends fit first ({refused})");
     b.start();
-    wait_for("appends accepted again after the archive returns", Duration::from_secs(60), || {
-        conn.post_json(&append_path(session), &strip_nulls(body(refused))).0 == 201
-    });
+    wait_for(
+        "appends accepted again after the archive returns",
+        Duration::from_secs(60),
+        || {
+            conn.post_json(&append_path(session), &strip_nulls(body(refused)))
+                .0
+                == 201
+        },
+    );
     tail_all(port, session, 0, refused as usize);
 }
 
@@ -578,8 +631,11 @@ fn fs_wire_subscription_replays_from_the_archive() {
             && metric(port, "starcite_hot_tier_bytes") == 0
     });
     let ws = tail_all(port, session, 0, 600);
-    let client = Client::connect(ClientConfig::new([format!("127.0.0.1:{}", server.wire_port())]))
-        .expect("connect");
+    let client = Client::connect(ClientConfig::new([format!(
+        "127.0.0.1:{}",
+        server.wire_port()
+    )]))
+    .expect("connect");
     let sub = client.subscribe(session, 0, 1000).expect("subscribe");
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);

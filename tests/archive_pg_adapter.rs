@@ -202,21 +202,38 @@ fn pg_schema_is_the_contract_one_and_migrations_are_idempotent() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let has = |table: &str, def: &str| {
-        indexes
-            .iter()
-            .any(|(t, d)| t == table && d.contains(def))
-    };
-    assert!(has("events", "UNIQUE INDEX events_pkey ON public.events USING btree (session_id, seq)"), "{indexes:#?}");
-    assert!(has("events", "USING btree (session_id, producer_id, producer_seq)"), "{indexes:#?}");
+    let has = |table: &str, def: &str| indexes.iter().any(|(t, d)| t == table && d.contains(def));
+    assert!(
+        has(
+            "events",
+            "UNIQUE INDEX events_pkey ON public.events USING btree (session_id, seq)"
+        ),
+        "{indexes:#?}"
+    );
+    assert!(
+        has(
+            "events",
+            "USING btree (session_id, producer_id, producer_seq)"
+        ),
+        "{indexes:#?}"
+    );
     assert!(!has("events", "(session_id, inserted_at)"), "{indexes:#?}");
-    assert!(has("sessions", "UNIQUE INDEX sessions_pkey ON public.sessions USING btree (id)"), "{indexes:#?}");
+    assert!(
+        has(
+            "sessions",
+            "UNIQUE INDEX sessions_pkey ON public.sessions USING btree (id)"
+        ),
+        "{indexes:#?}"
+    );
     assert!(has("sessions", "USING gin (metadata)"), "{indexes:#?}");
     assert!(has("sessions", "USING btree (tenant_id)"), "{indexes:#?}");
     assert_eq!(indexes.len(), 5, "{indexes:#?}");
 
     let versions: Vec<i64> = db
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -279,12 +296,18 @@ fn pg_rows_have_the_contract_content() {
         )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), s.id);
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("Support chat"));
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("Support chat")
+    );
     let metadata: Value = serde_json::from_str(&row.get::<_, String>(2)).unwrap();
     assert_eq!(metadata, json!({"k": "v", "n": 1}));
     assert_eq!(row.get::<_, String>(3), "2026-03-01 10:15:31.000000");
     let principal: Value = serde_json::from_str(&row.get::<_, String>(4)).unwrap();
-    assert_eq!(principal, json!({"tenant_id": "acme", "id": "alice", "type": "user"}));
+    assert_eq!(
+        principal,
+        json!({"tenant_id": "acme", "id": "alice", "type": "user"})
+    );
     assert_eq!(row.get::<_, String>(5), "acme");
 
     // And back through the adapter: equal but for the sub-second part.
@@ -336,7 +359,10 @@ fn pg_sessions_are_written_once_first_writer_wins() {
             &[&first.id],
         )
         .unwrap();
-    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("Support chat"));
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("Support chat")
+    );
     assert_eq!(row.get::<_, String>(1), "acme");
     assert_eq!(row.get::<_, i64>(2), 1);
 }
@@ -349,16 +375,25 @@ fn pg_reads_filter_to_the_range_and_json_round_trips() {
     let s = session(&unique("ses-range"));
     a.write_events(&s, &events(1..=300)).unwrap();
     assert_eq!(a.read_events(&s.id, 250, 260).unwrap(), events(250..=260));
-    assert_eq!(a.read_events(&s.id, 290, u64::MAX).unwrap(), events(290..=300));
+    assert_eq!(
+        a.read_events(&s.id, 290, u64::MAX).unwrap(),
+        events(290..=300)
+    );
     assert!(a.read_events(&s.id, 301, 400).unwrap().is_empty());
     assert!(a.read_events(&s.id, 10, 5).unwrap().is_empty());
-    assert!(a.read_events("no-such-session", 1, 1000).unwrap().is_empty());
+    assert!(a
+        .read_events("no-such-session", 1, 1000)
+        .unwrap()
+        .is_empty());
 
     // Arbitrary-precision numbers and escapes survive jsonb (key order does not
     // matter: values compare as JSON).
     let got = &a.read_events(&s.id, 7, 7).unwrap()[0];
     assert_eq!(got.payload, ev(7).payload);
-    assert_eq!(got.payload["big"].to_string(), "123456789012345678901234567890");
+    assert_eq!(
+        got.payload["big"].to_string(),
+        "123456789012345678901234567890"
+    );
     assert_eq!(got.payload["f"].to_string(), "1.50");
     assert_eq!(got.payload["text"], "héllo \"7\"\n");
 }
@@ -374,7 +409,10 @@ fn pg_rows_without_the_verbatim_frame_read_from_the_contract_columns() {
     a.write_events(&s, &events(1..=10)).unwrap();
     assert_eq!(a.read_events(&s.id, 1, 10).unwrap(), events(1..=10));
     sql(&url)
-        .execute("UPDATE events SET frame = NULL WHERE session_id = $1", &[&s.id])
+        .execute(
+            "UPDATE events SET frame = NULL WHERE session_id = $1",
+            &[&s.id],
+        )
         .unwrap();
     assert_eq!(a.read_events(&s.id, 1, 10).unwrap(), stored_events(1..=10));
 }

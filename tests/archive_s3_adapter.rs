@@ -252,14 +252,24 @@ fn s3_objects_have_the_contract_layout() {
     let keys: Vec<&str> = v.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["id", "title", "tenant_id", "creator_principal", "metadata", "created_at"]
+        [
+            "id",
+            "title",
+            "tenant_id",
+            "creator_principal",
+            "metadata",
+            "created_at"
+        ]
     );
     assert_eq!(v["created_at"], "2026-03-01T10:15:31.004518Z");
     assert_eq!(
         v["creator_principal"],
         json!({"tenant_id": "acme", "id": "alice", "type": "user"})
     );
-    assert_eq!(session_key(&c.prefix, &s.id), format!("{}/sessions/v1/{b64}.json", c.prefix));
+    assert_eq!(
+        session_key(&c.prefix, &s.id),
+        format!("{}/sessions/v1/{b64}.json", c.prefix)
+    );
 }
 
 #[test]
@@ -312,18 +322,32 @@ fn s3_reads_filter_to_the_range() {
     let mut a = S3Adapter::open(&c).unwrap();
     let s = session("ses-range");
     a.write_events(&s, &events(1..=300)).unwrap();
-    assert_eq!(a.read_events("ses-range", 250, 260).unwrap(), events(250..=260));
+    assert_eq!(
+        a.read_events("ses-range", 250, 260).unwrap(),
+        events(250..=260)
+    );
     assert_eq!(a.read_events("ses-range", 1, 1).unwrap(), events(1..=1));
-    assert_eq!(a.read_events("ses-range", 256, 257).unwrap(), events(256..=257));
-    assert_eq!(a.read_events("ses-range", 290, 5000).unwrap(), events(290..=300));
+    assert_eq!(
+        a.read_events("ses-range", 256, 257).unwrap(),
+        events(256..=257)
+    );
+    assert_eq!(
+        a.read_events("ses-range", 290, 5000).unwrap(),
+        events(290..=300)
+    );
     assert!(a.read_events("ses-range", 301, 400).unwrap().is_empty());
     assert!(a.read_events("ses-range", 10, 5).unwrap().is_empty());
-    assert!(a.read_events("no-such-session", 1, 1000).unwrap().is_empty());
+    assert!(a
+        .read_events("no-such-session", 1, 1000)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn s3_an_unreadable_line_makes_the_chunk_unreadable() {
-    let Some(c) = config("unreadable") else { return };
+    let Some(c) = config("unreadable") else {
+        return;
+    };
     let _shared = SERVER.read().unwrap();
     let raw = Raw::new(&c);
     let mut a = S3Adapter::open(&c).unwrap();
@@ -439,7 +463,10 @@ fn s3_store_down_is_unavailable_in_bounded_time_then_recovers() {
     // Back: the same adapter carries on, nothing lost (the server keeps its objects).
     services("start-s3");
     assert_eq!(a.write_events(&s, &events(101..=200)).unwrap(), 100);
-    assert_eq!(a.read_events("ses-outage", 1, 300).unwrap(), events(1..=200));
+    assert_eq!(
+        a.read_events("ses-outage", 1, 300).unwrap(),
+        events(1..=200)
+    );
 
     // Process frozen: connections accepted, never answered → the request timeout.
     services("pause-s3");
@@ -450,5 +477,8 @@ fn s3_store_down_is_unavailable_in_bounded_time_then_recovers() {
     assert!(matches!(r, Err(ArchiveError::Unavailable(_))), "{r:?}");
     assert!(waited < Duration::from_secs(15), "{waited:?}");
     assert_eq!(a.write_events(&s, &events(150..=210)).unwrap(), 10);
-    assert_eq!(a.read_events("ses-outage", 1, 300).unwrap(), events(1..=210));
+    assert_eq!(
+        a.read_events("ses-outage", 1, 300).unwrap(),
+        events(1..=210)
+    );
 }

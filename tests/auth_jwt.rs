@@ -342,19 +342,24 @@ fn tail_takes_access_token_and_closes_at_expiry() {
 /// included (Goaway `token_expired`), as HTTP tails do with 4001.
 #[test]
 fn wire_connection_with_an_expiring_token_gets_goaway() {
-    use starcite_wire::proto::{
-        codes, encode, ClientMsg, Decoder, Preface, ServerMsg, MAX_FRAME,
-    };
+    use starcite_wire::proto::{codes, encode, ClientMsg, Decoder, Preface, ServerMsg, MAX_FRAME};
     let key = RS256KeyPair::generate(2048).unwrap().with_key_id("k1");
     let s = server(&jwks_server(&key));
     let all = "session:create session:append session:read";
     let acme = token(&key, "acme", all, None, 300);
-    let created = call(s.port(), "POST", "/v1/sessions", Some(&acme), Some(&json!({"id": "w1"})));
+    let created = call(
+        s.port(),
+        "POST",
+        "/v1/sessions",
+        Some(&acme),
+        Some(&json!({"id": "w1"})),
+    );
     assert_eq!(created.status, 201);
     let short = token(&key, "acme", "session:read", None, 3);
 
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.wire_port())).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     sock.write_all(&Preface::OURS.to_bytes()).unwrap();
     let mut p = [0u8; 8];
     sock.read_exact(&mut p).unwrap();
@@ -363,8 +368,23 @@ fn wire_connection_with_an_expiring_token_gets_goaway() {
         encode(m, MAX_FRAME, &mut b).unwrap();
         sock.write_all(&b).unwrap();
     };
-    send(&mut sock, &ClientMsg::Hello { request_id: 1, token: Some(short), client: "t".into() });
-    send(&mut sock, &ClientMsg::Subscribe { request_id: 2, session: "w1".into(), cursor: 0, max_batch: 10 });
+    send(
+        &mut sock,
+        &ClientMsg::Hello {
+            request_id: 1,
+            token: Some(short),
+            client: "t".into(),
+        },
+    );
+    send(
+        &mut sock,
+        &ClientMsg::Subscribe {
+            request_id: 2,
+            session: "w1".into(),
+            cursor: 0,
+            max_batch: 10,
+        },
+    );
     let started = std::time::Instant::now();
     let mut dec = Decoder::new(MAX_FRAME);
     let mut buf = [0u8; 65536];
@@ -381,12 +401,18 @@ fn wire_connection_with_an_expiring_token_gets_goaway() {
             Ok(n) => dec.push(&buf[..n]),
         }
     }
-    assert!(matches!(got.first(), Some(ServerMsg::HelloOk { .. })), "{got:?}");
+    assert!(
+        matches!(got.first(), Some(ServerMsg::HelloOk { .. })),
+        "{got:?}"
+    );
     let goaway = got.iter().find_map(|m| match m {
         ServerMsg::Goaway { code, .. } => Some(code.clone()),
         _ => None,
     });
     assert_eq!(goaway.as_deref(), Some(codes::TOKEN_EXPIRED), "{got:?}");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
 }

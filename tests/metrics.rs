@@ -83,3 +83,38 @@ fn every_documented_metric_appears_and_moves_under_load() {
     assert!(family(&after, "starcite_raft_elections_won_total").unwrap() >= 1.0);
     tail.close();
 }
+
+/// The archive families move once the archiver runs and a tail reads below the
+/// hot tier (docs/metrics.md, docs/archive.md).
+#[test]
+fn archive_metrics_move_when_events_are_archived_and_replayed() {
+    let s = Server::start(ServerOpts::new().env("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS", "100"));
+    let p = s.port();
+    create_session(p, "am");
+    for n in 1..=50 {
+        append_ok(p, "am", &event("w", n));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = scrape(p);
+        let acked = family(&m, "starcite_archive_events_acked_total").unwrap_or(0.0);
+        if acked >= 50.0 && family(&m, "starcite_hot_tier_bytes") == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archiver did not run: {acked}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tail = Tail::connect(p, "am", "cursor=0");
+    assert_eq!(tail.collect_events(50, Duration::from_secs(10)).len(), 50);
+    let m = scrape(p);
+    assert!(family(&m, "starcite_archive_events_written_total").unwrap() >= 50.0);
+    assert!(family(&m, "starcite_archive_flushes_total").unwrap() >= 1.0);
+    assert!(family(&m, "starcite_archive_cold_read_events_total").unwrap() >= 50.0);
+    assert!(family(&m, "starcite_archive_read_cache_bytes").unwrap() > 0.0);
+    assert_eq!(family(&m, "starcite_archive_write_errors_total"), Some(0.0));
+    assert_eq!(family(&m, "starcite_archive_lag_events"), Some(0.0));
+    tail.close();
+}

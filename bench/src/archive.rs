@@ -78,7 +78,12 @@ fn free_port() -> u16 {
     panic!("no free port");
 }
 
-fn start(a: &ArchiveArgs, data: &std::path::Path, port: u16, flush_ms: u64) -> Result<Node, String> {
+fn start(
+    a: &ArchiveArgs,
+    data: &std::path::Path,
+    port: u16,
+    flush_ms: u64,
+) -> Result<Node, String> {
     let log = std::fs::File::create(data.join(format!("node-{flush_ms}.log")))
         .map_err(|e| e.to_string())?;
     let child = Command::new(&a.bin)
@@ -256,7 +261,10 @@ fn tail_count(port: u16, session: &str, last: u64) -> Result<u64, String> {
                     .as_u64()
                     .unwrap_or(0);
                 if first != seen + 1 {
-                    return Err(format!("tail {session}: expected seq {} got {first}", seen + 1));
+                    return Err(format!(
+                        "tail {session}: expected seq {} got {first}",
+                        seen + 1
+                    ));
                 }
                 seen += batch;
             }
@@ -278,7 +286,10 @@ fn lat(r: &RunResult) -> Value {
 pub fn cmd_archive(a: ArchiveArgs) -> i32 {
     match run(&a) {
         Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
             if let Some(path) = &a.json {
                 if let Err(e) = std::fs::write(path, report.to_string()) {
                     eprintln!("error: write {path}: {e}");
@@ -301,7 +312,10 @@ fn run(a: &ArchiveArgs) -> Result<Value, String> {
     let port = free_port();
     let tag = format!("{:x}", super::now_nanos() % 0xffff_ffff);
 
-    eprintln!("[1/3] archiver idle: latency, fill {} events, hot replay", a.events);
+    eprintln!(
+        "[1/3] archiver idle: latency, fill {} events, hot replay",
+        a.events
+    );
     let node = start(a, &tmp, port, 86_400_000)?;
     let without = latency_run(a, &node, &format!("{tag}-noarch"))?;
     let sessions: Vec<String> = (0..a.sessions).map(|i| format!("arch-{tag}-{i}")).collect();

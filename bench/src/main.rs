@@ -630,7 +630,16 @@ fn run_append(
                     ),
                     None if open.is_some() => {
                         let (iv, ph) = open.unwrap();
-                        openloop::producer_loop(addr, timeout, tpl, iv, ph, start, measure_from, end)
+                        openloop::producer_loop(
+                            addr,
+                            timeout,
+                            tpl,
+                            iv,
+                            ph,
+                            start,
+                            measure_from,
+                            end,
+                        )
                     }
                     None if pipeline > 1 => {
                         http_pipelined_loop(addr, timeout, tpl, pipeline, start, measure_from, end)
@@ -831,7 +840,11 @@ mod wire {
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
 
-    pub fn connect(nodes: &[String], token: Option<&str>, inflight: usize) -> Result<Client, String> {
+    pub fn connect(
+        nodes: &[String],
+        token: Option<&str>,
+        inflight: usize,
+    ) -> Result<Client, String> {
         let mut cfg = ClientConfig::new(nodes.iter().cloned()).max_inflight(inflight.max(1));
         if let Some(t) = token {
             cfg = cfg.token(t);

@@ -371,25 +371,44 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
     let (work, more) = shard.archive_scan(None, 100, usize::MAX, 0);
     assert!(!more);
     let ids: Vec<&str> = work.iter().map(|w| w.session.id.as_str()).collect();
-    assert_eq!(ids, vec!["a", "b", "empty"], "empty sessions created since 0 come too");
+    assert_eq!(
+        ids,
+        vec!["a", "b", "empty"],
+        "empty sessions created since 0 come too"
+    );
     assert_eq!(work[0].events.len(), 100, "per-session cap");
     assert_eq!(work[0].events[0].0, 1);
     assert!(work[2].events.is_empty());
     let (later, _) = shard.archive_scan(None, 100, usize::MAX, 101);
     assert_eq!(later.len(), 2, "old empty sessions are not scanned again");
     let (budgeted, more) = shard.archive_scan(None, 100, 1, 0);
-    assert_eq!((budgeted.len(), more), (1, true), "the byte budget stops a scan early");
+    assert_eq!(
+        (budgeted.len(), more),
+        (1, true),
+        "the byte budget stops a scan early"
+    );
     let (after_a, _) = shard.archive_scan(Some("a"), 100, usize::MAX, 0);
-    assert_eq!(after_a[0].session.id, "b", "scans resume after a session id");
+    assert_eq!(
+        after_a[0].session.id, "b",
+        "scans resume after a session id"
+    );
 
     let hot_before = shard.hot_bytes();
     shard.propose(ack("a", 250), 9_000, 2).unwrap();
     shard.propose(ack("b", 10_000), 9_001, 2).unwrap();
     let out = drive(&mut shard, &mut log);
-    let mut acks: Vec<_> = out.completions.into_iter().filter(|(w, _)| *w >= 9_000).collect();
+    let mut acks: Vec<_> = out
+        .completions
+        .into_iter()
+        .filter(|(w, _)| *w >= 9_000)
+        .collect();
     acks.sort_by_key(|(w, _)| *w);
     assert_eq!(acks[0].1, Ok(Outcome::Acked { archived_seq: 250 }));
-    assert_eq!(acks[1].1, Ok(Outcome::Acked { archived_seq: 10 }), "capped at last_seq");
+    assert_eq!(
+        acks[1].1,
+        Ok(Outcome::Acked { archived_seq: 10 }),
+        "capped at last_seq"
+    );
     assert!(shard.hot_bytes() < hot_before);
     assert_eq!(
         shard.read("a", 100, 10),

@@ -73,7 +73,9 @@ pub trait Adapter: Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// The S3 layout in a local directory (`STARCITE_ARCHIVE_FS_DIR`).
-    Fs { dir: PathBuf },
+    Fs {
+        dir: PathBuf,
+    },
     S3(S3Config),
     Postgres(PostgresConfig),
 }

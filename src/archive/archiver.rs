@@ -120,9 +120,12 @@ impl Archiver {
                     .map(|w| w.session.last_seq - w.archived_seq)
                     .sum::<u64>();
                 after = work.last().map(|w| w.session.id.clone());
-                if let Err(e) = self.flush(core, state, work) {
-                    self.stats.lag_events.store(lag, Ordering::Relaxed);
-                    return Err(e);
+                match self.flush(core, state, work) {
+                    Ok(acked) => lag = lag.saturating_sub(acked),
+                    Err(e) => {
+                        self.stats.lag_events.store(lag, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
                 if !more {
                     break;
@@ -151,8 +154,14 @@ impl Archiver {
         answer.recv_timeout(CORE_TIMEOUT).ok()
     }
 
-    /// Writes one scan's work, then acknowledges what was written.
-    fn flush(&self, core: usize, state: &mut State, work: Vec<ArchiveWork>) -> Result<(), TickError> {
+    /// Writes one scan's work, then acknowledges what was written. Returns how
+    /// many events the acks covered.
+    fn flush(
+        &self,
+        core: usize,
+        state: &mut State,
+        work: Vec<ArchiveWork>,
+    ) -> Result<u64, TickError> {
         let mut acks = Vec::new();
         for w in work {
             if self.stop.load(Ordering::Relaxed) {
@@ -190,12 +199,12 @@ impl Archiver {
             self.cache.put(&record.id, frames);
             acks.push((record.id, w.archived_seq, upto));
         }
-        self.acknowledge(core, acks);
-        Ok(())
+        Ok(self.acknowledge(core, acks))
     }
 
     /// Proposes every ack at once, then waits for them (they commit together).
-    fn acknowledge(&self, core: usize, acks: Vec<(String, u64, u64)>) {
+    /// Returns how many events the committed acks covered.
+    fn acknowledge(&self, core: usize, acks: Vec<(String, u64, u64)>) -> u64 {
         let mut waiting = Vec::with_capacity(acks.len());
         for (session, from, upto) in acks {
             let (reply, answer) = flume::bounded::<CommandResult>(1);
@@ -210,15 +219,20 @@ impl Archiver {
             }
         }
         let deadline = Instant::now() + CORE_TIMEOUT;
+        let mut acked = 0;
         for (answer, n) in waiting {
             match answer.recv_deadline(deadline) {
-                Ok(Ok(Outcome::Acked { .. })) => ArchiveStats::add(&self.stats.events_acked, n),
+                Ok(Ok(Outcome::Acked { .. })) => {
+                    acked += n;
+                    ArchiveStats::add(&self.stats.events_acked, n);
+                }
                 // Not acknowledged (leadership moved, timeout): the events stay hot
                 // and the next tick (here or on the new leader) writes them again,
                 // which the adapter ignores.
                 _ => ArchiveStats::add(&self.stats.ack_errors, 1),
             }
         }
+        acked
     }
 }
 

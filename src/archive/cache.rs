@@ -91,7 +91,10 @@ impl ChunkCache {
         let mut rest = events;
         while let Some((first, _)) = rest.first() {
             let chunk = chunk_start(*first);
-            let n = rest.iter().take_while(|(s, _)| chunk_start(*s) == chunk).count();
+            let n = rest
+                .iter()
+                .take_while(|(s, _)| chunk_start(*s) == chunk)
+                .count();
             let (run, tail) = rest.split_at(n);
             rest = tail;
             let key = (session.to_owned(), chunk);
@@ -103,7 +106,12 @@ impl ChunkCache {
                 if (*seq - chunk) as usize != entry.frames.len() {
                     continue; // already held, or would leave a hole
                 }
-                added += frame.len() + if entry.frames.is_empty() { ENTRY_OVERHEAD } else { 8 };
+                added += frame.len()
+                    + if entry.frames.is_empty() {
+                        ENTRY_OVERHEAD
+                    } else {
+                        8
+                    };
                 entry.frames.push(frame.clone());
             }
             entry.bytes += added;
@@ -133,7 +141,9 @@ mod tests {
     use super::*;
 
     fn evs(from: u64, to: u64) -> Vec<(u64, Bytes)> {
-        (from..=to).map(|s| (s, Bytes::from(format!("e{s}")))).collect()
+        (from..=to)
+            .map(|s| (s, Bytes::from(format!("e{s}"))))
+            .collect()
     }
 
     #[test]

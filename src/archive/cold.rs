@@ -134,11 +134,7 @@ impl ColdTier {
     }
 }
 
-fn reader_loop(
-    rx: &flume::Receiver<ColdRequest>,
-    config: &ArchiveConfig,
-    cache: &ChunkCache,
-) {
+fn reader_loop(rx: &flume::Receiver<ColdRequest>, config: &ArchiveConfig, cache: &ChunkCache) {
     let mut adapter: Option<Box<dyn Adapter>> = None;
     while let Ok(req) = rx.recv() {
         if req.reply.is_disconnected() {

@@ -33,7 +33,13 @@ pub fn from_env(env: &impl Env, dev: bool, data_dir: &Path) -> Result<ArchiveCon
     };
     Ok(ArchiveConfig {
         backend,
-        flush_interval_ms: int(env, "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS", 5000, 1, 86_400_000)?,
+        flush_interval_ms: int(
+            env,
+            "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS",
+            5000,
+            1,
+            86_400_000,
+        )?,
         read_cache_bytes: size(env, "STARCITE_ARCHIVE_READ_CACHE_MAX_SIZE", 512 << 20)?,
     })
 }
@@ -103,14 +109,22 @@ fn postgres(env: &impl Env) -> Result<PostgresConfig, ConfigError> {
 mod tests {
     use super::*;
 
-    fn parse<const N: usize>(dev: bool, vars: [(&str, &str); N]) -> Result<ArchiveConfig, ConfigError> {
+    fn parse<const N: usize>(
+        dev: bool,
+        vars: [(&str, &str); N],
+    ) -> Result<ArchiveConfig, ConfigError> {
         from_env(&vars, dev, Path::new("/data"))
     }
 
     #[test]
     fn dev_defaults_to_a_local_directory_and_start_to_s3() {
         let c = parse(true, []).unwrap();
-        assert_eq!(c.backend, Backend::Fs { dir: "/data/archive".into() });
+        assert_eq!(
+            c.backend,
+            Backend::Fs {
+                dir: "/data/archive".into()
+            }
+        );
         assert_eq!(c.flush_interval_ms, 5000);
         assert_eq!(parse(false, []).unwrap_err().var, "STARCITE_S3_BUCKET");
     }
@@ -123,7 +137,10 @@ mod tests {
         assert_eq!(e.var, "STARCITE_ARCHIVE_ADAPTER");
         let e = parse(
             false,
-            [("STARCITE_S3_BUCKET", "b"), ("STARCITE_S3_ENDPOINT", "http://h:9000/path")],
+            [
+                ("STARCITE_S3_BUCKET", "b"),
+                ("STARCITE_S3_ENDPOINT", "http://h:9000/path"),
+            ],
         )
         .unwrap_err();
         assert_eq!(e.var, "STARCITE_S3_ENDPOINT");
@@ -143,7 +160,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let Backend::S3(s3) = c.backend else { panic!("not s3") };
+        let Backend::S3(s3) = c.backend else {
+            panic!("not s3")
+        };
         assert_eq!(s3.bucket, "events");
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(s3.prefix, "x");
@@ -157,7 +176,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let Backend::Postgres(pg) = c.backend else { panic!("not pg") };
+        let Backend::Postgres(pg) = c.backend else {
+            panic!("not pg")
+        };
         assert_eq!(pg.url, "postgres://u@h/db");
         assert!(!pg.migrate_on_boot, "only the literal `true` migrates");
     }

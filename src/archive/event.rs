@@ -401,10 +401,7 @@ fn take_u64(obj: &mut Map<String, Value>, key: &str) -> Result<u64, Unreadable> 
         .ok_or_else(|| unreadable(format!("{key:?} is not an unsigned integer")))
 }
 
-fn take_object(
-    obj: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Map<String, Value>, Unreadable> {
+fn take_object(obj: &mut Map<String, Value>, key: &str) -> Result<Map<String, Value>, Unreadable> {
     match obj.remove(key) {
         Some(Value::Object(m)) => Ok(m),
         _ => Err(unreadable(format!("{key:?} is not an object"))),
@@ -419,8 +416,10 @@ mod tests {
         ArchiveEvent {
             seq: 7,
             event_type: "message".into(),
-            payload: serde_json::from_str(r#"{"z":1,"a":[1.50,"\u0001"],"big":123456789012345678901234567890}"#)
-                .unwrap(),
+            payload: serde_json::from_str(
+                r#"{"z":1,"a":[1.50,"\u0001"],"big":123456789012345678901234567890}"#,
+            )
+            .unwrap(),
             actor: "user:alice".into(),
             producer_id: "p1".into(),
             producer_seq: 3,
@@ -440,7 +439,10 @@ mod tests {
         assert_eq!(back, e);
         assert_eq!(back.to_frame("acme"), frame);
         let text = std::str::from_utf8(&frame).unwrap();
-        assert!(!text.contains("\"source\""), "absent source omitted: {text}");
+        assert!(
+            !text.contains("\"source\""),
+            "absent source omitted: {text}"
+        );
         assert!(text.ends_with("\"inserted_at\":\"2026-03-01T10:15:31.004518Z\"}"));
         assert!(text.contains("123456789012345678901234567890"));
     }
@@ -523,7 +525,10 @@ mod tests {
     #[test]
     fn timestamps_parse_in_both_spellings() {
         assert_eq!(parse_timestamp("1970-01-01T00:00:01.5Z"), Some(1_500_000));
-        assert_eq!(parse_timestamp("1970-01-01T00:00:01.000002"), Some(1_000_002));
+        assert_eq!(
+            parse_timestamp("1970-01-01T00:00:01.000002"),
+            Some(1_000_002)
+        );
         assert_eq!(parse_timestamp("1970-01-01T00:00:01"), Some(1_000_000));
         assert_eq!(parse_timestamp("yesterday"), None);
     }

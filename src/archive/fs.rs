@@ -46,7 +46,6 @@ impl FsAdapter {
             Err(e) => Err(unavailable("read", path, e)),
         }
     }
-
 }
 
 impl ChunkStore for FsAdapter {

@@ -161,7 +161,9 @@ pub fn read_frames(
     from: u64,
     to: u64,
 ) -> Result<Vec<(u64, bytes::Bytes)>, ArchiveError> {
-    read_chunks(store, session, from, to, |body| chunk_frames(body, tenant_id, from, to))
+    read_chunks(store, session, from, to, |body| {
+        chunk_frames(body, tenant_id, from, to)
+    })
 }
 
 /// Step 2 of the §11.1 write algorithm: the existing lines win, incoming seqs not
@@ -249,7 +251,11 @@ mod tests {
         let more: Vec<_> = (2..=5).map(ev).collect();
         let (merged, added) = merge_chunk(Some(&body), &more, None).unwrap();
         assert_eq!(added, 2);
-        let seqs: Vec<u64> = parse_chunk(&merged).unwrap().iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = parse_chunk(&merged)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
         assert!(merge_chunk(Some("{\"seq\":1}"), &more, None).is_err());
     }

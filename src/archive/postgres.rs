@@ -139,10 +139,7 @@ fn to_i64(v: u64) -> i64 {
 impl PostgresAdapter {
     /// Connects (bounded), and creates or migrates the schema when `migrate_on_boot`.
     pub fn open(config: &PostgresConfig) -> Result<Self, ArchiveError> {
-        let mut pg: Config = config
-            .url
-            .parse()
-            .map_err(|e| unavailable("URL", e))?;
+        let mut pg: Config = config.url.parse().map_err(|e| unavailable("URL", e))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -190,8 +187,8 @@ impl PostgresAdapter {
     /// server answered (a database error leaves the session usable).
     fn check<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, ArchiveError> {
         result.map_err(|e| {
-            let broken = e.as_db_error().is_none()
-                || self.client.as_ref().is_none_or(Client::is_closed);
+            let broken =
+                e.as_db_error().is_none() || self.client.as_ref().is_none_or(Client::is_closed);
             if broken {
                 self.client = None;
             }
@@ -322,7 +319,9 @@ fn json_no_nul(v: &Value) -> String {
         match v {
             Value::String(s) => Value::String(no_nul(s)),
             Value::Array(a) => Value::Array(a.iter().map(scrub).collect()),
-            Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (no_nul(k), scrub(v))).collect()),
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (no_nul(k), scrub(v))).collect())
+            }
             other => other.clone(),
         }
     }

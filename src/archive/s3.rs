@@ -129,7 +129,10 @@ impl S3Adapter {
 
     /// `GET key`: `None` on 404.
     fn get(&self, key: &str) -> Result<Option<Object>, ArchiveError> {
-        let url = self.bucket.get_object(self.credentials.as_ref(), key).sign(SIGN_FOR);
+        let url = self
+            .bucket
+            .get_object(self.credentials.as_ref(), key)
+            .sign(SIGN_FOR);
         let resp = match self.agent.request_url("GET", &url).call() {
             Ok(resp) => resp,
             Err(ureq::Error::Status(404, _)) => return Ok(None),
@@ -180,7 +183,6 @@ impl S3Adapter {
             Err(e) => Err(request_error("PUT", key, e)),
         }
     }
-
 }
 
 impl ChunkStore for S3Adapter {
@@ -219,7 +221,9 @@ impl ChunkStore for S3Adapter {
             }
             let precondition = match &existing {
                 None => Precondition::Absent,
-                Some(Object { etag: Some(etag), .. }) => Precondition::Matches(etag),
+                Some(Object {
+                    etag: Some(etag), ..
+                }) => Precondition::Matches(etag),
                 Some(Object { etag: None, .. }) => {
                     return Err(unavailable(format!("GET {key}: the store sent no ETag")))
                 }
@@ -316,7 +320,9 @@ mod tests {
             .get_object(a.credentials.as_ref(), "starcite/events/v1/YQ/1.ndjson")
             .sign(SIGN_FOR);
         assert_eq!(url.host_str(), Some("127.0.0.1"));
-        assert!(url.path().starts_with("/archive/starcite/events/v1/YQ/1.ndjson"));
+        assert!(url
+            .path()
+            .starts_with("/archive/starcite/events/v1/YQ/1.ndjson"));
         let q = url.query().unwrap();
         assert!(q.contains("X-Amz-Security-Token=TOKEN"), "{q}");
         assert!(q.contains("eu-west-1"), "{q}");
@@ -378,14 +384,28 @@ mod tests {
             S3Adapter::open(&c).unwrap()
         };
         // A session blob already there (409/412) is success: first writer wins.
-        assert_eq!(with("412 Precondition Failed").write_sessions(&[session()]), Ok(()));
+        assert_eq!(
+            with("412 Precondition Failed").write_sessions(&[session()]),
+            Ok(())
+        );
         assert_eq!(with("409 Conflict").write_sessions(&[session()]), Ok(()));
         // A redirect is never followed, and like any other status is "unavailable".
-        for status in ["307 Temporary Redirect", "301 Moved Permanently", "500 Oops", "403 Forbidden"] {
+        for status in [
+            "307 Temporary Redirect",
+            "301 Moved Permanently",
+            "500 Oops",
+            "403 Forbidden",
+        ] {
             let r = with(status).write_sessions(&[session()]);
-            assert!(matches!(r, Err(ArchiveError::Unavailable(_))), "{status}: {r:?}");
+            assert!(
+                matches!(r, Err(ArchiveError::Unavailable(_))),
+                "{status}: {r:?}"
+            );
             let r = with(status).read_events("s", 1, 10);
-            assert!(matches!(r, Err(ArchiveError::Unavailable(_))), "{status}: {r:?}");
+            assert!(
+                matches!(r, Err(ArchiveError::Unavailable(_))),
+                "{status}: {r:?}"
+            );
         }
         // 404 on GET is an absent chunk.
         assert_eq!(with("404 Not Found").read_events("s", 1, 10), Ok(vec![]));

@@ -38,15 +38,60 @@ impl ArchiveStats {
     pub fn render(&self, adapter: &str, cache_bytes: usize, out: &mut String) {
         use std::fmt::Write;
         let rows: [(&str, &str, &str, u64); 9] = [
-            ("starcite_archive_events_written_total", "Events newly stored by the archive backend.", "counter", Self::get(&self.events_written)),
-            ("starcite_archive_events_acked_total", "Events acknowledged as archived through Raft (evicted from the hot tier).", "counter", Self::get(&self.events_acked)),
-            ("starcite_archive_write_errors_total", "Failed archive writes (retried with backoff).", "counter", Self::get(&self.write_errors)),
-            ("starcite_archive_ack_errors_total", "ack_archived proposals that did not commit (retried next tick).", "counter", Self::get(&self.ack_errors)),
-            ("starcite_archive_lag_events", "Committed events led by this node not yet archived (at the last flush).", "gauge", Self::get(&self.lag_events)),
-            ("starcite_archive_flushes_total", "Completed archiver ticks.", "counter", Self::get(&self.flushes)),
-            ("starcite_archive_cold_read_events_total", "Events served to tails from the archive.", "counter", Self::get(&self.cold_events)),
-            ("starcite_archive_cold_read_errors_total", "Cold reads that failed (unavailable or gap).", "counter", Self::get(&self.cold_errors)),
-            ("starcite_archive_read_cache_hits_total", "Cold reads answered from the read cache.", "counter", Self::get(&self.cache_hits)),
+            (
+                "starcite_archive_events_written_total",
+                "Events newly stored by the archive backend.",
+                "counter",
+                Self::get(&self.events_written),
+            ),
+            (
+                "starcite_archive_events_acked_total",
+                "Events acknowledged as archived through Raft (evicted from the hot tier).",
+                "counter",
+                Self::get(&self.events_acked),
+            ),
+            (
+                "starcite_archive_write_errors_total",
+                "Failed archive writes (retried with backoff).",
+                "counter",
+                Self::get(&self.write_errors),
+            ),
+            (
+                "starcite_archive_ack_errors_total",
+                "ack_archived proposals that did not commit (retried next tick).",
+                "counter",
+                Self::get(&self.ack_errors),
+            ),
+            (
+                "starcite_archive_lag_events",
+                "Committed events led by this node not yet archived (at the last flush).",
+                "gauge",
+                Self::get(&self.lag_events),
+            ),
+            (
+                "starcite_archive_flushes_total",
+                "Completed archiver ticks.",
+                "counter",
+                Self::get(&self.flushes),
+            ),
+            (
+                "starcite_archive_cold_read_events_total",
+                "Events served to tails from the archive.",
+                "counter",
+                Self::get(&self.cold_events),
+            ),
+            (
+                "starcite_archive_cold_read_errors_total",
+                "Cold reads that failed (unavailable or gap).",
+                "counter",
+                Self::get(&self.cold_errors),
+            ),
+            (
+                "starcite_archive_read_cache_hits_total",
+                "Cold reads answered from the read cache.",
+                "counter",
+                Self::get(&self.cache_hits),
+            ),
         ];
         for (name, help, kind, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{adapter=\"{adapter}\"}} {value}");

@@ -78,9 +78,8 @@ struct Caller {
 /// panics inside the handler, to prove a panic costs one request, not the core.
 fn test_panic_route_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::env::var("STARCITE_TEST_PANIC_ROUTE").is_ok_and(|v| v.trim() == "1")
-    })
+    *ENABLED
+        .get_or_init(|| std::env::var("STARCITE_TEST_PANIC_ROUTE").is_ok_and(|v| v.trim() == "1"))
 }
 
 impl Handler for Gateway {
@@ -693,7 +692,11 @@ impl Gateway {
                 None => return Err(ApiError::raft_unavailable()),
             }
         };
-        Ok((source, (u64::from(self.core) << 48) | sub_id, info.tenant_id))
+        Ok((
+            source,
+            (u64::from(self.core) << 48) | sub_id,
+            info.tenant_id,
+        ))
     }
 
     /// Readiness per contract §5.5.

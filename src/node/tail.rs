@@ -15,9 +15,9 @@ use std::rc::Rc;
 use super::messages::{CoreRequest, LiveEvent, Subscriber, SUBSCRIBER_DEPTH};
 use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
-use starcite_shards::EngineError;
 use crate::cluster::transport::Transport;
 use crate::http::{WebSocket, WsEvent, WsReader, WsWriter};
+use starcite_shards::EngineError;
 
 /// Events per replay read (contract §12.3).
 const REPLAY_READ: usize = 1_000;

@@ -308,7 +308,12 @@ impl Cluster {
             // One archive for the whole cluster (the fs adapter's shared directory).
             .env(
                 "STARCITE_ARCHIVE_FS_DIR",
-                node.data_dir.parent().unwrap().parent().unwrap().join("archive"),
+                node.data_dir
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .join("archive"),
             )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -89,7 +89,9 @@ pub fn free_ports(n: usize) -> Vec<u16> {
             held.push(l);
         }
     }
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 impl Server {

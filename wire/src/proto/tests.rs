@@ -258,10 +258,8 @@ fn documented_example_frames_match_the_encoder() {
         &mut ping,
     )
     .unwrap();
-    let mut want = hex(
-        "88 00 00 00 15 ea 98 89 05 00 00 00 00 00 00 00
-         02 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00",
-    );
+    let mut want = hex("88 00 00 00 15 ea 98 89 05 00 00 00 00 00 00 00
+         02 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00");
     want.resize(8 + 136, 0);
     assert_eq!(ping, want, "Ping example of docs/wire-protocol.md");
 
@@ -278,12 +276,10 @@ fn documented_example_frames_match_the_encoder() {
         &mut ack,
     )
     .unwrap();
-    let want = hex(
-        "30 00 00 00 8e ff e7 e0 02 00 00 00 00 00 00 00
+    let want = hex("30 00 00 00 8e ff e7 e0 02 00 00 00 00 00 00 00
          03 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00
          05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-         00 00 00 00 00 00 00 00",
-    );
+         00 00 00 00 00 00 00 00");
     assert_eq!(ack, want, "AppendAck example of docs/wire-protocol.md");
 }
 
