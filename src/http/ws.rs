@@ -248,6 +248,11 @@ impl WsWriter {
         self.send_frame(OP_TEXT, data).await
     }
 
+    /// Several text messages in one write (one syscall for a burst of events).
+    pub async fn send_texts(&mut self, messages: Vec<Bytes>) -> io::Result<()> {
+        self.send_frames(OP_TEXT, messages).await
+    }
+
     /// A ping (payload ≤ 125 bytes).
     pub async fn send_ping(&mut self, payload: Vec<u8>) -> io::Result<()> {
         check_control_payload(&payload)?;
@@ -279,6 +284,10 @@ impl WsWriter {
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: Bytes) -> io::Result<()> {
+        self.send_frames(opcode, vec![payload]).await
+    }
+
+    async fn send_frames(&mut self, opcode: u8, payloads: Vec<Bytes>) -> io::Result<()> {
         match self.state {
             WriterState::Open => {}
             WriterState::Closed => {
@@ -294,14 +303,13 @@ impl WsWriter {
                 ))
             }
         }
-        let mut head = Vec::with_capacity(10);
-        encode_frame_header(opcode, payload.len(), &mut head);
-        let res = write_parts_timeout(
-            &mut self.wr,
-            head_and_body(head, payload),
-            self.write_timeout,
-        )
-        .await;
+        let mut parts = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let mut head = Vec::with_capacity(10);
+            encode_frame_header(opcode, payload.len(), &mut head);
+            parts.extend(head_and_body(head, payload));
+        }
+        let res = write_parts_timeout(&mut self.wr, parts, self.write_timeout).await;
         if res.is_err() {
             self.state = WriterState::Failed;
         }

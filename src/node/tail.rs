@@ -104,6 +104,9 @@ pub enum TailSource {
     },
 }
 
+/// Live events already queued that one write may carry.
+const LIVE_BURST: usize = 256;
+
 /// Remote tails poll between these bounds, backing off while idle.
 const REMOTE_POLL_MIN: Duration = Duration::from_millis(10);
 const REMOTE_POLL_MAX: Duration = Duration::from_millis(200);
@@ -275,9 +278,31 @@ impl Tail {
                 event = live.recv_async() => match event {
                     Ok(e) if e.seq <= self.spec.cursor => {}
                     Ok(e) if e.seq == self.spec.cursor + 1 => {
-                        let frame = self.frame(std::iter::once(&e.frame));
-                        writer.send_text(frame).await.map_err(|_| Stop::Gone)?;
-                        self.spec.cursor = e.seq;
+                        // Whatever else is already queued goes out in the same
+                        // write (frames of at most batch_size events each).
+                        let mut events = vec![(e.seq, e.frame)];
+                        let mut gap = false;
+                        while events.len() < LIVE_BURST {
+                            let Ok(next) = live.try_recv() else { break };
+                            let expected = events.last().map_or(0, |(s, _)| s + 1);
+                            if next.seq < expected {
+                                continue;
+                            }
+                            if next.seq > expected {
+                                gap = true;
+                                break;
+                            }
+                            events.push((next.seq, next.frame));
+                        }
+                        let frames: Vec<Bytes> = frames_of(&events, self.spec.batch_size.max(1))
+                            .into_iter()
+                            .map(|chunk| self.frame(chunk.iter().map(|(_, f)| f)))
+                            .collect();
+                        writer.send_texts(frames).await.map_err(|_| Stop::Gone)?;
+                        self.spec.cursor = events.last().map_or(self.spec.cursor, |(s, _)| *s);
+                        if gap {
+                            return Ok(());
+                        }
                     }
                     Ok(_) => return Ok(()),
                     Err(_) => {
