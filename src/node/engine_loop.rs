@@ -22,8 +22,11 @@ use crate::cluster::transport::Transport;
 
 /// Ticks between leadership balancing rounds (and drain transfers).
 const BALANCE_EVERY_TICKS: u64 = 20;
-/// Consecutive ticks behind before a synced core reports not-ready.
-const SYNC_FAILURE_TICKS: u32 = 10;
+/// Consecutive ticks behind before a synced core reports not-ready: 3 s, the
+/// contract's readiness-probe freshness. A re-election (peers restarting, a
+/// leadership transfer) leaves a group without a known leader for a second or
+/// two; a node that was caught up must not flap to not-ready for that.
+const SYNC_FAILURE_TICKS: u32 = 30;
 
 /// Who waits for a command, and since when (commit latency).
 type Waiter = (Reply<CommandResult>, Instant);
