@@ -44,6 +44,10 @@ pub struct Config {
     /// Hot-tier memory bound for the whole node (`STARCITE_EVENT_STORE_MAX_SIZE`).
     pub event_store_max_bytes: u64,
     pub checkpoint_bytes: u64,
+    /// Raft log writes with O_DIRECT|O_DSYNC into preallocated segments
+    /// (`STARCITE_LOG_DIRECT_IO`, default true; falls back to buffered writes +
+    /// fdatasync where the file system refuses O_DIRECT).
+    pub log_direct_io: bool,
     pub telemetry: bool,
     /// `STARCITE_REJOIN`: this node replaces one whose disk was lost.
     pub rejoin: bool,
@@ -232,6 +236,7 @@ impl Config {
             "STARCITE_LOG_CHECKPOINT_SIZE",
             DEFAULT_CHECKPOINT_BYTES,
         )?;
+        let log_direct_io = boolean(env, "STARCITE_LOG_DIRECT_IO", true)?;
         let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
         let rejoin = boolean(env, "STARCITE_REJOIN", false)?;
         let (tls, tls_ca_file) = tls_settings(env)?;
@@ -263,6 +268,7 @@ impl Config {
             producer_cap: PRODUCERS_PER_SESSION,
             event_store_max_bytes,
             checkpoint_bytes,
+            log_direct_io,
             telemetry,
             rejoin,
             auth,

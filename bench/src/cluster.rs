@@ -275,6 +275,18 @@ pub fn cmd_cluster(a: ClusterArgs) -> i32 {
         .replace("{wire}", &c.wire_addrs())
         .replace("{pid0}", &c.pid(0).unwrap_or(0).to_string());
     let mut argv: Vec<String> = run.split_whitespace().map(str::to_owned).collect();
+    if argv.first().map(String::as_str) == Some("append") {
+        // Node cost per append: every node's CPU, context switches and /metrics.
+        let pids: Vec<String> = (0..c.nodes.len())
+            .filter_map(|i| c.pid(i).map(|p| p.to_string()))
+            .collect();
+        if !argv.iter().any(|a| a.starts_with("--pids")) {
+            argv.push(format!("--pids={}", pids.join(",")));
+        }
+        if !argv.iter().any(|a| a.starts_with("--metrics-urls")) {
+            argv.push(format!("--metrics-urls={}", c.urls()));
+        }
+    }
     if !has_ph {
         argv.push(format!("--url={}", c.urls()));
         if argv.first().map(String::as_str) == Some("append") {

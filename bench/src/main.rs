@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod archive;
 mod cluster;
 mod failover;
+mod fsync_probe;
+mod nodecost;
 mod openloop;
 mod peers;
 mod plot;
@@ -64,6 +66,9 @@ enum Cmd {
     /// The same closed-loop append load against NATS JetStream or Redis
     /// Streams (for the comparison in docs/performance.md).
     Peer(peers::PeerArgs),
+    /// The disk's durable-append floor: latency, CPU and context switches per
+    /// durable write for io_uring/blocking, buffered/O_DIRECT|O_DSYNC.
+    FsyncProbe(fsync_probe::FsyncProbeArgs),
     /// Medians of `bench/compare`'s rounds, comparison plots, summary tables.
     Summarize(summarize::SummarizeArgs),
 }
@@ -122,6 +127,15 @@ struct AppendArgs {
     /// Total target rate of `--open-loop`, appends/s.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// PIDs of the node processes (comma-separated): their CPU and context
+    /// switches over each measured window are reported per acknowledged append
+    /// (`starcite-bench cluster` passes them).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Nodes whose /metrics are read before and after each window (log writes,
+    /// fsyncs, stage times per append); default: every `--url`.
+    #[arg(long)]
+    metrics_urls: Option<String>,
 }
 
 #[derive(Args)]
@@ -149,6 +163,7 @@ fn main() {
         Cmd::Cluster(a) => cluster::cmd_cluster(a),
         Cmd::Peer(a) => peers::cmd_peer(a),
         Cmd::Summarize(a) => summarize::cmd_summarize(a),
+        Cmd::FsyncProbe(a) => fsync_probe::cmd_fsync_probe(a),
     };
     std::process::exit(code);
 }
@@ -157,6 +172,7 @@ fn main() {
 // URL / HTTP plumbing
 // ---------------------------------------------------------------------------
 
+#[derive(Clone)]
 struct Target {
     addr: SocketAddr,
     host_header: String,
@@ -476,6 +492,8 @@ struct RunResult {
     measured_secs: f64,
     hist: Histogram<u64>,
     error_samples: Vec<String>,
+    /// Node cost per acknowledged append over the measured window.
+    cost: Value,
 }
 
 fn ms(us: u64) -> f64 {
@@ -516,6 +534,7 @@ impl RunResult {
                 "mean": if empty { Value::Null } else { json!(h.mean() / 1000.0) },
             },
             "error_samples": self.error_samples,
+            "per_append": self.cost,
         })
     }
 }
@@ -650,6 +669,24 @@ fn run_append(
         })
         .collect();
 
+    // Node counters at the start and the end of the measured window.
+    let metric_targets: Vec<Target> = match &args.metrics_urls {
+        Some(list) => list
+            .split(',')
+            .filter_map(|u| parse_url(u.trim()).ok())
+            .collect(),
+        None => targets.to_vec(),
+    };
+    let sleep_until = |at: Instant| {
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+    };
+    sleep_until(measure_from);
+    let cost_before = nodecost::sample(&args.pids, &metric_targets);
+    sleep_until(end);
+    let cost_after = nodecost::sample(&args.pids, &metric_targets);
     let mut hist = new_hist();
     let mut ok = 0;
     let mut errors = 0;
@@ -677,6 +714,7 @@ fn run_append(
         ok,
         errors,
         measured_secs: measure.as_secs_f64(),
+        cost: nodecost::per_append(&cost_before, &cost_after, ok, !args.pids.is_empty()),
         hist,
         error_samples: samples,
     })
@@ -994,6 +1032,38 @@ fn cmd_append(args: AppendArgs) -> i32 {
             },
             r.errors
         );
+    }
+    if results.iter().any(|r| !r.cost.is_null()) {
+        println!(
+            "per acknowledged append (all nodes): {:>9} {:>10} {:>10} {:>10} {:>8} {:>10}  stage µs",
+            "producers", "cpu µs", "vol cs", "invol cs", "fsyncs", "cmds/fsync"
+        );
+        for r in &results {
+            let c = &r.cost;
+            let f = |k: &str, d: usize| {
+                c[k].as_f64()
+                    .map_or("-".to_string(), |v| format!("{v:.d$}"))
+            };
+            let stages = c["stage_us"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!(
+                "                                     {:>9} {:>10} {:>10} {:>10} {:>8} {:>10}  {}",
+                r.producers,
+                f("node_cpu_us", 1),
+                f("voluntary_ctx_switches", 2),
+                f("involuntary_ctx_switches", 2),
+                f("fsyncs", 3),
+                f("commands_per_fsync", 1),
+                stages
+            );
+        }
     }
     let doc = json!({
         "benchmark": "append",

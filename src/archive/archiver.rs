@@ -210,7 +210,14 @@ impl Archiver {
             let (reply, answer) = flume::bounded::<CommandResult>(1);
             let proposal = Proposal::AckArchived { session, upto };
             let sent = self.cores[core]
-                .send_timeout(CoreRequest::Propose { proposal, reply }, CORE_TIMEOUT)
+                .send_timeout(
+                    CoreRequest::Propose {
+                        proposal,
+                        reply,
+                        since: std::time::Instant::now(),
+                    },
+                    CORE_TIMEOUT,
+                )
                 .is_ok();
             if sent {
                 waiting.push((answer, upto - from));

@@ -813,6 +813,7 @@ impl Transport {
         }
         self.counters.add(|s| {
             s.frames_sent += frames;
+            crate::node::stages::peer_frames_sent(frames);
             s.raft_frames_sent += raft_frames;
             s.raft_messages_sent += raft_count - dropped;
             s.raft_messages_dropped += dropped;

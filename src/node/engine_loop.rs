@@ -247,9 +247,9 @@ impl EngineLoop {
 
     fn dispatch(&mut self, out: Outputs<Waiter>) {
         for ((waiter, since), result) in out.completions {
-            self.stats
-                .commit_latency
-                .observe(since.elapsed().as_secs_f64());
+            let took = since.elapsed();
+            super::stages::record(super::stages::Stage::Commit, took);
+            self.stats.commit_latency.observe(took.as_secs_f64());
             // The requester may have timed out and gone; nothing to do then.
             let _ = waiter.send(result);
         }
@@ -336,7 +336,12 @@ impl EngineLoop {
     /// Handles one request; false means shut down.
     fn handle(&mut self, req: CoreRequest) -> bool {
         match req {
-            CoreRequest::Propose { proposal, reply } => {
+            CoreRequest::Propose {
+                proposal,
+                reply,
+                since,
+            } => {
+                super::stages::record(super::stages::Stage::Handoff, since.elapsed());
                 if let Err(((reply, _), e)) =
                     self.shard
                         .propose(proposal, (reply, Instant::now()), now_us())

@@ -21,6 +21,7 @@ use super::control::{routing_candidates, ControlState};
 use super::messages::{CoreRequest, Reply as ReplyTx};
 use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
+use super::stages::{self, Stage};
 use super::tail::{run_tail, TailSource, TailSpec};
 use super::topology::Topology;
 use crate::api::error::ApiError;
@@ -281,11 +282,16 @@ impl Gateway {
             return Ok(Err(EngineError::NotLeader { leader: None }));
         }
         let core = self.owner(proposal.session());
-        self.ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose {
-            proposal,
-            reply,
-        })
-        .await
+        let since = Instant::now();
+        let answer = self
+            .ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose {
+                proposal,
+                reply,
+                since,
+            })
+            .await;
+        stages::record(Stage::Owner, since.elapsed());
+        answer
     }
 
     /// Sends a request to a peer; transport failures become `None`.
@@ -376,15 +382,17 @@ impl Gateway {
         let answer = if target == self.topo.me {
             Some(self.local_propose(proposal.clone()).await?)
         } else {
-            match self
+            let since = Instant::now();
+            let answer = self
                 .peer_call(
                     target,
                     &PeerRequest::Propose {
                         proposal: proposal.clone(),
                     },
                 )
-                .await
-            {
+                .await;
+            stages::record(Stage::Forward, since.elapsed());
+            match answer {
                 Ok(PeerResponse::Command(r)) => Some(r),
                 Err(Delivery::NotSent) => None,
                 Ok(_) | Err(Delivery::Unknown) => return Err(ApiError::raft_timeout()),
@@ -431,6 +439,7 @@ impl Gateway {
         id: String,
         body: Result<serde_json::Value, ApiError>,
     ) -> Result<(u64, u64, bool), ApiError> {
+        let parse_started = Instant::now();
         if !auth.lock_allows(&id) {
             return Err(ApiError::forbidden_session());
         }
@@ -464,6 +473,7 @@ impl Gateway {
             expected_seq: input.expected_seq,
             body: render_event_body(&input, &auth.principal.tenant_id),
         };
+        stages::record(Stage::Parse, parse_started.elapsed());
         match self.command(&id, proposal).await? {
             Outcome::Appended {
                 seq,
@@ -781,6 +791,17 @@ impl Gateway {
             );
         }
         let mut out = String::new();
+        out.push_str("# HELP starcite_append_stage_seconds_total Time appends spent per stage (docs/metrics.md).\n# TYPE starcite_append_stage_seconds_total counter\n");
+        for (stage, name) in stages::STAGES {
+            out.push_str(&format!(
+                "starcite_append_stage_seconds_total{{stage=\"{name}\"}} {}\n",
+                stages::seconds(stage)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP starcite_peer_frames_sent_total Frames written to peer nodes.\n# TYPE starcite_peer_frames_sent_total counter\nstarcite_peer_frames_sent_total {}\n",
+            stages::peer_frames()
+        ));
         let mut per_core =
             |name: &str, help: &str, kind: &str, f: fn(&super::messages::CoreStats) -> u64| {
                 out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));

@@ -31,6 +31,8 @@ pub enum CoreRequest {
     Propose {
         proposal: Proposal,
         reply: Reply<CommandResult>,
+        /// When the requester queued it (the `handoff` stage).
+        since: std::time::Instant,
     },
     Info {
         session: String,

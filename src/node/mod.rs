@@ -24,6 +24,7 @@ pub mod peer_inbound;
 pub mod peer_rpc;
 pub mod segment_log;
 pub mod shutdown;
+pub mod stages;
 pub mod tail;
 pub mod topology;
 
