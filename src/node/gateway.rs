@@ -305,8 +305,8 @@ impl Gateway {
         let Some(transport) = self.transport.as_ref() else {
             return Err(Delivery::NotSent);
         };
-        match transport.request(node, peer_rpc::encode(req)).await {
-            Ok(body) => peer_rpc::decode(&body).ok_or(Delivery::Unknown),
+        match transport.request(node, peer_rpc::encode_request(req)).await {
+            Ok(body) => peer_rpc::decode_response(&body).ok_or(Delivery::Unknown),
             Err(
                 TransportError::UnknownPeer
                 | TransportError::NotConnected
@@ -977,6 +977,7 @@ fn engine_error(e: EngineError) -> ApiError {
         } => ApiError::producer_seq_conflict(&producer_id, expected, got),
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
         EngineError::Backpressure => ApiError::event_store_backpressure(),
+        EngineError::TooLarge => ApiError::payload_too_large(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
         EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
             ApiError::archive_read_unavailable()

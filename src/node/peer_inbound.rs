@@ -59,14 +59,14 @@ impl Inbound for PeerInbound {
             reply.send(peer_rpc::encode(&PeerResponse::Unavailable));
             return;
         };
-        let Some(request) = peer_rpc::decode::<PeerRequest>(&body) else {
+        let Some(request) = peer_rpc::decode_request(&body) else {
             tracing::warn!(peer = from, "undecodable peer request");
             reply.send(peer_rpc::encode(&PeerResponse::Unavailable));
             return;
         };
         monoio::spawn(async move {
             let response = serve(&gateway, request).await;
-            reply.send(peer_rpc::encode(&response));
+            reply.send(peer_rpc::encode_response(&response));
         });
     }
 
