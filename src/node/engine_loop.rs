@@ -227,7 +227,6 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         }
         self.write_buf = buf;
         let out = self.shard.on_durable();
-        self.stats.entries_written += out.completions.len() as u64;
         if !out.completions.is_empty() {
             self.stats
                 .batch_commands
@@ -251,6 +250,9 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
 
     fn dispatch(&mut self, out: Outputs<Waiter>) {
         let now = self.clock.now();
+        // Completions come both before a write (entries committed by peers'
+        // acks) and after it: count them all.
+        self.stats.entries_written += out.completions.len() as u64;
         for ((waiter, since), result) in out.completions {
             let took = now.saturating_duration_since(since);
             super::stages::record(super::stages::Stage::Commit, took);
