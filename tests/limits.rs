@@ -219,8 +219,10 @@ fn checkpoint_of_more_than_a_frame_of_hot_events_survives_restart() {
 
 #[test]
 fn follower_catches_up_by_a_chunked_snapshot() {
-    let mut opts = ClusterOpts::default();
-    opts.num_groups = 4;
+    let mut opts = ClusterOpts {
+        num_groups: 4,
+        ..ClusterOpts::default()
+    };
     opts.env.extend([
         (
             "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(),
