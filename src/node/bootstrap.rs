@@ -13,12 +13,13 @@ use starcite_shards::recovery::Recovered;
 use starcite_shards::shard::{Shard, ShardConfig};
 
 use super::control::ControlState;
+use super::engine_io::RealClock;
 use super::engine_loop::{Cluster, EngineLoop};
 use super::gateway::Gateway;
 use super::messages::{CoreRequest, CORE_INBOX_DEPTH};
 use super::peer_inbound::PeerInbound;
 use super::peer_rpc::{self, ControlMessage};
-use super::segment_log::SegmentLog;
+use super::segment_log::{SegmentLog, UringDisk};
 use super::shutdown::Shutdown;
 use super::topology::Topology;
 use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
@@ -168,14 +169,21 @@ async fn core_main(ctx: CoreContext) {
         control: ctx.control.clone(),
         gateway: std::cell::RefCell::new(None),
     });
-    let started = start_cluster(&ctx, inbound.clone(), &shutdown).and_then(|cluster| {
-        let engine = start_engine(
-            &ctx,
-            cluster.as_ref().map(|(t, _)| Cluster {
-                transport: t.clone(),
-                topo: ctx.topo.clone(),
-            }),
-        )?;
+    let started = match start_cluster(&ctx, inbound.clone(), &shutdown) {
+        Ok(cluster) => {
+            let engine = start_engine(
+                &ctx,
+                cluster.as_ref().map(|(t, _)| Cluster {
+                    transport: t.clone(),
+                    topo: ctx.topo.clone(),
+                }),
+            )
+            .await;
+            engine.map(|engine| (engine, cluster))
+        }
+        Err(e) => Err(e),
+    };
+    let started = started.and_then(|(engine, cluster)| {
         let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ctx.cfg.port));
         let listener = bind_reuseport(addr)
             .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], ctx.cfg.port))))
@@ -195,7 +203,11 @@ async fn core_main(ctx: CoreContext) {
             return;
         }
     };
-    let engine_task = monoio::spawn(engine.run());
+    let engine_task = monoio::spawn(async move {
+        if let Err(e) = engine.run().await {
+            core_failed(core, &e);
+        }
+    });
     let transport = cluster.as_ref().map(|(t, _)| t.clone());
     let gateway = Rc::new(Gateway {
         core,
@@ -328,15 +340,24 @@ async fn gossip_loop(transport: Rc<Transport>, control: Arc<ControlState>, shutd
     }
 }
 
-fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoop, String> {
+/// The production engine of a core.
+type CoreEngine = EngineLoop<UringDisk, Transport, RealClock>;
+
+async fn start_engine(
+    ctx: &CoreContext,
+    cluster: Option<Cluster<Transport>>,
+) -> Result<CoreEngine, String> {
     let cfg = &ctx.cfg;
     let (core, cores) = (ctx.core, cfg.cores);
     let log_dir = cfg.data_dir.join("log");
     let groups = ctx.topo.local_groups(core);
     let owned: Vec<u32> = groups.iter().map(|(g, _)| *g).collect();
-    let (log, recovered): (SegmentLog, Recovered) = SegmentLog::open(&log_dir, core, |g| {
+    let disk = UringDisk::open(&log_dir)?;
+    let (log, recovered): (SegmentLog<UringDisk>, Recovered) = SegmentLog::open(disk, core, |g| {
         g < cfg.num_groups && core_of(g, cores) == core && owned.contains(&g)
-    })?;
+    })
+    .await
+    .map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let shard_cfg = ShardConfig {
         core,
         cores,
@@ -359,10 +380,19 @@ fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoo
     Ok(EngineLoop::new(
         shard,
         log,
+        RealClock,
         ctx.inbox.clone(),
         ctx.control.clone(),
         cluster,
     ))
+}
+
+/// A core's engine ended other than by shutdown: stop the whole node loudly
+/// (systemd restarts it) rather than serve with a dead core.
+fn core_failed(core: u32, why: &str) -> ! {
+    tracing::error!(core, error = %why, "core engine stopped; stopping the node");
+    eprintln!("starcite: core {core}: {why}; stopping the node");
+    std::process::exit(70);
 }
 
 fn wait_for_signal() -> Result<(), String> {
