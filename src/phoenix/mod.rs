@@ -58,7 +58,7 @@ const CLOSE_INVALID: u16 = 1007;
 thread_local! {
     /// This core's gateway: channel tasks outlive the handler call that
     /// upgraded the socket, so they hold an `Rc` of it.
-    static GATEWAY: RefCell<Weak<Gateway>> = RefCell::new(Weak::new());
+    static GATEWAY: RefCell<Weak<Gateway>> = const { RefCell::new(Weak::new()) };
 }
 
 /// Registers the core's gateway (once per core, at start).
@@ -197,11 +197,10 @@ async fn run_socket(
                     socket.handle(msg);
                 }
                 WsEvent::Message => break Some((CLOSE_UNSUPPORTED, "binary_not_supported")),
-                WsEvent::Ping(payload) => {
-                    if writer.send_pong(payload).await.is_err() {
-                        break None;
-                    }
-                }
+                WsEvent::Ping(payload) => match writer.send_pong(payload).await {
+                    Ok(()) => {}
+                    Err(_) => break None,
+                },
                 WsEvent::Pong => {}
                 WsEvent::Close(_) => break Some((CLOSE_NORMAL, "")),
                 WsEvent::Closed => break reader.suggested_close_code().map(|c| (c, "")),

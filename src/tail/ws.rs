@@ -67,11 +67,10 @@ pub async fn run_tail(ws: WebSocket, mut spec: TailSpec) {
                 Err(e) => break Stop::Close(CLOSE_INTERNAL, e.reason()),
             },
             inbound = reader.next() => match inbound {
-                WsEvent::Ping(payload) => {
-                    if writer.send_pong(payload).await.is_err() {
-                        break Stop::Gone;
-                    }
-                }
+                WsEvent::Ping(payload) => match writer.send_pong(payload).await {
+                    Ok(()) => {}
+                    Err(_) => break Stop::Gone,
+                },
                 WsEvent::Close(_) => break Stop::Close(CLOSE_NORMAL, ""),
                 WsEvent::Closed => break Stop::Gone,
                 _ => {}
