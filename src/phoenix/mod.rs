@@ -42,7 +42,7 @@ use crate::http::{error_response, Reply, Request, Response, WebSocket, WsEvent, 
 use crate::node::gateway::Gateway;
 
 /// Largest client message (joins and heartbeats are small).
-pub const MAX_MESSAGE: usize = 64 * 1024;
+pub const MAX_MESSAGE: usize = starcite_wire::limits::WS_INBOUND_FRAME;
 /// Frames queued from channel tasks to the socket writer.
 pub const OUT_DEPTH: usize = 32;
 /// Channels one socket may have joined at once.

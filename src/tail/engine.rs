@@ -43,7 +43,7 @@ const REMOTE_POLL_MAX: Duration = Duration::from_millis(200);
 /// A frame (or binary `Events` message) holds at most this many bytes of events
 /// (unless one event is larger): frames may be shorter than the batch size, and
 /// clients' default frame limits (16 MiB) are never hit by batching.
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
+pub const MAX_FRAME_BYTES: usize = starcite_wire::limits::TAIL_FRAME;
 
 /// Splits events into frames of at most `batch` events and [`MAX_FRAME_BYTES`].
 pub fn frames_of(events: &[(u64, Bytes)], batch: usize) -> Vec<&[(u64, Bytes)]> {
