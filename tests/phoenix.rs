@@ -456,6 +456,18 @@ fn v1_object_frames_and_handshake_errors() {
     assert_error_resp(&r, 400, "invalid_websocket_upgrade");
 }
 
+#[test]
+fn shutdown_closes_the_socket_with_going_away() {
+    let mut s = Server::start_default();
+    let p = s.port();
+    create_session(p, "sd");
+    let mut c = Phx::connect(p, "vsn=2.0.0");
+    c.join_ok("tail:sd", json!({}));
+    s.send_sigterm();
+    assert!(c.read(T).is_none(), "nothing but the close");
+    assert_eq!(c.closed, Some(Some(1001)));
+}
+
 // ---------------------------------------------------------------------------
 // JWT mode
 // ---------------------------------------------------------------------------
