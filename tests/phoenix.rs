@@ -456,6 +456,63 @@ fn v1_object_frames_and_handshake_errors() {
     assert_error_resp(&r, 400, "invalid_websocket_upgrade");
 }
 
+#[test]
+fn shutdown_closes_the_socket_with_going_away() {
+    let mut s = Server::start_default();
+    let p = s.port();
+    create_session(p, "sd");
+    let mut c = Phx::connect(p, "vsn=2.0.0");
+    c.join_ok("tail:sd", json!({}));
+    s.send_sigterm();
+    assert!(c.read(T).is_none(), "nothing but the close");
+    assert_eq!(c.closed, Some(Some(1001)));
+}
+
+/// A client that stops reading while thousands of large events are appended:
+/// the server does not buffer them (its tails fall behind and resume by
+/// replay), and once the client reads again it gets every event exactly once,
+/// in order, on both of its topics.
+#[test]
+fn a_client_that_stops_reading_still_gets_everything_in_order() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "slow1");
+    create_session(p, "slow2");
+    let mut c = Phx::connect(p, "vsn=2.0.0");
+    c.join_ok("tail:slow1", json!({"batch_size": 50}));
+    c.join_ok("tail:slow2", json!({}));
+    let pad = "x".repeat(4096);
+    let n = 1500u64;
+    let mut http = HttpConn::new(p);
+    for i in 1..=n {
+        for session in ["slow1", "slow2"] {
+            let body = json!({"type": "t", "payload": {"pad": pad, "i": i},
+                              "producer_id": "w", "producer_seq": i});
+            let (st, v) = http.post_json(&append_path(session), &body);
+            assert_eq!(st, 201, "{v}");
+        }
+    }
+    // The server did not hold those events for the client: its tails were
+    // dropped back to replay.
+    let metrics = get(p, "/metrics").text();
+    let dropped: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("starcite_tail_dropped_to_replay_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(dropped >= 1.0, "no tail fell behind: {dropped}");
+    // Only now does the client read.
+    let (a, _) = c.events("tail:slow1", n as usize);
+    assert_eq!(seqs(&a), (1..=n).collect::<Vec<_>>());
+    let (b, pushes) = c.events("tail:slow2", n as usize);
+    assert_eq!(seqs(&b), (1..=n).collect::<Vec<_>>());
+    assert!(
+        pushes.iter().all(|k| *k == 1),
+        "batch_size 1 pushes one event each"
+    );
+    c.silent("tail:slow1", Duration::from_millis(200));
+}
+
 // ---------------------------------------------------------------------------
 // JWT mode
 // ---------------------------------------------------------------------------
