@@ -27,7 +27,6 @@ pub mod peer_rpc;
 pub mod segment_log;
 pub mod shutdown;
 pub mod stages;
-pub mod tail;
 pub mod topology;
 
 pub use bootstrap::run;
