@@ -11,3 +11,36 @@ pub mod node;
 pub mod ops;
 pub mod tls;
 pub mod wire_server;
+
+/// This build's version: the crate version, plus `+<STARCITE_BUILD_VERSION>` when
+/// that variable was set at build time (`STARCITE_BUILD_VERSION=rc2 cargo build`
+/// gives `0.1.0+rc2`). `starcite --version` and `starcite ops status` show it.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        build_version(
+            env!("CARGO_PKG_VERSION"),
+            option_env!("STARCITE_BUILD_VERSION"),
+        )
+    })
+}
+
+fn build_version(pkg: &str, build: Option<&str>) -> String {
+    match build.map(str::trim).filter(|b| !b.is_empty()) {
+        Some(b) => format!("{pkg}+{b}"),
+        None => pkg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::build_version;
+
+    #[test]
+    fn build_version_appends_the_build_string() {
+        assert_eq!(build_version("0.1.0", None), "0.1.0");
+        assert_eq!(build_version("0.1.0", Some("")), "0.1.0");
+        assert_eq!(build_version("0.1.0", Some(" rc2 ")), "0.1.0+rc2");
+        assert!(super::version().starts_with(env!("CARGO_PKG_VERSION")));
+    }
+}

@@ -7,7 +7,7 @@ use starcite::config::{Config, ProcessEnv, Profile};
 #[derive(Parser)]
 #[command(
     name = "starcite",
-    version,
+    version = starcite::version(),
     about = "Durable session event log with the Starcite HTTP/WebSocket API"
 )]
 struct Cli {

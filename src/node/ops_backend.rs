@@ -39,6 +39,7 @@ impl OpsBackend for NodeOps {
         let fair = f64::from(topo.num_groups) / topo.writers.len().max(1) as f64;
         serde_json::json!({
             "node": me,
+            "version": crate::version(),
             "local_write_node": writer,
             "local_mode": if writer { "write_node" } else { "router_node" },
             "local_ready": self.local_ready(),
