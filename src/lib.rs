@@ -12,17 +12,20 @@ pub mod ops;
 pub mod tls;
 pub mod wire_server;
 
+static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// This build's version: the crate version, plus `+<STARCITE_BUILD_VERSION>` when
-/// that variable was set at build time (`STARCITE_BUILD_VERSION=rc2 cargo build`
-/// gives `0.1.0+rc2`). `starcite --version` and `starcite ops status` show it.
+/// the binary was built with that variable set (`STARCITE_BUILD_VERSION=rc2 cargo
+/// build` gives `0.1.0+rc2`). `starcite --version` and `starcite ops status` show it.
 pub fn version() -> &'static str {
-    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    VERSION.get_or_init(|| {
-        build_version(
-            env!("CARGO_PKG_VERSION"),
-            option_env!("STARCITE_BUILD_VERSION"),
-        )
-    })
+    VERSION.get_or_init(|| env!("CARGO_PKG_VERSION").to_owned())
+}
+
+/// Called once by the binary before anything reads [`version`], with its own
+/// `option_env!("STARCITE_BUILD_VERSION")`: read there, only the small binary
+/// crate is rebuilt when the variable changes, not this library.
+pub fn set_build_version(build: Option<&str>) {
+    let _ = VERSION.set(build_version(env!("CARGO_PKG_VERSION"), build));
 }
 
 fn build_version(pkg: &str, build: Option<&str>) -> String {

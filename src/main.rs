@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() {
+    starcite::set_build_version(option_env!("STARCITE_BUILD_VERSION"));
     let cli = Cli::parse();
     let profile = match cli.command {
         Command::Start => Profile::Start,

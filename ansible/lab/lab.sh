@@ -216,7 +216,11 @@ node_down() {
 
 # down: every node, the namespace, the tmpfs; leaves $LAB_STATE for inspection.
 down() {
-    local d
+    local d s
+    # Ansible's persistent SSH connections (ControlPersist) into the lab.
+    for s in "$LAB_STATE"/cp/*; do
+        [ -S "$s" ] && ssh -o ControlPath="$s" -O exit lab 2>/dev/null || true
+    done
     for d in "$LAB_STATE"/nodes/*/; do
         [ -d "$d" ] && node_down "$(basename "$d")"
     done
@@ -247,4 +251,5 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     ssh) ssh_node "$@" ;;
     *) echo "usage: $0 rootfs|up N|down|node_up NAME [fresh]|node_down NAME|ssh NAME [cmd]" >&2; exit 2 ;;
     esac
+    exit $?
 fi
