@@ -28,7 +28,7 @@ LAB_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,procps,cu
 LAB_ROOTFS_REV=1
 ROOTFS="$LAB_CACHE/rootfs-$LAB_SUITE-r$LAB_ROOTFS_REV"
 
-log() { printf '[lab %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+log() { printf '[lab %(%H:%M:%S)T] %s\n' -1 "$*" >&2 || true; }
 die() { log "error: $*"; exit 1; }
 
 in_ns() { nsenter --net="/run/netns/$LAB_NS" "$@"; }
