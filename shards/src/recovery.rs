@@ -133,7 +133,8 @@ fn record_group(record: &ArchivedLogRecord) -> u32 {
     match record {
         ArchivedLogRecord::Entries { group, .. }
         | ArchivedLogRecord::HardState { group, .. }
-        | ArchivedLogRecord::Snapshot { group, .. } => group.to_native(),
+        | ArchivedLogRecord::Snapshot { group, .. }
+        | ArchivedLogRecord::Membership { group, .. } => group.to_native(),
     }
 }
 
@@ -181,10 +182,32 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
             ..
         } => {
             let data = bytes::Bytes::copy_from_slice(state);
-            let voters = voters.iter().map(|v| v.to_native()).collect();
+            let mut conf = raft::eraftpb::ConfState::default();
+            conf.voters = voters.iter().map(|v| v.to_native()).collect();
             g.storage
-                .apply_snapshot(index.to_native(), term.to_native(), voters, data.clone());
+                .apply_snapshot(index.to_native(), term.to_native(), conf, data.clone());
             g.snapshot_state = Some(data);
+        }
+        ArchivedLogRecord::Membership {
+            index,
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+            auto_leave,
+            ..
+        } => {
+            let ids = |v: &rkyv::vec::ArchivedVec<rkyv::rend::u64_le>| {
+                v.iter().map(|x| x.to_native()).collect::<Vec<u64>>()
+            };
+            let cs = crate::membership::conf_state(
+                ids(voters),
+                ids(learners),
+                ids(voters_outgoing),
+                ids(learners_next),
+                *auto_leave,
+            );
+            g.storage.restore_membership(index.to_native(), cs);
         }
     }
 }

@@ -26,7 +26,6 @@ fn config(checkpoint_bytes: u64) -> ShardConfig {
         incarnation: rand_incarnation(),
         checkpoint_bytes,
         segment_bytes: (checkpoint_bytes / 4).max(4096),
-        rejoin: false,
     }
 }
 

@@ -115,6 +115,8 @@ impl EngineLoop {
     }
 
     fn on_tick(&mut self) {
+        self.shard
+            .approve_replacements(self.control.approved_replacements());
         self.shard.tick();
         self.ticks += 1;
         let core = self.stats.core as usize;
@@ -141,6 +143,8 @@ impl EngineLoop {
         let led = self.shard.led_commits();
         let leaders = led.len() as u32;
         self.control.core_report(core, sync, led, leaders);
+        self.control
+            .core_membership(core, self.shard.voter_groups());
         if self.ticks % BALANCE_EVERY_TICKS == 0 {
             self.move_leadership();
         }

@@ -17,6 +17,7 @@ pub mod control;
 pub mod engine_loop;
 pub mod gateway;
 pub mod heartbeats;
+pub mod identity;
 pub mod messages;
 pub mod metrics;
 pub mod ops_backend;

@@ -30,6 +30,20 @@ pub enum LogRecord {
         voters: Vec<u64>,
         state: Vec<u8>,
     },
+    /// A group's full Raft membership (`ConfState`) as of `index`: written
+    /// right after every `Snapshot` record (whose `voters` alone cannot
+    /// express learners or a joint configuration). Membership changes after
+    /// the snapshot are conf-change entries in the log and are re-applied on
+    /// recovery.
+    Membership {
+        group: u32,
+        index: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        voters_outgoing: Vec<u64>,
+        learners_next: Vec<u64>,
+        auto_leave: bool,
+    },
 }
 
 /// A Raft entry as stored in the log.
