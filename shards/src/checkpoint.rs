@@ -18,7 +18,6 @@
 use starcite_wire::record::{encode, LogRecord};
 
 use crate::limits::SNAPSHOT_BYTES_PER_BATCH;
-use crate::recovery::encode_record;
 use crate::shard::Shard;
 
 impl<W> Shard<W> {
@@ -110,17 +109,10 @@ impl<W> Shard<W> {
         let voters = conf.voters.clone();
         let hs = store.hard_state().clone();
         let tail = store.entries_in(applied + 1, u64::MAX).to_vec();
-        let record = LogRecord::Snapshot {
-            group: gid,
-            index: applied,
-            term,
-            voters,
-            state: state.clone(),
-        };
-        encode_record(&record, buf);
-        encode_record(&crate::membership::record(gid, applied, &conf), buf);
+        crate::recovery::push_snapshot(gid, applied, term, voters, &state, buf);
+        crate::shard::push_small(&crate::membership::record(gid, applied, &conf), buf);
         let commit = hs.commit.max(applied);
-        encode_record(
+        crate::shard::push_small(
             &LogRecord::HardState {
                 group: gid,
                 term: hs.term,
@@ -130,7 +122,7 @@ impl<W> Shard<W> {
             buf,
         );
         if !tail.is_empty() {
-            crate::shard::push_entries(gid, &tail, buf);
+            crate::recovery::push_entries(gid, &tail, buf);
         }
         group
             .node

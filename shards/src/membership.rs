@@ -125,40 +125,53 @@ pub fn leave_joint() -> ConfChangeV2 {
 
 /// The `Membership` log record of a group's configuration at `index`.
 pub fn record(group: u32, index: u64, cs: &ConfState) -> LogRecord {
+    use protobuf::Message as _;
     LogRecord::Membership {
         group,
         index,
-        voters: cs.voters.clone(),
-        learners: cs.learners.clone(),
-        voters_outgoing: cs.voters_outgoing.clone(),
-        learners_next: cs.learners_next.clone(),
-        auto_leave: cs.auto_leave,
+        conf_state: cs.write_to_bytes().expect("a ConfState always encodes"),
     }
 }
 
 /// The `ConfState` a `Membership` record holds.
-pub fn conf_state(
-    voters: Vec<u64>,
-    learners: Vec<u64>,
-    voters_outgoing: Vec<u64>,
-    learners_next: Vec<u64>,
-    auto_leave: bool,
-) -> ConfState {
+pub fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, String> {
+    use protobuf::Message as _;
     let mut cs = ConfState::default();
-    cs.voters = voters;
-    cs.learners = learners;
-    cs.voters_outgoing = voters_outgoing;
-    cs.learners_next = learners_next;
-    cs.auto_leave = auto_leave;
-    cs
+    cs.merge_from_bytes(bytes).map_err(|e| e.to_string())?;
+    Ok(cs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn conf_state(
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        voters_outgoing: Vec<u64>,
+        learners_next: Vec<u64>,
+        auto_leave: bool,
+    ) -> ConfState {
+        let mut cs = ConfState::default();
+        cs.voters = voters;
+        cs.learners = learners;
+        cs.voters_outgoing = voters_outgoing;
+        cs.learners_next = learners_next;
+        cs.auto_leave = auto_leave;
+        cs
+    }
+
     fn cs(voters: &[u64], learners: &[u64]) -> ConfState {
         conf_state(voters.to_vec(), learners.to_vec(), vec![], vec![], false)
+    }
+
+    #[test]
+    fn membership_records_round_trip() {
+        let joint = conf_state(vec![1, 2], vec![raft_id(3, 5)], vec![1, 2, 3], vec![], true);
+        let LogRecord::Membership { conf_state, .. } = record(0, 7, &joint) else {
+            panic!("a membership record");
+        };
+        assert_eq!(decode_conf_state(&conf_state).unwrap(), joint);
     }
 
     #[test]

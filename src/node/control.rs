@@ -175,6 +175,19 @@ impl ControlState {
         inner.own_commits[core] = led;
     }
 
+    /// Whether `id` is the incarnation `node` runs now (as far as we know: a
+    /// peer not heard from yet is assumed to run its original one). A voter
+    /// id of a replaced incarnation is no target for leadership.
+    pub fn is_current_raft_id(&self, node: &str, id: u64) -> bool {
+        if node == self.topo.me {
+            return self.topo.raft_id(node) == Some(id);
+        }
+        match self.lock().peer_raft_ids.get(node) {
+            Some(current) => *current == id,
+            None => starcite_shards::membership::incarnation_of(id) == 0,
+        }
+    }
+
     /// A core reports in how many of its groups this node is a voter.
     pub fn core_membership(&self, core: usize, (voter, groups): (usize, usize)) {
         self.lock().own_voter_groups[core] = (voter as u32, groups as u32);

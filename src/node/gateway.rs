@@ -956,6 +956,7 @@ fn engine_error(e: EngineError) -> ApiError {
         } => ApiError::producer_seq_conflict(&producer_id, expected, got),
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
         EngineError::Backpressure => ApiError::event_store_backpressure(),
+        EngineError::TooLarge => ApiError::payload_too_large(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
         EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
             ApiError::archive_read_unavailable()

@@ -74,6 +74,12 @@ pub enum CoreRequest {
     Raft {
         messages: Vec<(u32, raft::eraftpb::Message)>,
     },
+    /// A group's commit index and log entries `(term, index, data)` (the
+    /// simulator's checker compares replicas with it).
+    LogView {
+        group: u32,
+        reply: Reply<Option<(u64, Vec<(u64, u64, Bytes)>)>>,
+    },
     /// The node is stopping: hand this core's leaderships to other replicas.
     HandOff,
     Shutdown,
