@@ -89,6 +89,13 @@ impl OpsBackend for NodeOps {
         self.control.local_drained() && self.control.local_leaders() == 0
     }
 
+    fn replace_node(&self, node: &str) -> Result<serde_json::Value, OpsError> {
+        let node = self.target(Some(node))?;
+        self.control
+            .replace_node(node)
+            .map_err(OpsError::Unavailable)
+    }
+
     fn group_replicas(&self, group: u32) -> Result<Vec<String>, OpsError> {
         let topo = &self.control.topo;
         if group >= topo.num_groups {
