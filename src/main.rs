@@ -7,7 +7,7 @@ use starcite::config::{Config, ProcessEnv, Profile};
 #[derive(Parser)]
 #[command(
     name = "starcite",
-    version,
+    version = starcite::version(),
     about = "Durable session event log with the Starcite HTTP/WebSocket API"
 )]
 struct Cli {
@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() {
+    starcite::set_build_version(option_env!("STARCITE_BUILD_VERSION"));
     let cli = Cli::parse();
     let profile = match cli.command {
         Command::Start => Profile::Start,

@@ -1,10 +1,14 @@
-//! Node replacement and leader balance (issue: membership stays static).
+//! Node replacement as a Raft membership change, against real processes.
 //!
-//! A write node loses its disk: it is restarted with the same identity and an
-//! EMPTY data dir while the survivors have compacted their logs, so it can
-//! only catch up through Raft snapshots. Afterwards every node must hold the
-//! same histories, every acknowledged append included, and leaders must be
-//! spread so no node leads more than 1.5× its fair share of the groups.
+//! A write node loses its disk: it is restarted with the same name, an EMPTY
+//! data dir and `STARCITE_REJOIN=true`, so it runs a new incarnation (a new
+//! Raft member) while the survivors have compacted their logs. Until the
+//! operator approves it with `starcite ops replace-node` it is no voter and
+//! reports not ready; then every group removes the old incarnation, adds the
+//! new one as a learner, catches it up (snapshots) and promotes it. Every
+//! acknowledged append is then present exactly once on every node, a second
+//! failure (another node) still leaves a quorum holding everything, and
+//! leaders are spread again.
 
 mod common;
 
@@ -12,11 +16,11 @@ use common::cluster::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-/// Appends one event through random nodes, retrying 503s with the identical body.
-fn append(c: &Cluster, session: &str, producer: &str, pseq: u64, acks: &mut Vec<Ack>) {
+/// Appends one event through the given nodes, retrying 503s with the identical body.
+fn append_via(ports: &[u16], session: &str, producer: &str, pseq: u64, acks: &mut Vec<Ack>) {
     let body = load_body(producer, pseq, 200);
     let (st, v, attempts) = post_retry(
-        &c.ports(),
+        ports,
         &format!("/v1/sessions/{session}/append"),
         &body,
         Duration::from_secs(30),
@@ -35,8 +39,12 @@ fn append(c: &Cluster, session: &str, producer: &str, pseq: u64, acks: &mut Vec<
     });
 }
 
+fn append(c: &Cluster, session: &str, producer: &str, pseq: u64, acks: &mut Vec<Ack>) {
+    append_via(&c.ports(), session, producer, pseq, acks)
+}
+
 #[test]
-fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
+fn replacement_is_a_membership_change_and_survives_a_second_failure() {
     let t0 = Instant::now();
     let mut opts = ClusterOpts::default();
     // A tiny compaction threshold so the survivors drop the log the replacement
@@ -90,9 +98,72 @@ fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
         segments_on(1)
     );
 
-    // The runbook: a node whose disk was replaced starts in rejoin mode.
+    // The runbook: the node with the new, empty disk starts with
+    // STARCITE_REJOIN=true: a new incarnation, not yet a member of anything.
     c.set_env("STARCITE_REJOIN", "true");
-    c.restart(victim);
+    c.kill9(victim);
+    c.spawn(victim);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = c.try_status(victim) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replacement's admin socket never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let incarnation = status["observer"]["incarnation"].as_u64().unwrap_or(0);
+    assert!(incarnation > 0, "a new incarnation: {status}");
+    // Not a voter anywhere, hence not ready, for as long as it is not approved.
+    std::thread::sleep(Duration::from_secs(4));
+    let (st, body) = c.ready(victim).expect("readiness answers");
+    assert_ne!(
+        st, 200,
+        "an unapproved replacement must not be ready: {body}"
+    );
+    let status = c.status(victim);
+    assert_eq!(status["observer"]["voter_groups"], json!(0), "{status}");
+
+    // Approve it from another node; the command waits until it votes everywhere.
+    let name = c.id(victim).to_owned();
+    let t_replace = Instant::now();
+    let out = c.ops_full(0, &["replace-node", &name, "--timeout-ms", "100000"]);
+    eprintln!(
+        "replace-node took {} ms:\n{}{}",
+        t_replace.elapsed().as_millis(),
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "replace-node: {} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("replaced={name}")),
+        "{}",
+        out.stdout
+    );
+    let groups = c.status(victim)["observer"]["local_group_count"].clone();
+    assert!(
+        out.stdout
+            .contains(&format!("is a voter in {groups}/{groups} groups")),
+        "{}",
+        out.stdout
+    );
+    // The runbook form too (idempotent once done).
+    let rpc = c.rpc(
+        1,
+        &format!("Starcite.ControlPlane.Ops.replace_node(\"{name}\")"),
+    );
+    assert_eq!(rpc.code, 0, "{} {}", rpc.stdout, rpc.stderr);
+    // A node running its original incarnation cannot be "replaced".
+    let bad = c.ops_full(0, &["replace-node", c.id(1), "--timeout-ms", "5000"]);
+    assert_eq!(bad.code, 1, "{} {}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stderr.contains("original incarnation"),
+        "{}",
+        bad.stderr
+    );
+
     c.wait_ready(victim, Duration::from_secs(60))
         .expect("the replacement catches up and reports ready");
     eprintln!(
@@ -119,5 +190,16 @@ fn replacement_with_empty_data_dir_catches_up_by_snapshot() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // A second failure, of another (original) node: the replacement and the
+    // third node are a quorum of every group and hold everything.
+    c.kill9(0);
+    let rest = c.ports_of(&[1, victim]);
+    for n in 61..=70 {
+        for s in &sessions {
+            append_via(&rest, s, &format!("{s}-w"), n, &mut acks);
+        }
+    }
+    verify(&c, &[1, victim], &sessions, &acks, true);
     c.assert_no_panics();
 }

@@ -60,6 +60,18 @@ impl<W> Shard<W> {
     /// Appends snapshot records of the oldest-pinned groups to `buf` when
     /// compaction is due. Their pins move when the batch is durable.
     pub(crate) fn compact_some(&mut self, buf: &mut Vec<u8>) {
+        // Groups whose last snapshot predates a new learner (see
+        // `GroupStorage::snapshot`) take a fresh one now.
+        let wanted: Vec<u32> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.node.store().take_fresh_snapshot_wanted())
+            .map(|(gid, _)| *gid)
+            .collect();
+        for gid in wanted {
+            self.snapshot_group(gid, buf);
+            self.pending_pins.push((gid, self.segment));
+        }
         if !self.compaction_due() {
             return;
         }
@@ -93,10 +105,12 @@ impl<W> Shard<W> {
             raft::Storage::term(store, applied).expect("applied entry is in the log")
         };
         let state = encode(&group.machine.snapshot()).to_vec();
-        let voters = store.voters().to_vec();
+        let conf = store.conf_state().clone();
+        let voters = conf.voters.clone();
         let hs = store.hard_state().clone();
         let tail = store.entries_in(applied + 1, u64::MAX).to_vec();
         crate::recovery::push_snapshot(gid, applied, term, voters, &state, buf);
+        crate::shard::push_small(&crate::membership::record(gid, applied, &conf), buf);
         let commit = hs.commit.max(applied);
         crate::shard::push_small(
             &LogRecord::HardState {

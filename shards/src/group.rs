@@ -9,22 +9,6 @@ use crate::limits::{
 use crate::raft_storage::GroupStorage;
 use crate::state::GroupMachine;
 
-/// Rejoin progress of a replica that started with an empty log.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rejoin {
-    /// Highest commit index a leader has reported.
-    pub target: u64,
-    /// A leader has sent entries (or a snapshot) with its real commit index.
-    pub heard_leader: bool,
-    /// Ticks since then: rejoin lasts at least `REJOIN_MIN_TICKS`, so a deposed
-    /// leader (lower term, shorter log, steps down within an election timeout
-    /// by check-quorum) cannot end it before the real leader is heard.
-    pub ticks_since_contact: usize,
-}
-
-/// Minimum rejoin duration after first leader contact (two election timeouts).
-pub const REJOIN_MIN_TICKS: usize = 2 * ELECTION_TICKS;
-
 pub struct Group {
     pub id: u32,
     pub node: RawNode<GroupStorage>,
@@ -34,10 +18,11 @@ pub struct Group {
     chosen_timeout: usize,
     /// Peers in raft's Snapshot state → ticks spent waiting.
     snapshot_waits: std::collections::BTreeMap<u64, usize>,
-    /// Started with an empty log in a multi-voter group (a new or replaced
-    /// replica): the highest commit index a leader has told it about. While
-    /// set, it votes only for candidates with empty logs (see `should_drop`).
-    pub rejoining: Option<Rejoin>,
+    /// A leader named a commit index beyond this replica's log: the replica
+    /// lost entries it had acknowledged (a wiped disk started without a new
+    /// incarnation). It refuses every vote and such heartbeats, and the node
+    /// reports not ready; see `Shard::step`.
+    pub lost_state: bool,
     /// Highest log index applied to `machine`.
     pub applied: u64,
     /// Commit index advanced by a light ready that no log record holds yet.
@@ -76,7 +61,7 @@ impl Group {
             timeout_chosen_for: (u64::MAX, StateRole::Follower),
             chosen_timeout: ELECTION_TICKS,
             snapshot_waits: Default::default(),
-            rejoining: None,
+            lost_state: false,
         };
 
         group.choose_election_timeout(0);
@@ -153,65 +138,46 @@ impl Group {
         }
     }
 
-    /// Rejoin safety. A replica that lost its disk and comes back empty (static
-    /// membership: same identity) no longer holds entries it once helped
-    /// commit. If it voted like an intact replica it could elect a leader that
-    /// lacks them and an acknowledged append would be lost. So until it has
-    /// applied everything committed when it came back, it refuses votes to
-    /// candidates with non-empty logs (a brand-new cluster, where every log is
-    /// empty, still elects its first leader). Returns whether to drop `msg`.
-    pub fn rejoin_filter(&mut self, msg: &raft::eraftpb::Message) -> bool {
-        use raft::eraftpb::MessageType;
-        let Some(r) = self.rejoining.as_mut() else {
+    /// One step of a replacement (see `crate::membership`), on a leader with
+    /// no conf change pending: leave a joint configuration, replace an older
+    /// incarnation by an approved one as a learner, or promote a caught-up
+    /// learner. `replicas` are the slots placement gives this group;
+    /// `approved` the approved replacement ids. Returns whether it proposed.
+    pub fn membership_step(&mut self, replicas: &[u64], approved: &[u64]) -> bool {
+        use crate::membership::{leave_joint, promotion, replacement_change};
+        if !self.is_leader() || self.node.raft.has_pending_conf() {
             return false;
+        }
+        let cs = self.node.store().conf_state().clone();
+        let cc = if crate::membership::is_joint(&cs) {
+            Some(leave_joint())
+        } else if let Some(cc) = approved
+            .iter()
+            .find_map(|id| replacement_change(&cs, replicas, *id))
+        {
+            Some(cc)
+        } else {
+            let committed = self.node.raft.raft_log.committed;
+            cs.learners
+                .iter()
+                .copied()
+                .find(|id| {
+                    // `matched` only moves on the learner's own acknowledgement
+                    // (an idle group may leave it in the probe state for good).
+                    self.node.raft.prs().get(*id).is_some_and(|pr| {
+                        pr.matched > 0 && pr.matched + crate::membership::PROMOTE_SLACK >= committed
+                    })
+                })
+                .map(promotion)
         };
-        match msg.get_msg_type() {
-            // An append carries the leader's real commit index (a heartbeat
-            // only min(commit, what the leader thinks this replica has)).
-            MessageType::MsgAppend => {
-                r.target = r.target.max(msg.commit);
-                r.heard_leader = true;
+        let Some(cc) = cc else { return false };
+        tracing::info!(group = self.id, change = ?cc, conf = ?cs, "proposing a membership change");
+        match self.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(group = self.id, error = %e, "membership change dropped");
                 false
             }
-            MessageType::MsgHeartbeat => {
-                r.target = r.target.max(msg.commit);
-                false
-            }
-            MessageType::MsgSnapshot => {
-                r.target = r.target.max(msg.get_snapshot().get_metadata().index);
-                r.heard_leader = true;
-                false
-            }
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => msg.index > 0,
-            _ => false,
-        }
-    }
-
-    /// Ends rejoin mode once caught up with what was committed at rejoin.
-    pub fn check_rejoined(&mut self) {
-        if let Some(r) = self.rejoining.as_mut() {
-            if r.heard_leader {
-                r.ticks_since_contact += 1;
-            }
-            if r.heard_leader
-                && r.ticks_since_contact >= REJOIN_MIN_TICKS
-                && self.applied >= r.target
-            {
-                tracing::info!(
-                    group = self.id,
-                    applied = self.applied,
-                    "replica caught up after rejoining; voting normally"
-                );
-                self.rejoining = None;
-            }
-        }
-    }
-
-    /// Enters rejoin mode if this replica's log is empty (see `rejoin_filter`).
-    pub fn start_rejoin_if_empty(&mut self) {
-        let store = self.node.store();
-        if store.voters().len() > 1 && store.last_index_now() == 0 && store.snapshot_index() == 0 {
-            self.rejoining = Some(Rejoin::default());
         }
     }
 

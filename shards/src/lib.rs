@@ -24,6 +24,7 @@ pub mod error;
 pub mod fault;
 pub mod group;
 pub mod limits;
+pub mod membership;
 pub mod placement;
 pub mod raft_storage;
 pub mod recovery;

@@ -16,6 +16,9 @@ pub struct GroupStorage {
     snapshot_data: bytes::Bytes,
     /// `entries[i].index == snapshot_meta.index + 1 + i`.
     entries: Vec<Entry>,
+    /// Raft asked for a snapshot for a peer the last snapshot's membership
+    /// does not include (a learner added since): the shard takes a fresh one.
+    fresh_snapshot_wanted: std::cell::Cell<bool>,
 }
 
 impl GroupStorage {
@@ -43,6 +46,16 @@ impl GroupStorage {
 
     pub fn voters(&self) -> &[u64] {
         &self.conf_state.voters
+    }
+
+    /// The membership as of the applied index (voters, learners, joint state).
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Records the membership after a conf change was applied (or recovered).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
     }
 
     pub fn snapshot_index(&self) -> u64 {
@@ -98,7 +111,7 @@ impl GroupStorage {
     }
 
     /// Installs a snapshot: the log restarts after it.
-    pub fn apply_snapshot(&mut self, index: u64, term: u64, voters: Vec<u64>, data: bytes::Bytes) {
+    pub fn apply_snapshot(&mut self, index: u64, term: u64, conf: ConfState, data: bytes::Bytes) {
         // Keep entries after the snapshot if they agree with it (restart from a
         // checkpoint); otherwise the log restarts empty.
         let tail: Vec<Entry> = if index >= self.first() && index <= self.last() {
@@ -113,12 +126,26 @@ impl GroupStorage {
         };
         self.snapshot_meta.index = index;
         self.snapshot_meta.term = term;
-        self.conf_state.voters = voters;
+        self.conf_state = conf;
         self.snapshot_meta.set_conf_state(self.conf_state.clone());
         self.snapshot_data = data;
         self.entries = tail;
         self.hard_state.term = self.hard_state.term.max(term);
         self.hard_state.commit = self.hard_state.commit.max(index);
+    }
+
+    /// The full membership of the snapshot at `index` (the `Membership` record
+    /// that follows a snapshot record in the log).
+    pub fn restore_membership(&mut self, index: u64, cs: ConfState) {
+        if index == self.snapshot_meta.index {
+            self.snapshot_meta.set_conf_state(cs.clone());
+            self.conf_state = cs;
+        }
+    }
+
+    /// Whether raft needs a snapshot newer than the last one (and clears it).
+    pub fn take_fresh_snapshot_wanted(&self) -> bool {
+        self.fresh_snapshot_wanted.replace(false)
     }
 
     /// Records a local checkpoint at `index` (applied) and drops entries up to it.
@@ -183,7 +210,22 @@ impl Storage for GroupStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Raft refuses a snapshot whose membership does not include the
+        // receiver: a learner added after the last checkpoint needs a newer one.
+        let cs = self.snapshot_meta.get_conf_state();
+        let member = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|id| *id == to);
+        if !member {
+            self.fresh_snapshot_wanted.set(true);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         if self.snapshot_meta.index < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

@@ -170,7 +170,8 @@ fn record_group(record: &ArchivedLogRecord) -> u32 {
         | ArchivedLogRecord::HardState { group, .. }
         | ArchivedLogRecord::Snapshot { group, .. }
         | ArchivedLogRecord::SnapshotPart { group, .. }
-        | ArchivedLogRecord::ChunkedSnapshot { group, .. } => group.to_native(),
+        | ArchivedLogRecord::ChunkedSnapshot { group, .. }
+        | ArchivedLogRecord::Membership { group, .. } => group.to_native(),
     }
 }
 
@@ -291,12 +292,22 @@ fn replay(
                 bytes::Bytes::from(state),
             );
         }
+        ArchivedLogRecord::Membership {
+            index, conf_state, ..
+        } => {
+            let cs = crate::membership::decode_conf_state(conf_state)
+                .map_err(|e| format!("membership record at index {index}: {e}"))?;
+            g.storage.restore_membership(index.to_native(), cs);
+        }
     }
     Ok(())
 }
 
 fn install(g: &mut RecoveredGroup, index: u64, term: u64, voters: Vec<u64>, data: bytes::Bytes) {
-    g.storage.apply_snapshot(index, term, voters, data.clone());
+    // The full membership follows in a `Membership` record (older logs: voters only).
+    let mut conf = raft::eraftpb::ConfState::default();
+    conf.voters = voters;
+    g.storage.apply_snapshot(index, term, conf, data.clone());
     g.snapshot_state = Some(data);
     g.gap = None;
 }

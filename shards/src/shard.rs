@@ -29,9 +29,11 @@ pub struct ShardConfig {
     pub core: u32,
     pub cores: u32,
     pub num_groups: u32,
-    /// This node's Raft id in every group.
+    /// This node's Raft id in every group (slot and incarnation, see
+    /// `crate::membership`).
     pub raft_id: u64,
-    /// The local groups and their voters.
+    /// The local groups and their placement voters (original incarnations):
+    /// a group's initial membership, before any conf change in its log.
     pub groups: Vec<(u32, Vec<u64>)>,
     pub dedupe_window: usize,
     pub producer_cap: usize,
@@ -43,9 +45,6 @@ pub struct ShardConfig {
     pub checkpoint_bytes: u64,
     /// Segment size at which the driver starts the next segment.
     pub segment_bytes: u64,
-    /// This node replaces one that lost its disk (`STARCITE_REJOIN`): groups
-    /// that start empty do not vote for non-empty candidates until caught up.
-    pub rejoin: bool,
 }
 
 /// A client command before it is stamped and proposed.
@@ -174,6 +173,9 @@ pub struct Shard<W> {
     needs_sync: bool,
     /// Times a local replica became leader (metrics).
     elections_won: u64,
+    /// Approved replacements (Raft ids of new incarnations): leaders move
+    /// their groups' membership to them (see `crate::membership`).
+    approved: Vec<u64>,
 }
 
 impl<W> Shard<W> {
@@ -198,6 +200,7 @@ impl<W> Shard<W> {
             pending_pins: Vec::new(),
             needs_sync: false,
             elections_won: 0,
+            approved: Vec::new(),
             cfg,
         };
         if shard.segment_sizes.is_empty() {
@@ -236,11 +239,10 @@ impl<W> Shard<W> {
     ) -> Result<Group, String> {
         let mut storage = rec.storage;
         if storage.voters().is_empty() {
-            // Membership is static: a group without a snapshot record yet gets
-            // its voters from placement.
+            // No snapshot yet: the initial membership is the placement.
             storage.set_voters(voters);
         }
-        let mut machine = match rec.snapshot_state {
+        let machine = match rec.snapshot_state {
             Some(data) => decode_snapshot(&data)
                 .map(|s| GroupMachine::restore(s, self.cfg.dedupe_window, self.cfg.producer_cap))
                 .map_err(|e| format!("group {gid}: snapshot does not decode: {e}"))?,
@@ -252,19 +254,58 @@ impl<W> Shard<W> {
             .commit
             .min(storage.last_index_now())
             .max(from);
-        for entry in storage.entries_in(from + 1, commit) {
-            apply_entry_to(&mut machine, entry);
+        // Re-apply what was committed after the snapshot: commands to the
+        // state machine, conf changes to the membership (through a raft node
+        // that starts at the snapshot; the real one then starts at `commit`
+        // with the resulting membership).
+        let mut replay = Group::new(gid, self.cfg.raft_id, storage, machine, from, logger)
+            .map_err(|e| format!("group {gid}: raft: {e}"))?;
+        let entries = replay.node.store().entries_in(from + 1, commit).to_vec();
+        for entry in &entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => apply_entry_to(&mut replay.machine, entry),
+                _ => apply_conf_entry(&mut replay, entry),
+            }
         }
+        let storage = std::mem::take(replay.node.mut_store());
+        let machine = std::mem::replace(
+            &mut replay.machine,
+            GroupMachine::new(self.cfg.dedupe_window, self.cfg.producer_cap),
+        );
         let mut group = Group::new(gid, self.cfg.raft_id, storage, machine, commit, logger)
             .map_err(|e| format!("group {gid}: raft: {e}"))?;
-        if self.cfg.rejoin {
-            group.start_rejoin_if_empty();
-        }
         group
             .campaign_if_sole_voter()
             .map_err(|e| format!("group {gid}: campaign: {e}"))?;
         group.choose_election_timeout(self.cfg.incarnation);
         Ok(group)
+    }
+
+    /// Approves replacements: `ids` are the Raft ids of new incarnations
+    /// (see `crate::membership`). Leaders move their groups to them.
+    pub fn approve_replacements(&mut self, mut ids: Vec<u64>) {
+        ids.sort_unstable();
+        ids.dedup();
+        self.approved = ids;
+    }
+
+    /// The membership of a local group as this replica has applied it.
+    pub fn conf_state(&self, group: u32) -> Option<raft::eraftpb::ConfState> {
+        Some(self.groups.get(&group)?.node.store().conf_state().clone())
+    }
+
+    /// `(local groups in which this replica is a voter, local groups)`.
+    pub fn voter_groups(&self) -> (usize, usize) {
+        let me = self.cfg.raft_id;
+        let voter = self
+            .groups
+            .values()
+            .filter(|g| {
+                let cs = g.node.store().conf_state();
+                cs.voters.contains(&me) && !crate::membership::is_joint(cs)
+            })
+            .count();
+        (voter, self.groups.len())
     }
 
     pub fn config(&self) -> &ShardConfig {
@@ -298,11 +339,18 @@ impl<W> Shard<W> {
         leader_commit: impl Fn(u32, u64) -> Option<u64>,
     ) -> Result<(), (u32, &'static str)> {
         for (gid, g) in &self.groups {
+            if g.lost_state {
+                return Err((*gid, "lost_state"));
+            }
             let Some(leader) = g.leader_id() else {
                 return Err((*gid, "leader_unknown"));
             };
             if g.applied < g.node.raft.raft_log.committed {
                 return Err((*gid, "catching_up"));
+            }
+            if !g.node.store().voters().contains(&self.cfg.raft_id) {
+                // A new incarnation: a learner (or not yet added) until promoted.
+                return Err((*gid, "not_voter"));
             }
             if leader != self.cfg.raft_id {
                 match leader_commit(*gid, leader) {
@@ -434,7 +482,16 @@ impl<W> Shard<W> {
             }
             group.choose_election_timeout(salt);
             group.snapshot_watchdog();
-            group.check_rejoined();
+            if group.is_leader() {
+                let replicas: Vec<u64> = self
+                    .cfg
+                    .groups
+                    .iter()
+                    .find(|(g, _)| g == gid)
+                    .map(|(_, v)| v.iter().map(|id| crate::membership::slot_of(*id)).collect())
+                    .unwrap_or_default();
+                group.membership_step(&replicas, &self.approved);
+            }
             if group.node.has_ready() {
                 self.dirty.insert(*gid);
             }
@@ -442,7 +499,8 @@ impl<W> Shard<W> {
     }
 
     /// Delivers a Raft message from a peer.
-    pub fn step(&mut self, group: u32, mut msg: Message) {
+    pub fn step(&mut self, group: u32, msg: Message) {
+        use raft::eraftpb::MessageType;
         if msg
             .entries
             .iter()
@@ -458,10 +516,41 @@ impl<W> Shard<W> {
             return;
         }
         if let Some(g) = self.groups.get_mut(&group) {
-            if g.rejoin_filter(&msg) {
+            if msg.to != self.cfg.raft_id {
+                // For another incarnation of this node (its lost disk's).
+                tracing::debug!(
+                    group,
+                    to = msg.to,
+                    me = self.cfg.raft_id,
+                    "message for another incarnation dropped"
+                );
                 return;
             }
-            tolerate_lost_replica(g, &mut msg);
+            if msg.get_msg_type() == MessageType::MsgHeartbeat
+                && msg.commit > g.node.raft.raft_log.last_index()
+            {
+                // The leader knows this replica acknowledged entries it no
+                // longer holds: its disk was wiped and it came back under its
+                // old identity. It must not take part in elections any more.
+                if !g.lost_state {
+                    tracing::error!(
+                        group,
+                        commit = msg.commit,
+                        last = g.node.raft.raft_log.last_index(),
+                        "this replica lost entries it acknowledged (data dir wiped?): it stops voting; restart the node with an empty data dir and STARCITE_REJOIN=true, then run `starcite ops replace-node`"
+                    );
+                }
+                g.lost_state = true;
+                return;
+            }
+            if g.lost_state
+                && matches!(
+                    msg.get_msg_type(),
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                )
+            {
+                return;
+            }
             if let Err(e) = g.node.step(msg) {
                 tracing::debug!(group, error = %e, "raft step rejected a message");
             }
@@ -593,7 +682,8 @@ impl<W> Shard<W> {
     fn install_snapshot(&mut self, gid: u32, snap: raft::eraftpb::Snapshot, buf: &mut Vec<u8>) {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
-        let voters = meta.get_conf_state().voters.clone();
+        let conf = meta.get_conf_state().clone();
+        let voters = conf.voters.clone();
         let machine = match decode_snapshot(&snap.data) {
             Ok(s) => GroupMachine::restore(s, self.cfg.dedupe_window, self.cfg.producer_cap),
             Err(e) => {
@@ -613,8 +703,9 @@ impl<W> Shard<W> {
         group
             .node
             .mut_store()
-            .apply_snapshot(index, term, voters.clone(), snap.data.clone());
+            .apply_snapshot(index, term, conf.clone(), snap.data.clone());
         push_snapshot(gid, index, term, voters, &snap.data, buf);
+        push_small(&crate::membership::record(gid, index, &conf), buf);
         self.pending_pins.push((gid, self.segment));
     }
 
@@ -625,7 +716,11 @@ impl<W> Shard<W> {
                 continue;
             }
             group.applied = entry.index;
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                apply_conf_entry(group, &entry);
+                continue;
+            }
+            if entry.data.is_empty() {
                 continue;
             }
             let cmd = match decode_command(&entry.data) {
@@ -812,52 +907,43 @@ impl<W> Shard<W> {
     }
 }
 
-/// A replica restarted with an empty data dir (disk replaced: same identity,
-/// static membership) has lost what it had acknowledged. Raft assumes that
-/// never happens: its leader would keep sending from the old match index and
-/// its heartbeats would name a commit index beyond the new log (raft panics).
-/// Both sides are corrected here so the replica catches up by snapshot.
-fn tolerate_lost_replica(g: &mut Group, msg: &mut Message) {
-    use raft::eraftpb::MessageType;
-    match msg.get_msg_type() {
-        MessageType::MsgHeartbeat => {
-            let last = g.node.raft.raft_log.last_index();
-            if msg.commit > last {
-                // The leader believes we hold entries we do not: tell it, the
-                // way a failed append would, so it resends from our position.
-                let mut reject = Message::default();
-                reject.set_msg_type(MessageType::MsgAppendResponse);
-                reject.to = msg.from;
-                reject.from = msg.to;
-                reject.term = msg.term;
-                reject.index = msg.commit;
-                reject.reject = true;
-                reject.reject_hint = last;
-                g.node.raft.msgs.push(reject);
-                msg.commit = last;
+/// Applies a committed conf-change entry to a replica's membership (raft's
+/// progress tracker and the storage's `ConfState`). Every replica applies the
+/// same entries in the same order to the same configuration, so a change raft
+/// refuses is refused everywhere.
+fn apply_conf_entry(g: &mut Group, entry: &Entry) {
+    use protobuf::Message as _;
+    let applied = match entry.get_entry_type() {
+        EntryType::EntryConfChangeV2 => {
+            let mut cc = raft::eraftpb::ConfChangeV2::default();
+            if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                panic!(
+                    "group {}: conf change {} does not decode: {e}",
+                    g.id, entry.index
+                );
             }
+            g.node.apply_conf_change(&cc)
         }
-        MessageType::MsgAppendResponse if msg.reject && g.is_leader() => {
-            if let Some(pr) = g.node.raft.mut_prs().get_mut(msg.from) {
-                // Only a rejection of what was sent for the current position
-                // proves data loss; older (reordered) rejections do not.
-                let lost = msg.index >= pr.matched && msg.reject_hint < pr.matched;
-                tracing::debug!(group = g.id, peer = msg.from, hint = msg.reject_hint, index = msg.index, matched = pr.matched, state = ?pr.state, "append rejected");
-                if lost {
-                    tracing::warn!(
-                        group = g.id,
-                        peer = msg.from,
-                        had = pr.matched,
-                        has = msg.reject_hint,
-                        "a replica lost its log (replaced disk?): resending from its real position"
-                    );
-                    pr.matched = msg.reject_hint;
-                    pr.become_probe();
-                    pr.next_idx = msg.reject_hint + 1;
-                }
+        EntryType::EntryConfChange => {
+            let mut cc = raft::eraftpb::ConfChange::default();
+            if let Err(e) = cc.merge_from_bytes(&entry.data) {
+                panic!(
+                    "group {}: conf change {} does not decode: {e}",
+                    g.id, entry.index
+                );
             }
+            g.node.apply_conf_change(&cc)
         }
-        _ => {}
+        EntryType::EntryNormal => return,
+    };
+    match applied {
+        Ok(cs) => {
+            tracing::info!(group = g.id, index = entry.index, conf = ?cs, "membership changed");
+            g.node.mut_store().set_conf_state(cs);
+        }
+        Err(e) => {
+            tracing::warn!(group = g.id, index = entry.index, error = %e, "conf change refused");
+        }
     }
 }
 
@@ -906,7 +992,7 @@ fn stamp(proposal: Proposal, origin: Origin, now_us: i64) -> Command {
 }
 
 fn apply_entry_to(machine: &mut GroupMachine, entry: &Entry) {
-    if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+    if entry.data.is_empty() {
         return;
     }
     match decode_command(&entry.data) {

@@ -26,7 +26,6 @@ fn config(checkpoint_bytes: u64) -> ShardConfig {
         incarnation: rand_incarnation(),
         checkpoint_bytes,
         segment_bytes: (checkpoint_bytes / 4).max(4096),
-        rejoin: false,
     }
 }
 
@@ -466,6 +465,7 @@ fn frames_of(bytes: &[u8]) -> Vec<(u64, &'static str, usize)> {
                 ArchivedLogRecord::Snapshot { .. } => "snapshot",
                 ArchivedLogRecord::SnapshotPart { .. } => "snapshot_part",
                 ArchivedLogRecord::ChunkedSnapshot { .. } => "chunked_snapshot",
+                ArchivedLogRecord::Membership { .. } => "membership",
             };
             (*offset, kind, payload.len())
         })

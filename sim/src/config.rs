@@ -35,7 +35,9 @@ pub struct SimConfig {
     /// After healing, pending work must finish within this much virtual time.
     pub liveness_bound_us: u64,
     /// Probability that a crashed node comes back with an empty disk (a
-    /// replaced drive: same identity, no data).
+    /// replaced drive): it restarts as a new incarnation and is approved for
+    /// replacement (a Raft membership change). Half the seeds; all of them
+    /// with `SIM_DISK_WIPE` set.
     pub disk_wipe: f64,
     /// Probability with which each reached fault point in the engine fires.
     pub fault_point_probability: f64,
@@ -73,7 +75,7 @@ impl SimConfig {
             disk_wipe: if std::env::var("SIM_DISK_WIPE").is_ok() {
                 0.5
             } else {
-                0.0
+                [0.0, 0.5][r.range(0, 1) as usize]
             },
         }
     }

@@ -27,7 +27,12 @@ pub struct SeedReport {
 /// A panic anywhere in the engine is itself a violation: it is caught and
 /// reported with the seed rather than ending the batch.
 pub fn run_seed(seed: u64) -> SeedReport {
-    let config = SimConfig::from_seed(seed);
+    run_config(SimConfig::from_seed(seed))
+}
+
+/// Runs one seed with a given (possibly adjusted) configuration.
+pub fn run_config(config: SimConfig) -> SeedReport {
+    let seed = config.seed;
     starcite_shards::fault::install(seed ^ 0xFA17, config.fault_point_probability);
     let run = std::panic::catch_unwind(|| {
         let mut world = World::new(config.clone());

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use raft::eraftpb::Message;
+use starcite_shards::membership;
 use starcite_shards::placement::{core_of, group_of, replicas};
 use starcite_shards::recovery::recover;
 use starcite_shards::shard::{Outputs, Proposal, Shard, ShardConfig};
@@ -107,6 +108,9 @@ struct Node {
     cores: Vec<Core>,
     /// Its disk was replaced (empty) before its last restart.
     wiped: bool,
+    /// Raft incarnation: 0 for the original disk, higher after each wipe
+    /// (a new member; see `starcite_shards::membership`).
+    incarnation: u64,
 }
 
 pub struct World {
@@ -163,6 +167,7 @@ impl World {
                 epoch: 0,
                 cores,
                 wiped: false,
+                incarnation: 0,
             });
             w.start_node(node);
         }
@@ -191,7 +196,10 @@ impl World {
             core,
             cores: self.cfg.cores,
             num_groups: self.cfg.groups,
-            raft_id: node as u64 + 1,
+            raft_id: membership::raft_id(
+                node as u64 + 1,
+                self.nodes.get(node).map_or(0, |n| n.incarnation),
+            ),
             groups,
             dedupe_window: 128,
             producer_cap: 10_000,
@@ -199,9 +207,24 @@ impl World {
             incarnation: self.rng.next_u64(),
             checkpoint_bytes: self.cfg.checkpoint_bytes,
             segment_bytes: (self.cfg.checkpoint_bytes / 4).clamp(2048, 1 << 20),
-            // A node whose disk was replaced restarts in rejoin mode, as the
-            // operations runbook says.
-            rejoin: self.nodes.get(node).is_some_and(|n| n.wiped),
+        }
+    }
+
+    /// Tells every running shard which new incarnations are approved.
+    fn approve_replacements(&mut self) {
+        let ids: Vec<u64> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.incarnation > 0)
+            .map(|(i, n)| membership::raft_id(i as u64 + 1, n.incarnation))
+            .collect();
+        for n in &mut self.nodes {
+            for c in &mut n.cores {
+                if let Some(shard) = c.shard.as_mut() {
+                    shard.approve_replacements(ids.clone());
+                }
+            }
         }
     }
 
@@ -238,6 +261,7 @@ impl World {
                     .push(format!("n{node} core {core}: start failed: {e}")),
             }
         }
+        self.approve_replacements();
         let n = &mut self.nodes[node];
         n.up = true;
         n.epoch += 1;
@@ -394,14 +418,23 @@ impl World {
             Event::Crash { node } => self.crash(node),
             Event::Restart { node } => {
                 if !self.nodes[node].up && !self.faults_over {
-                    // One replacement per run: two replicas losing their disks
-                    // before catching up is two lost copies, beyond RF 3.
-                    if self.stats.disk_wipes == 0 && self.rng.chance(self.cfg.disk_wipe) {
+                    // One replacement at a time: two replicas losing their
+                    // disks before the first is replaced is two lost copies,
+                    // beyond RF 3. A later wipe (of any node, the replaced one
+                    // included) waits until the previous replacement is done.
+                    if self.stats.disk_wipes < 3
+                        && self.rng.chance(self.cfg.disk_wipe)
+                        && self.membership_settled(Some(node))
+                    {
                         self.stats.disk_wipes += 1;
                         for (core, c) in self.nodes[node].cores.iter_mut().enumerate() {
                             c.disk = SimDisk::new(core as u32);
                         }
                         self.nodes[node].wiped = true;
+                        // The replacement is a new member (`STARCITE_REJOIN`):
+                        // a new incarnation, approved once it runs (the
+                        // operator's `starcite ops replace-node`).
+                        self.nodes[node].incarnation += 1;
                     }
                     self.start_node(node);
                     self.stats.restarts += 1;
@@ -526,7 +559,7 @@ impl World {
 
     fn send_message(&mut self, from: usize, group: u32, msg: Message) {
         self.stats.messages += 1;
-        let to = msg.to as usize - 1;
+        let to = membership::slot_of(msg.to) as usize - 1;
         let cut = self
             .partition
             .as_ref()
@@ -724,7 +757,7 @@ impl World {
             }
             (_, Err(EngineError::NotLeader { leader })) => {
                 self.stats.not_leader += 1;
-                let leader = leader.map(|l| l as usize - 1);
+                let leader = leader.map(|l| membership::slot_of(l) as usize - 1);
                 if let Some(l) = leader {
                     self.leader_hint.insert(self.work.ops[op].group, l);
                 }
@@ -864,6 +897,58 @@ impl World {
         for g in 0..self.cfg.groups {
             self.check_group_logs(g);
         }
+        if !self.membership_settled(None) {
+            let views: Vec<String> = (0..self.cfg.groups)
+                .flat_map(|g| {
+                    let core = core_of(g, self.cfg.cores) as usize;
+                    self.replicas_of(g).into_iter().map(move |n| (g, n, core))
+                })
+                .map(|(g, n, core)| {
+                    let cs = self.nodes[n].cores[core]
+                        .shard
+                        .as_ref()
+                        .and_then(|s| s.conf_state(g));
+                    let shard = self.nodes[n].cores[core].shard.as_ref();
+                    let progress = shard.map(|s| s.progress_view(g)).unwrap_or_default();
+                    let log = shard
+                        .and_then(|s| s.log_view(g))
+                        .map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
+                    format!("group {g} n{n}: {cs:?} progress {progress:?} log {log:?}")
+                })
+                .collect();
+            self.checker.violations.push(format!(
+                "liveness: membership did not converge to the current incarnations: {}",
+                views.join("; ")
+            ));
+        }
+    }
+
+    /// Every group's replicas (but `except`, which is down) are up and have
+    /// applied the membership "current incarnations of the placement, all
+    /// voters": no replacement is in progress.
+    fn membership_settled(&self, except: Option<usize>) -> bool {
+        (0..self.cfg.groups).all(|g| {
+            let core = core_of(g, self.cfg.cores) as usize;
+            let reps = self.replicas_of(g);
+            let mut want: Vec<u64> = reps
+                .iter()
+                .map(|n| membership::raft_id(*n as u64 + 1, self.nodes[*n].incarnation))
+                .collect();
+            want.sort_unstable();
+            reps.iter().filter(|n| Some(**n) != except).all(|n| {
+                let Some(cs) = self.nodes[*n].cores[core]
+                    .shard
+                    .as_ref()
+                    .filter(|_| self.nodes[*n].up)
+                    .and_then(|s| s.conf_state(g))
+                else {
+                    return false;
+                };
+                let mut voters = cs.voters.clone();
+                voters.sort_unstable();
+                voters == want && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
+            })
+        })
     }
 
     /// Lets followers catch up: run ticks and messages for a while, no clients.

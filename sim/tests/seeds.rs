@@ -1,7 +1,8 @@
 //! A bounded batch of simulation seeds must run clean, and the same seed must
 //! give the same run twice (bit-for-bit reproducibility).
 
-use starcite_sim::run_seed;
+use starcite_sim::config::SimConfig;
+use starcite_sim::{run_config, run_seed};
 
 /// Seeds run by `cargo test`; CI runs this on every change. The soak command in
 /// docs/testing.md runs many more.
@@ -24,6 +25,35 @@ fn seeds_run_without_violations() {
         "violations (replay with starcite-sim --replay SEED): {failed:?}"
     );
     assert!(acked > 10_000, "the workload acknowledged appends: {acked}");
+}
+
+/// Seeds in which crashed nodes come back with empty disks (up to three per
+/// run, one at a time) and are replaced by a Raft membership change: no
+/// acknowledged append may be lost, and every replacement must complete
+/// (the checker requires the membership to converge).
+const WIPE_SEEDS: u64 = 2_000;
+
+#[test]
+#[cfg(not(feature = "broken-ack-before-sync"))]
+fn seeds_with_disk_wipes_run_without_violations() {
+    let mut failed = Vec::new();
+    let (mut acked, mut wipes) = (0, 0);
+    for seed in 100_000..100_000 + WIPE_SEEDS {
+        let mut cfg = SimConfig::from_seed(seed);
+        cfg.disk_wipe = 0.5;
+        let r = run_config(cfg);
+        acked += r.stats.acked;
+        wipes += r.stats.disk_wipes;
+        if !r.violations.is_empty() {
+            failed.push((seed, r.violations[0].clone()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "violations (replay with SIM_DISK_WIPE=1 starcite-sim --replay SEED): {failed:?}"
+    );
+    assert!(wipes > WIPE_SEEDS / 2, "disks were wiped: {wipes}");
+    assert!(acked > 50_000, "the workload acknowledged appends: {acked}");
 }
 
 #[test]

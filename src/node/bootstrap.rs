@@ -35,12 +35,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1_500);
 /// Runs the node until SIGTERM/SIGINT. Errors are boot failures.
 pub fn run(cfg: Config) -> Result<(), String> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    let incarnation = super::identity::load_or_create(&cfg)?;
     check_layout(&cfg)?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..cfg.cores)
         .map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH))
         .unzip();
     let senders = Arc::new(senders);
-    let topo = Arc::new(Topology::new(&cfg));
+    let topo = Arc::new(Topology::new(&cfg).with_incarnation(incarnation));
     let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
     let auth = cfg.auth.clone().map(crate::auth::AuthService::new);
     let requests = Arc::new(super::metrics::RequestCounters::default());
@@ -377,7 +378,6 @@ async fn start_engine(
         segment_bytes: starcite_shards::limits::DEFAULT_SEGMENT_BYTES
             .min(cfg.checkpoint_bytes / 2)
             .max(1 << 20),
-        rejoin: cfg.rejoin,
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let shard =

@@ -48,6 +48,16 @@ pub struct Gossip {
     /// Commit index of every group this node leads (followers compare).
     #[serde(default)]
     pub commits: BTreeMap<u32, u64>,
+    /// The sender's Raft id (its slot and incarnation).
+    #[serde(default)]
+    pub raft_id: u64,
+    /// Approved replacements: node → Raft id of its new incarnation. A
+    /// grow-only register per node (highest id wins), persisted by every node.
+    #[serde(default)]
+    pub replacements: BTreeMap<String, u64>,
+    /// `(local groups in which the sender is a voter, its local groups)`.
+    #[serde(default)]
+    pub voter_groups: (u32, u32),
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +74,14 @@ struct Inner {
     own_commits: Vec<Vec<(u32, u64)>>,
     /// Per core: why it is not synced (first failing group), for readiness detail.
     core_sync: Vec<Option<(u32, &'static str)>>,
+    /// Raft id each peer last announced.
+    peer_raft_ids: BTreeMap<String, u64>,
+    /// `(voter groups, local groups)` each peer last announced.
+    peer_voter_groups: BTreeMap<String, (u32, u32)>,
+    /// Per core: `(voter groups, local groups)`.
+    own_voter_groups: Vec<(u32, u32)>,
+    /// Approved replacements (see `Gossip::replacements`).
+    replacements: BTreeMap<String, u64>,
 }
 
 pub struct ControlState {
@@ -100,6 +118,8 @@ impl ControlState {
         let cores = topo.cores as usize;
         inner.own_commits = vec![Vec::new(); cores];
         inner.core_sync = vec![Some((0, "startup_sync")); cores];
+        inner.own_voter_groups = vec![(0, 0); cores];
+        inner.replacements = load_replacements(&data_dir);
         let state = ControlState {
             inner: Mutex::new(inner),
             core_ready: (0..cores).map(|_| AtomicBool::new(false)).collect(),
@@ -153,6 +173,90 @@ impl ControlState {
         let mut inner = self.lock();
         inner.core_sync[core] = sync.err();
         inner.own_commits[core] = led;
+    }
+
+    /// Whether `id` is the incarnation `node` runs now (as far as we know: a
+    /// peer not heard from yet is assumed to run its original one). A voter
+    /// id of a replaced incarnation is no target for leadership.
+    pub fn is_current_raft_id(&self, node: &str, id: u64) -> bool {
+        if node == self.topo.me {
+            return self.topo.raft_id(node) == Some(id);
+        }
+        match self.lock().peer_raft_ids.get(node) {
+            Some(current) => *current == id,
+            None => starcite_shards::membership::incarnation_of(id) == 0,
+        }
+    }
+
+    /// A core reports in how many of its groups this node is a voter.
+    pub fn core_membership(&self, core: usize, (voter, groups): (usize, usize)) {
+        self.lock().own_voter_groups[core] = (voter as u32, groups as u32);
+    }
+
+    /// Raft ids of the approved replacements (the engines' leaders move
+    /// their groups' membership to them).
+    pub fn approved_replacements(&self) -> Vec<u64> {
+        self.lock().replacements.values().copied().collect()
+    }
+
+    /// Approves the replacement of `node` by the incarnation it runs now and
+    /// reports progress (`starcite ops replace-node`). Idempotent.
+    pub fn replace_node(&self, node: &str) -> Result<serde_json::Value, String> {
+        use starcite_shards::membership::incarnation_of;
+        let id = if node == self.topo.me {
+            self.topo.raft_id(node)
+        } else {
+            self.lock().peer_raft_ids.get(node).copied()
+        };
+        let Some(id) = id else {
+            return Err(format!(
+                "{node} has not been heard from: start it (empty data dir, STARCITE_REJOIN=true) and retry"
+            ));
+        };
+        if incarnation_of(id) == 0 {
+            return Err(format!(
+                "{node} runs its original incarnation (raft id {id}): only a node started with an empty data dir and STARCITE_REJOIN=true can replace it"
+            ));
+        }
+        let changed = {
+            let mut inner = self.lock();
+            let entry = inner.replacements.entry(node.to_owned()).or_insert(0);
+            let changed = id > *entry;
+            *entry = (*entry).max(id);
+            changed
+        };
+        if changed {
+            tracing::warn!(
+                node,
+                raft_id = id,
+                "replacement approved: leaders move its groups to the new incarnation"
+            );
+            self.persist_replacements();
+        }
+        let (voter, groups) = if node == self.topo.me {
+            self.own_voter_groups()
+        } else {
+            self.lock()
+                .peer_voter_groups
+                .get(node)
+                .copied()
+                .unwrap_or((0, u32::MAX))
+        };
+        Ok(serde_json::json!({
+            "node": node,
+            "raft_id": id,
+            "incarnation": incarnation_of(id),
+            "voter_groups": voter,
+            "groups": if groups == u32::MAX { serde_json::Value::Null } else { groups.into() },
+            "done": voter == groups,
+        }))
+    }
+
+    fn own_voter_groups(&self) -> (u32, u32) {
+        self.lock()
+            .own_voter_groups
+            .iter()
+            .fold((0, 0), |(v, g), (cv, cg)| (v + cv, g + cg))
     }
 
     /// The commit index `leader` (a node) last gossiped for `group`.
@@ -231,14 +335,37 @@ impl ControlState {
             leaders: self.local_leaders(),
             marks: inner.marks.clone(),
             commits: inner.own_commits.iter().flatten().copied().collect(),
+            raft_id: self.topo.raft_id(&self.topo.me).unwrap_or(0),
+            replacements: inner.replacements.clone(),
+            voter_groups: inner
+                .own_voter_groups
+                .iter()
+                .fold((0, 0), |(v, g), (cv, cg)| (v + cv, g + cg)),
         }
     }
 
     /// Merges a peer's gossip.
     pub fn apply_gossip(&self, g: Gossip) {
         let mut own_changed = false;
+        let mut replacements_changed = false;
         {
             let mut inner = self.lock();
+            if g.raft_id != 0 {
+                inner.peer_raft_ids.insert(g.from.clone(), g.raft_id);
+                inner
+                    .peer_voter_groups
+                    .insert(g.from.clone(), g.voter_groups);
+            }
+            for (node, id) in &g.replacements {
+                if !self.topo.writers.contains(node) {
+                    continue;
+                }
+                let entry = inner.replacements.entry(node.clone()).or_insert(0);
+                if *id > *entry {
+                    *entry = *id;
+                    replacements_changed = true;
+                }
+            }
             inner.peer_ready.insert(g.from.clone(), g.consensus_ready);
             inner.peer_leaders.insert(g.from.clone(), g.leaders);
             for (group, commit) in &g.commits {
@@ -263,7 +390,18 @@ impl ControlState {
         if own_changed {
             self.persist_own_mark();
         }
+        if replacements_changed {
+            self.persist_replacements();
+        }
         self.refresh_statuses(now_ms());
+    }
+
+    fn persist_replacements(&self) {
+        let body = serde_json::to_vec(&self.lock().replacements).unwrap_or_default();
+        let path = self.data_dir.join("replacements.json");
+        if let Err(e) = super::identity::write_atomic(&path, &body) {
+            tracing::error!(error = %e, "cannot persist the approved replacements");
+        }
     }
 
     pub fn local_consensus_ready(&self) -> bool {
@@ -342,7 +480,16 @@ impl ControlState {
             .collect();
         let mut leaders: BTreeMap<String, u32> = inner.peer_leaders.clone();
         leaders.insert(self.topo.me.clone(), self.local_leaders());
+        let own_voters = inner
+            .own_voter_groups
+            .iter()
+            .fold((0u32, 0u32), |(v, g), (cv, cg)| (v + cv, g + cg));
         serde_json::json!({
+            "raft_id": self.topo.raft_id(&self.topo.me).unwrap_or(0),
+            "incarnation": self.topo.incarnation,
+            "voter_groups": own_voters.0,
+            "local_group_count": own_voters.1,
+            "approved_replacements": inner.replacements,
             "node_statuses": statuses,
             "visible_nodes": visible,
             "raft_ready_nodes": raft_ready,
@@ -361,6 +508,13 @@ impl ControlState {
             tracing::error!(error = %e, "cannot persist the drain mark");
         }
     }
+}
+
+fn load_replacements(data_dir: &std::path::Path) -> BTreeMap<String, u64> {
+    std::fs::read(data_dir.join("replacements.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 fn load_own_mark(data_dir: &std::path::Path) -> Option<DrainMark> {

@@ -118,6 +118,8 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
     }
 
     fn on_tick(&mut self) {
+        self.shard
+            .approve_replacements(self.control.approved_replacements());
         self.shard.tick();
         self.ticks += 1;
         let core = self.stats.core as usize;
@@ -144,6 +146,8 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         let led = self.shard.led_commits();
         let leaders = led.len() as u32;
         self.control.core_report(core, sync, led, leaders);
+        self.control
+            .core_membership(core, self.shard.voter_groups());
         if self.ticks % BALANCE_EVERY_TICKS == 0 {
             self.move_leadership();
         }
@@ -158,7 +162,10 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         let drained = self.control.is_drained(&me);
         let eligible = |id: u64| {
             topo.node_of(id).is_some_and(|n| {
-                n != me && self.control.is_visible(n) && !self.control.is_drained(n)
+                n != me
+                    && self.control.is_visible(n)
+                    && !self.control.is_drained(n)
+                    && self.control.is_current_raft_id(n, id)
             })
         };
         let led = self.shard.led_groups();

@@ -3,15 +3,15 @@
 //! Raft produces a heartbeat (and a heartbeat response) per group. Sent as
 //! they are, a node with 256 groups would send hundreds of protobuf messages
 //! per peer per interval. Instead the engine loop packs every heartbeat (and
-//! every response) for one peer into a single envelope of fixed 32-byte
+//! every response) for one peer into a single envelope of fixed 40-byte
 //! records, which the receiver unpacks back into Raft messages. Idle groups
-//! cost 32 bytes per interval on the wire and no protobuf work.
+//! cost 40 bytes per interval on the wire and no protobuf work.
 
 use raft::eraftpb::{Message, MessageType};
 
 /// Envelope "group" marking a packed heartbeat batch.
 pub const HEARTBEAT_BATCH_GROUP: u32 = u32::MAX;
-const RECORD: usize = 32;
+const RECORD: usize = 40;
 
 /// Whether a message can travel in a heartbeat batch (no payload beyond these fields).
 pub fn is_packable(m: &Message) -> bool {
@@ -24,7 +24,8 @@ pub fn is_packable(m: &Message) -> bool {
 
 /// Packs `(group, message)` heartbeats into one envelope body:
 /// per record: group u32, kind u8 (0 heartbeat, 1 response), 3 reserved bytes,
-/// term u64, commit u64, from u32, to u32 (little endian).
+/// term u64, commit u64, from u64, to u64 (little endian; Raft ids carry an
+/// incarnation above the node slot, see `starcite_shards::membership`).
 pub fn pack(beats: &[(u32, &Message)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(beats.len() * RECORD);
     for (group, m) in beats {
@@ -33,8 +34,8 @@ pub fn pack(beats: &[(u32, &Message)]) -> Vec<u8> {
         out.extend_from_slice(&[kind, 0, 0, 0]);
         out.extend_from_slice(&m.term.to_le_bytes());
         out.extend_from_slice(&m.commit.to_le_bytes());
-        out.extend_from_slice(&(m.from as u32).to_le_bytes());
-        out.extend_from_slice(&(m.to as u32).to_le_bytes());
+        out.extend_from_slice(&m.from.to_le_bytes());
+        out.extend_from_slice(&m.to.to_le_bytes());
     }
     out
 }
@@ -57,8 +58,8 @@ pub fn unpack(body: &[u8]) -> Option<Vec<(u32, Message)>> {
             m.set_msg_type(kind);
             m.term = u64_at(8);
             m.commit = u64_at(16);
-            m.from = u64::from(u32_at(24));
-            m.to = u64::from(u32_at(28));
+            m.from = u64_at(24);
+            m.to = u64_at(32);
             Some((u32_at(0), m))
         })
         .collect()
@@ -74,7 +75,8 @@ mod tests {
         m.term = term;
         m.commit = commit;
         m.from = 1;
-        m.to = 3;
+        // A replaced node's id: incarnation above the 16-bit slot.
+        m.to = (1_764_000_000_000 << 16) | 3;
         m
     }
 
@@ -83,10 +85,10 @@ mod tests {
         let a = beat(MessageType::MsgHeartbeat, 7, 42);
         let b = beat(MessageType::MsgHeartbeatResponse, 8, 0);
         let body = pack(&[(5, &a), (250, &b)]);
-        assert_eq!(body.len(), 64);
+        assert_eq!(body.len(), 80);
         let back = unpack(&body).unwrap();
         assert_eq!(back, vec![(5, a), (250, b)]);
-        assert!(unpack(&body[..33]).is_none());
+        assert!(unpack(&body[..41]).is_none());
         let mut bad = body.clone();
         bad[4] = 9;
         assert!(unpack(&bad).is_none());

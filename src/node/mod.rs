@@ -19,6 +19,7 @@ pub mod engine_io;
 pub mod engine_loop;
 pub mod gateway;
 pub mod heartbeats;
+pub mod identity;
 pub mod messages;
 pub mod metrics;
 pub mod ops_backend;

@@ -39,6 +39,7 @@ impl OpsBackend for NodeOps {
         let fair = f64::from(topo.num_groups) / topo.writers.len().max(1) as f64;
         serde_json::json!({
             "node": me,
+            "version": crate::version(),
             "local_write_node": writer,
             "local_mode": if writer { "write_node" } else { "router_node" },
             "local_ready": self.local_ready(),
@@ -86,6 +87,13 @@ impl OpsBackend for NodeOps {
     fn local_drained(&self) -> bool {
         // Drained = marked, out of the ready set, and leading no group any more.
         self.control.local_drained() && self.control.local_leaders() == 0
+    }
+
+    fn replace_node(&self, node: &str) -> Result<serde_json::Value, OpsError> {
+        let node = self.target(Some(node))?;
+        self.control
+            .replace_node(node)
+            .map_err(OpsError::Unavailable)
     }
 
     fn group_replicas(&self, group: u32) -> Result<Vec<String>, OpsError> {

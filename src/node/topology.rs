@@ -1,6 +1,7 @@
 //! The static cluster topology every node computes identically: write nodes,
 //! Raft ids, and the replicas of every group (rendezvous placement).
 
+use starcite_shards::membership;
 use starcite_shards::placement::{core_of, group_of, replicas};
 
 use crate::config::Config;
@@ -16,6 +17,8 @@ pub struct Topology {
     pub cores: u32,
     /// `replicas[g]` = indexes into `writers` of group g's replicas.
     replicas: Vec<Vec<usize>>,
+    /// This node's Raft incarnation (see `super::identity`).
+    pub incarnation: u64,
 }
 
 impl Topology {
@@ -54,22 +57,31 @@ impl Topology {
             num_groups,
             cores,
             replicas,
+            incarnation: 0,
         }
+    }
+
+    /// The same topology for incarnation `incarnation` of this node.
+    pub fn with_incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = incarnation;
+        self
     }
 
     pub fn is_writer(&self) -> bool {
         self.writers.contains(&self.me)
     }
 
+    /// The Raft id of a write node: this node's current incarnation for
+    /// `me`, the original incarnation (the initial membership) for others.
     pub fn raft_id(&self, node: &str) -> Option<u64> {
-        self.writers
-            .iter()
-            .position(|w| w == node)
-            .map(|i| i as u64 + 1)
+        let slot = self.writers.iter().position(|w| w == node)? as u64 + 1;
+        let incarnation = if node == self.me { self.incarnation } else { 0 };
+        Some(membership::raft_id(slot, incarnation))
     }
 
+    /// The node behind a Raft id, whatever its incarnation.
     pub fn node_of(&self, raft_id: u64) -> Option<&str> {
-        let i = usize::try_from(raft_id.checked_sub(1)?).ok()?;
+        let i = usize::try_from(membership::slot_of(raft_id).checked_sub(1)?).ok()?;
         self.writers.get(i).map(String::as_str)
     }
 

@@ -18,6 +18,8 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 
 /// Default timeout of the wait commands (contract §10.2).
 pub const DEFAULT_WAIT_MS: u64 = 30_000;
+/// Default timeout of `replace-node` (a snapshot of every group it replicates).
+pub const DEFAULT_REPLACE_MS: u64 = 300_000;
 /// Polling period of the wait commands (contract §10.2).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -74,6 +76,17 @@ pub enum OpsCommand {
         #[arg(value_name = "MS")]
         ms: Option<u64>,
         #[arg(long, value_name = "MS", default_value_t = DEFAULT_WAIT_MS, conflicts_with = "ms")]
+        timeout_ms: u64,
+    },
+    /// Replaces write node NODE, which lost its disk and was restarted with an
+    /// empty data dir and STARCITE_REJOIN=true, by a Raft membership change in each
+    /// of its groups (old incarnation removed, new one added as a learner, promoted to
+    /// voter once caught up). Run on any node; waits until every group of NODE has it
+    /// as a voter, printing progress; prints `replaced=NODE`; exit 1 on timeout or if
+    /// NODE is not running a new incarnation
+    ReplaceNode {
+        node: String,
+        #[arg(long, value_name = "MS", default_value_t = DEFAULT_REPLACE_MS)]
         timeout_ms: u64,
     },
     /// One readiness check, without waiting: prints `local_ready=true|false`
@@ -225,6 +238,15 @@ pub(crate) fn execute(data_dir: &Path, cmd: &OpsCommand, timing: &Timing) -> Out
                 timing,
             )
         }
+        OpsCommand::ReplaceNode {
+            node: n,
+            timeout_ms,
+        } => {
+            return match node(&Some(n.clone())) {
+                Ok(Some(n)) => replace_node(&client, &n, *timeout_ms, timing),
+                Ok(None) | Err(_) => Outcome::fail(EXIT_USAGE, "the node name is empty"),
+            };
+        }
         OpsCommand::WaitDrained { ms, timeout_ms } => {
             return wait_until(
                 &client,
@@ -238,6 +260,64 @@ pub(crate) fn execute(data_dir: &Path, cmd: &OpsCommand, timing: &Timing) -> Out
     match result {
         Ok(stdout) => Outcome::ok(stdout),
         Err(e) => Outcome::client(&e),
+    }
+}
+
+/// `replace-node`: approves, then polls until every group of `node` has its
+/// new incarnation as a voter. Progress lines go to stdout as they change. A
+/// node error (not running a new incarnation, unknown node) ends it at once.
+fn replace_node(client: &AdminClient, node: &str, timeout_ms: u64, timing: &Timing) -> Outcome {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut out = String::new();
+    let mut last_line = String::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let per_request = timing
+            .request_timeout
+            .min(remaining.max(Duration::from_millis(250)));
+        let last_err = match client.with_timeout(per_request).replace_node(node) {
+            Ok(v) => {
+                let groups = v["groups"]
+                    .as_u64()
+                    .map_or_else(|| "?".to_owned(), |g| g.to_string());
+                let line = format!(
+                    "replace-node {node}: incarnation {} (raft id {}) is a voter in {}/{groups} groups\n",
+                    v["incarnation"], v["raft_id"], v["voter_groups"]
+                );
+                if line != last_line {
+                    out.push_str(&line);
+                    last_line = line;
+                }
+                if v["done"] == serde_json::Value::Bool(true) {
+                    out.push_str(&format!("replaced={node}\n"));
+                    return Outcome::ok(out);
+                }
+                None
+            }
+            Err(e @ ClientError::Remote { .. }) => {
+                let mut o = Outcome::client(&e);
+                o.stdout = out;
+                return o;
+            }
+            Err(e @ (ClientError::PermissionDenied { .. } | ClientError::Protocol(_))) => {
+                return Outcome::client(&e)
+            }
+            Err(e) => Some(e),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            let why = match last_err {
+                Some(e) => format!("last error: {e}"),
+                None => format!("last progress: {}", last_line.trim_end()),
+            };
+            let mut o = Outcome::fail(
+                EXIT_FAILURE,
+                format!("timed out after {timeout_ms} ms replacing {node}; {why}"),
+            );
+            o.stdout = out;
+            return o;
+        }
+        std::thread::sleep(timing.poll_interval.min(deadline - now));
     }
 }
 

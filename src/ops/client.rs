@@ -147,6 +147,13 @@ impl AdminClient {
     pub fn group_replicas(&self, group: u32) -> Result<Vec<String>, ClientError> {
         string_list(self.call(&Request::GroupReplicas { group })?)
     }
+
+    /// Approves (idempotently) the replacement of `node`; returns its progress.
+    pub fn replace_node(&self, node: &str) -> Result<Value, ClientError> {
+        self.call(&Request::ReplaceNode {
+            node: node.to_owned(),
+        })
+    }
 }
 
 fn parse_response(line: &[u8]) -> Result<Value, ClientError> {

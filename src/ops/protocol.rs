@@ -3,7 +3,8 @@
 //!
 //! Requests: `{"op":"status"}`, `{"op":"ready_nodes"}`, `{"op":"drain","node":null|"name"}`,
 //! `{"op":"undrain","node":null|"name"}`, `{"op":"local_ready"}`, `{"op":"local_drained"}`,
-//! `{"op":"group_replicas","group":7}`. Unknown fields are ignored.
+//! `{"op":"group_replicas","group":7}`, `{"op":"replace_node","node":"name"}`. Unknown
+//! fields are ignored.
 //!
 //! Responses: `{"ok":true,"result":<value>}` or
 //! `{"ok":false,"error":"<code>","message":"<text for operators>"}`. Codes:
@@ -41,6 +42,10 @@ pub enum Request {
     GroupReplicas {
         group: u32,
     },
+    /// Approve replacing `node` by the incarnation it runs now; answers progress.
+    ReplaceNode {
+        node: String,
+    },
 }
 
 impl Request {
@@ -53,6 +58,7 @@ impl Request {
             Request::LocalReady => "local_ready",
             Request::LocalDrained => "local_drained",
             Request::GroupReplicas { .. } => "group_replicas",
+            Request::ReplaceNode { .. } => "replace_node",
         }
     }
 
@@ -62,6 +68,7 @@ impl Request {
                 json!({ "op": self.op(), "node": node })
             }
             Request::GroupReplicas { group } => json!({ "op": self.op(), "group": group }),
+            Request::ReplaceNode { node } => json!({ "op": self.op(), "node": node }),
             _ => json!({ "op": self.op() }),
         }
     }
@@ -93,9 +100,13 @@ impl Request {
                     .ok_or_else(|| "\"group\" must be an integer between 0 and 4294967295".to_owned())?;
                 Request::GroupReplicas { group }
             }
+            "replace_node" => match node_field(&obj)? {
+                Some(node) => Request::ReplaceNode { node },
+                None => return Err("replace_node needs \"node\"".to_owned()),
+            },
             other => {
                 return Err(format!(
-                    "unknown op {other:?}; known: status, ready_nodes, drain, undrain, local_ready, local_drained, group_replicas"
+                    "unknown op {other:?}; known: status, ready_nodes, drain, undrain, local_ready, local_drained, group_replicas, replace_node"
                 ))
             }
         })

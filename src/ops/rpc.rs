@@ -13,15 +13,17 @@
 //! | `wait_local_drained()` / `wait_local_drained(30000)` | `wait-drained` |
 //! | `wait_local_ready()` / `wait_local_ready(60000)` | `wait-ready` |
 //! | `group_replicas(7)` | `group-replicas 7` |
+//! | `replace_node("n")` (same argument forms as `drain_node`) | `replace-node n` (default timeout) |
 //!
 //! Integers may use Elixir's `_` digit separators (`30_000`).
 
-use super::cli::{OpsCommand, DEFAULT_WAIT_MS};
+use super::cli::{OpsCommand, DEFAULT_REPLACE_MS, DEFAULT_WAIT_MS};
 
 pub const MODULE: &str = "Starcite.ControlPlane.Ops";
 
 const SUPPORTED: &str = "status(), ready_nodes(), local_ready(), local_drained(), drain_node([node]), \
-undrain_node([node]), wait_local_drained([timeout_ms]), wait_local_ready([timeout_ms]), group_replicas(group_id)";
+undrain_node([node]), wait_local_drained([timeout_ms]), wait_local_ready([timeout_ms]), group_replicas(group_id), \
+replace_node(node)";
 
 /// One argument as written.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,6 +86,15 @@ pub fn parse_rpc(expr: &str) -> Result<OpsCommand, String> {
         "undrain_node" => Ok(OpsCommand::Undrain {
             node: node_arg(name, arg)?,
         }),
+        "replace_node" => match node_arg(name, arg)? {
+            Some(node) => Ok(OpsCommand::ReplaceNode {
+                node,
+                timeout_ms: DEFAULT_REPLACE_MS,
+            }),
+            None => Err(format!(
+                "{MODULE}.replace_node/1 needs the node to replace, e.g. {MODULE}.replace_node(\"starcite@10.0.0.3\")"
+            )),
+        },
         "wait_local_ready" => Ok(OpsCommand::WaitReady {
             ms: None,
             timeout_ms: timeout_arg(name, arg)?,

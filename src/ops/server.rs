@@ -48,6 +48,15 @@ pub trait OpsBackend: Send + Sync + 'static {
     fn local_drained(&self) -> bool;
     /// Replica list of `group`; `InvalidGroupId` outside `0 ≤ group < num_groups`.
     fn group_replicas(&self, group: u32) -> Result<Vec<String>, OpsError>;
+    /// Approves replacing write node `node` by the new incarnation it runs (a
+    /// Raft membership change in each of its groups) and reports progress:
+    /// `{"node","raft_id","incarnation","voter_groups","groups","done"}`.
+    /// Idempotent; the client polls it until `done`.
+    fn replace_node(&self, node: &str) -> Result<Value, OpsError> {
+        Err(OpsError::Unavailable(format!(
+            "replace_node({node:?}) is not supported by this node"
+        )))
+    }
 }
 
 /// Failures an operator function reports; the `Display` text is shown to operators.
@@ -493,6 +502,7 @@ fn dispatch(req: Request, backend: &dyn OpsBackend) -> Value {
             );
             outcome(backend.undrain(node.as_deref()).map(|()| json!("ok")))
         }
+        Request::ReplaceNode { node } => outcome(backend.replace_node(&node)),
         Request::GroupReplicas { group } => {
             outcome(backend.group_replicas(group).map(|r| json!(r)))
         }

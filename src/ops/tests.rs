@@ -28,6 +28,7 @@ struct Fake {
     ready_after: AtomicUsize,
     ready_checks: AtomicUsize,
     panic_on_status: AtomicBool,
+    replace_calls: AtomicUsize,
 }
 
 impl Fake {
@@ -40,6 +41,7 @@ impl Fake {
             ready_after: AtomicUsize::new(1),
             ready_checks: AtomicUsize::new(0),
             panic_on_status: AtomicBool::new(false),
+            replace_calls: AtomicUsize::new(0),
         })
     }
 
@@ -100,6 +102,25 @@ impl OpsBackend for Fake {
 
     fn local_drained(&self) -> bool {
         self.draining.lock().unwrap().contains(&self.me)
+    }
+
+    /// n3 runs a new incarnation and becomes a voter in one more of its three
+    /// groups per call; n2 runs its original one; n1's replacement never ends.
+    fn replace_node(&self, node: &str) -> Result<Value, OpsError> {
+        let n = self.target(Some(node))?;
+        let voter = match n.as_str() {
+            "n3" => (self.replace_calls.fetch_add(1, Ordering::SeqCst) + 1).min(3),
+            "n2" => {
+                return Err(OpsError::Unavailable(
+                    "n2 runs its original incarnation (raft id 2)".to_owned(),
+                ))
+            }
+            _ => 0,
+        };
+        Ok(json!({
+            "node": n, "raft_id": 65539, "incarnation": 1, "voter_groups": voter,
+            "groups": 3, "done": voter == 3,
+        }))
     }
 
     fn group_replicas(&self, group: u32) -> Result<Vec<String>, OpsError> {
@@ -1048,5 +1069,64 @@ fn data_dir_resolution() {
     assert_eq!(
         resolve_data_dir(None, None),
         PathBuf::from("./starcite-data")
+    );
+}
+
+#[test]
+fn replace_node_waits_for_every_group_and_reports_progress() {
+    let fake = Fake::new();
+    let (dir, _server) = start(&fake);
+    let quick = Timing {
+        request_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+    };
+    let cmd = |node: &str, timeout_ms| OpsCommand::ReplaceNode {
+        node: node.to_owned(),
+        timeout_ms,
+    };
+    let done = execute(dir.path(), &cmd("n3", 10_000), &quick);
+    assert_eq!(done.code, 0, "{done:?}");
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "replace-node n3: incarnation 1 (raft id 65539) is a voter in 1/3 groups",
+            "replace-node n3: incarnation 1 (raft id 65539) is a voter in 2/3 groups",
+            "replace-node n3: incarnation 1 (raft id 65539) is a voter in 3/3 groups",
+            "replaced=n3",
+        ]
+    );
+    // Not a new incarnation: a clear error at once, exit 1.
+    let bad = execute(dir.path(), &cmd("n2", 10_000), &quick);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("original incarnation"), "{bad:?}");
+    // Unknown node: exit 1 naming it.
+    let unknown = execute(dir.path(), &cmd("n9", 10_000), &quick);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("n9"), "{unknown:?}");
+    // Never finishing: bounded by the timeout, exit 1 with the last progress.
+    let t = Instant::now();
+    let slow = execute(dir.path(), &cmd("n1", 300), &quick);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(slow.code, 1, "{slow:?}");
+    assert!(slow.stderr.contains("timed out after 300 ms"), "{slow:?}");
+    assert!(slow.stderr.contains("0/3"), "{slow:?}");
+    // The runbook form.
+    assert_eq!(
+        parse_rpc("Starcite.ControlPlane.Ops.replace_node(\"n3\")").unwrap(),
+        cmd("n3", super::cli::DEFAULT_REPLACE_MS)
+    );
+    assert!(parse_rpc("Starcite.ControlPlane.Ops.replace_node()").is_err());
+    // And the command line.
+    assert_eq!(
+        parse(&["ops", "replace-node", "n3", "--timeout-ms", "5"]).unwrap(),
+        TestCommand::Operator(OperatorCommand::Ops {
+            data_dir: None,
+            cmd: cmd("n3", 5),
+        })
+    );
+    assert!(
+        parse(&["ops", "replace-node"]).is_err(),
+        "the node is required"
     );
 }

@@ -50,6 +50,16 @@ pub enum LogRecord {
         voters: Vec<u64>,
         len: u64,
     },
+    /// A group's full Raft membership as of `index`: the protobuf encoding of
+    /// raft's `ConfState` (voters, learners, joint state). Written right after
+    /// every snapshot (whose `voters` alone cannot express learners or a joint
+    /// configuration); changes after the snapshot are conf-change entries in
+    /// the log and are re-applied on recovery.
+    Membership {
+        group: u32,
+        index: u64,
+        conf_state: Vec<u8>,
+    },
 }
 
 /// A Raft entry as stored in the log.
