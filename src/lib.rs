@@ -9,5 +9,6 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod ops;
+pub mod service;
 pub mod tls;
 pub mod wire_server;

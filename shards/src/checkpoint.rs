@@ -15,7 +15,7 @@
 //! hard state and its entries after the applied index; its pin moves to the
 //! current segment once the batch is durable.
 
-use starcite_wire::record::{encode, LogRecord};
+use starcite_wire::record::{encode_snapshot, LogRecord};
 
 use crate::limits::SNAPSHOT_BYTES_PER_BATCH;
 use crate::recovery::encode_record;
@@ -93,7 +93,7 @@ impl<W> Shard<W> {
         } else {
             raft::Storage::term(store, applied).expect("applied entry is in the log")
         };
-        let state = encode(&group.machine.snapshot()).to_vec();
+        let state = encode_snapshot(&group.machine.snapshot());
         let voters = store.voters().to_vec();
         let hs = store.hard_state().clone();
         let tail = store.entries_in(applied + 1, u64::MAX).to_vec();

@@ -360,6 +360,7 @@ impl EngineLoop {
                 limit,
                 tenant,
                 filters,
+                archived,
                 reply,
             } => {
                 let _ = reply.send(self.shard.list(
@@ -367,7 +368,11 @@ impl EngineLoop {
                     limit,
                     tenant.as_deref(),
                     &filters,
+                    archived,
                 ));
+            }
+            CoreRequest::Get { session, reply } => {
+                let _ = reply.send(self.shard.session_row(&session));
             }
             CoreRequest::Subscribe {
                 session,
