@@ -13,12 +13,13 @@ use starcite_shards::recovery::Recovered;
 use starcite_shards::shard::{Shard, ShardConfig};
 
 use super::control::ControlState;
+use super::engine_io::RealClock;
 use super::engine_loop::{Cluster, EngineLoop};
 use super::gateway::Gateway;
 use super::messages::{CoreRequest, CORE_INBOX_DEPTH};
 use super::peer_inbound::PeerInbound;
 use super::peer_rpc::{self, ControlMessage};
-use super::segment_log::SegmentLog;
+use super::segment_log::{SegmentLog, UringDisk};
 use super::shutdown::Shutdown;
 use super::topology::Topology;
 use crate::cluster::transport::{NodeAddr, Transport, TransportConfig};
@@ -172,14 +173,21 @@ async fn core_main(ctx: CoreContext) {
         lifecycle: ctx.lifecycle.clone(),
         gateway: std::cell::RefCell::new(None),
     });
-    let started = start_cluster(&ctx, inbound.clone(), &shutdown).and_then(|cluster| {
-        let engine = start_engine(
-            &ctx,
-            cluster.as_ref().map(|(t, _)| Cluster {
-                transport: t.clone(),
-                topo: ctx.topo.clone(),
-            }),
-        )?;
+    let started = match start_cluster(&ctx, inbound.clone(), &shutdown) {
+        Ok(cluster) => {
+            let engine = start_engine(
+                &ctx,
+                cluster.as_ref().map(|(t, _)| Cluster {
+                    transport: t.clone(),
+                    topo: ctx.topo.clone(),
+                }),
+            )
+            .await;
+            engine.map(|engine| (engine, cluster))
+        }
+        Err(e) => Err(e),
+    };
+    let started = started.and_then(|(engine, cluster)| {
         let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ctx.cfg.port));
         let listener = bind_reuseport(addr)
             .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], ctx.cfg.port))))
@@ -209,7 +217,11 @@ async fn core_main(ctx: CoreContext) {
             return;
         }
     };
-    let engine_task = monoio::spawn(engine.run());
+    let engine_task = monoio::spawn(async move {
+        if let Err(e) = engine.run().await {
+            core_failed(core, &e);
+        }
+    });
     let transport = cluster.as_ref().map(|(t, _)| t.clone());
     let gateway = Rc::new(Gateway {
         core,
@@ -354,15 +366,24 @@ async fn gossip_loop(transport: Rc<Transport>, control: Arc<ControlState>, shutd
     }
 }
 
-fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoop, String> {
+/// The production engine of a core.
+type CoreEngine = EngineLoop<UringDisk, Transport, RealClock>;
+
+async fn start_engine(
+    ctx: &CoreContext,
+    cluster: Option<Cluster<Transport>>,
+) -> Result<CoreEngine, String> {
     let cfg = &ctx.cfg;
     let (core, cores) = (ctx.core, cfg.cores);
     let log_dir = cfg.data_dir.join("log");
     let groups = ctx.topo.local_groups(core);
     let owned: Vec<u32> = groups.iter().map(|(g, _)| *g).collect();
-    let (log, recovered): (SegmentLog, Recovered) = SegmentLog::open(&log_dir, core, |g| {
+    let disk = UringDisk::open(&log_dir)?;
+    let (log, recovered): (SegmentLog<UringDisk>, Recovered) = SegmentLog::open(disk, core, |g| {
         g < cfg.num_groups && core_of(g, cores) == core && owned.contains(&g)
-    })?;
+    })
+    .await
+    .map_err(|e| format!("{}: {e}", log_dir.display()))?;
     let shard_cfg = ShardConfig {
         core,
         cores,
@@ -385,10 +406,19 @@ fn start_engine(ctx: &CoreContext, cluster: Option<Cluster>) -> Result<EngineLoo
     Ok(EngineLoop::new(
         shard,
         log,
+        RealClock,
         ctx.inbox.clone(),
         ctx.control.clone(),
         cluster,
     ))
+}
+
+/// A core's engine ended other than by shutdown: stop the whole node loudly
+/// (systemd restarts it) rather than serve with a dead core.
+fn core_failed(core: u32, why: &str) -> ! {
+    tracing::error!(core, error = %why, "core engine stopped; stopping the node");
+    eprintln!("starcite: core {core}: {why}; stopping the node");
+    std::process::exit(70);
 }
 
 fn wait_for_signal() -> Result<(), String> {
@@ -440,8 +470,52 @@ fn check_layout(cfg: &Config) -> Result<(), String> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::write(&path, want.to_string()).map_err(|e| format!("{}: {e}", path.display()))
+            write_atomically(&path, want.to_string().as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `path` so that a crash leaves either no file or the whole file, never a
+/// torn one: a temporary file is written and synced, renamed over `path`, and
+/// the directory is synced so the rename itself is durable.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::write_atomically;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layout.json");
+        write_atomically(&path, b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
+        // A stale temporary from a crash is simply overwritten.
+        std::fs::write(dir.path().join("layout.json.tmp"), b"torn").unwrap();
+        write_atomically(&path, b"{\"b\":2}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"b\":2}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("layout.json")]);
     }
 }

@@ -5,20 +5,20 @@
 //! answers what became committed. While a batch is being synced new requests
 //! queue in the inbox and form the next batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use starcite_shards::limits::TICK_MS;
 use starcite_shards::shard::{Outputs, Shard};
 use starcite_shards::state::machine::Notification;
 
 use super::control::ControlState;
+use super::engine_io::{first_of, Clock, Either, PeerNet};
 use super::messages::{CommandResult, CoreRequest, CoreStats, LiveEvent, Reply, Subscriber};
-use super::segment_log::SegmentLog;
+use super::segment_log::{LogDisk, SegmentLog};
 use super::topology::Topology;
-use crate::cluster::transport::Transport;
 
 /// Ticks between leadership balancing rounds (and drain transfers).
 const BALANCE_EVERY_TICKS: u64 = 20;
@@ -31,14 +31,17 @@ const SYNC_FAILURE_TICKS: u32 = 30;
 /// Who waits for a command, and since when (commit latency).
 type Waiter = (Reply<CommandResult>, Instant);
 
-pub struct EngineLoop {
+/// One core's engine over a log disk `D`, a peer network `N` and a clock `C`
+/// (production: `UringDisk`, `Transport`, `RealClock`; the simulator has its own).
+pub struct EngineLoop<D: LogDisk, N: PeerNet, C: Clock> {
     shard: Shard<Waiter>,
-    log: SegmentLog,
+    log: SegmentLog<D>,
+    clock: C,
     inbox: flume::Receiver<CoreRequest>,
     subscribers: HashMap<String, Vec<Subscriber>>,
     stats: CoreStats,
     write_buf: Vec<u8>,
-    cluster: Option<Cluster>,
+    cluster: Option<Cluster<N>>,
     control: Arc<ControlState>,
     ticks: u64,
     sync_failures: u32,
@@ -48,29 +51,25 @@ pub struct EngineLoop {
 }
 
 /// What a core needs to talk to its peers.
-pub struct Cluster {
-    pub transport: Rc<Transport>,
+pub struct Cluster<N> {
+    pub transport: Rc<N>,
     pub topo: Arc<Topology>,
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-impl EngineLoop {
+impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
     pub fn new(
         shard: Shard<Waiter>,
-        log: SegmentLog,
+        log: SegmentLog<D>,
+        clock: C,
         inbox: flume::Receiver<CoreRequest>,
         control: Arc<ControlState>,
-        cluster: Option<Cluster>,
+        cluster: Option<Cluster<N>>,
     ) -> Self {
         let stats = CoreStats::new(shard.config().core, shard.config().groups.len());
         Self {
             shard,
             log,
+            clock,
             inbox,
             subscribers: HashMap::new(),
             stats,
@@ -84,32 +83,36 @@ impl EngineLoop {
         }
     }
 
-    /// Runs until a `Shutdown` request; the log is synced after every batch, so
-    /// returning needs no extra flush.
-    pub async fn run(mut self) {
+    /// Runs until a `Shutdown` request (`Ok`) or an unrecoverable log error
+    /// (`Err`, the caller stops the node). The log is synced after every batch,
+    /// so returning needs no extra flush.
+    pub async fn run(mut self) -> Result<(), String> {
         let tick = Duration::from_millis(TICK_MS);
-        let mut next_tick = Instant::now() + tick;
+        let mut next_tick = self.clock.now() + tick;
         loop {
             while let Ok(req) = self.inbox.try_recv() {
                 if !self.handle(req) {
-                    return;
+                    return Ok(());
                 }
             }
             if self.shard.has_ready() {
-                self.write_batch().await;
+                self.write_batch().await?;
                 continue;
             }
-            if Instant::now() >= next_tick {
+            if self.clock.now() >= next_tick {
                 self.on_tick();
-                next_tick = Instant::now() + tick;
+                next_tick = self.clock.now() + tick;
                 continue;
             }
-            monoio::select! {
-                req = self.inbox.recv_async() => match req {
-                    Ok(req) => if !self.handle(req) { return },
-                    Err(_) => return,
-                },
-                _ = monoio::time::sleep_until(next_tick.into()) => {}
+            let woke = first_of(self.inbox.recv_async(), self.clock.sleep_until(next_tick)).await;
+            match woke {
+                Either::A(Ok(req)) => {
+                    if !self.handle(req) {
+                        return Ok(());
+                    }
+                }
+                Either::A(Err(_)) => return Err("its inbox closed".to_owned()),
+                Either::B(()) => {}
             }
         }
     }
@@ -200,7 +203,7 @@ impl EngineLoop {
         }
     }
 
-    async fn write_batch(&mut self) {
+    async fn write_batch(&mut self) -> Result<(), String> {
         let mut buf = std::mem::take(&mut self.write_buf);
         buf.clear();
         let early = self.shard.prepare_write(&mut buf);
@@ -210,16 +213,16 @@ impl EngineLoop {
             self.stats.writes += 1;
             self.stats.syncs += u64::from(sync);
             self.stats.write_bytes += buf.len() as u64;
-            let started = Instant::now();
+            let started = self.clock.now();
             let written = self.log.append(buf, sync).await;
             if sync {
                 self.stats
                     .fsync_latency
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe((self.clock.now() - started).as_secs_f64());
             }
             match written {
                 Ok(b) => buf = b,
-                Err(e) => fatal_disk_error(self.stats.core, "append", &e),
+                Err(e) => return Err(disk_error("append", &e)),
             }
         }
         self.write_buf = buf;
@@ -234,22 +237,24 @@ impl EngineLoop {
         if self.shard.wants_new_segment() {
             match self.log.start_segment().await {
                 Ok(seq) => self.shard.segment_started(seq),
-                Err(e) => fatal_disk_error(self.stats.core, "new segment", &e),
+                Err(e) => return Err(disk_error("new segment", &e)),
             }
         }
         let before = self.shard.obsolete_before();
         match self.log.delete_before(before) {
             Ok(0) => {}
             Ok(_) => self.shard.segments_deleted(before),
-            Err(e) => fatal_disk_error(self.stats.core, "segment deletion", &e),
+            Err(e) => return Err(disk_error("segment deletion", &e)),
         }
+        Ok(())
     }
 
     fn dispatch(&mut self, out: Outputs<Waiter>) {
+        let now = self.clock.now();
         for ((waiter, since), result) in out.completions {
             self.stats
                 .commit_latency
-                .observe(since.elapsed().as_secs_f64());
+                .observe((now - since).as_secs_f64());
             // The requester may have timed out and gone; nothing to do then.
             let _ = waiter.send(result);
         }
@@ -264,8 +269,9 @@ impl EngineLoop {
     /// Batches Raft messages per destination node: one transport call per peer.
     fn send_messages(&mut self, messages: Vec<(u32, raft::eraftpb::Message)>) {
         let Some(cluster) = &self.cluster else { return };
-        let mut per_peer: HashMap<u64, Vec<(u32, Vec<u8>)>> = HashMap::new();
-        let mut beats: HashMap<u64, Vec<(u32, raft::eraftpb::Message)>> = HashMap::new();
+        // Ordered maps: the send order is deterministic (the simulator replays it).
+        let mut per_peer: BTreeMap<u64, Vec<(u32, Vec<u8>)>> = BTreeMap::new();
+        let mut beats: BTreeMap<u64, Vec<(u32, raft::eraftpb::Message)>> = BTreeMap::new();
         for (group, msg) in messages {
             if super::heartbeats::is_packable(&msg) {
                 beats.entry(msg.to).or_default().push((group, msg));
@@ -337,10 +343,8 @@ impl EngineLoop {
     fn handle(&mut self, req: CoreRequest) -> bool {
         match req {
             CoreRequest::Propose { proposal, reply } => {
-                if let Err(((reply, _), e)) =
-                    self.shard
-                        .propose(proposal, (reply, Instant::now()), now_us())
-                {
+                let (now, wall) = (self.clock.now(), self.clock.wall_us());
+                if let Err(((reply, _), e)) = self.shard.propose(proposal, (reply, now), wall) {
                     let _ = reply.send(Err(e));
                 }
             }
@@ -372,7 +376,7 @@ impl EngineLoop {
                 ));
             }
             CoreRequest::Get { session, reply } => {
-                let _ = reply.send(self.shard.session_row(&session));
+                let _ = reply.send(self.shard.leader_row(&session));
             }
             CoreRequest::Subscribe {
                 session,
@@ -420,6 +424,9 @@ impl EngineLoop {
                     empty_since_us,
                 ));
             }
+            CoreRequest::LogView { group, reply } => {
+                let _ = reply.send(self.shard.log_view(group));
+            }
             CoreRequest::HandOff => {
                 self.handing_off = true;
                 self.move_leadership();
@@ -435,10 +442,8 @@ impl EngineLoop {
     }
 }
 
-/// An unrecoverable disk error stops the whole process loudly rather than
-/// leaving one core dead while the others serve.
-fn fatal_disk_error(core: u32, what: &str, e: &std::io::Error) -> ! {
-    tracing::error!(core, error = %e, "log {what} failed; stopping the node");
-    eprintln!("starcite: core {core}: log {what} failed: {e}");
-    std::process::exit(70);
+/// An unrecoverable disk error ends the engine loop; the node stops loudly
+/// rather than leaving one core dead while the others serve.
+fn disk_error(what: &str, e: &std::io::Error) -> String {
+    format!("log {what} failed: {e}")
 }

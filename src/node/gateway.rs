@@ -910,6 +910,7 @@ fn engine_error(e: EngineError) -> ApiError {
             ApiError::expected_version_conflict(expected, current)
         }
         EngineError::Backpressure => ApiError::event_store_backpressure(),
+        EngineError::TooLarge => ApiError::payload_too_large(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
         EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
             ApiError::archive_read_unavailable()

@@ -52,10 +52,11 @@ pub enum CoreRequest {
         archived: ArchivedFilter,
         reply: Reply<Vec<ListRow>>,
     },
-    /// A session's catalog entry (`GET /v1/sessions/:id`).
+    /// A session's catalog entry, from the group leader only
+    /// (`Shard::leader_row`).
     Get {
         session: String,
-        reply: Reply<Option<ListRow>>,
+        reply: Reply<Result<Option<ListRow>, EngineError>>,
     },
     Subscribe {
         session: String,
@@ -81,6 +82,12 @@ pub enum CoreRequest {
     /// Raft messages from peers for groups this core owns.
     Raft {
         messages: Vec<(u32, raft::eraftpb::Message)>,
+    },
+    /// A group's commit index and log entries `(term, index, data)` (the
+    /// simulator's checker compares replicas with it).
+    LogView {
+        group: u32,
+        reply: Reply<Option<(u64, Vec<(u64, u64, Bytes)>)>>,
     },
     /// The node is stopping: hand this core's leaderships to other replicas.
     HandOff,

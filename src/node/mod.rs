@@ -14,6 +14,7 @@
 
 pub mod bootstrap;
 pub mod control;
+pub mod engine_io;
 pub mod engine_loop;
 pub mod gateway;
 pub mod heartbeats;

@@ -31,7 +31,7 @@ pub enum PeerRequest {
         #[serde(default)]
         archived: ArchivedFilter,
     },
-    /// A session's catalog entry.
+    /// A session's catalog entry, if the receiver leads its group.
     Get {
         session: String,
     },
@@ -44,7 +44,8 @@ pub enum PeerResponse {
     /// Events as `(seq, frame JSON)`.
     Read(Result<(Vec<(u64, String)>, u64), EngineError>),
     List(Vec<ListRow>),
-    Row(Option<ListRow>),
+    /// A catalog entry read on the group leader, or `NotLeader`.
+    Row(Result<Option<ListRow>, EngineError>),
     /// The receiver could not serve it (e.g. it does not replicate the group).
     Unavailable,
 }

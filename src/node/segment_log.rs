@@ -1,12 +1,18 @@
-//! The driver side of a core's Raft log: segment files on disk.
+//! The driver side of a core's Raft log: segment files on a [`LogDisk`].
 //!
 //! Files are `<data>/log/raft-<core>-<seq>.log`. Appends go to the last segment
-//! through io_uring (`write_all_at` + `sync_data`, one of each per group-commit
-//! batch). The shard says when to start the next segment and which old ones no
-//! group needs any more.
-//! Boot-time reading uses plain blocking I/O: nothing else runs yet.
+//! (one `append` per group-commit batch, durable when the batch needs a sync).
+//! The shard says when to start the next segment and which old ones no group
+//! needs any more.
+//!
+//! The file operations sit behind [`LogDisk`] so the same code runs over the
+//! production disk ([`UringDisk`]: io_uring writes and `fdatasync`, blocking
+//! std I/O at boot) and over the simulator's disk (`sim/src/disk.rs`, which
+//! loses unsynced writes on a crash and injects EIO/ENOSPC). Production code is
+//! monomorphized over it: no dynamic dispatch on the append path.
 
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -14,11 +20,144 @@ use rkyv::util::AlignedVec;
 use starcite_shards::recovery::{recover, Recovered, SegmentInput};
 use starcite_wire::log::{encode_segment_header, parse_segment_file_name, segment_file_name};
 
-pub struct SegmentLog {
+/// The file operations of one core's log directory.
+///
+/// Durability contract (what [`SegmentLog`] relies on):
+/// - `append(.., sync = true)` returns only once every byte appended to that
+///   file so far is on stable storage (`fdatasync`, or `RWF_DSYNC`/FUA writes);
+/// - `create` returns once the new file, its contents and its directory entry
+///   are durable;
+/// - boot-time methods (`list`, `read`, `truncate`, `remove`, `sync_dir`,
+///   `open_append`) may block: nothing else runs on the core yet, or they are
+///   rare (segment deletion).
+///
+/// Everything a batch wrote is lost or torn on a crash unless a sync followed.
+pub trait LogDisk {
+    /// An open segment being appended to.
+    type File;
+
+    /// Names of the files in the log directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// The whole contents of a file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Cuts a file to `len` bytes, durably.
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
+    /// Removes a file (made durable by a later `sync_dir`).
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations and removals in the directory durable.
+    fn sync_dir(&self) -> io::Result<()>;
+    /// Opens an existing file for appending; returns it with its length.
+    fn open_append(&self, name: &str) -> io::Result<(Self::File, u64)>;
+    /// Creates a new file holding `contents`, durably (file and directory entry).
+    fn create(&self, name: &str, contents: Vec<u8>)
+        -> impl Future<Output = io::Result<Self::File>>;
+    /// Writes `buf` at `offset` of `file`; with `sync`, returns once everything
+    /// written to the file is durable. Gives the buffer back for reuse.
+    fn append(
+        &self,
+        file: &mut Self::File,
+        offset: u64,
+        buf: Vec<u8>,
+        sync: bool,
+    ) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    /// Makes everything written to `file` durable.
+    fn sync(&self, file: &mut Self::File) -> impl Future<Output = io::Result<()>>;
+}
+
+/// The production disk: a directory, io_uring appends and syncs through monoio,
+/// blocking std I/O for the rare operations.
+pub struct UringDisk {
     dir: PathBuf,
+}
+
+impl UringDisk {
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(UringDisk {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl LogDisk for UringDisk {
+    type File = monoio::fs::File;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let f = fs::OpenOptions::new().write(true).open(self.path(name))?;
+        f.set_len(len)?;
+        f.sync_all()
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<(Self::File, u64)> {
+        let std_file = fs::OpenOptions::new().write(true).open(self.path(name))?;
+        let len = std_file.metadata()?.len();
+        Ok((monoio::fs::File::from_std(std_file)?, len))
+    }
+
+    async fn create(&self, name: &str, contents: Vec<u8>) -> io::Result<Self::File> {
+        let std_file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.path(name))?;
+        let file = monoio::fs::File::from_std(std_file)?;
+        let (res, _) = file.write_all_at(contents, 0).await;
+        res?;
+        file.sync_all().await?;
+        self.sync_dir()?;
+        Ok(file)
+    }
+
+    async fn append(
+        &self,
+        file: &mut Self::File,
+        offset: u64,
+        buf: Vec<u8>,
+        sync: bool,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let (res, buf) = file.write_all_at(buf, offset).await;
+        if res.is_err() || !sync {
+            return (res, buf);
+        }
+        (file.sync_data().await, buf)
+    }
+
+    async fn sync(&self, file: &mut Self::File) -> io::Result<()> {
+        file.sync_data().await
+    }
+}
+
+/// One core's Raft log over a [`LogDisk`].
+pub struct SegmentLog<D: LogDisk> {
+    disk: D,
     core: u32,
     seq: u64,
-    file: monoio::fs::File,
+    file: D::File,
     len: u64,
     /// Lowest segment number that may still exist on disk.
     oldest: u64,
@@ -26,44 +165,38 @@ pub struct SegmentLog {
     unsynced: bool,
 }
 
-impl SegmentLog {
+impl<D: LogDisk> SegmentLog<D> {
     /// Recovers this core's groups from its segments and opens the last one for
-    /// appending (creating the first segment on a fresh data dir).
-    pub fn open(
-        dir: &Path,
+    /// appending (creating the first segment on a fresh log directory).
+    pub async fn open(
+        disk: D,
         core: u32,
         owns: impl Fn(u32) -> bool,
-    ) -> Result<(SegmentLog, Recovered), String> {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let inputs = read_segments(dir, core)?;
-        let recovered =
-            recover(&inputs, core, owns).map_err(|e| format!("{}: {e}", dir.display()))?;
+    ) -> Result<(SegmentLog<D>, Recovered), String> {
+        let inputs = read_segments(&disk, core)?;
+        let recovered = recover(&inputs, core, owns).map_err(|e| format!("log: {e}"))?;
         if let Some((name, valid_len)) = &recovered.truncate {
             tracing::warn!(core, file = %name, valid_len, "torn tail after a crash: truncating the last segment");
-            truncate(&dir.join(name), *valid_len, core)?;
+            truncate(&disk, name, *valid_len, core).await?;
         }
         let seq = recovered.last_segment.unwrap_or(1);
-        let path = dir.join(segment_file_name(core, seq));
-        if recovered.last_segment.is_none() {
-            create_segment(&path, core, &[])?;
-            sync_dir(dir)?;
-        }
-        let std_file = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let len = std_file
-            .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
+        let name = segment_file_name(core, seq);
+        let (file, len) = if recovered.last_segment.is_none() {
+            let file = disk
+                .create(&name, header(core))
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            (file, 16)
+        } else {
+            disk.open_append(&name)
+                .map_err(|e| format!("{name}: {e}"))?
+        };
         assert_eq!(len % 16, 0, "segment length keeps frames aligned");
-        let file =
-            monoio::fs::File::from_std(std_file).map_err(|e| format!("{}: {e}", path.display()))?;
-        tracing::info!(core, segment = %path.display(), records = recovered.records, "log recovered");
+        tracing::info!(core, segment = %name, records = recovered.records, "log recovered");
         let oldest = recovered.segments.first().map_or(seq, |s| s.0);
         Ok((
             SegmentLog {
-                dir: dir.to_owned(),
+                disk,
                 core,
                 seq,
                 file,
@@ -78,11 +211,8 @@ impl SegmentLog {
     /// Appends `buf`, and makes it durable when `sync`. Returns the buffer for reuse.
     pub async fn append(&mut self, buf: Vec<u8>, sync: bool) -> io::Result<Vec<u8>> {
         let n = buf.len() as u64;
-        let (res, buf) = self.file.write_all_at(buf, self.len).await;
+        let (res, buf) = self.disk.append(&mut self.file, self.len, buf, sync).await;
         res?;
-        if sync {
-            self.file.sync_data().await?;
-        }
         self.unsynced = !sync;
         self.len += n;
         Ok(buf)
@@ -94,23 +224,16 @@ impl SegmentLog {
         // Recovery accepts a torn tail only in the last segment: make this one
         // whole before another follows it.
         if self.unsynced {
-            self.file.sync_data().await?;
+            self.disk.sync(&mut self.file).await?;
             self.unsynced = false;
         }
         let next = self.seq + 1;
-        let path = self.dir.join(segment_file_name(self.core, next));
-        let mut header = Vec::with_capacity(16);
-        encode_segment_header(self.core, &mut header);
-        let std_file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let file = monoio::fs::File::from_std(std_file)?;
+        let header = header(self.core);
         let len = header.len() as u64;
-        let (res, _) = file.write_all_at(header, 0).await;
-        res?;
-        file.sync_all().await?;
-        sync_dir(&self.dir).map_err(io::Error::other)?;
+        let file = self
+            .disk
+            .create(&segment_file_name(self.core, next), header)
+            .await?;
         self.file = file;
         self.seq = next;
         self.len = len;
@@ -125,14 +248,14 @@ impl SegmentLog {
         }
         self.oldest = before;
         let mut deleted = 0;
-        for seq in segment_seqs(&self.dir, self.core).map_err(io::Error::other)? {
+        for seq in segment_seqs(&self.disk, self.core)? {
             if seq < before && seq < self.seq {
-                fs::remove_file(self.dir.join(segment_file_name(self.core, seq)))?;
+                self.disk.remove(&segment_file_name(self.core, seq))?;
                 deleted += 1;
             }
         }
         if deleted > 0 {
-            sync_dir(&self.dir).map_err(io::Error::other)?;
+            self.disk.sync_dir()?;
             tracing::debug!(
                 core = self.core,
                 deleted,
@@ -142,30 +265,38 @@ impl SegmentLog {
         }
         Ok(deleted)
     }
+
+    /// The disk under this log (the simulator inspects its own).
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
 }
 
-fn segment_seqs(dir: &Path, core: u32) -> Result<Vec<u64>, String> {
-    let mut seqs = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = entry.file_name();
-        if let Some((c, seq)) = name.to_str().and_then(parse_segment_file_name) {
-            if c == core {
-                seqs.push(seq);
-            }
-        }
-    }
+fn header(core: u32) -> Vec<u8> {
+    let mut header = Vec::with_capacity(16);
+    encode_segment_header(core, &mut header);
+    header
+}
+
+fn segment_seqs<D: LogDisk>(disk: &D, core: u32) -> io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = disk
+        .list()?
+        .iter()
+        .filter_map(|name| parse_segment_file_name(name))
+        .filter(|(c, _)| *c == core)
+        .map(|(_, seq)| seq)
+        .collect();
     seqs.sort_unstable();
     Ok(seqs)
 }
 
-fn read_segments(dir: &Path, core: u32) -> Result<Vec<SegmentInput>, String> {
-    segment_seqs(dir, core)?
+fn read_segments<D: LogDisk>(disk: &D, core: u32) -> Result<Vec<SegmentInput>, String> {
+    segment_seqs(disk, core)
+        .map_err(|e| format!("log directory: {e}"))?
         .into_iter()
         .map(|seq| {
             let name = segment_file_name(core, seq);
-            let raw = fs::read(dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+            let raw = disk.read(&name).map_err(|e| format!("{name}: {e}"))?;
             let mut bytes = AlignedVec::<16>::with_capacity(raw.len());
             bytes.extend_from_slice(&raw);
             Ok(SegmentInput { name, seq, bytes })
@@ -173,43 +304,21 @@ fn read_segments(dir: &Path, core: u32) -> Result<Vec<SegmentInput>, String> {
         .collect()
 }
 
-fn truncate(path: &Path, valid_len: u64, core: u32) -> Result<(), String> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+async fn truncate<D: LogDisk>(
+    disk: &D,
+    name: &str,
+    valid_len: u64,
+    core: u32,
+) -> Result<(), String> {
     if valid_len < 16 {
         // Even the header was torn: rewrite it.
-        drop(f);
-        return create_segment_overwrite(path, core);
+        disk.remove(name).map_err(|e| format!("{name}: {e}"))?;
+        disk.create(name, header(core))
+            .await
+            .map(drop)
+            .map_err(|e| format!("{name}: {e}"))
+    } else {
+        disk.truncate(name, valid_len)
+            .map_err(|e| format!("{name}: {e}"))
     }
-    f.set_len(valid_len)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.sync_all().map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn create_segment(path: &Path, core: u32, contents: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut bytes = Vec::new();
-    encode_segment_header(core, &mut bytes);
-    bytes.extend_from_slice(contents);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn create_segment_overwrite(path: &Path, core: u32) -> Result<(), String> {
-    fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    create_segment(path, core, &[])
-}
-
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
 }

@@ -27,7 +27,7 @@ const OWNER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A replay frame holds at most this many bytes of events (unless one event is
 /// larger): frames may be shorter than `batch_size`, and clients' default frame
 /// limits (16 MiB) are never hit by batching.
-const MAX_FRAME_BYTES: usize = 1 << 20;
+const MAX_FRAME_BYTES: usize = starcite_wire::limits::TAIL_FRAME;
 
 /// Splits events into frames of at most `batch` events and `MAX_FRAME_BYTES`.
 fn frames_of(events: &[(u64, Bytes)], batch: usize) -> Vec<&[(u64, Bytes)]> {

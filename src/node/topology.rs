@@ -20,9 +20,26 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(cfg: &Config) -> Self {
-        let writers = cfg.write_node_ids.clone();
-        let rf = cfg.replication_factor as usize;
-        let replicas = (0..cfg.num_groups)
+        Self::from_parts(
+            &cfg.node_name,
+            cfg.cluster_nodes.clone(),
+            cfg.write_node_ids.clone(),
+            cfg.num_groups,
+            cfg.cores,
+            cfg.replication_factor as usize,
+        )
+    }
+
+    /// The topology seen by node `me` (the simulator builds its nodes' this way).
+    pub fn from_parts(
+        me: &str,
+        nodes: Vec<String>,
+        writers: Vec<String>,
+        num_groups: u32,
+        cores: u32,
+        rf: usize,
+    ) -> Self {
+        let replicas = (0..num_groups)
             .map(|g| {
                 replicas(g, &writers, rf)
                     .into_iter()
@@ -31,11 +48,11 @@ impl Topology {
             })
             .collect();
         Topology {
-            me: cfg.node_name.clone(),
-            nodes: cfg.cluster_nodes.clone(),
+            me: me.to_owned(),
+            nodes,
             writers,
-            num_groups: cfg.num_groups,
-            cores: cfg.cores,
+            num_groups,
+            cores,
             replicas,
         }
     }

@@ -13,8 +13,12 @@
 //! lookup keep the first release's order (contract §3).
 
 use serde_json::Value;
+use std::time::{Duration, Instant};
+
+use starcite_shards::routing::{Route, Step};
 use starcite_shards::shard::{ArchivedFilter, ListRow, Proposal, SessionInfo};
 use starcite_shards::state::machine::Outcome;
+use starcite_shards::EngineError;
 
 use crate::api::error::ApiError;
 use crate::api::principal::{scope, AuthContext, Principal, PrincipalType};
@@ -22,7 +26,10 @@ use crate::api::query::ListParams;
 use crate::api::render::{render_session_created, SessionView};
 use crate::api::validate::{generate_session_id, validate_create, validate_patch};
 use crate::node::control::routing_candidates;
-use crate::node::gateway::{Gateway, READ_TIMEOUT};
+use crate::node::gateway::{Gateway, READ_TIMEOUT, ROUTE_DEADLINE};
+
+/// Pause before asking again when no replica names a leader (election).
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
 use crate::node::messages::CoreRequest;
 use crate::node::peer_rpc::{PeerRequest, PeerResponse};
 use crate::service::lifecycle::{LifecycleEvent, SessionFacts};
@@ -295,8 +302,14 @@ impl Gateway {
         .await
     }
 
-    /// The session's catalog entry from this node's replica.
-    pub async fn local_row(&self, id: &str) -> Result<Option<ListRow>, ApiError> {
+    /// The session's catalog entry if this node's replica leads its group.
+    pub async fn local_row(
+        &self,
+        id: &str,
+    ) -> Result<Result<Option<ListRow>, EngineError>, ApiError> {
+        if !self.topo.replicates(self.topo.group(id)) {
+            return Ok(Err(EngineError::NotLeader { leader: None }));
+        }
         let session = id.to_owned();
         self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Get {
             session,
@@ -343,60 +356,66 @@ impl Gateway {
         }
     }
 
-    /// The session's catalog entry, or 404. Asked of the group's leader first
-    /// when this node knows it (so a GET after a PATCH through another node
-    /// sees the PATCH), then the local replica, then the other replicas.
+    /// The session's catalog entry, or 404, read on the group's leader (so a
+    /// GET after a PATCH through another node sees it), found like commands
+    /// find it: the cached leader, the local replica, then the replicas in
+    /// routing order, following NotLeader hints, within [`ROUTE_DEADLINE`].
     async fn find_row(&self, id: &str) -> Result<ListRow, ApiError> {
         let group = self.topo.group(id);
-        let local = self.topo.replicates(group);
-        let hint = self.leader_node(id).filter(|h| *h != self.topo.me);
-        let ask_peer = |node: String| async move {
-            match self
-                .peer(
-                    &node,
-                    &PeerRequest::Get {
-                        session: id.to_owned(),
-                    },
-                )
-                .await
-            {
-                Some(PeerResponse::Row(row)) => Some(row),
-                _ => None,
-            }
+        let deadline = Instant::now() + ROUTE_DEADLINE;
+        let hint = self.leader_node(id);
+        let mut candidates = routing_candidates(&self.control, self.topo.replicas(group));
+        if self.topo.replicates(group) {
+            candidates.retain(|n| *n != self.topo.me);
+            candidates.insert(0, self.topo.me.clone());
+        }
+        let Some(mut route) = Route::new(candidates, hint) else {
+            return Err(ApiError::raft_unavailable());
         };
-        let mut answered = false;
-        if let Some(leader) = hint.clone() {
-            if let Some(row) = ask_peer(leader).await {
-                answered = true;
-                if let Some(row) = row {
-                    return Ok(row);
+        let mut leader_seen = false;
+        loop {
+            let target = route.target().clone();
+            let answer = if target == self.topo.me {
+                Some(self.local_row(id).await?)
+            } else {
+                let req = PeerRequest::Get {
+                    session: id.to_owned(),
+                };
+                match self.peer(&target, &req).await {
+                    Some(PeerResponse::Row(r)) => Some(r),
+                    _ => None,
                 }
-            }
-        }
-        if local {
-            answered = true;
-            if let Some(row) = self.local_row(id).await? {
-                return Ok(row);
-            }
-            if self.topo.single_node() {
-                return Err(ApiError::session_not_found());
-            }
-        }
-        for node in self.remote_replicas_leader_first(group) {
-            if Some(&node) == hint.as_ref() {
-                continue;
-            }
-            if let Some(row) = ask_peer(node).await {
-                answered = true;
-                if let Some(row) = row {
-                    return Ok(row);
+            };
+            let leader = match answer {
+                Some(Ok(row)) => {
+                    self.remember_leader(group, &target);
+                    return row.ok_or_else(ApiError::session_not_found);
                 }
+                Some(Err(EngineError::NotLeader { leader })) => {
+                    leader.and_then(|l| self.topo.node_of(l)).map(str::to_owned)
+                }
+                _ => None,
+            };
+            leader_seen |= leader.is_some();
+            if Instant::now() >= deadline {
+                return Err(if leader_seen {
+                    ApiError::raft_timeout()
+                } else {
+                    ApiError::raft_unavailable()
+                });
+            }
+            if route.redirect(leader) == Step::Backoff {
+                monoio::time::sleep(NO_LEADER_BACKOFF).await;
             }
         }
-        if answered {
-            Err(ApiError::session_not_found())
-        } else {
-            Err(ApiError::raft_unavailable())
+    }
+
+    /// Remembers the node that served a leader read as the group's leader.
+    fn remember_leader(&self, group: u32, node: &str) {
+        if self.leader_hints.borrow().get(&group).map(String::as_str) != Some(node) {
+            self.leader_hints
+                .borrow_mut()
+                .insert(group, node.to_owned());
         }
     }
 
