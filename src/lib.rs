@@ -9,6 +9,8 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod ops;
+pub mod phoenix;
 pub mod service;
+pub mod tail;
 pub mod tls;
 pub mod wire_server;

@@ -376,3 +376,52 @@ fn goaway_on_shutdown() {
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// The HTTP body limit (8,000,000 bytes) holds on the binary port too: a larger
+/// append is a clear 413 `payload_too_large`, the connection stays usable.
+#[test]
+fn an_append_over_the_request_body_limit_is_payload_too_large() {
+    let s = Server::start_default();
+    create_session(s.port(), "big");
+    let mut r = Raw::hello(s.wire_port());
+    let fields = |n: usize, pseq: u64| AppendFields {
+        event_type: "blob".into(),
+        payload: format!("{{\"s\":\"{}\"}}", "x".repeat(n)).into_bytes(),
+        producer_id: "p".into(),
+        producer_seq: pseq,
+        actor: None,
+        source: None,
+        metadata: None,
+        refs: None,
+        idempotency_key: None,
+        expected_seq: None,
+    };
+    r.send(&ClientMsg::Append {
+        request_id: 2,
+        session: "big".into(),
+        fields: fields(starcite_wire::limits::REQUEST_BODY, 1),
+    });
+    match r.recv() {
+        Some(ServerMsg::Error {
+            request_id: 2,
+            code,
+            status,
+            ..
+        }) => assert_eq!((code.as_str(), status), ("payload_too_large", 413)),
+        other => panic!("expected payload_too_large, got {other:?}"),
+    }
+    r.send(&ClientMsg::Append {
+        request_id: 3,
+        session: "big".into(),
+        fields: fields(7_900_000, 1),
+    });
+    match r.recv() {
+        Some(ServerMsg::AppendAck {
+            request_id: 3,
+            seq: 1,
+            ..
+        }) => {}
+        other => panic!("expected AppendAck seq 1, got {other:?}"),
+    }
+    still_healthy(&s);
+}

@@ -321,8 +321,9 @@ pub fn entry_kind(t: EntryType) -> u8 {
 ///
 /// Every record the engine writes is bounded below the log frame by
 /// construction, never by luck: `Entries` records are cut at
-/// [`ENTRIES_RECORD_BYTES`] plus one entry (an entry is at most [`MAX_ENTRY`]:
-/// proposals and entries from peers above it are refused), snapshots are cut
+/// [`ENTRIES_RECORD_BYTES`] plus one entry (a proposal is at most [`MAX_ENTRY`],
+/// an entry from a peer at most `MAX_STORED_ENTRY`; larger ones are refused),
+/// snapshots are cut
 /// into [`SNAPSHOT_CHUNK`] parts, and `starcite_wire::limits` checks at compile
 /// time that each of these fits a frame. A record over the limit would
 /// therefore be a bug in this crate, and is reported as an error.

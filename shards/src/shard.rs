@@ -493,9 +493,10 @@ impl<W> Shard<W> {
         if msg
             .entries
             .iter()
-            .any(|e| e.data.len() + e.context.len() > crate::limits::MAX_ENTRY)
+            .any(|e| e.data.len() + e.context.len() > crate::limits::MAX_STORED_ENTRY)
         {
             // No proposer makes such an entry (see `propose`): a broken peer.
+            // (It could not be written: a log record must fit a frame.)
             tracing::warn!(
                 group,
                 from = msg.from,

@@ -648,3 +648,36 @@ fn a_flipped_bit_in_the_last_acknowledged_frame_is_corruption() {
         "{msg}"
     );
 }
+
+/// A command larger than a log entry may be is refused (413 at the gateway),
+/// never proposed.
+#[test]
+fn a_command_over_the_entry_limit_is_refused() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    shard.propose(create("s"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    let err = shard
+        .propose(
+            big_append("s", "p", 1, starcite_wire::limits::MAX_ENTRY),
+            1,
+            2,
+        )
+        .err()
+        .expect("refused");
+    assert_eq!(err.1, EngineError::TooLarge);
+    // One at the request-body limit is fine.
+    shard
+        .propose(
+            big_append("s", "p", 1, starcite_wire::limits::REQUEST_BODY),
+            2,
+            2,
+        )
+        .unwrap();
+    let out = drive(&mut shard, &mut log);
+    assert!(matches!(
+        out.completions[0].1,
+        Ok(Outcome::Appended { seq: 1, .. })
+    ));
+}

@@ -239,6 +239,7 @@ async fn core_main(ctx: CoreContext) {
         lifecycle: ctx.lifecycle.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
+    crate::phoenix::install(&gateway);
     let wire_task = wire.map(|listener| {
         let limits = Rc::new(crate::wire_server::WireLimits::default());
         monoio::spawn(crate::wire_server::serve(

@@ -21,7 +21,6 @@ use super::control::{routing_candidates, ControlState};
 use super::messages::{CoreRequest, Reply as ReplyTx};
 use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
-use super::tail::{run_tail, TailSource, TailSpec};
 use super::topology::Topology;
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal};
@@ -35,6 +34,7 @@ use crate::cluster::transport::{Transport, TransportError};
 use crate::http::{Handler, Reply, Request, Response};
 use crate::service::lifecycle::LifecycleEvent;
 use crate::service::sessions::{row_principal, row_view};
+use crate::tail::{run_tail, Engine, TailSource, TailSpec};
 
 /// Consensus command timeout (contract §12.3).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(2_000);
@@ -178,6 +178,7 @@ fn route_name(req: &Request) -> &'static str {
         _ if v1.is_some_and(|r| r.ends_with("/archive") || r.ends_with("/unarchive")) => "archive",
         _ if v1.is_some_and(|r| !r.contains('/')) && req.method == "PATCH" => "patch",
         _ if v1.is_some_and(|r| !r.contains('/')) => "get",
+        "/v1/socket/websocket" => "socket",
         _ if p.starts_with("/health/") => "health",
         "/metrics" => "metrics",
         _ => "other",
@@ -216,6 +217,7 @@ impl Gateway {
             ("GET", ["health", "live"]) => Ok(json(200, r#"{"status":"ok"}"#.to_owned())?),
             ("GET", ["health", "ready"]) => Ok(self.health_ready()?),
             ("GET", ["metrics"]) if self.telemetry => Ok(self.metrics().await?),
+            ("GET", ["v1", "socket", "websocket"]) => Ok(crate::phoenix::upgrade(&req).await),
             (_, ["v1", "sessions", ..]) => {
                 let route = self
                     .v1_route(method, &segments[2..])
@@ -581,16 +583,19 @@ impl Gateway {
         let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
         let params = tail_params(&query)?;
         let (source, subscriber_id, tenant_id) = self.tail_source(auth, &id).await?;
-        let spec = TailSpec {
-            session: id.clone(),
-            cursor: params.cursor,
-            batch_size: params.batch_size as usize,
+        let engine = Engine::new(
+            id,
+            tenant_id,
             source,
             subscriber_id,
+            self.cold.clone(),
+            params.cursor,
+        );
+        let spec = TailSpec {
+            engine,
+            batch_size: params.batch_size as usize,
             shutdown: self.shutdown.clone(),
             expires_at: caller.expires_at,
-            tenant_id,
-            cold: self.cold.clone(),
         };
         Ok(Reply::WebSocket(Box::new(move |ws| {
             Box::pin(run_tail(ws, spec))

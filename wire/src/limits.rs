@@ -68,6 +68,11 @@ pub const RECORD_OVERHEAD: usize = 64 * KIB;
 /// An `Entries` record is closed once its entries reach this many bytes; the
 /// rest of the batch goes into the next record (one entry always fits).
 pub const ENTRIES_RECORD_BYTES: usize = 16 * MIB;
+/// Largest Raft entry the log stores: what a frame leaves beside a full entries
+/// record. Entries from a leader are accepted up to this (an older build let the
+/// binary protocol make entries up to its frame); new proposals stop at
+/// [`MAX_ENTRY`].
+pub const MAX_STORED_ENTRY: usize = LOG_FRAME - ENTRIES_RECORD_BYTES - RECORD_OVERHEAD;
 /// A group snapshot is written (to the log) and sent (to a follower) in chunks
 /// of this many bytes of state.
 pub const SNAPSHOT_CHUNK: usize = 8 * MIB;
@@ -104,8 +109,11 @@ pub const DEFAULT_HOT_TIER: u64 = 2 * 1024 * MIB as u64;
 // A token travels in the head (header or query) or in a pre-auth wire frame.
 const _: () = assert!(AUTH_TOKEN + KIB <= REQUEST_HEAD);
 const _: () = assert!(AUTH_TOKEN + KIB <= WIRE_PREAUTH_FRAME);
-// Every append a client may send becomes one entry that fits a log record ...
+// Every append a client may send becomes one entry that fits a log record,
+// and so does any entry an older build could have made ...
 const _: () = assert!(ENTRIES_RECORD_BYTES + MAX_ENTRY + RECORD_OVERHEAD <= LOG_FRAME);
+const _: () = assert!(MAX_ENTRY <= MAX_STORED_ENTRY);
+const _: () = assert!(WIRE_FRAME <= MAX_STORED_ENTRY);
 // ... and one Raft append message that needs no chunking.
 const _: () = assert!(RAFT_MAX_SIZE_PER_MSG + MAX_ENTRY + KIB <= MAX_UNCHUNKED_RAFT_MESSAGE);
 // A request forwarded to the leader's node fits one peer request.
