@@ -25,6 +25,9 @@ pub struct Config {
     /// `STARCITE_WIRE_PORT`: the binary client protocol (docs/wire-protocol.md);
     /// 0 disables it.
     pub wire_port: u16,
+    /// `STARCITE_OPS_PORT`: a second listener serving only health and metrics
+    /// (0 = none).
+    pub ops_port: u16,
     pub data_dir: PathBuf,
     pub cores: u32,
     pub num_groups: u32,
@@ -186,6 +189,13 @@ impl Config {
             non_blank(env, "RELEASE_NODE").unwrap_or_else(|| "starcite@127.0.0.1".to_owned());
         let port = int(env, "PORT", 4000u64, 1, u64::from(u16::MAX))? as u16;
         let wire_port = int(env, "STARCITE_WIRE_PORT", 4001u64, 0, u64::from(u16::MAX))? as u16;
+        let ops_port = int(env, "STARCITE_OPS_PORT", 0, 0, u64::from(u16::MAX))? as u16;
+        if ops_port != 0 && (ops_port == port || ops_port == wire_port) {
+            return Err(err(
+                "STARCITE_OPS_PORT",
+                "must differ from PORT and STARCITE_WIRE_PORT",
+            ));
+        }
         let data_dir = non_blank(env, "STARCITE_RAFT_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(if dev { "./starcite-data" } else { "priv/raft" }));
@@ -259,6 +269,7 @@ impl Config {
             node_name,
             port,
             wire_port,
+            ops_port,
             data_dir,
             cores,
             num_groups,

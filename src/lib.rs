@@ -10,6 +10,7 @@ pub mod http;
 pub mod node;
 pub mod ops;
 pub mod phoenix;
+pub mod service;
 pub mod tail;
 pub mod tls;
 pub mod wire_server;

@@ -40,7 +40,10 @@ fn append_success_shape_and_gap_free_seqs() {
     create_session(p, "s");
     let (st, v) = append(p, "s", &base());
     assert_eq!(st, 201, "{v}");
-    assert_eq!(v, json!({"seq": 1, "last_seq": 1, "deduped": false}));
+    assert_eq!(
+        v,
+        json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+    );
     // Interleave rejected appends: they consume no seq.
     for i in 2..=20u64 {
         let (st, _) = append(p, "s", &with(base(), "type", json!("")));
@@ -57,7 +60,10 @@ fn append_success_shape_and_gap_free_seqs() {
             &json!({"type":"t","payload":{"i":i},"producer_id":"p","producer_seq": i}),
         );
         assert_eq!(st, 201, "{v}");
-        assert_eq!(v, json!({"seq": i, "last_seq": i, "deduped": false}));
+        assert_eq!(
+            v,
+            json!({"seq": i, "last_seq": i, "deduped": false, "cursor": i, "committed_cursor": i})
+        );
     }
     assert_eq!(session_last_seq(p, "s"), 20);
 }
@@ -149,7 +155,10 @@ fn producer_seq_digit_strings() {
     let (st, v) = append(p, "d", &with(base(), "producer_seq", json!("1")));
     assert_eq!(
         (st, v),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
     let (st, v) = append(
         p,
@@ -162,7 +171,10 @@ fn producer_seq_digit_strings() {
     );
     assert_eq!(
         (st, v),
-        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+        (
+            201,
+            json!({"seq": 2, "last_seq": 2, "deduped": false, "cursor": 2, "committed_cursor": 2})
+        )
     );
     let (st, v) = append(
         p,
@@ -175,7 +187,10 @@ fn producer_seq_digit_strings() {
     );
     assert_eq!(
         (st, v),
-        (201, json!({"seq": 3, "last_seq": 3, "deduped": false}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 3, "deduped": false, "cursor": 3, "committed_cursor": 3})
+        )
     );
     // Stored producer_seq is an integer.
     let evs = read_all_events(p, "d", 3, Duration::from_secs(10));
@@ -395,7 +410,10 @@ fn percent_decoded_session_ids() {
         let (st, v) = post_json(p, &append_path(id), &base());
         assert_eq!(
             (st, v.clone()),
-            (201, json!({"seq": 1, "last_seq": 1, "deduped": false})),
+            (
+                201,
+                json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+            ),
             "id {id:?}: {v}"
         );
     }
@@ -415,23 +433,35 @@ fn worked_example_with_dedupe_window() {
     // 1
     assert_eq!(
         r(&x),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
     // 2
     assert_eq!(
         r(&x),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": true, "cursor": 1, "committed_cursor": 1})
+        )
     );
     // 3
     let b1 = json!({"type": "t", "payload": {"y": 1}, "producer_id": "b", "producer_seq": 1});
     assert_eq!(
         r(&b1),
-        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+        (
+            201,
+            json!({"seq": 2, "last_seq": 2, "deduped": false, "cursor": 2, "committed_cursor": 2})
+        )
     );
     // 4
     assert_eq!(
         r(&x),
-        (201, json!({"seq": 1, "last_seq": 2, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 2, "deduped": true, "cursor": 1, "committed_cursor": 2})
+        )
     );
     // 5
     let (st, v) =
@@ -446,12 +476,18 @@ fn worked_example_with_dedupe_window() {
     // 7
     assert_eq!(
         r(&a2(2)),
-        (201, json!({"seq": 3, "last_seq": 3, "deduped": false}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 3, "deduped": false, "cursor": 3, "committed_cursor": 3})
+        )
     );
     // 8 (§14.2): `a`,1 with identical content is inside the window → dedupe to seq 1.
     assert_eq!(
         r(&x),
-        (201, json!({"seq": 1, "last_seq": 3, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 3, "deduped": true, "cursor": 1, "committed_cursor": 3})
+        )
     );
     // 9
     let (st, v) = r(
@@ -470,12 +506,18 @@ fn worked_example_with_dedupe_window() {
     let a2_plain = json!({"type": "t", "payload": {"x": 2}, "producer_id": "a", "producer_seq": 2});
     assert_eq!(
         r(&a2_plain),
-        (201, json!({"seq": 3, "last_seq": 3, "deduped": true}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 3, "deduped": true, "cursor": 3, "committed_cursor": 3})
+        )
     );
     // expected_seq equal to the current last_seq lets the dedupe happen.
     assert_eq!(
         r(&a2(3)),
-        (201, json!({"seq": 3, "last_seq": 3, "deduped": true}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 3, "deduped": true, "cursor": 3, "committed_cursor": 3})
+        )
     );
 
     // The log holds exactly three events.
@@ -506,7 +548,10 @@ fn fingerprint_is_structural() {
     let r = post_raw(p, &append_path("f"), raw1);
     assert_eq!(
         (r.status, r.json()),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
     // Same content, different key order and whitespace → dedupe.
     let raw2 = br#"{ "idempotency_key" : "k", "metadata": {"n":2, "m":1}, "producer_seq":1,
@@ -514,14 +559,20 @@ fn fingerprint_is_structural() {
     let r = post_raw(p, &append_path("f"), raw2);
     assert_eq!(
         (r.status, r.json()),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": true, "cursor": 1, "committed_cursor": 1})
+        )
     );
     // Explicit actor = the canonical actor is the same content (actor is always enriched).
     let mut v: Value = serde_json::from_slice(raw1).unwrap();
     v["actor"] = json!("service:service");
     assert_eq!(
         append(p, "f", &v),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": true, "cursor": 1, "committed_cursor": 1})
+        )
     );
     // Any content change → replay conflict.
     let base: Value = serde_json::from_slice(raw1).unwrap();
@@ -553,17 +604,26 @@ fn dedupe_window_default_128() {
     for i in 1..=10 {
         assert_eq!(
             c.post_json(&path, &ev(i)),
-            (201, json!({"seq": i, "last_seq": i, "deduped": false}))
+            (
+                201,
+                json!({"seq": i, "last_seq": i, "deduped": false, "cursor": i, "committed_cursor": i})
+            )
         );
     }
     // Retry of producer_seq 1 after 1..10 → dedupes to seq 1.
     assert_eq!(
         c.post_json(&path, &ev(1)),
-        (201, json!({"seq": 1, "last_seq": 10, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 10, "deduped": true, "cursor": 1, "committed_cursor": 10})
+        )
     );
     assert_eq!(
         c.post_json(&path, &ev(5)),
-        (201, json!({"seq": 5, "last_seq": 10, "deduped": true}))
+        (
+            201,
+            json!({"seq": 5, "last_seq": 10, "deduped": true, "cursor": 5, "committed_cursor": 10})
+        )
     );
     // Inside the window with different content → replay conflict.
     let (st, v) = c.post_json(
@@ -600,11 +660,17 @@ fn dedupe_window_default_128() {
     }
     assert_eq!(
         c.post_json(&path, &ev(3)),
-        (201, json!({"seq": 3, "last_seq": 131, "deduped": true}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 131, "deduped": true, "cursor": 3, "committed_cursor": 131})
+        )
     );
     assert_eq!(
         c.post_json(&path, &ev(130)),
-        (201, json!({"seq": 131, "last_seq": 131, "deduped": true}))
+        (
+            201,
+            json!({"seq": 131, "last_seq": 131, "deduped": true, "cursor": 131, "committed_cursor": 131})
+        )
     );
     // Producer r still dedupes its only append.
     assert_eq!(
@@ -612,14 +678,20 @@ fn dedupe_window_default_128() {
             &path,
             &json!({"type": "t", "payload": {}, "producer_id": "r", "producer_seq": 1})
         ),
-        (201, json!({"seq": 11, "last_seq": 131, "deduped": true}))
+        (
+            201,
+            json!({"seq": 11, "last_seq": 131, "deduped": true, "cursor": 11, "committed_cursor": 131})
+        )
     );
     // And the same producer id in another session is independent.
     create_session(p, "w2");
     let (st, v) = c.post_json(&append_path("w2"), &ev(1));
     assert_eq!(
         (st, v),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
 }
 
@@ -639,7 +711,10 @@ fn dedupe_window_is_configurable() {
     assert_eq!(v["message"], "Producer q expected seq 7, got 2");
     assert_eq!(
         append(p, "c", &ev(3)),
-        (201, json!({"seq": 3, "last_seq": 6, "deduped": true}))
+        (
+            201,
+            json!({"seq": 3, "last_seq": 6, "deduped": true, "cursor": 3, "committed_cursor": 6})
+        )
     );
 }
 
@@ -655,11 +730,17 @@ fn expected_seq_semantics() {
     assert_eq!(v["message"], "Expected seq 1, current seq is 0");
     assert_eq!(
         append(p, "x", &ev(1, json!(0))),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
     assert_eq!(
         append(p, "x", &ev(2, json!("1"))),
-        (201, json!({"seq": 2, "last_seq": 2, "deduped": false}))
+        (
+            201,
+            json!({"seq": 2, "last_seq": 2, "deduped": false, "cursor": 2, "committed_cursor": 2})
+        )
     );
     // expected_seq checked before producer rules: a producer gap with a wrong
     // expected_seq reports the expected_seq conflict.
@@ -825,7 +906,10 @@ fn pipelined_appends_on_one_connection_keep_order() {
             read_response(&mut st, &mut buf, false).unwrap_or_else(|e| panic!("response {i}: {e}"));
         assert_eq!(
             (r.status, r.json()),
-            (201, json!({"seq": i, "last_seq": i, "deduped": false})),
+            (
+                201,
+                json!({"seq": i, "last_seq": i, "deduped": false, "cursor": i, "committed_cursor": i})
+            ),
             "pipelined append {i}"
         );
     }
@@ -835,7 +919,10 @@ fn pipelined_appends_on_one_connection_keep_order() {
         let r = read_response(&mut st, &mut buf, false).unwrap();
         assert_eq!(
             (r.status, r.json()),
-            (201, json!({"seq": i, "last_seq": N, "deduped": true}))
+            (
+                201,
+                json!({"seq": i, "last_seq": N, "deduped": true, "cursor": i, "committed_cursor": N})
+            )
         );
     }
 }
@@ -901,7 +988,10 @@ fn payload_json_roundtrips_exactly() {
     let r = post_raw(p, &append_path("rt"), raw.as_bytes());
     assert_eq!(
         (r.status, r.json()),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": true}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": true, "cursor": 1, "committed_cursor": 1})
+        )
     );
 }
 
@@ -942,7 +1032,7 @@ fn producer_cap_evicts_least_recently_used() {
         append(p, "cap", &mk(&lru0, 2)),
         (
             201,
-            json!({"seq": CAP + 1, "last_seq": CAP + 1, "deduped": false})
+            json!({"seq": CAP + 1, "last_seq": CAP + 1, "deduped": false, "cursor": CAP + 1, "committed_cursor": CAP + 1})
         )
     );
     // A new producer: 10,001 entries → lru1 is evicted.
@@ -950,7 +1040,7 @@ fn producer_cap_evicts_least_recently_used() {
         append(p, "cap", &mk("newcomer", 1)),
         (
             201,
-            json!({"seq": CAP + 2, "last_seq": CAP + 2, "deduped": false})
+            json!({"seq": CAP + 2, "last_seq": CAP + 2, "deduped": false, "cursor": CAP + 2, "committed_cursor": CAP + 2})
         )
     );
     // lru1 is unknown again: it must start at 1.

@@ -53,6 +53,9 @@ fn create_generates_id_and_has_contract_shape() {
         "last_seq",
         "created_at",
         "updated_at",
+        // Current API (docs/api.md): added members only.
+        "version",
+        "archived",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -434,7 +437,8 @@ fn unknown_routes_are_not_found_envelope() {
         ("PUT", "/v1/sessions/r/append"),
         ("GET", "/v1/sessions/r/append"),
         ("POST", "/health/live"),
-        ("GET", "/v1/sessions/r"),
+        ("PUT", "/v1/sessions/r"),
+        ("GET", "/v1/sessions/r/archive"),
         ("GET", "/v2/sessions"),
     ] {
         let r = request(p, m, path, &[], if m == "GET" { None } else { Some(b"{}") });

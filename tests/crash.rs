@@ -420,7 +420,7 @@ fn run_kill_cycles(pad: usize, cycles: usize, load_time: Duration) {
                 (st, v.clone()),
                 (
                     201,
-                    json!({"seq": a.seq, "last_seq": v["last_seq"], "deduped": true})
+                    json!({"seq": a.seq, "last_seq": v["last_seq"], "deduped": true, "cursor": a.seq, "committed_cursor": v["last_seq"]})
                 ),
                 "retry of {}/{old} (inside the window) after recovery",
                 p.id
@@ -513,7 +513,10 @@ fn restarts_preserve_sessions_and_events_exactly() {
     let (st, v) = append(server.port(), "keep-empty", &event("x", 1));
     assert_eq!(
         (st, v),
-        (201, json!({"seq": 1, "last_seq": 1, "deduped": false}))
+        (
+            201,
+            json!({"seq": 1, "last_seq": 1, "deduped": false, "cursor": 1, "committed_cursor": 1})
+        )
     );
     let (st, v) = post_json(server.port(), "/v1/sessions", &json!({"id": "keep-1"}));
     assert_error(st, &v, 409, "session_exists");

@@ -15,7 +15,7 @@
 //! hard state and its entries after the applied index; its pin moves to the
 //! current segment once the batch is durable.
 
-use starcite_wire::record::{encode, LogRecord};
+use starcite_wire::record::{encode_snapshot, LogRecord};
 
 use crate::limits::SNAPSHOT_BYTES_PER_BATCH;
 use crate::shard::Shard;
@@ -104,7 +104,7 @@ impl<W> Shard<W> {
         } else {
             raft::Storage::term(store, applied).expect("applied entry is in the log")
         };
-        let state = encode(&group.machine.snapshot()).to_vec();
+        let state = encode_snapshot(&group.machine.snapshot());
         let conf = store.conf_state().clone();
         let voters = conf.voters.clone();
         let hs = store.hard_state().clone();

@@ -14,6 +14,8 @@ pub enum EngineError {
         expected: u64,
         got: u64,
     },
+    #[error("expected version {expected}, current version is {current}")]
+    ExpectedVersionConflict { expected: u64, current: u64 },
     #[error("producer sequence was already used with different event content")]
     ProducerReplayConflict,
     #[error("hot tier is full")]

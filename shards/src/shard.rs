@@ -13,6 +13,7 @@ use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{Ready, StateRole};
 use starcite_wire::record::{
     decode_command, decode_snapshot, AppendCommand, Command, CreateCommand, LogRecord, Origin,
+    PatchCommand, SetArchivedCommand,
 };
 
 use crate::error::EngineError;
@@ -68,6 +69,17 @@ pub enum Proposal {
     },
     /// The archive holds every event up to `upto`: evict them (§9.4).
     AckArchived { session: String, upto: u64 },
+    /// PATCH: a new title (`set_title`; `None` clears it) and/or metadata
+    /// merged one level, if the version is `expected_version` (when given).
+    Patch {
+        session: String,
+        set_title: bool,
+        title: Option<String>,
+        metadata_json: Option<String>,
+        expected_version: Option<u64>,
+    },
+    /// Archive (`true`) or unarchive (`false`); idempotent.
+    SetArchived { session: String, archived: bool },
 }
 
 impl Proposal {
@@ -76,6 +88,8 @@ impl Proposal {
             Proposal::Create { id, .. } => id,
             Proposal::Append { session, .. } => session,
             Proposal::AckArchived { session, .. } => session,
+            Proposal::Patch { session, .. } => session,
+            Proposal::SetArchived { session, .. } => session,
         }
     }
 }
@@ -130,8 +144,9 @@ pub struct SessionInfo {
     pub last_seq: u64,
 }
 
-/// A list row (contract §4.2 plus `last_seq`, `updated_at`); the gateway renders it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A list row (contract §4.2 plus `last_seq`, `updated_at`, `version`,
+/// `archived`); the gateway renders it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListRow {
     pub id: String,
     pub title: Option<String>,
@@ -142,6 +157,35 @@ pub struct ListRow {
     pub last_seq: u64,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// Absent in rows from a node of the first release: version 1.
+    #[serde(default = "first_version")]
+    pub version: u64,
+    #[serde(default)]
+    pub archived: bool,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// Which sessions a list returns by their `archived` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ArchivedFilter {
+    /// Not archived (the default).
+    #[default]
+    Active,
+    Archived,
+    All,
+}
+
+impl ArchivedFilter {
+    pub fn admits(self, archived: bool) -> bool {
+        match self {
+            ArchivedFilter::Active => !archived,
+            ArchivedFilter::Archived => archived,
+            ArchivedFilter::All => true,
+        }
+    }
 }
 
 struct Pending<W> {
@@ -437,7 +481,10 @@ impl<W> Shard<W> {
         }
         let reserved = match &proposal {
             Proposal::Append { body, .. } => body.len() as u64 + 128,
-            Proposal::Create { .. } | Proposal::AckArchived { .. } => 0,
+            Proposal::Create { .. }
+            | Proposal::AckArchived { .. }
+            | Proposal::Patch { .. }
+            | Proposal::SetArchived { .. } => 0,
         };
         if reserved > 0
             && self.hot_bytes + self.reserved_bytes + reserved > self.cfg.hot_bytes_limit
@@ -887,20 +934,45 @@ impl<W> Shard<W> {
         (out, false)
     }
 
-    /// Sessions with id > `cursor`, ascending, matching tenant and filters.
+    /// A session's catalog entry from applied state.
+    pub fn session_row(&self, id: &str) -> Option<ListRow> {
+        self.session(id).map(list_row)
+    }
+
+    /// A session's catalog entry, read on its group's leader only (a GET
+    /// after a PATCH through any node sees the PATCH): `NotLeader` with the
+    /// leader this replica knows, `Unavailable` if the group is not local.
+    pub fn leader_row(&self, id: &str) -> Result<Option<ListRow>, EngineError> {
+        let gid = self.group_of(id);
+        let group = self.groups.get(&gid).ok_or(EngineError::Unavailable)?;
+        if !group.is_leader() {
+            return Err(EngineError::NotLeader {
+                leader: group.leader_id(),
+            });
+        }
+        Ok(group.machine.sessions.get(id).map(list_row))
+    }
+
+    /// Sessions with id > `cursor`, ascending, matching tenant, filters and
+    /// the archived flag.
     pub fn list(
         &self,
         cursor: Option<&str>,
         limit: usize,
         tenant: Option<&str>,
         filters: &[(String, String)],
+        archived: ArchivedFilter,
     ) -> Vec<ListRow> {
         use std::ops::Bound::{Excluded, Unbounded};
         let lower = cursor.map_or(Unbounded, |c| Excluded(c.to_owned()));
         self.index
             .range((lower, Unbounded))
             .filter_map(|(id, gid)| self.groups.get(gid)?.machine.sessions.get(id))
-            .filter(|s| tenant.is_none_or(|t| s.tenant_id == t) && s.matches(filters))
+            .filter(|s| {
+                tenant.is_none_or(|t| s.tenant_id == t)
+                    && archived.admits(s.archived)
+                    && s.matches(filters)
+            })
             .take(limit)
             .map(list_row)
             .collect()
@@ -988,6 +1060,29 @@ fn stamp(proposal: Proposal, origin: Origin, now_us: i64) -> Command {
             session,
             upto,
         },
+        Proposal::Patch {
+            session,
+            set_title,
+            title,
+            metadata_json,
+            expected_version,
+        } => Command::Patch(Box::new(PatchCommand {
+            origin,
+            session,
+            set_title,
+            title,
+            metadata_json,
+            expected_version,
+            updated_at_us: now_us,
+        })),
+        Proposal::SetArchived { session, archived } => {
+            Command::SetArchived(Box::new(SetArchivedCommand {
+                origin,
+                session,
+                archived,
+                updated_at_us: now_us,
+            }))
+        }
     }
 }
 
@@ -1042,7 +1137,7 @@ pub(crate) fn push_small(record: &LogRecord, buf: &mut Vec<u8>) {
     }
 }
 
-fn list_row(s: &Session) -> ListRow {
+pub(crate) fn list_row(s: &Session) -> ListRow {
     ListRow {
         id: s.id.clone(),
         title: s.title.clone(),
@@ -1053,5 +1148,7 @@ fn list_row(s: &Session) -> ListRow {
         last_seq: s.last_seq,
         created_at_us: s.created_at_us,
         updated_at_us: s.updated_at_us,
+        version: s.version,
+        archived: s.archived,
     }
 }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// `current_version` of a 409 `expected_version_conflict`.
+    pub current_version: Option<u64>,
 }
 
 /// Generates one constructor per fixed-text catalogue row, so a row is one line.
@@ -99,6 +101,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            current_version: None,
+        }
+    }
+
+    /// 409: PATCH `expected_version` differs from the session's `version`.
+    pub fn expected_version_conflict(expected: u64, current: u64) -> Self {
+        Self {
+            current_version: Some(current),
+            ..Self::new(
+                409,
+                "expected_version_conflict",
+                format!("Expected version {expected}, current version is {current}"),
+            )
         }
     }
 
@@ -127,6 +142,9 @@ impl ApiError {
         push_json_str(&mut out, self.code);
         out.push_str(",\"message\":");
         push_json_str(&mut out, &self.message);
+        if let Some(v) = self.current_version {
+            out.push_str(&format!(",\"current_version\":{v}"));
+        }
         out.push('}');
         out.into_bytes()
     }

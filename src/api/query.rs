@@ -115,6 +115,8 @@ pub struct ListParams {
     pub cursor: Option<String>,
     /// Exact-match filters on top-level metadata keys, sorted by key.
     pub filters: Vec<(String, String)>,
+    /// `archived=false|true|all` (default `false`: sessions not archived).
+    pub archived: starcite_shards::shard::ArchivedFilter,
 }
 
 /// §5.2, checked in the order of §3: `limit` → `cursor` → nested metadata filter.
@@ -124,6 +126,7 @@ pub fn list_params(q: &Value) -> Result<ListParams, ApiError> {
     }
     let limit = list_limit(q)?;
     let cursor = list_cursor(q)?;
+    let archived = list_archived(q)?;
     let mut filters = nested_metadata_filters(q)?;
     // Dotted filters win on the same key, so they are applied last.
     filters.extend(dotted_metadata_filters(q));
@@ -131,7 +134,21 @@ pub fn list_params(q: &Value) -> Result<ListParams, ApiError> {
         limit,
         cursor,
         filters: filters.into_iter().collect(),
+        archived,
     })
+}
+
+/// `archived`: absent or `false` → not archived, `true` → archived, `all`;
+/// anything else is `invalid_list_query` (upstream's order: after `cursor`).
+fn list_archived(q: &Value) -> Result<starcite_shards::shard::ArchivedFilter, ApiError> {
+    use starcite_shards::shard::ArchivedFilter;
+    match present(q, "archived") {
+        None => Ok(ArchivedFilter::Active),
+        Some(Value::String(s)) if s == "false" => Ok(ArchivedFilter::Active),
+        Some(Value::String(s)) if s == "true" => Ok(ArchivedFilter::Archived),
+        Some(Value::String(s)) if s == "all" => Ok(ArchivedFilter::All),
+        Some(_) => Err(ApiError::invalid_list_query()),
+    }
 }
 
 fn list_limit(q: &Value) -> Result<u32, ApiError> {
@@ -322,8 +339,30 @@ mod tests {
             limit: 100,
             cursor: None,
             filters: vec![],
+            archived: starcite_shards::shard::ArchivedFilter::Active,
         };
         assert_eq!(list_params(&q("")), Ok(want));
+    }
+
+    #[test]
+    fn list_archived_filter() {
+        use starcite_shards::shard::ArchivedFilter;
+        let table = [
+            ("archived=false", Ok(ArchivedFilter::Active)),
+            ("archived=true", Ok(ArchivedFilter::Archived)),
+            ("archived=all", Ok(ArchivedFilter::All)),
+            ("archived=", Err(ApiError::invalid_list_query())),
+            ("archived=1", Err(ApiError::invalid_list_query())),
+            ("archived[a]=true", Err(ApiError::invalid_list_query())),
+        ];
+        for (query, want) in table {
+            assert_eq!(list_params(&q(query)).map(|p| p.archived), want, "{query}");
+        }
+        // limit and cursor are checked first.
+        assert_eq!(
+            list_params(&q("archived=x&limit=0")),
+            Err(ApiError::invalid_limit())
+        );
     }
 
     #[test]

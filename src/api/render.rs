@@ -117,6 +117,9 @@ pub struct SessionView<'a> {
     pub last_seq: u64,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// Catalog version (1 at create, +1 per PATCH).
+    pub version: u64,
+    pub archived: bool,
 }
 
 /// `POST /v1/sessions` 201 body (§4.1): no top-level `tenant_id`.
@@ -147,7 +150,11 @@ fn render_session(s: &SessionView<'_>, with_tenant: bool) -> String {
     push_json_str(&mut out, &format_micros(s.created_at_us));
     out.push_str(",\"updated_at\":");
     push_json_str(&mut out, &format_micros(s.updated_at_us));
-    out.push('}');
+    let _ = write!(
+        out,
+        ",\"version\":{},\"archived\":{}}}",
+        s.version, s.archived
+    );
     out
 }
 
@@ -176,9 +183,11 @@ pub fn render_session_page(rows: &[SessionView<'_>], next_cursor: Option<&str>) 
     out
 }
 
-/// Append 201 body (§5.3), for fresh appends and dedupes alike.
+/// Append 201 body (§5.3), for fresh appends and dedupes alike, with the
+/// current API's `cursor` (= `seq`) and `committed_cursor` (= `last_seq`:
+/// an acknowledged append is committed, see docs/api.md).
 pub fn render_append_result(seq: u64, last_seq: u64, deduped: bool) -> String {
-    format!("{{\"seq\":{seq},\"last_seq\":{last_seq},\"deduped\":{deduped}}}")
+    format!("{{\"seq\":{seq},\"last_seq\":{last_seq},\"deduped\":{deduped},\"cursor\":{seq},\"committed_cursor\":{last_seq}}}")
 }
 
 #[cfg(test)]
@@ -268,6 +277,8 @@ mod tests {
             last_seq: 0,
             created_at_us: 1_772_360_130_482_113,
             updated_at_us: 1_772_360_130_482_113,
+            version: 1,
+            archived: false,
         }
     }
 
@@ -286,7 +297,7 @@ mod tests {
                 r#""creator_principal":{"tenant_id":"acme","id":"u-42","type":"user"},"#,
                 r#""metadata":{"workflow":"legal"},"last_seq":0,"#,
                 r#""created_at":"2026-03-01T10:15:30.482113Z","#,
-                r#""updated_at":"2026-03-01T10:15:30.482113Z"}"#
+                r#""updated_at":"2026-03-01T10:15:30.482113Z","version":1,"archived":false}"#
             )
         );
     }
@@ -298,6 +309,8 @@ mod tests {
         let mut row = session(&p, &m, None);
         row.last_seq = 5;
         row.updated_at_us = 0;
+        row.version = 3;
+        row.archived = true;
         let page: Value =
             serde_json::from_str(&render_session_page(&[row], Some("ses_Q2x0cHZ3bXhyZ2Fq")))
                 .expect("valid JSON");
@@ -312,7 +325,9 @@ mod tests {
                     "metadata": {},
                     "last_seq": 5,
                     "created_at": "2026-03-01T10:15:30.482113Z",
-                    "updated_at": "1970-01-01T00:00:00.000000Z"
+                    "updated_at": "1970-01-01T00:00:00.000000Z",
+                    "version": 3,
+                    "archived": true
                 }],
                 "next_cursor": "ses_Q2x0cHZ3bXhyZ2Fq"
             })
@@ -327,11 +342,11 @@ mod tests {
     fn append_result_shape() {
         assert_eq!(
             render_append_result(17, 17, false),
-            r#"{"seq":17,"last_seq":17,"deduped":false}"#
+            r#"{"seq":17,"last_seq":17,"deduped":false,"cursor":17,"committed_cursor":17}"#
         );
         assert_eq!(
             render_append_result(1, 2, true),
-            r#"{"seq":1,"last_seq":2,"deduped":true}"#
+            r#"{"seq":1,"last_seq":2,"deduped":true,"cursor":1,"committed_cursor":2}"#
         );
     }
 }

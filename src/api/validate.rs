@@ -141,6 +141,55 @@ pub fn validate_create(body: &Value, auth: &AuthContext) -> Result<CreateInput, 
     })
 }
 
+/// A valid PATCH request (upstream `validate_update`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchInput {
+    /// `Some(t)`: replace the title with `t` (`None` clears it).
+    pub title: Option<Option<String>>,
+    /// Merged one level into the current metadata.
+    pub metadata: Option<Map<String, Value>>,
+    pub expected_version: Option<u64>,
+}
+
+/// PATCH-body checks in upstream's order: neither `title` nor `metadata` →
+/// `invalid_session`; `title` not a string or null → `invalid_session`;
+/// `metadata` not an object → `invalid_metadata`; only `"metadata":{}` →
+/// `invalid_session`; `expected_version` not a positive integer (or its
+/// digits) → `invalid_session`.
+pub fn validate_patch(body: &Value) -> Result<PatchInput, ApiError> {
+    let title = body.get("title");
+    let metadata = body.get("metadata");
+    if title.is_none() && metadata.is_none() {
+        return Err(ApiError::invalid_session());
+    }
+    let title = match title {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(t)) => Some(Some(t.clone())),
+        Some(_) => return Err(ApiError::invalid_session()),
+    };
+    let metadata = match metadata {
+        None => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::invalid_metadata()),
+    };
+    if title.is_none() && metadata.as_ref().is_some_and(Map::is_empty) {
+        return Err(ApiError::invalid_session());
+    }
+    let expected_version = match body.get("expected_version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::api::conventions::int_or_digits_at_least(v, 1)
+                .ok_or_else(ApiError::invalid_session)?,
+        ),
+    };
+    Ok(PatchInput {
+        title,
+        metadata,
+        expected_version,
+    })
+}
+
 /// Random bytes in a generated session id (16 base64 characters).
 const SESSION_ID_RANDOM_BYTES: usize = 12;
 

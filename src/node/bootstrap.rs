@@ -45,6 +45,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let control = Arc::new(ControlState::new(topo.clone(), cfg.data_dir.clone()));
     let auth = cfg.auth.clone().map(crate::auth::AuthService::new);
     let requests = Arc::new(super::metrics::RequestCounters::default());
+    let lifecycle = Arc::new(crate::service::lifecycle::LifecycleHub::new());
     let backend = Arc::new(super::ops_backend::NodeOps {
         control: control.clone(),
         cfg: cfg.clone(),
@@ -89,6 +90,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             control: control.clone(),
             auth: auth.clone(),
             requests: requests.clone(),
+            lifecycle: lifecycle.clone(),
             serve_opts: serve_opts.clone(),
             cold: cold.clone(),
             stop: stop_rx,
@@ -132,6 +134,7 @@ struct CoreContext {
     control: Arc<ControlState>,
     auth: Option<Arc<crate::auth::AuthService>>,
     requests: Arc<super::metrics::RequestCounters>,
+    lifecycle: Arc<crate::service::lifecycle::LifecycleHub>,
     /// TLS acceptor and node-wide connection caps, shared by every core.
     serve_opts: ServeOptions,
     /// The archive read path, shared by every core.
@@ -168,6 +171,7 @@ async fn core_main(ctx: CoreContext) {
     let inbound = Rc::new(PeerInbound {
         cores: ctx.senders.clone(),
         control: ctx.control.clone(),
+        lifecycle: ctx.lifecycle.clone(),
         gateway: std::cell::RefCell::new(None),
     });
     let started = match start_cluster(&ctx, inbound.clone(), &shutdown) {
@@ -195,9 +199,19 @@ async fn core_main(ctx: CoreContext) {
                 format!("core {core}: cannot listen on STARCITE_WIRE_PORT {port}: {e}")
             })?),
         };
-        Ok((engine, listener, cluster, wire))
+        let ops = match ctx.cfg.ops_port {
+            0 => None,
+            port => Some(
+                bind_reuseport(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                    .or_else(|_| bind_reuseport(SocketAddr::from(([0, 0, 0, 0], port))))
+                    .map_err(|e| {
+                        format!("core {core}: cannot listen on STARCITE_OPS_PORT {port}: {e}")
+                    })?,
+            ),
+        };
+        Ok((engine, listener, cluster, wire, ops))
     });
-    let (engine, listener, cluster, wire) = match started {
+    let (engine, listener, cluster, wire, ops) = match started {
         Ok(v) => v,
         Err(e) => {
             let _ = ctx.boot.send(Err(e));
@@ -223,6 +237,7 @@ async fn core_main(ctx: CoreContext) {
         auth: ctx.auth.clone(),
         requests: ctx.requests.clone(),
         cold: ctx.cold.clone(),
+        lifecycle: ctx.lifecycle.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
     crate::phoenix::install(&gateway);
@@ -233,6 +248,15 @@ async fn core_main(ctx: CoreContext) {
             gateway.clone(),
             limits,
             ctx.serve_opts.tls.clone(),
+            shutdown.wait(),
+        ))
+    });
+    let ops_task = ops.map(|listener| {
+        monoio::spawn(serve_with(
+            listener,
+            Rc::new(super::gateway::OpsHandler(gateway.clone())),
+            Rc::new(Limits::default()),
+            ServeOptions::default(),
             shutdown.wait(),
         ))
     });
@@ -268,6 +292,9 @@ async fn core_main(ctx: CoreContext) {
     )
     .await;
     if let Some(task) = wire_task {
+        task.await;
+    }
+    if let Some(task) = ops_task {
         task.await;
     }
     // Listeners are closed and tails told to go away; let in-flight work finish.

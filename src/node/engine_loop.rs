@@ -381,6 +381,7 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                 limit,
                 tenant,
                 filters,
+                archived,
                 reply,
             } => {
                 let _ = reply.send(self.shard.list(
@@ -388,7 +389,11 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                     limit,
                     tenant.as_deref(),
                     &filters,
+                    archived,
                 ));
+            }
+            CoreRequest::Get { session, reply } => {
+                let _ = reply.send(self.shard.leader_row(&session));
             }
             CoreRequest::Subscribe {
                 session,

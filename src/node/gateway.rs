@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use starcite_shards::placement::core_of;
 use starcite_shards::routing::{Route, Step};
-use starcite_shards::shard::{ListRow, Proposal, SessionInfo};
+use starcite_shards::shard::{ListRow, Proposal};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
@@ -24,18 +24,17 @@ use super::shutdown::Shutdown;
 use super::stages::{self, Stage};
 use super::topology::Topology;
 use crate::api::error::ApiError;
-use crate::api::principal::{AuthContext, Principal, PrincipalType};
+use crate::api::principal::{AuthContext, Principal};
 use crate::api::query::{list_params, parse_query, tail_params};
 use crate::api::render::{
-    render_append_result, render_event_body, render_session_created, render_session_page,
-    SessionView,
+    render_append_result, render_event_body, render_session_page, render_session_row, SessionView,
 };
-use crate::api::validate::{
-    fingerprint, generate_session_id, parse_body, validate_append, validate_create,
-};
+use crate::api::validate::{fingerprint, parse_body, validate_append};
 use crate::auth::{find_token, AuthFailure, AuthService};
 use crate::cluster::transport::{Transport, TransportError};
 use crate::http::{Handler, Reply, Request, Response};
+use crate::service::lifecycle::LifecycleEvent;
+use crate::service::sessions::{row_principal, row_view};
 use crate::tail::{run_tail, Engine, TailSource, TailSpec};
 
 /// Consensus command timeout (contract §12.3).
@@ -67,6 +66,8 @@ pub struct Gateway {
     pub requests: Arc<super::metrics::RequestCounters>,
     /// Reads below the hot tier (archive + read cache) and archive counters.
     pub cold: crate::archive::cold::ColdTier,
+    /// This node's session lifecycle subscribers (`service::lifecycle`).
+    pub lifecycle: Arc<crate::service::lifecycle::LifecycleHub>,
 }
 
 /// Who is calling, and until when (token `exp`, Unix seconds).
@@ -89,6 +90,11 @@ impl Handler for Gateway {
             panic!("test panic route");
         }
         let route = route_name(&req);
+        if req.method == "OPTIONS" {
+            let reply = Reply::Http(cors_preflight(&req));
+            self.requests.count(route, 204);
+            return reply;
+        }
         let reply = match self.route(req).await {
             Ok(reply) => reply,
             Err(Failure::Api(e)) => Reply::Http(error_response(&e)),
@@ -97,11 +103,66 @@ impl Handler for Gateway {
                     .with_header("www-authenticate", f.www_authenticate()),
             ),
         };
+        let reply = match reply {
+            Reply::Http(r) => Reply::Http(with_cors(r)),
+            ws => ws,
+        };
         let status = match &reply {
             Reply::Http(r) => r.status,
             Reply::WebSocket(_) => 101,
         };
         self.requests.count(route, status);
+        reply
+    }
+}
+
+/// CORS on every HTTP response (upstream's CORSPlug with origin `*`, no
+/// credentials, every header exposed).
+pub fn with_cors(r: Response) -> Response {
+    r.with_header("access-control-allow-origin", "*")
+        .with_header("access-control-expose-headers", "*")
+}
+
+/// A CORS preflight (any `OPTIONS` request): 204, empty, the allowed methods
+/// and the requested headers echoed back.
+fn cors_preflight(req: &Request) -> Response {
+    let requested = req
+        .header("access-control-request-headers")
+        .unwrap_or("")
+        .to_owned();
+    with_cors(Response::new(204))
+        .with_header("access-control-max-age", "1728000")
+        .with_header("access-control-allow-headers", requested)
+        .with_header(
+            "access-control-allow-methods",
+            "GET,POST,PUT,PATCH,DELETE,OPTIONS",
+        )
+}
+
+/// The `STARCITE_OPS_PORT` listener: health and metrics only (plaintext, no
+/// authentication, like the same routes on the API port).
+pub struct OpsHandler(pub Rc<Gateway>);
+
+impl Handler for OpsHandler {
+    async fn handle(&self, req: Request) -> Reply {
+        let gw = &self.0;
+        let method = if req.method == "HEAD" {
+            "GET"
+        } else {
+            req.method.as_str()
+        };
+        let answer = match (method, req.path.as_str()) {
+            ("GET", "/health/live") => json(200, r#"{"status":"ok"}"#.to_owned()),
+            ("GET", "/health/ready") => gw.health_ready(),
+            ("GET", "/metrics") => gw.metrics().await,
+            _ => Err(ApiError::not_found()),
+        };
+        let reply = answer.unwrap_or_else(|e| Reply::Http(error_response(&e)));
+        let status = match &reply {
+            Reply::Http(r) => r.status,
+            Reply::WebSocket(_) => 101,
+        };
+        gw.requests.count(route_name(&req), status);
         reply
     }
 }
@@ -115,6 +176,9 @@ fn route_name(req: &Request) -> &'static str {
         "/v1/sessions" => "list",
         _ if v1.is_some_and(|r| r.ends_with("/append")) => "append",
         _ if v1.is_some_and(|r| r.ends_with("/tail")) => "tail",
+        _ if v1.is_some_and(|r| r.ends_with("/archive") || r.ends_with("/unarchive")) => "archive",
+        _ if v1.is_some_and(|r| !r.contains('/')) && req.method == "PATCH" => "patch",
+        _ if v1.is_some_and(|r| !r.contains('/')) => "get",
         "/v1/socket/websocket" => "socket",
         _ if p.starts_with("/health/") => "health",
         "/metrics" => "metrics",
@@ -167,6 +231,14 @@ impl Gateway {
                     V1::List => self.list(&req, auth).await?,
                     V1::Append(id) => self.append(&req, auth, id).await?,
                     V1::Tail(id) => self.tail(&req, &caller, id).await?,
+                    V1::Get(id) => self.show(auth, &id).await?,
+                    V1::Patch(id) => {
+                        let row = self.patch_session(auth, &id, parse_body(&req.body)).await?;
+                        entry_reply(&row)?
+                    }
+                    V1::Archive(id, archived) => {
+                        entry_reply(&self.set_archived(auth, &id, archived).await?)?
+                    }
                 })
             }
             _ => Err(ApiError::not_found().into()),
@@ -199,16 +271,20 @@ impl Gateway {
             ("GET", []) => Some(V1::List),
             ("POST", [id, "append"]) => decode_id(id).map(V1::Append),
             ("GET", [id, "tail"]) => decode_id(id).map(V1::Tail),
+            ("GET", [id]) => decode_id(id).map(V1::Get),
+            ("PATCH", [id]) => decode_id(id).map(V1::Patch),
+            ("POST", [id, "archive"]) => decode_id(id).map(|id| V1::Archive(id, true)),
+            ("POST", [id, "unarchive"]) => decode_id(id).map(|id| V1::Archive(id, false)),
             _ => None,
         }
     }
 
-    fn owner(&self, session: &str) -> u32 {
+    pub(crate) fn owner(&self, session: &str) -> u32 {
         core_of(self.topo.group(session), self.cores.len() as u32)
     }
 
     /// Sends a request to a core and awaits its answer, both within `timeout`.
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         core: u32,
         timeout: Duration,
@@ -235,44 +311,19 @@ impl Gateway {
         json(201, body)
     }
 
-    /// A create from a parsed body (HTTP and the binary protocol): the new
-    /// session's id and its 201 body.
-    pub async fn create_session(
-        &self,
-        auth: &AuthContext,
-        body: Result<serde_json::Value, ApiError>,
-    ) -> Result<(String, String), ApiError> {
-        if !auth.allows("session:create") {
-            return Err(ApiError::forbidden_scope());
+    /// Publishes lifecycle events to this node's subscribers and sends them
+    /// to every other node (best effort: see `service::lifecycle`).
+    pub fn emit_lifecycle(&self, events: &[LifecycleEvent]) {
+        for event in events {
+            self.lifecycle.publish(event);
+            if let Some(transport) = &self.transport {
+                let body =
+                    peer_rpc::encode(&peer_rpc::ControlMessage::Lifecycle(event.body.clone()));
+                for peer in self.topo.peers() {
+                    transport.send_control(peer, body.clone());
+                }
+            }
         }
-        let body = body?;
-        let input = validate_create(&body, auth)?;
-        let id = input.id.clone().unwrap_or_else(generate_session_id);
-        let metadata_json = serde_json::Value::Object(input.metadata.clone()).to_string();
-        let principal = &auth.principal;
-        let proposal = Proposal::Create {
-            id: id.clone(),
-            tenant_id: principal.tenant_id.clone(),
-            title: input.title.clone(),
-            metadata_json,
-            principal_id: principal.id.clone(),
-            principal_type: principal.kind.as_str().to_owned(),
-        };
-        let outcome = self.command(&id, proposal).await?;
-        let Outcome::Created { created_at_us } = outcome else {
-            return Err(ApiError::internal_error());
-        };
-        let view = SessionView {
-            id: &id,
-            title: input.title.as_deref(),
-            tenant_id: &principal.tenant_id,
-            creator: principal,
-            metadata: &input.metadata,
-            last_seq: 0,
-            created_at_us,
-            updated_at_us: created_at_us,
-        };
-        Ok((id.clone(), render_session_created(&view)))
     }
 
     /// Proposes on this node's replica of the session's group.
@@ -297,7 +348,7 @@ impl Gateway {
     }
 
     /// Sends a request to a peer; transport failures become `None`.
-    async fn peer(&self, node: &str, req: &PeerRequest) -> Option<PeerResponse> {
+    pub(crate) async fn peer(&self, node: &str, req: &PeerRequest) -> Option<PeerResponse> {
         self.peer_call(node, req).await.ok()
     }
 
@@ -322,7 +373,11 @@ impl Gateway {
     /// Routes a command to its group's leader: the local replica, a cached
     /// hint, or the replicas in routing order, following NotLeader hints.
     /// Only answers that prove the command was NOT proposed are retried.
-    async fn command(&self, session: &str, proposal: Proposal) -> Result<Outcome, ApiError> {
+    pub(crate) async fn command(
+        &self,
+        session: &str,
+        proposal: Proposal,
+    ) -> Result<Outcome, ApiError> {
         let group = self.topo.group(session);
         let deadline = Instant::now() + ROUTE_DEADLINE;
         // Fast path, no control-plane lookups: the cached leader, else the
@@ -493,139 +548,25 @@ impl Gateway {
         self.leader_hints.borrow().get(&group).cloned()
     }
 
-    pub async fn local_info(&self, id: &str) -> Result<Option<SessionInfo>, ApiError> {
-        let session = id.to_owned();
-        self.ask(self.owner(id), READ_TIMEOUT, |reply| CoreRequest::Info {
-            session,
-            reply,
-        })
-        .await
-    }
-
-    /// The session's tenant and last seq, or 404. Served by a local replica
-    /// when there is one, else by the first replica that answers.
-    async fn lookup(&self, id: &str) -> Result<SessionInfo, ApiError> {
-        let group = self.topo.group(id);
-        if self.topo.replicates(group) {
-            if let Some(info) = self.local_info(id).await? {
-                return Ok(info);
-            }
-            if self.topo.single_node() {
-                return Err(ApiError::session_not_found());
-            }
-        }
-        // Not here (no local replica, or it has not applied the create yet):
-        // any replica that has it answers, the leader first (read-your-writes).
-        let hint = self.leader_hints.borrow().get(&group).cloned();
-        let mut nodes = routing_candidates(&self.control, self.topo.replicas(group));
-        if let Some(h) = hint {
-            nodes.retain(|n| *n != h);
-            nodes.insert(0, h);
-        }
-        let mut answered = self.topo.replicates(group);
-        for node in nodes.iter().filter(|n| **n != self.topo.me) {
-            if let Some(PeerResponse::Info(info)) = self
-                .peer(
-                    node,
-                    &PeerRequest::Info {
-                        session: id.to_owned(),
-                    },
-                )
-                .await
-            {
-                answered = true;
-                if let Some(info) = info {
-                    return Ok(info);
-                }
-            }
-        }
-        if answered {
-            Err(ApiError::session_not_found())
-        } else {
-            Err(ApiError::raft_unavailable())
-        }
-    }
-
     async fn list(&self, req: &Request, auth: &AuthContext) -> Result<Reply, ApiError> {
         let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
         let params = list_params(&query)?;
-        if !auth.allows("session:read") {
-            return Err(ApiError::forbidden_scope());
-        }
-        let limit = params.limit as usize;
-        let tenant = if auth.none_mode {
-            None
-        } else {
-            Some(auth.principal.tenant_id.clone())
-        };
-        // Every core of every write node returns its first limit+1 matches; the
-        // merged page is exact (O(nodes × cores × page)).
-        let mut rows = self
-            .local_list(
-                params.cursor.clone(),
-                limit + 1,
-                tenant.clone(),
-                params.filters.clone(),
-            )
-            .await?;
-        let req = PeerRequest::List {
-            cursor: params.cursor.clone(),
-            limit: limit + 1,
-            tenant,
-            filters: params.filters.clone(),
-        };
-        for node in self.topo.writers.iter().filter(|n| **n != self.topo.me) {
-            if let Some(PeerResponse::List(part)) = self.peer(node, &req).await {
-                rows.extend(part);
-            }
-        }
-        rows.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
-        rows.dedup_by(|a, b| a.id == b.id);
-        if let Some(lock) = &auth.session_lock {
-            rows.retain(|r| r.id == *lock);
-        }
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let principals: Vec<Principal> = rows.iter().map(row_principal).collect();
-        let views: Vec<SessionView<'_>> = rows
+        let page = self.list_sessions(auth, &params).await?;
+        let principals: Vec<Principal> = page.rows.iter().map(row_principal).collect();
+        let views: Vec<SessionView<'_>> = page
+            .rows
             .iter()
             .zip(&principals)
             .map(|(r, p)| row_view(r, p))
             .collect();
-        let next = if more {
-            rows.last().map(|r| r.id.as_str())
-        } else {
-            None
-        };
-        json(200, render_session_page(&views, next))
+        json(
+            200,
+            render_session_page(&views, page.next_cursor.as_deref()),
+        )
     }
 
-    pub async fn local_list(
-        &self,
-        cursor: Option<String>,
-        limit: usize,
-        tenant: Option<String>,
-        filters: Vec<(String, String)>,
-    ) -> Result<Vec<ListRow>, ApiError> {
-        let mut rows = Vec::new();
-        if !self.topo.is_writer() {
-            return Ok(rows);
-        }
-        for core in 0..self.cores.len() as u32 {
-            let (cursor, tenant, filters) = (cursor.clone(), tenant.clone(), filters.clone());
-            let part = self
-                .ask(core, READ_TIMEOUT, |reply| CoreRequest::List {
-                    cursor,
-                    limit,
-                    tenant,
-                    filters,
-                    reply,
-                })
-                .await
-                .map_err(|_| ApiError::archive_read_unavailable())?;
-            rows.extend(part);
-        }
-        Ok(rows)
+    async fn show(&self, auth: &AuthContext, id: &str) -> Result<Reply, ApiError> {
+        entry_reply(&self.get_session(auth, id).await?)
     }
 
     pub async fn local_read(
@@ -934,6 +875,16 @@ enum V1 {
     List,
     Append(String),
     Tail(String),
+    Get(String),
+    Patch(String),
+    /// Archive (`true`) or unarchive (`false`).
+    Archive(String, bool),
+}
+
+/// A 200 with a session's catalog entry (GET, PATCH, archive, unarchive).
+fn entry_reply(row: &ListRow) -> Result<Reply, ApiError> {
+    let principal = row_principal(row);
+    json(200, render_session_row(&row_view(row, &principal)))
 }
 
 /// Percent-decodes a path segment; an empty id matches no route.
@@ -981,38 +932,15 @@ fn engine_error(e: EngineError) -> ApiError {
             got,
         } => ApiError::producer_seq_conflict(&producer_id, expected, got),
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
+        EngineError::ExpectedVersionConflict { expected, current } => {
+            ApiError::expected_version_conflict(expected, current)
+        }
         EngineError::Backpressure => ApiError::event_store_backpressure(),
         EngineError::TooLarge => ApiError::payload_too_large(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
         EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
             ApiError::archive_read_unavailable()
         }
-    }
-}
-
-fn row_principal(r: &ListRow) -> Principal {
-    let kind = match r.principal_type.as_str() {
-        "user" => PrincipalType::User,
-        "agent" => PrincipalType::Agent,
-        _ => PrincipalType::Service,
-    };
-    Principal {
-        tenant_id: r.tenant_id.clone(),
-        id: r.principal_id.clone(),
-        kind,
-    }
-}
-
-fn row_view<'a>(r: &'a ListRow, p: &'a Principal) -> SessionView<'a> {
-    SessionView {
-        id: &r.id,
-        title: r.title.as_deref(),
-        tenant_id: &r.tenant_id,
-        creator: p,
-        metadata: &r.metadata,
-        last_seq: r.last_seq,
-        created_at_us: r.created_at_us,
-        updated_at_us: r.updated_at_us,
     }
 }
 

@@ -2,7 +2,9 @@
 //! back on one-shot flume channels so any runtime can await them.
 
 use bytes::Bytes;
-use starcite_shards::shard::{ArchiveWork, ListRow, Proposal, ReadResult, SessionInfo};
+use starcite_shards::shard::{
+    ArchiveWork, ArchivedFilter, ListRow, Proposal, ReadResult, SessionInfo,
+};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
@@ -49,7 +51,14 @@ pub enum CoreRequest {
         limit: usize,
         tenant: Option<String>,
         filters: Vec<(String, String)>,
+        archived: ArchivedFilter,
         reply: Reply<Vec<ListRow>>,
+    },
+    /// A session's catalog entry, from the group leader only
+    /// (`Shard::leader_row`).
+    Get {
+        session: String,
+        reply: Reply<Result<Option<ListRow>, EngineError>>,
     },
     Subscribe {
         session: String,

@@ -18,6 +18,8 @@ use crate::cluster::transport::{Inbound, Replier};
 pub struct PeerInbound {
     pub cores: Arc<Vec<flume::Sender<CoreRequest>>>,
     pub control: Arc<ControlState>,
+    /// This node's lifecycle subscribers (events other nodes publish land here).
+    pub lifecycle: Arc<crate::service::lifecycle::LifecycleHub>,
     /// Set once the gateway exists (it holds the transport that holds us).
     pub gateway: RefCell<Option<Rc<Gateway>>>,
 }
@@ -73,6 +75,12 @@ impl Inbound for PeerInbound {
     fn on_control(&self, from: &str, body: Vec<u8>) {
         match peer_rpc::decode::<ControlMessage>(&body) {
             Some(ControlMessage::Gossip(g)) if g.from == from => self.control.apply_gossip(g),
+            Some(ControlMessage::Lifecycle(body)) => {
+                match crate::service::lifecycle::LifecycleEvent::from_body(body) {
+                    Some(event) => self.lifecycle.publish(&event),
+                    None => tracing::warn!(peer = from, "malformed lifecycle event dropped"),
+                }
+            }
             _ => tracing::warn!(peer = from, "unexpected control message"),
         }
     }
@@ -85,7 +93,9 @@ impl Inbound for PeerInbound {
 async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
     let session = match &request {
         PeerRequest::Propose { proposal } => Some(proposal.session().to_owned()),
-        PeerRequest::Info { session } | PeerRequest::Read { session, .. } => Some(session.clone()),
+        PeerRequest::Info { session }
+        | PeerRequest::Read { session, .. }
+        | PeerRequest::Get { session } => Some(session.clone()),
         PeerRequest::List { .. } => None,
     };
     // Only a replica may answer for a session (a non-replica knows nothing).
@@ -130,14 +140,19 @@ async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
             limit,
             tenant,
             filters,
+            archived,
         } => {
             match gateway
-                .local_list(cursor, limit.min(1_001), tenant, filters)
+                .local_list(cursor, limit.min(1_001), tenant, filters, archived)
                 .await
             {
                 Ok(rows) => PeerResponse::List(rows),
                 Err(_) => PeerResponse::Unavailable,
             }
         }
+        PeerRequest::Get { session } => match gateway.local_row(&session).await {
+            Ok(row) => PeerResponse::Row(row),
+            Err(_) => PeerResponse::Unavailable,
+        },
     }
 }

@@ -3,7 +3,7 @@
 //! rkyv-framed, CRC-checked peer frames).
 
 use serde::{Deserialize, Serialize};
-use starcite_shards::shard::{ListRow, Proposal, SessionInfo};
+use starcite_shards::shard::{ArchivedFilter, ListRow, Proposal, SessionInfo};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
@@ -28,6 +28,12 @@ pub enum PeerRequest {
         limit: usize,
         tenant: Option<String>,
         filters: Vec<(String, String)>,
+        #[serde(default)]
+        archived: ArchivedFilter,
+    },
+    /// A session's catalog entry, if the receiver leads its group.
+    Get {
+        session: String,
     },
 }
 
@@ -38,6 +44,8 @@ pub enum PeerResponse {
     /// Events as `(seq, frame JSON)`.
     Read(Result<(Vec<(u64, String)>, u64), EngineError>),
     List(Vec<ListRow>),
+    /// A catalog entry read on the group leader, or `NotLeader`.
+    Row(Result<Option<ListRow>, EngineError>),
     /// The receiver could not serve it (e.g. it does not replicate the group).
     Unavailable,
 }
@@ -46,6 +54,8 @@ pub enum PeerResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ControlMessage {
     Gossip(Gossip),
+    /// A session lifecycle event's body, for this node's lifecycle subscribers.
+    Lifecycle(serde_json::Value),
 }
 
 /// First byte of a binary-encoded append proposal (JSON bodies start with `{`

@@ -92,6 +92,37 @@ pub enum Command {
         session: String,
         upto: u64,
     },
+    // Variants below were added after the first release: old records keep
+    // their tags, and boxing keeps the archived enum's size (and so the root
+    // position of every old record) unchanged.
+    /// Changes a session's title and/or metadata (PATCH).
+    Patch(Box<PatchCommand>),
+    /// Sets a session's `archived` flag (archive / unarchive).
+    SetArchived(Box<SetArchivedCommand>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PatchCommand {
+    pub origin: Origin,
+    pub session: String,
+    /// Whether `title` replaces the current title (`None` clears it).
+    pub set_title: bool,
+    pub title: Option<String>,
+    /// A JSON object merged one level into the metadata, if any.
+    pub metadata_json: Option<String>,
+    /// Refused with a conflict unless the session's version equals it.
+    pub expected_version: Option<u64>,
+    /// Chosen once by the proposer and replicated.
+    pub updated_at_us: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SetArchivedCommand {
+    pub origin: Origin,
+    pub session: String,
+    pub archived: bool,
+    /// Chosen once by the proposer and replicated.
+    pub updated_at_us: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -124,11 +155,44 @@ pub struct AppendCommand {
 }
 
 /// A group's whole replicated state, carried in snapshots (decision 7: unarchived
-/// events are part of it).
+/// events are part of it). Encoded with [`encode_snapshot`]: the archived
+/// bytes followed by [`SNAPSHOT_V2_TRAILER`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupSnapshot {
     pub sessions: Vec<SessionSnapshot>,
+    /// The catalog fields added after the first release, one per session, in
+    /// the order of `sessions`.
+    pub catalog: Vec<CatalogSnapshot>,
 }
+
+/// A session's catalog fields added after the first release.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogSnapshot {
+    pub version: u64,
+    pub archived: bool,
+}
+
+impl Default for CatalogSnapshot {
+    /// What a session of the first release has: version 1, not archived.
+    fn default() -> Self {
+        CatalogSnapshot {
+            version: 1,
+            archived: false,
+        }
+    }
+}
+
+/// The snapshot layout of the first release (sessions only, no trailer).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupSnapshotV1 {
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+/// Ends every snapshot written since catalog fields exist. A first-release
+/// snapshot ends with its root (a relative pointer and a length): read as
+/// that, these bytes would be a length of 2^32 - 1 sessions, which no
+/// snapshot has, so the two layouts cannot be confused.
+pub const SNAPSHOT_V2_TRAILER: [u8; 8] = *b"SCv2\xff\xff\xff\xff";
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SessionSnapshot {
@@ -189,12 +253,47 @@ pub fn decode_command(data: &[u8]) -> Result<Command, rkyv::rancor::Error> {
     rkyv::from_bytes::<Command, rkyv::rancor::Error>(&aligned)
 }
 
-/// Validates and deserialises a group snapshot.
+/// Encodes a group snapshot in the current layout (archived bytes + trailer).
+pub fn encode_snapshot(snap: &GroupSnapshot) -> Vec<u8> {
+    let mut out = encode(snap).to_vec();
+    out.extend_from_slice(&SNAPSHOT_V2_TRAILER);
+    out
+}
+
+/// Validates and deserialises a group snapshot of either layout; a
+/// first-release snapshot gets the default catalog fields.
 pub fn decode_snapshot(data: &[u8]) -> Result<GroupSnapshot, rkyv::rancor::Error> {
+    if let Some(body) = data.strip_suffix(&SNAPSHOT_V2_TRAILER) {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        let snap = rkyv::from_bytes::<GroupSnapshot, rkyv::rancor::Error>(&aligned)?;
+        if snap.catalog.len() != snap.sessions.len() {
+            return Err(<rkyv::rancor::Error as rkyv::rancor::Source>::new(
+                SnapshotShape,
+            ));
+        }
+        return Ok(snap);
+    }
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(data.len());
     aligned.extend_from_slice(data);
-    rkyv::from_bytes::<GroupSnapshot, rkyv::rancor::Error>(&aligned)
+    let v1 = rkyv::from_bytes::<GroupSnapshotV1, rkyv::rancor::Error>(&aligned)?;
+    Ok(GroupSnapshot {
+        catalog: vec![CatalogSnapshot::default(); v1.sessions.len()],
+        sessions: v1.sessions,
+    })
 }
+
+/// A snapshot whose catalog list does not match its sessions.
+#[derive(Debug)]
+struct SnapshotShape;
+
+impl std::fmt::Display for SnapshotShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("snapshot catalog does not match its sessions")
+    }
+}
+
+impl std::error::Error for SnapshotShape {}
 
 #[cfg(test)]
 mod tests {
@@ -222,6 +321,60 @@ mod tests {
         assert_eq!(decode_command(&shifted[1..]).unwrap(), cmd);
     }
 
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Bytes written by the first release (main before catalog commands,
+    /// encoded by its `encode`): they must keep decoding to the same values.
+    const OLD_CREATE: &str = "73657373696f6e2d776974682d612d6c6f6e672d69647b226b223a2276227d0000000000000000000700000000000000090000000000000096000000c8ffffff61636d65ffffffff0100000041207469746c65ff89000000c2ffffff752d3432ffffffff75736572ffffffff0000000000401e18240a06000000000000000000";
+    const OLD_APPEND: &str = "73657373696f6e2d776974682d612d6c6f6e672d69642274797065223a2278222c227061796c6f6164223a7b7d00000001000000000000000700000000000000090000000000000096000000b8ffffff7772697465722d31030000000000000005050505050505050505050505050505010000000000000002000000000000009700000096ffffff7b401e18240a0600";
+    const OLD_ACK: &str = "02000000000000000700000000000000090000000000000073ffffffffffffff2a000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+    const OLD_SNAPSHOT: &str = "73657373696f6e2d776974682d612d6c6f6e672d696400000100000000000000010000000000000001010101010101010101010101010101020000000000000002000000000000000202020202020202020202020202020270ffffffffffffffb8ffffff020000007b22736571223a327d000000000000000200000000000000e8ffffff090000009600000078ffffff61636d65ffffffff0000000000000000000000007b226b223a317dff737663ffffffffff73657276696365ff000000000a0000000000000014000000000000000200000000000000010000000000000078ffffff0100000090ffffff0100000098ffffff01000000";
+    const OLD_EMPTY_SNAPSHOT: &str = "0000000000000000";
+
+    #[test]
+    fn first_release_commands_still_decode() {
+        let o = Origin {
+            incarnation: 7,
+            token: 9,
+        };
+        let create = Command::Create(CreateCommand {
+            origin: o,
+            id: "session-with-a-long-id".into(),
+            tenant_id: "acme".into(),
+            title: Some("A title".into()),
+            metadata_json: "{\"k\":\"v\"}".into(),
+            principal_id: "u-42".into(),
+            principal_type: "user".into(),
+            created_at_us: 1_700_000_000_000_000,
+        });
+        let append = Command::Append(AppendCommand {
+            origin: o,
+            session: "session-with-a-long-id".into(),
+            producer_id: "writer-1".into(),
+            producer_seq: 3,
+            fingerprint: [5; 16],
+            expected_seq: Some(2),
+            body: "\"type\":\"x\",\"payload\":{}".into(),
+            inserted_at_us: 1_700_000_000_000_123,
+        });
+        let ack = Command::AckArchived {
+            origin: o,
+            session: "s".into(),
+            upto: 42,
+        };
+        for (hex, want) in [(OLD_CREATE, create), (OLD_APPEND, append), (OLD_ACK, ack)] {
+            let old = unhex(hex);
+            assert_eq!(decode_command(&old).unwrap(), want);
+            // Old variants still encode to the very same bytes.
+            assert_eq!(encode(&want).to_vec(), old);
+        }
+    }
+
     /// A `Snapshot` record archived by the build before `SnapshotPart` and
     /// `ChunkedSnapshot` were added: old data dirs must still read the same.
     const OLD_SNAPSHOT_RECORD: &str = "0100000000000000020000000000000003000000000000007374617465206279746573000000000002000000070000002a000000000000000300000000000000c0ffffff03000000d0ffffff0b000000";
@@ -247,6 +400,77 @@ mod tests {
             term: 3,
             voters: vec![1, 2, 3],
             state: b"state bytes".to_vec(),
+        }
+    }
+
+    #[test]
+    fn first_release_snapshots_decode_with_default_catalog() {
+        let snap = decode_snapshot(&unhex(OLD_SNAPSHOT)).unwrap();
+        assert_eq!(snap.sessions.len(), 1);
+        let s = &snap.sessions[0];
+        assert_eq!(s.id, "session-with-a-long-id");
+        assert_eq!((s.last_seq, s.archived_seq, s.updated_at_us), (2, 1, 20));
+        assert_eq!(s.producers[0].window.len(), 2);
+        assert_eq!(s.hot[0].frame, b"{\"seq\":2}".to_vec());
+        assert_eq!(
+            snap.catalog,
+            vec![CatalogSnapshot {
+                version: 1,
+                archived: false
+            }]
+        );
+        let empty = decode_snapshot(&unhex(OLD_EMPTY_SNAPSHOT)).unwrap();
+        assert_eq!(empty, GroupSnapshot::default());
+    }
+
+    #[test]
+    fn snapshots_round_trip_with_catalog_fields() {
+        let mut snap = decode_snapshot(&unhex(OLD_SNAPSHOT)).unwrap();
+        snap.catalog[0] = CatalogSnapshot {
+            version: 7,
+            archived: true,
+        };
+        let bytes = encode_snapshot(&snap);
+        assert!(bytes.ends_with(&SNAPSHOT_V2_TRAILER));
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(decode_snapshot(&shifted[1..]).unwrap(), snap);
+        // A catalog that does not match the sessions is refused.
+        let mut bad = snap.clone();
+        bad.catalog.clear();
+        assert!(decode_snapshot(&encode_snapshot(&bad)).is_err());
+        // Truncated or garbage input is an error, not a panic.
+        assert!(decode_snapshot(&bytes[..bytes.len() - 9]).is_err());
+        assert!(decode_snapshot(&SNAPSHOT_V2_TRAILER).is_err());
+    }
+
+    #[test]
+    fn catalog_commands_round_trip() {
+        let o = Origin {
+            incarnation: 1,
+            token: 2,
+        };
+        for cmd in [
+            Command::Patch(Box::new(PatchCommand {
+                origin: o,
+                session: "s".into(),
+                set_title: true,
+                title: None,
+                metadata_json: Some("{\"a\":1}".into()),
+                expected_version: Some(3),
+                updated_at_us: 5,
+            })),
+            Command::SetArchived(Box::new(SetArchivedCommand {
+                origin: o,
+                session: "s".into(),
+                archived: true,
+                updated_at_us: 6,
+            })),
+        ] {
+            let bytes = encode(&cmd);
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(&bytes);
+            assert_eq!(decode_command(&shifted[1..]).unwrap(), cmd);
         }
     }
 

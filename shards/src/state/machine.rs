@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use starcite_wire::record::{
-    AppendCommand, Command, CreateCommand, GroupSnapshot, HotEvent, Origin, ProducerEntry,
-    SessionSnapshot,
+    AppendCommand, CatalogSnapshot, Command, CreateCommand, GroupSnapshot, HotEvent, Origin,
+    PatchCommand, ProducerEntry, SessionSnapshot, SetArchivedCommand,
 };
 
 use super::producers::{ProducerCheck, Producers};
@@ -27,6 +27,12 @@ pub enum Outcome {
     },
     Acked {
         archived_seq: u64,
+    },
+    /// A catalog change (PATCH, archive, unarchive): the session after it,
+    /// and whether anything changed (archive of an archived session: no).
+    Catalog {
+        session: crate::shard::ListRow,
+        changed: bool,
     },
 }
 
@@ -75,7 +81,55 @@ impl GroupMachine {
                 session,
                 upto,
             } => self.apply_ack(origin, &session, upto),
+            Command::Patch(p) => self.apply_patch(*p),
+            Command::SetArchived(a) => self.apply_set_archived(*a),
         }
+    }
+
+    fn apply_patch(&mut self, p: PatchCommand) -> Applied {
+        let origin = p.origin;
+        let Some(s) = self.sessions.get_mut(&p.session) else {
+            return failed(origin, EngineError::SessionNotFound);
+        };
+        if let Some(expected) = p.expected_version {
+            if expected != s.version {
+                return failed(
+                    origin,
+                    EngineError::ExpectedVersionConflict {
+                        expected,
+                        current: s.version,
+                    },
+                );
+            }
+        }
+        if p.set_title {
+            s.title = p.title;
+        }
+        if let Some(patch) = p.metadata_json {
+            // The proposer validated an object; anything else changes nothing.
+            if let Ok(serde_json::Value::Object(patch)) = serde_json::from_str(&patch) {
+                for (k, v) in patch {
+                    s.metadata.insert(k, v);
+                }
+                s.metadata_json = serde_json::Value::Object(s.metadata.clone()).to_string();
+            }
+        }
+        s.version += 1;
+        s.updated_at_us = s.updated_at_us.max(p.updated_at_us);
+        catalog_changed(origin, s, true)
+    }
+
+    fn apply_set_archived(&mut self, a: SetArchivedCommand) -> Applied {
+        let origin = a.origin;
+        let Some(s) = self.sessions.get_mut(&a.session) else {
+            return failed(origin, EngineError::SessionNotFound);
+        };
+        let changed = s.archived != a.archived;
+        if changed {
+            s.archived = a.archived;
+            s.updated_at_us = s.updated_at_us.max(a.updated_at_us);
+        }
+        catalog_changed(origin, s, changed)
     }
 
     fn apply_create(&mut self, c: CreateCommand) -> Applied {
@@ -94,6 +148,8 @@ impl GroupMachine {
             principal_type: c.principal_type,
             created_at_us: c.created_at_us,
             updated_at_us: c.created_at_us,
+            version: 1,
+            archived: false,
             last_seq: 0,
             archived_seq: 0,
             producers: Producers::new(self.dedupe_window, self.producer_cap),
@@ -229,13 +285,25 @@ impl GroupMachine {
 
     pub fn snapshot(&self) -> GroupSnapshot {
         let sessions = self.sessions.values().map(snapshot_session).collect();
-        GroupSnapshot { sessions }
+        let catalog = self
+            .sessions
+            .values()
+            .map(|s| CatalogSnapshot {
+                version: s.version,
+                archived: s.archived,
+            })
+            .collect();
+        GroupSnapshot { sessions, catalog }
     }
 
     pub fn restore(snap: GroupSnapshot, dedupe_window: usize, producer_cap: usize) -> Self {
         let mut machine = Self::new(dedupe_window, producer_cap);
+        let mut catalog = snap.catalog.into_iter();
         for s in snap.sessions {
-            let session = restore_session(s, dedupe_window, producer_cap);
+            let extra = catalog.next().unwrap_or_default();
+            let mut session = restore_session(s, dedupe_window, producer_cap);
+            session.version = extra.version;
+            session.archived = extra.archived;
             machine.sessions.insert(session.id.clone(), session);
         }
         machine
@@ -246,6 +314,19 @@ fn failed(origin: Origin, err: EngineError) -> Applied {
     Applied {
         origin,
         result: Err(err),
+        notification: None,
+        hot_delta: 0,
+        created: None,
+    }
+}
+
+fn catalog_changed(origin: Origin, s: &Session, changed: bool) -> Applied {
+    Applied {
+        origin,
+        result: Ok(Outcome::Catalog {
+            session: crate::shard::list_row(s),
+            changed,
+        }),
         notification: None,
         hot_delta: 0,
         created: None,
@@ -287,6 +368,8 @@ fn restore_session(s: SessionSnapshot, window: usize, cap: usize) -> Session {
         principal_type: s.principal_type,
         created_at_us: s.created_at_us,
         updated_at_us: s.updated_at_us,
+        version: 1,
+        archived: false,
         last_seq: s.last_seq,
         archived_seq: s.archived_seq,
         producers: Producers::restore(s.producers, window, cap),
@@ -480,6 +563,109 @@ mod tests {
             ok(&mut r, append("S", "a", 7, 7, None)),
             appended(7, 7, false)
         );
+    }
+
+    fn patch(title: Option<Option<&str>>, meta: Option<&str>, expected: Option<u64>) -> Command {
+        Command::Patch(Box::new(PatchCommand {
+            origin: O,
+            session: "S".into(),
+            set_title: title.is_some(),
+            title: title.flatten().map(str::to_owned),
+            metadata_json: meta.map(str::to_owned),
+            expected_version: expected,
+            updated_at_us: 50,
+        }))
+    }
+
+    fn set_archived(archived: bool, at: i64) -> Command {
+        Command::SetArchived(Box::new(SetArchivedCommand {
+            origin: O,
+            session: "S".into(),
+            archived,
+            updated_at_us: at,
+        }))
+    }
+
+    fn catalog(o: Outcome) -> (crate::shard::ListRow, bool) {
+        match o {
+            Outcome::Catalog { session, changed } => (session, changed),
+            other => panic!("not a catalog outcome: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn patch_merges_one_level_and_checks_the_version() {
+        let mut m = GroupMachine::new(128, 10);
+        ok(
+            &mut m,
+            Command::Create(CreateCommand {
+                metadata_json: r#"{"a":1,"n":{"x":1}}"#.into(),
+                title: Some("t".into()),
+                ..match create("S") {
+                    Command::Create(c) => c,
+                    _ => unreachable!(),
+                }
+            }),
+        );
+        let (row, changed) = catalog(ok(
+            &mut m,
+            patch(None, Some(r#"{"b":2,"n":{"y":2}}"#), None),
+        ));
+        assert!(changed);
+        assert_eq!(row.version, 2);
+        assert_eq!(row.title.as_deref(), Some("t"));
+        assert_eq!(
+            serde_json::Value::Object(row.metadata.clone()),
+            serde_json::json!({"a":1,"n":{"y":2},"b":2})
+        );
+        assert_eq!(row.updated_at_us, 50);
+        assert_eq!(
+            err(&mut m, patch(Some(Some("u")), None, Some(1))),
+            EngineError::ExpectedVersionConflict {
+                expected: 1,
+                current: 2
+            }
+        );
+        let (row, _) = catalog(ok(&mut m, patch(Some(None), None, Some(2))));
+        assert_eq!((row.version, row.title), (3, None));
+        // The stored JSON text follows the merged map (list filters, snapshots).
+        assert_eq!(
+            m.sessions["S"].metadata_json,
+            r#"{"a":1,"n":{"y":2},"b":2}"#
+        );
+        assert_eq!(
+            err(
+                &mut m,
+                Command::Patch(Box::new(PatchCommand {
+                    session: "X".into(),
+                    ..match patch(None, Some("{}"), None) {
+                        Command::Patch(p) => *p,
+                        _ => unreachable!(),
+                    }
+                }))
+            ),
+            EngineError::SessionNotFound
+        );
+    }
+
+    #[test]
+    fn archive_is_idempotent_and_survives_snapshots() {
+        let mut m = GroupMachine::new(128, 10);
+        ok(&mut m, create("S"));
+        let (row, changed) = catalog(ok(&mut m, set_archived(true, 60)));
+        assert!(changed && row.archived);
+        assert_eq!((row.version, row.updated_at_us), (1, 60));
+        let (again, changed) = catalog(ok(&mut m, set_archived(true, 70)));
+        assert!(!changed);
+        assert_eq!(again, row, "a no-op archive changes nothing");
+        ok(&mut m, patch(Some(Some("x")), None, None));
+        let snap = m.snapshot();
+        let r = GroupMachine::restore(snap.clone(), 128, 10);
+        assert_eq!(r.snapshot(), snap);
+        let s = &r.sessions["S"];
+        assert_eq!((s.version, s.archived), (2, true));
+        let (row, changed) = catalog(ok(&mut m, set_archived(false, 80)));
+        assert!(changed && !row.archived);
     }
 
     #[test]

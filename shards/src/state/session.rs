@@ -26,6 +26,10 @@ pub struct Session {
     pub principal_type: String,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// Catalog version: 1 at create, +1 per PATCH.
+    pub version: u64,
+    /// Hidden from the default list (archive/unarchive); appends still allowed.
+    pub archived: bool,
     pub last_seq: u64,
     pub archived_seq: u64,
     pub producers: Producers,
