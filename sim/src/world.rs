@@ -1,26 +1,41 @@
-//! The simulated world: virtual clock, nodes of shards, network, disks, clients.
+//! The simulated world: virtual clock, nodes, network, disks, clients.
 //!
-//! Every node runs the production `Shard` per core. The world plays the role of
-//! the io_uring driver (write, fdatasync, on_durable), of the inter-node
-//! transport (Raft messages with delay, loss, duplication, partitions), and of
-//! the clients. One `u64` seed decides everything; the run is reproducible.
+//! Every core of every node runs the production engine loop
+//! (`starcite::node::engine_loop::EngineLoop`) over the production segment log,
+//! on a simulated disk (`disk.rs`), a simulated peer network (`net.rs`) and a
+//! virtual clock, polled by a deterministic executor (`exec.rs`). Raft batches
+//! arrive through the production `PeerInbound`; clients route with the
+//! production `Route`. The world only plays what is outside a node: the wire
+//! between nodes (delay, loss, duplication, partitions), power (crashes,
+//! restarts, replaced drives) and the clients. One `u64` seed decides
+//! everything; the run is reproducible.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
-use raft::eraftpb::Message;
+use starcite::node::control::ControlState;
+use starcite::node::engine_loop::{Cluster, EngineLoop};
+use starcite::node::messages::{CoreRequest, CORE_INBOX_DEPTH};
+use starcite::node::peer_inbound::PeerInbound;
+use starcite::node::segment_log::SegmentLog;
+use starcite::node::topology::Topology;
 use starcite_shards::placement::{core_of, group_of, replicas};
-use starcite_shards::recovery::recover;
-use starcite_shards::shard::{Outputs, Proposal, Shard, ShardConfig};
+use starcite_shards::shard::{ReadResult, Shard, ShardConfig};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
 use crate::checker::Checker;
 use crate::config::SimConfig;
-use crate::disk::{CrashLoss, SimDisk};
+use crate::disk::{CrashLoss, DiskEnv, SimDisk};
+use crate::exec::{Executor, SimClock};
+use crate::net::{NetShared, SimNet};
 use crate::rng::Rng;
 use crate::workload::{OpKind, Producer, Tail, Workload};
 
-const TICK_US: u64 = starcite_shards::limits::TICK_MS * 1_000;
+/// Polls without virtual time moving before the engine counts as spinning.
+const MAX_POLLS_PER_STEP: u64 = 1_000_000;
 
 /// Fault and activity counters of a run.
 #[derive(Debug, Default, Clone)]
@@ -35,7 +50,10 @@ pub struct Stats {
     pub restarts: u64,
     pub partitions: u64,
     pub fsync_spikes: u64,
-    pub disk_full: u64,
+    /// Injected EIO/ENOSPC on append, sync or segment creation.
+    pub disk_errors: u64,
+    /// Cores that stopped their node (a log error ends the process).
+    pub core_stops: u64,
     pub disk_wipes: u64,
     pub checkpoints: u64,
     pub client_timeouts: u64,
@@ -46,28 +64,11 @@ pub struct Stats {
     pub virtual_us: u64,
 }
 
-enum Input {
-    Step(u32, Message),
-    Propose(u64, Proposal),
-    Tick,
-}
-
 enum Event {
-    Tick {
-        node: usize,
-        epoch: u64,
-    },
     Deliver {
-        node: usize,
-        group: u32,
-        msg: Message,
-    },
-    /// A batch write finished; `synced` if it was fdatasync'ed.
-    SyncDone {
-        node: usize,
-        core: usize,
-        epoch: u64,
-        synced: bool,
+        from: usize,
+        to: usize,
+        batch: Vec<(u32, Vec<u8>)>,
     },
     Send {
         attempt: u64,
@@ -94,32 +95,42 @@ enum Event {
     },
 }
 
-struct Core {
-    shard: Option<Shard<u64>>,
-    disk: SimDisk,
-    writing: bool,
-    inbox: VecDeque<Input>,
-}
+type LogView = Option<(u64, Vec<(u64, u64, bytes::Bytes)>)>;
 
 struct Node {
     up: bool,
     epoch: u64,
-    cores: Vec<Core>,
+    /// The inboxes of its cores (replaced at every start).
+    senders: Arc<Vec<flume::Sender<CoreRequest>>>,
+    inbound: Option<PeerInbound>,
+    tasks: Vec<usize>,
+    disks: Vec<SimDisk>,
     /// Its disk was replaced (empty) before its last restart.
     wiped: bool,
 }
 
+/// A core's engine ended: (node, epoch, why). In production the process exits.
+type Stops = Rc<RefCell<Vec<(usize, u64, String)>>>;
+
 pub struct World {
     cfg: SimConfig,
     rng: Rng,
-    now: u64,
+    clock: SimClock,
+    exec: Executor,
     seq: u64,
     queue: BTreeMap<(u64, u64), Event>,
     nodes: Vec<Node>,
     names: Vec<String>,
+    net: Rc<NetShared>,
+    disk_env: Rc<DiskEnv>,
+    stops: Stops,
     /// Nodes on side A of a partition; messages across sides are dropped.
     partition: Option<Vec<bool>>,
     leader_hint: BTreeMap<u32, usize>,
+    /// Appends in flight inside nodes: (attempt, reply channel).
+    replies: Vec<(u64, flume::Receiver<Result<Outcome, EngineError>>)>,
+    /// Tail reads in flight: (tail, reply channel).
+    reads: Vec<(usize, flume::Receiver<Result<ReadResult, EngineError>>)>,
     pub work: Workload,
     pub checker: Checker,
     pub stats: Stats,
@@ -132,38 +143,61 @@ fn logger() -> slog::Logger {
 
 impl World {
     pub fn new(cfg: SimConfig) -> Self {
-        let rng = Rng::new(cfg.seed);
+        let mut rng = Rng::new(cfg.seed);
         let names: Vec<String> = (0..cfg.nodes).map(|i| format!("n{i}")).collect();
+        let clock = SimClock::new();
+        let net = Rc::new(NetShared {
+            names: names.clone(),
+            outbox: RefCell::default(),
+            up: RefCell::new(vec![vec![false; cfg.nodes]; cfg.nodes]),
+        });
+        let disk_env = Rc::new(DiskEnv {
+            clock: clock.clone(),
+            rng: RefCell::new(Rng::new(rng.next_u64())),
+            fsync_us: cfg.fsync_us,
+            fsync_spike: cfg.fsync_spike,
+            error: cfg.disk_error,
+            faults_on: Cell::new(true),
+            errors: Cell::new(0),
+            spikes: Cell::new(0),
+            removed: Cell::new(0),
+        });
         let mut w = World {
             rng,
-            now: 0,
+            clock,
+            exec: Executor::default(),
             seq: 0,
             queue: BTreeMap::new(),
             nodes: Vec::new(),
             names,
+            net,
+            disk_env,
+            stops: Rc::default(),
             partition: None,
             leader_hint: BTreeMap::new(),
+            replies: Vec::new(),
+            reads: Vec::new(),
             work: Workload::default(),
             checker: Checker::default(),
             stats: Stats::default(),
             faults_over: false,
             cfg,
         };
-        for node in 0..w.cfg.nodes {
-            let cores = (0..w.cfg.cores)
-                .map(|c| Core {
-                    shard: None,
-                    disk: SimDisk::new(c),
-                    writing: false,
-                    inbox: VecDeque::new(),
-                })
+        for _ in 0..w.cfg.nodes {
+            let disks = (0..w.cfg.cores)
+                .map(|_| SimDisk::new(w.disk_env.clone()))
                 .collect();
             w.nodes.push(Node {
                 up: false,
                 epoch: 0,
-                cores,
+                senders: Arc::new(Vec::new()),
+                inbound: None,
+                tasks: Vec::new(),
+                disks,
                 wiped: false,
             });
+        }
+        for node in 0..w.cfg.nodes {
             w.start_node(node);
         }
         w.plan_workload();
@@ -171,9 +205,13 @@ impl World {
         w
     }
 
+    fn now(&self) -> u64 {
+        self.clock.now_us()
+    }
+
     fn schedule(&mut self, delay_us: u64, event: Event) {
         self.seq += 1;
-        self.queue.insert((self.now + delay_us, self.seq), event);
+        self.queue.insert((self.now() + delay_us, self.seq), event);
     }
 
     fn shard_config(&mut self, node: usize, core: u32) -> ShardConfig {
@@ -212,41 +250,87 @@ impl World {
             .map_or(0, |i| i as u64 + 1)
     }
 
-    /// (Re)starts a node from what its disks hold.
+    /// Which links are usable: both ends up, same side of any partition.
+    fn refresh_links(&mut self) {
+        let n = self.cfg.nodes;
+        let mut up = self.net.up.borrow_mut();
+        for a in 0..n {
+            for b in 0..n {
+                let cut = self.partition.as_ref().is_some_and(|s| s[a] != s[b]);
+                up[a][b] = a != b && self.nodes[a].up && self.nodes[b].up && !cut;
+            }
+        }
+    }
+
+    /// (Re)starts a node: every core recovers its log from its disk and runs
+    /// the production engine loop.
     fn start_node(&mut self, node: usize) {
-        for core in 0..self.cfg.cores {
-            let cfg = self.shard_config(node, core);
-            let owned: Vec<u32> = cfg.groups.iter().map(|(g, _)| *g).collect();
-            let disk = &mut self.nodes[node].cores[core as usize].disk;
-            let recovered = match recover(&disk.inputs(), core, |g| owned.contains(&g)) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.checker
-                        .violations
-                        .push(format!("n{node} core {core}: recovery failed: {e}"));
-                    return;
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..self.cfg.cores)
+            .map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH))
+            .unzip();
+        let senders = Arc::new(senders);
+        let topo = Arc::new(Topology::from_parts(
+            &self.names[node],
+            self.names.clone(),
+            self.names.clone(),
+            self.cfg.groups,
+            self.cfg.cores,
+            self.cfg.rf,
+        ));
+        let control = Arc::new(ControlState::new(
+            topo.clone(),
+            std::path::PathBuf::from("/nonexistent/starcite-sim"),
+        ));
+        for peer in topo.peers() {
+            control.peer_connection(peer, true);
+        }
+        let epoch = self.nodes[node].epoch + 1;
+        let mut tasks = Vec::new();
+        for (core, inbox) in inboxes.into_iter().enumerate() {
+            let core = core as u32;
+            let shard_cfg = self.shard_config(node, core);
+            let owned: Vec<u32> = shard_cfg.groups.iter().map(|(g, _)| *g).collect();
+            let disk = self.nodes[node].disks[core as usize].clone();
+            let clock = self.clock.clone();
+            let control = control.clone();
+            let cluster = Cluster {
+                transport: Rc::new(SimNet {
+                    me: node,
+                    shared: self.net.clone(),
+                }),
+                topo: topo.clone(),
+            };
+            let stops = self.stops.clone();
+            let task = async move {
+                let stop = |why: String| stops.borrow_mut().push((node, epoch, why));
+                let (log, recovered) =
+                    match SegmentLog::open(disk, core, |g| owned.contains(&g)).await {
+                        Ok(v) => v,
+                        Err(e) => return stop(format!("recovery failed: {e}")),
+                    };
+                let shard = match Shard::new(shard_cfg, recovered, &logger()) {
+                    Ok(s) => s,
+                    Err(e) => return stop(format!("start failed: {e}")),
+                };
+                let engine = EngineLoop::new(shard, log, clock, inbox, control, Some(cluster));
+                match engine.run().await {
+                    Ok(()) => stop("engine returned".to_owned()),
+                    Err(e) => stop(e),
                 }
             };
-            if let Some((name, len)) = &recovered.truncate {
-                disk.truncate(name, *len);
-            }
-            match Shard::new(cfg, recovered, &logger()) {
-                Ok(shard) => self.nodes[node].cores[core as usize].shard = Some(shard),
-                Err(e) => self
-                    .checker
-                    .violations
-                    .push(format!("n{node} core {core}: start failed: {e}")),
-            }
+            tasks.push(self.exec.spawn(task));
         }
         let n = &mut self.nodes[node];
+        n.inbound = Some(PeerInbound {
+            cores: senders.clone(),
+            control,
+            gateway: RefCell::new(None),
+        });
+        n.senders = senders;
+        n.tasks = tasks;
         n.up = true;
-        n.epoch += 1;
-        let epoch = n.epoch;
-        let first = self.rng.range(0, TICK_US);
-        self.schedule(first, Event::Tick { node, epoch });
-        for core in 0..self.cfg.cores as usize {
-            self.pump(node, core);
-        }
+        n.epoch = epoch;
+        self.refresh_links();
     }
 
     fn plan_workload(&mut self) {
@@ -318,28 +402,125 @@ impl World {
         self.schedule(end, Event::Heal);
     }
 
+    /// Polls every woken engine, then collects what they produced: messages
+    /// for the wire, answers for clients, cores that stopped their node.
+    fn run_engines(&mut self) {
+        if !self.exec.run_ready(MAX_POLLS_PER_STEP) {
+            self.checker.violations.push(format!(
+                "an engine loop kept running for {MAX_POLLS_PER_STEP} polls without time passing"
+            ));
+        }
+        let outbox = std::mem::take(&mut *self.net.outbox.borrow_mut());
+        for (from, to, batch) in outbox {
+            self.send_batch(from, to, batch);
+        }
+        let mut i = 0;
+        while i < self.replies.len() {
+            match self.replies[i].1.try_recv() {
+                Ok(result) => {
+                    let (attempt, _) = self.replies.remove(i);
+                    if !self.faults_over && self.rng.chance(self.cfg.drop) {
+                        self.stats.dropped += 1; // the client's timeout retries
+                        continue;
+                    }
+                    let d = self.net_delay();
+                    self.schedule(d, Event::Reply { attempt, result });
+                }
+                Err(flume::TryRecvError::Disconnected) => {
+                    self.replies.remove(i);
+                }
+                Err(flume::TryRecvError::Empty) => i += 1,
+            }
+        }
+        let mut i = 0;
+        while i < self.reads.len() {
+            match self.reads[i].1.try_recv() {
+                Ok(result) => {
+                    let (tail, _) = self.reads.remove(i);
+                    self.tail_read(tail, result);
+                }
+                Err(flume::TryRecvError::Disconnected) => {
+                    self.reads.remove(i);
+                }
+                Err(flume::TryRecvError::Empty) => i += 1,
+            }
+        }
+        let stops = std::mem::take(&mut *self.stops.borrow_mut());
+        for (node, epoch, why) in stops {
+            if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                continue;
+            }
+            // An injected I/O error during recovery is a failed boot (the
+            // service manager retries); anything else there is a bug.
+            let io_error = why.contains("(os error");
+            if !io_error && (why.starts_with("recovery failed") || why.starts_with("start failed"))
+            {
+                self.checker.violations.push(format!("n{node}: {why}"));
+                continue;
+            }
+            // A log error ends the process (production: exit 70); the
+            // service manager starts it again.
+            self.stats.core_stops += 1;
+            self.power_off(node);
+            let d = self.rng.range(100_000, 1_000_000);
+            self.schedule(d, Event::Restart { node });
+        }
+    }
+
+    /// The next moment something happens: a timer inside a node or an event.
+    fn step(&mut self, skip_clients: bool) -> bool {
+        loop {
+            self.run_engines();
+            if !self.checker.violations.is_empty() {
+                return false;
+            }
+            let timer = self.clock.next_timer();
+            let event = self.queue.first_key_value().map(|((at, _), _)| *at);
+            match (timer, event) {
+                (Some(t), e) if e.is_none_or(|e| t <= e) => {
+                    self.clock.advance_to(t);
+                    self.clock.fire_due();
+                    return true;
+                }
+                (_, Some(_)) => {
+                    let ((at, _), event) = self.queue.pop_first().expect("an event");
+                    self.clock.advance_to(at);
+                    if skip_clients
+                        && matches!(
+                            event,
+                            Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }
+                        )
+                    {
+                        continue;
+                    }
+                    self.stats.events += 1;
+                    if at >= self.cfg.fault_window_us && !self.faults_over {
+                        self.heal_all();
+                    }
+                    self.handle(event);
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
     /// Runs to the end; returns whether it finished without violations.
     pub fn run(&mut self) -> bool {
         let deadline = self.cfg.fault_window_us + self.cfg.liveness_bound_us;
-        while let Some(((at, _), event)) = self.queue.pop_first() {
-            self.now = at;
-            self.stats.events += 1;
-            if at >= self.cfg.fault_window_us && !self.faults_over {
-                self.heal_all();
-            }
-            if at > deadline {
+        while self.step(false) {
+            if self.now() > deadline {
                 break;
             }
-            self.handle(event);
             if self.work.pending() == 0 && self.faults_over && self.tails_caught_up() {
                 break;
             }
-            if !self.checker.violations.is_empty() {
-                break;
-            }
         }
-        self.stats.virtual_us = self.now;
+        self.stats.virtual_us = self.now();
         self.stats.acked = self.checker.acked() as u64;
+        self.stats.fsync_spikes = self.disk_env.spikes.get();
+        self.stats.disk_errors = self.disk_env.errors.get();
+        self.stats.checkpoints = self.disk_env.removed.get();
         if self.checker.violations.is_empty() {
             self.final_checks();
         }
@@ -348,6 +529,7 @@ impl World {
 
     fn heal_all(&mut self) {
         self.faults_over = true;
+        self.disk_env.faults_on.set(false);
         self.partition = None;
         for node in 0..self.nodes.len() {
             if !self.nodes[node].up {
@@ -355,30 +537,19 @@ impl World {
                 self.stats.restarts += 1;
             }
         }
+        self.refresh_links();
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Tick { node, epoch } => {
-                if self.nodes[node].up && self.nodes[node].epoch == epoch {
-                    for core in 0..self.cfg.cores as usize {
-                        self.input(node, core, Input::Tick);
+            Event::Deliver { from, to, batch } => {
+                if self.nodes[to].up {
+                    if let Some(inbound) = &self.nodes[to].inbound {
+                        use starcite::cluster::transport::Inbound;
+                        inbound.on_raft(&self.names[from], batch);
                     }
-                    self.schedule(TICK_US, Event::Tick { node, epoch });
                 }
             }
-            Event::Deliver { node, group, msg } => {
-                if self.nodes[node].up {
-                    let core = core_of(group, self.cfg.cores) as usize;
-                    self.input(node, core, Input::Step(group, msg));
-                }
-            }
-            Event::SyncDone {
-                node,
-                core,
-                epoch,
-                synced,
-            } => self.sync_done(node, core, epoch, synced),
             Event::Send { attempt, node } => self.send(attempt, node),
             Event::Reply { attempt, result } => self.reply(attempt, result),
             Event::Timeout { op, attempts } => {
@@ -391,15 +562,20 @@ impl World {
                     self.retry(op, 0);
                 }
             }
-            Event::Crash { node } => self.crash(node),
+            Event::Crash { node } => {
+                if self.nodes[node].up && !self.faults_over {
+                    self.stats.crashes += 1;
+                    self.power_off(node);
+                }
+            }
             Event::Restart { node } => {
                 if !self.nodes[node].up && !self.faults_over {
                     // One replacement per run: two replicas losing their disks
                     // before catching up is two lost copies, beyond RF 3.
                     if self.stats.disk_wipes == 0 && self.rng.chance(self.cfg.disk_wipe) {
                         self.stats.disk_wipes += 1;
-                        for (core, c) in self.nodes[node].cores.iter_mut().enumerate() {
-                            c.disk = SimDisk::new(core as u32);
+                        for d in &self.nodes[node].disks {
+                            d.wipe();
                         }
                         self.nodes[node].wiped = true;
                     }
@@ -413,110 +589,14 @@ impl World {
                         (0..self.cfg.nodes).map(|_| self.rng.chance(0.5)).collect();
                     self.partition = Some(sides);
                     self.stats.partitions += 1;
+                    self.refresh_links();
                 }
             }
-            Event::Heal => self.partition = None,
+            Event::Heal => {
+                self.partition = None;
+                self.refresh_links();
+            }
             Event::TailPoll { tail } => self.tail_poll(tail),
-        }
-    }
-
-    fn input(&mut self, node: usize, core: usize, input: Input) {
-        self.nodes[node].cores[core].inbox.push_back(input);
-        self.pump(node, core);
-    }
-
-    /// The engine loop of one core: drain inputs, then one write at a time.
-    fn pump(&mut self, node: usize, core: usize) {
-        if !self.nodes[node].up || self.nodes[node].cores[core].writing {
-            return;
-        }
-        let mut out = Outputs::default();
-        let c = &mut self.nodes[node].cores[core];
-        let Some(shard) = c.shard.as_mut() else {
-            return;
-        };
-        while let Some(input) = c.inbox.pop_front() {
-            match input {
-                Input::Step(g, m) => shard.step(g, m),
-                Input::Tick => shard.tick(),
-                Input::Propose(attempt, p) => {
-                    if let Err((w, e)) = shard.propose(p, attempt, self.now as i64) {
-                        out.completions.push((w, Err(e)));
-                    }
-                }
-            }
-        }
-        if shard.has_ready() {
-            let mut buf = Vec::new();
-            out.extend(shard.prepare_write(&mut buf));
-            c.disk.write(&buf);
-            c.writing = true;
-            let synced = shard.batch_needs_sync();
-            let mut latency = if synced {
-                self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1)
-            } else {
-                self.rng.range(5, 50)
-            };
-            if synced && self.rng.chance(self.cfg.fsync_spike) {
-                latency += self.rng.range(20_000, 80_000);
-                self.stats.fsync_spikes += 1;
-            }
-            let epoch = self.nodes[node].epoch;
-            self.schedule(
-                latency,
-                Event::SyncDone {
-                    node,
-                    core,
-                    epoch,
-                    synced,
-                },
-            );
-        }
-        self.dispatch(node, out);
-    }
-
-    fn sync_done(&mut self, node: usize, core: usize, epoch: u64, synced: bool) {
-        if !self.nodes[node].up || self.nodes[node].epoch != epoch {
-            return;
-        }
-        if !self.faults_over && self.rng.chance(self.cfg.disk_full) {
-            // A failed fsync/full disk stops the process in production.
-            self.stats.disk_full += 1;
-            self.crash(node);
-            return;
-        }
-        let c = &mut self.nodes[node].cores[core];
-        if synced {
-            c.disk.sync();
-        }
-        c.writing = false;
-        let shard = c.shard.as_mut().expect("running core has a shard");
-        let out = shard.on_durable();
-        if shard.wants_new_segment() {
-            let seq = c.disk.start_segment();
-            shard.segment_started(seq);
-        }
-        let before = shard.obsolete_before();
-        if c.disk.oldest() < before {
-            c.disk.delete_before(before);
-            shard.segments_deleted(before);
-            self.stats.checkpoints += 1;
-        }
-        self.dispatch(node, out);
-        self.pump(node, core);
-    }
-
-    fn dispatch(&mut self, node: usize, out: Outputs<u64>) {
-        for (group, msg) in out.messages {
-            self.send_message(node, group, msg);
-        }
-        for (attempt, result) in out.completions {
-            if !self.faults_over && self.rng.chance(self.cfg.drop) {
-                self.stats.dropped += 1; // the client's timeout retries
-                continue;
-            }
-            let d = self.net_delay();
-            self.schedule(d, Event::Reply { attempt, result });
         }
     }
 
@@ -524,9 +604,9 @@ impl World {
         self.rng.range(self.cfg.delay_us.0, self.cfg.delay_us.1)
     }
 
-    fn send_message(&mut self, from: usize, group: u32, msg: Message) {
+    /// One transport batch on the wire.
+    fn send_batch(&mut self, from: usize, to: usize, batch: Vec<(u32, Vec<u8>)>) {
         self.stats.messages += 1;
-        let to = msg.to as usize - 1;
         let cut = self
             .partition
             .as_ref()
@@ -538,50 +618,42 @@ impl World {
         if !self.faults_over && self.rng.chance(self.cfg.duplicate) {
             self.stats.duplicated += 1;
             let d = self.net_delay();
-            self.schedule(
-                d,
-                Event::Deliver {
-                    node: to,
-                    group,
-                    msg: msg.clone(),
-                },
-            );
+            let batch = batch.clone();
+            self.schedule(d, Event::Deliver { from, to, batch });
         }
         let d = self.net_delay();
-        self.schedule(
-            d,
-            Event::Deliver {
-                node: to,
-                group,
-                msg,
-            },
-        );
+        self.schedule(d, Event::Deliver { from, to, batch });
     }
 
-    fn crash(&mut self, node: usize) {
-        if !self.nodes[node].up || self.faults_over {
-            return;
+    /// The process is gone: its tasks stop where they stand, its disks keep
+    /// only what was synced (or a torn part of what was not).
+    fn power_off(&mut self, node: usize) {
+        let tasks = std::mem::take(&mut self.nodes[node].tasks);
+        for t in tasks {
+            self.exec.cancel(t);
         }
-        self.stats.crashes += 1;
         let n = &mut self.nodes[node];
         n.up = false;
         n.epoch += 1;
-        for c in &mut n.cores {
-            match c.disk.crash(&mut self.rng) {
-                CrashLoss::Torn => self.stats.torn_writes += 1,
-                CrashLoss::Lost => self.stats.lost_writes += 1,
-                _ => {}
+        n.inbound = None;
+        n.senders = Arc::new(Vec::new());
+        let disks = n.disks.clone();
+        for d in disks {
+            for loss in d.crash(&mut self.rng) {
+                match loss {
+                    CrashLoss::Torn => self.stats.torn_writes += 1,
+                    CrashLoss::Lost => self.stats.lost_writes += 1,
+                    CrashLoss::Kept => {}
+                }
             }
-            c.shard = None;
-            c.writing = false;
-            c.inbox.clear();
         }
+        self.refresh_links();
     }
 
     // ---- clients ----
 
     fn start_op(&mut self, op: usize, delay: u64) {
-        self.work.ops[op].started_us = self.now + delay;
+        self.work.ops[op].started_us = self.now() + delay;
         let expected = match &self.work.ops[op].kind {
             OpKind::Append { .. }
                 if self.work.ops[op].attempts == 0
@@ -645,24 +717,13 @@ impl World {
         }
         let group = self.work.ops[a.op].group;
         let core = core_of(group, self.cfg.cores) as usize;
-        let owns = self.nodes[node].cores[core]
-            .shard
-            .as_ref()
-            .is_some_and(|s| s.group_ids().contains(&group));
-        if !owns {
-            // Not a replica: answer "not leader" with no hint.
-            let d = self.net_delay();
-            self.schedule(
-                d,
-                Event::Reply {
-                    attempt,
-                    result: Err(EngineError::NotLeader { leader: None }),
-                },
-            );
-            return;
-        }
         let proposal = self.work.ops[a.op].proposal(a.expected_seq);
-        self.input(node, core, Input::Propose(attempt, proposal));
+        let (reply, rx) = flume::bounded(1);
+        let sent =
+            self.nodes[node].senders[core].try_send(CoreRequest::Propose { proposal, reply });
+        if sent.is_ok() {
+            self.replies.push((attempt, rx));
+        }
     }
 
     fn reply(&mut self, attempt: u64, result: Result<Outcome, EngineError>) {
@@ -816,27 +877,40 @@ impl World {
         let group = group_of(&session, self.cfg.groups);
         let core = core_of(group, self.cfg.cores) as usize;
         let node = self.rng.range(0, self.cfg.nodes as u64 - 1) as usize;
-        let cursor = self.work.tails[t].cursor;
-        let read = self.nodes[node].cores[core]
-            .shard
-            .as_ref()
-            .filter(|_| self.nodes[node].up)
-            .map(|s| s.read(&session, cursor, 1000));
-        if let Some(Ok(r)) = read {
-            for (seq, frame) in r.events {
-                if seq != self.work.tails[t].cursor + 1 {
-                    self.checker.violations.push(format!(
-                        "tail {t}: {session} read gave seq {seq} after cursor {}",
-                        self.work.tails[t].cursor
-                    ));
-                    return;
-                }
-                self.work.tails[t].cursor = seq;
-                self.work.tails[t].seen.push((seq, frame));
+        let after = self.work.tails[t].cursor;
+        if self.nodes[node].up {
+            let (reply, rx) = flume::bounded(1);
+            let req = CoreRequest::Read {
+                session,
+                after,
+                limit: 1000,
+                reply,
+            };
+            if self.nodes[node].senders[core].try_send(req).is_ok() {
+                self.reads.push((t, rx));
             }
         }
         let d = self.rng.range(50_000, 500_000);
         self.schedule(d, Event::TailPoll { tail: t });
+    }
+
+    fn tail_read(&mut self, t: usize, read: Result<ReadResult, EngineError>) {
+        let Ok(r) = read else { return };
+        let session = self.work.sessions[self.work.tails[t].session].clone();
+        for (seq, frame) in r.events {
+            if seq <= self.work.tails[t].cursor {
+                continue; // an older read answered late
+            }
+            if seq != self.work.tails[t].cursor + 1 {
+                self.checker.violations.push(format!(
+                    "tail {t}: {session} read gave seq {seq} after cursor {}",
+                    self.work.tails[t].cursor
+                ));
+                return;
+            }
+            self.work.tails[t].cursor = seq;
+            self.work.tails[t].seen.push((seq, frame));
+        }
     }
 
     fn tails_caught_up(&self) -> bool {
@@ -853,7 +927,7 @@ impl World {
             let stuck = self.work.ops.iter().filter(|o| !o.done).count();
             self.checker.violations.push(format!(
                 "liveness: {stuck} operations still pending {} µs after faults healed",
-                self.now.saturating_sub(self.cfg.fault_window_us)
+                self.now().saturating_sub(self.cfg.fault_window_us)
             ));
             return;
         }
@@ -868,19 +942,31 @@ impl World {
 
     /// Lets followers catch up: run ticks and messages for a while, no clients.
     fn settle(&mut self) {
-        let until = self.now + 5_000_000;
-        while let Some(((at, _), event)) = self.queue.pop_first() {
-            if at > until {
-                break;
+        let until = self.now() + 5_000_000;
+        while self.now() < until && self.step(true) {}
+    }
+
+    /// Asks a node's core and runs the world (no clients) until it answers.
+    fn ask<T>(
+        &mut self,
+        node: usize,
+        core: usize,
+        req: impl FnOnce(flume::Sender<T>) -> CoreRequest,
+    ) -> Option<T> {
+        if !self.nodes[node].up {
+            return None;
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.nodes[node].senders[core].try_send(req(tx)).ok()?;
+        let until = self.now() + 5_000_000;
+        loop {
+            self.run_engines();
+            if let Ok(v) = rx.try_recv() {
+                return Some(v);
             }
-            self.now = at;
-            if matches!(
-                event,
-                Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }
-            ) {
-                continue;
+            if self.now() > until || !self.step(true) {
+                return None;
             }
-            self.handle(event);
         }
     }
 
@@ -897,22 +983,20 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut histories = Vec::new();
         for node in self.replicas_of(group) {
-            let Some(shard) = self.nodes[node].cores[core].shard.as_ref() else {
-                continue;
-            };
-            let mut events = Vec::new();
+            let mut events: Vec<(u64, bytes::Bytes)> = Vec::new();
             loop {
-                let after = events.last().map_or(0, |(s, _): &(u64, bytes::Bytes)| *s);
-                match shard.read(&session, after, 1000) {
-                    Ok(r) if !r.events.is_empty() => events.extend(r.events),
+                let after = events.last().map_or(0, |(s, _)| *s);
+                let session = session.clone();
+                let read = self.ask(node, core, |reply| CoreRequest::Read {
+                    session,
+                    after,
+                    limit: 1000,
+                    reply,
+                });
+                match read {
+                    Some(Ok(r)) if !r.events.is_empty() => events.extend(r.events),
                     _ => break,
                 }
-            }
-            if std::env::var("SIM_DEBUG").is_ok() {
-                let v = shard
-                    .log_view(group)
-                    .map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
-                eprintln!("debug n{node} {session} group {group}: events {} log (commit, first, last) {v:?} leader {:?} progress {:?}", events.len(), shard.leader_of(group), shard.progress_view(group));
             }
             self.checker
                 .check_history(&format!("n{node}"), &session, &events);
@@ -943,11 +1027,9 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut views = Vec::new();
         for node in self.replicas_of(group) {
-            if let Some(v) = self.nodes[node].cores[core]
-                .shard
-                .as_ref()
-                .and_then(|s| s.log_view(group))
-            {
+            let view: Option<LogView> =
+                self.ask(node, core, |reply| CoreRequest::LogView { group, reply });
+            if let Some(Some(v)) = view {
                 views.push((node, v));
             }
         }

@@ -5,7 +5,7 @@ use starcite_sim::run_seed;
 
 /// Seeds run by `cargo test`; CI runs this on every change. The soak command in
 /// docs/testing.md runs many more.
-const SEEDS: u64 = 400;
+const SEEDS: u64 = 2_000;
 
 #[test]
 #[cfg(not(feature = "broken-ack-before-sync"))]

@@ -76,6 +76,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (core, inbox) in receivers.into_iter().enumerate() {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         stops.push(stop_tx);
@@ -91,6 +92,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             serve_opts: serve_opts.clone(),
             cold: cold.clone(),
             stop: stop_rx,
+            stopping: stopping.clone(),
             boot: boot_tx.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -111,6 +113,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     wait_for_signal()?;
     tracing::info!("shutting down: closing listeners and tails, finishing in-flight requests");
     archiver_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     for stop in &stops {
         let _ = stop.send(());
     }
@@ -136,6 +139,8 @@ struct CoreContext {
     /// The archive read path, shared by every core.
     cold: crate::archive::cold::ColdTier,
     stop: flume::Receiver<()>,
+    /// Set before the stop signal: a core thread ending after it is expected.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
 
@@ -158,10 +163,31 @@ fn run_core(ctx: CoreContext) {
         driver = if uring { "io_uring" } else { "epoll" },
         "core runtime started"
     );
-    runtime.block_on(core_main(ctx));
+    let core = ctx.core;
+    let stopping = ctx.stopping.clone();
+    let boot = ctx.boot.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(core_main(ctx))
+    }));
+    match ran {
+        Err(panic) => core_failed(
+            core,
+            &format!(
+                "core thread panicked: {}",
+                crate::http::unwind::panic_message(&*panic)
+            ),
+        ),
+        // Ended during start-up: the boot channel reported why.
+        Ok(false) => {}
+        Ok(true) if stopping.load(std::sync::atomic::Ordering::Relaxed) => {}
+        Ok(true) => core_failed(core, "core thread ended while the node was serving"),
+    }
+    drop(boot);
 }
 
-async fn core_main(ctx: CoreContext) {
+/// Serves until shutdown; `false` if the core could not start (reported on
+/// the boot channel).
+async fn core_main(ctx: CoreContext) -> bool {
     let core = ctx.core;
     let shutdown = Shutdown::default();
     let inbound = Rc::new(PeerInbound {
@@ -200,12 +226,23 @@ async fn core_main(ctx: CoreContext) {
         Ok(v) => v,
         Err(e) => {
             let _ = ctx.boot.send(Err(e));
-            return;
+            return false;
         }
     };
+    // monoio does not catch task panics: a panicking engine would leave the
+    // core dead while the node keeps answering. Any end of the engine other
+    // than a requested shutdown stops the process.
     let engine_task = monoio::spawn(async move {
-        if let Err(e) = engine.run().await {
-            core_failed(core, &e);
+        match crate::http::unwind::catch_unwind_future(engine.run()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => core_failed(core, &e),
+            Err(panic) => core_failed(
+                core,
+                &format!(
+                    "engine panicked: {}",
+                    crate::http::unwind::panic_message(&*panic)
+                ),
+            ),
         }
     });
     let transport = cluster.as_ref().map(|(t, _)| t.clone());
@@ -274,6 +311,7 @@ async fn core_main(ctx: CoreContext) {
         .send_async(CoreRequest::Shutdown)
         .await;
     engine_task.await;
+    true
 }
 
 fn transport_config(cfg: &Config, topo: &Topology) -> TransportConfig {
@@ -443,8 +481,22 @@ fn check_layout(cfg: &Config) -> Result<(), String> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::write(&path, want.to_string()).map_err(|e| format!("{}: {e}", path.display()))
+            write_durably(&cfg.data_dir, "layout.json", want.to_string().as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
+}
+
+/// Writes `dir/name` atomically and durably: a temporary file, synced, renamed
+/// over the name, then the directory synced. A power cut leaves either no file
+/// or the whole file, never an empty one.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
 }

@@ -141,7 +141,7 @@ impl LogDisk for UringDisk {
         sync: bool,
     ) -> (io::Result<()>, Vec<u8>) {
         let (res, buf) = file.write_all_at(buf, offset).await;
-        if res.is_err() || !sync {
+        if res.is_err() || !sync || skip_fdatasync() {
             return (res, buf);
         }
         (file.sync_data().await, buf)
@@ -321,4 +321,10 @@ async fn truncate<D: LogDisk>(
         disk.truncate(name, valid_len)
             .map_err(|e| format!("{name}: {e}"))
     }
+}
+
+/// Test-only (debug builds): `STARCITE_TEST_FAULT=skip_fdatasync` acknowledges
+/// without syncing, so the power-cut test can show that it catches exactly that.
+fn skip_fdatasync() -> bool {
+    super::engine_loop::test_fault::get() == Some("skip_fdatasync")
 }
