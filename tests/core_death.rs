@@ -91,12 +91,14 @@ fn stalled_core_makes_the_node_not_ready() {
         not_ready > 0,
         "no readiness answer named the stalled core ({unanswered} unanswered): {seen:?}"
     );
-    // The core comes back: the create completes and the node is ready again.
+    // The create that stalled its core outlived the gateway's 2 s command
+    // timeout: an answer (503, retry) came, not a hang.
     let created = creator.join().expect("creator thread");
     assert!(
-        matches!(created, Ok(201)),
+        matches!(created, Ok(201 | 503)),
         "the create that stalled its core: {created:?}"
     );
+    // The core comes back and the node is ready again.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (st, v) = get_json(port, "/health/ready");

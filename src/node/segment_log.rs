@@ -144,7 +144,13 @@ impl LogDisk for UringDisk {
         if res.is_err() || !sync || skip_fdatasync() {
             return (res, buf);
         }
-        (file.sync_data().await, buf)
+        // Name the failing call: a write that went through but a sync that
+        // failed is a device error (EIO, or ENOSPC from thin storage).
+        let synced = file.sync_data().await;
+        (
+            synced.map_err(|e| io::Error::new(e.kind(), format!("fdatasync: {e}"))),
+            buf,
+        )
     }
 
     async fn sync(&self, file: &mut Self::File) -> io::Result<()> {
