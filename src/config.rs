@@ -226,7 +226,11 @@ impl Config {
             1,
             65_536,
         )? as usize;
-        let event_store_max_bytes = size(env, "STARCITE_EVENT_STORE_MAX_SIZE", 2 << 30)?;
+        let event_store_max_bytes = size(
+            env,
+            "STARCITE_EVENT_STORE_MAX_SIZE",
+            starcite_wire::limits::DEFAULT_HOT_TIER,
+        )?;
         let checkpoint_bytes = size(
             env,
             "STARCITE_LOG_CHECKPOINT_SIZE",

@@ -9,5 +9,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod ops;
+pub mod phoenix;
+pub mod tail;
 pub mod tls;
 pub mod wire_server;

@@ -18,7 +18,6 @@
 use starcite_wire::record::{encode, LogRecord};
 
 use crate::limits::SNAPSHOT_BYTES_PER_BATCH;
-use crate::recovery::encode_record;
 use crate::shard::Shard;
 
 impl<W> Shard<W> {
@@ -97,16 +96,9 @@ impl<W> Shard<W> {
         let voters = store.voters().to_vec();
         let hs = store.hard_state().clone();
         let tail = store.entries_in(applied + 1, u64::MAX).to_vec();
-        let record = LogRecord::Snapshot {
-            group: gid,
-            index: applied,
-            term,
-            voters,
-            state: state.clone(),
-        };
-        encode_record(&record, buf);
+        crate::recovery::push_snapshot(gid, applied, term, voters, &state, buf);
         let commit = hs.commit.max(applied);
-        encode_record(
+        crate::shard::push_small(
             &LogRecord::HardState {
                 group: gid,
                 term: hs.term,
@@ -116,7 +108,7 @@ impl<W> Shard<W> {
             buf,
         );
         if !tail.is_empty() {
-            crate::shard::push_entries(gid, &tail, buf);
+            crate::recovery::push_entries(gid, &tail, buf);
         }
         group
             .node

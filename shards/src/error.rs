@@ -22,6 +22,9 @@ pub enum EngineError {
     NotLeader { leader: Option<u64> },
     #[error("group unavailable")]
     Unavailable,
+    /// The command is larger than a log entry may be (`limits::MAX_ENTRY`).
+    #[error("command too large")]
+    TooLarge,
     #[error("archive read unavailable")]
     ArchiveReadUnavailable,
     /// The cursor is below the hot tier: events up to `archived_seq` are only in

@@ -1,4 +1,8 @@
-//! Every bound of the engine in one place.
+//! Every bound of the engine in one place. Byte bounds shared with the HTTP
+//! layer, the transport and the log format live in `starcite_wire::limits`
+//! (re-exported here), where they are checked against each other.
+
+pub use starcite_wire::limits::*;
 
 /// Producer entries kept per session before the least recently used is dropped.
 pub const PRODUCERS_PER_SESSION: usize = 10_000;
@@ -23,7 +27,7 @@ pub const HEARTBEAT_TICKS: usize = 2;
 /// Ticks a leader waits for a follower to apply a snapshot before resending.
 pub const SNAPSHOT_RETRY_TICKS: usize = 30;
 /// Raft message and in-flight limits.
-pub const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
+pub const MAX_SIZE_PER_MSG: u64 = starcite_wire::limits::RAFT_MAX_SIZE_PER_MSG as u64;
 pub const MAX_INFLIGHT_MSGS: usize = 256;
 /// Proposals waiting for apply per core; beyond it appends answer 503.
 pub const MAX_PENDING_PROPOSALS: usize = 65_536;

@@ -2,16 +2,22 @@
 //!
 //! Segments are replayed in order. A `Snapshot` record resets a group (its log
 //! restarts after the snapshot index), `Entries` append with Raft's suffix
-//! replacement, `HardState` replaces the hard state. A torn tail in the LAST
-//! segment is truncated (the driver does the file operation); a torn or corrupt
-//! frame anywhere else stops start-up with the file name and offset.
+//! replacement, `HardState` replaces the hard state. A snapshot too large for
+//! one frame arrives as `SnapshotPart`s closed by a `ChunkedSnapshot`. A torn
+//! tail in the LAST segment is truncated (the driver does the file operation); a
+//! torn or corrupt frame anywhere else stops start-up with the file name and
+//! offset, and so does a gap in a group's entries that no later snapshot covers.
 
 use std::collections::BTreeMap;
 
 use raft::eraftpb::{Entry, EntryType, HardState};
 use rkyv::util::AlignedVec;
 use starcite_wire::log::{decode_segment, LogError};
-use starcite_wire::record::{ArchivedLogRecord, LogRecord};
+use starcite_wire::record::{ArchivedLogRecord, EntryRecord, LogRecord};
+
+#[allow(unused_imports)] // named in the docs
+use crate::limits::MAX_ENTRY;
+use crate::limits::{ENTRIES_RECORD_BYTES, SNAPSHOT_CHUNK};
 
 use crate::raft_storage::GroupStorage;
 
@@ -31,6 +37,12 @@ pub struct RecoveredGroup {
     /// The segment holding the latest snapshot record (or the group's first
     /// record): the oldest segment this group needs.
     pub pin_segment: Option<u64>,
+    /// Parts of a chunked snapshot read so far: (index, bytes).
+    parts: Option<(u64, Vec<u8>)>,
+    /// `(file, offset, expected index, found index)` of the first `Entries`
+    /// record that did not connect to the log. Only a later snapshot (which
+    /// replaces the whole log) clears it; at the end of recovery it is an error.
+    gap: Option<(String, u64, u64, u64)>,
 }
 
 pub struct Recovered {
@@ -62,6 +74,14 @@ pub enum RecoveryError {
     },
     #[error("log segment {file}: record for group {group}, which core {core} does not own (was STARCITE_NUM_GROUPS or STARCITE_CORES changed?)")]
     ForeignGroup { file: String, group: u32, core: u32 },
+    #[error("log segment {file}: entries record at offset {offset} for group {group} starts at index {found}, but the log holds entries only up to {} (a gap: records are missing)", expected - 1)]
+    Gap {
+        file: String,
+        offset: u64,
+        group: u32,
+        expected: u64,
+        found: u64,
+    },
 }
 
 /// Replays `segments`; `owns(group)` says whether this core owns a group.
@@ -111,7 +131,11 @@ pub fn recover(
             if g.pin_segment.is_none() || matches!(record, ArchivedLogRecord::Snapshot { .. }) {
                 g.pin_segment = Some(seg.seq);
             }
-            replay(g, record);
+            replay(g, record, &seg.name, offset).map_err(|reason| RecoveryError::BadRecord {
+                file: seg.name.clone(),
+                offset,
+                reason,
+            })?;
             out.records += 1;
         }
         out.last_segment = Some(seg.seq);
@@ -121,6 +145,17 @@ pub fn recover(
                 .valid_len
                 .max(starcite_wire::log::SEGMENT_HEADER_LEN as u64),
         ));
+    }
+    for (&group, g) in &out.groups {
+        if let Some((file, offset, expected, found)) = &g.gap {
+            return Err(RecoveryError::Gap {
+                file: file.clone(),
+                offset: *offset,
+                group,
+                expected: *expected,
+                found: *found,
+            });
+        }
     }
     Ok(out)
 }
@@ -133,13 +168,23 @@ fn record_group(record: &ArchivedLogRecord) -> u32 {
     match record {
         ArchivedLogRecord::Entries { group, .. }
         | ArchivedLogRecord::HardState { group, .. }
-        | ArchivedLogRecord::Snapshot { group, .. } => group.to_native(),
+        | ArchivedLogRecord::Snapshot { group, .. }
+        | ArchivedLogRecord::SnapshotPart { group, .. }
+        | ArchivedLogRecord::ChunkedSnapshot { group, .. } => group.to_native(),
     }
 }
 
-fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
+fn replay(
+    g: &mut RecoveredGroup,
+    record: &ArchivedLogRecord,
+    file: &str,
+    offset: u64,
+) -> Result<(), String> {
     match record {
         ArchivedLogRecord::Entries { entries, .. } => {
+            if g.gap.is_some() {
+                return Ok(()); // nothing connects until a snapshot resets the log
+            }
             let first = g.storage.snapshot_index() + 1;
             let ents: Vec<Entry> = entries
                 .iter()
@@ -153,10 +198,15 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
                     ..Default::default()
                 })
                 .collect();
-            if ents
-                .first()
-                .is_some_and(|e| e.index <= g.storage.last_index_now() + 1)
-            {
+            if let Some(e) = ents.first() {
+                let expected = g.storage.last_index_now() + 1;
+                if e.index > expected {
+                    g.gap = Some((file.to_string(), offset, expected, e.index));
+                    return Ok(());
+                }
+                if ents.windows(2).any(|w| w[1].index != w[0].index + 1) {
+                    return Err("entries in one record are not consecutive".into());
+                }
                 g.storage.append(&ents);
             }
         }
@@ -180,13 +230,75 @@ fn replay(g: &mut RecoveredGroup, record: &ArchivedLogRecord) {
             state,
             ..
         } => {
-            let data = bytes::Bytes::copy_from_slice(state);
+            g.parts = None;
             let voters = voters.iter().map(|v| v.to_native()).collect();
-            g.storage
-                .apply_snapshot(index.to_native(), term.to_native(), voters, data.clone());
-            g.snapshot_state = Some(data);
+            install(
+                g,
+                index.to_native(),
+                term.to_native(),
+                voters,
+                bytes::Bytes::copy_from_slice(state),
+            );
+        }
+        ArchivedLogRecord::SnapshotPart {
+            index,
+            offset: part_offset,
+            data,
+            ..
+        } => {
+            let (index, part_offset) = (index.to_native(), part_offset.to_native());
+            if part_offset == 0 {
+                // A new snapshot starts (parts of an earlier one that never got
+                // its end were cut off by a crash and are dropped).
+                g.parts = Some((index, data.to_vec()));
+                return Ok(());
+            }
+            match &mut g.parts {
+                Some((i, bytes)) if *i == index && bytes.len() as u64 == part_offset => {
+                    bytes.extend_from_slice(data);
+                }
+                other => {
+                    return Err(format!(
+                        "snapshot part at index {index}, offset {part_offset} does not follow the parts before it ({:?})",
+                        other.as_ref().map(|(i, b)| (*i, b.len()))
+                    ))
+                }
+            }
+        }
+        ArchivedLogRecord::ChunkedSnapshot {
+            index,
+            term,
+            voters,
+            len,
+            ..
+        } => {
+            let (index, len) = (index.to_native(), len.to_native());
+            let state = match g.parts.take() {
+                Some((i, bytes)) if i == index && bytes.len() as u64 == len => bytes,
+                other => {
+                    return Err(format!(
+                        "chunked snapshot at index {index} of {len} bytes, but its parts hold {:?}",
+                        other.as_ref().map(|(i, b)| (*i, b.len()))
+                    ))
+                }
+            };
+            let voters = voters.iter().map(|v| v.to_native()).collect();
+            install(
+                g,
+                index,
+                term.to_native(),
+                voters,
+                bytes::Bytes::from(state),
+            );
         }
     }
+    Ok(())
+}
+
+fn install(g: &mut RecoveredGroup, index: u64, term: u64, voters: Vec<u64>, data: bytes::Bytes) {
+    g.storage.apply_snapshot(index, term, voters, data.clone());
+    g.snapshot_state = Some(data);
+    g.gap = None;
 }
 
 pub fn entry_type(kind: u8) -> EntryType {
@@ -206,8 +318,107 @@ pub fn entry_kind(t: EntryType) -> u8 {
 }
 
 /// Frames one record into `out` (the caller keeps `out` 16-byte aligned).
-pub fn encode_record(record: &LogRecord, out: &mut Vec<u8>) {
+///
+/// Every record the engine writes is bounded below the log frame by
+/// construction, never by luck: `Entries` records are cut at
+/// [`ENTRIES_RECORD_BYTES`] plus one entry (an entry is at most [`MAX_ENTRY`]:
+/// proposals and entries from peers above it are refused), snapshots are cut
+/// into [`SNAPSHOT_CHUNK`] parts, and `starcite_wire::limits` checks at compile
+/// time that each of these fits a frame. A record over the limit would
+/// therefore be a bug in this crate, and is reported as an error.
+pub fn encode_record(
+    record: &LogRecord,
+    out: &mut Vec<u8>,
+) -> Result<(), starcite_wire::log::LogError> {
     let bytes = starcite_wire::record::encode(record);
-    // A record over the frame limit is a bug in the caller's batching.
-    starcite_wire::log::encode_frame(&bytes, out).expect("log record within the frame size limit");
+    starcite_wire::log::encode_frame(&bytes, out)
+}
+
+/// Appends one group's entries as `Entries` records of at most
+/// [`ENTRIES_RECORD_BYTES`] (plus one entry) each.
+pub(crate) fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
+    let mut chunk: Vec<EntryRecord> = Vec::new();
+    let mut bytes = 0usize;
+    let flush = |chunk: &mut Vec<EntryRecord>, buf: &mut Vec<u8>| {
+        if chunk.is_empty() {
+            return;
+        }
+        let record = LogRecord::Entries {
+            group: gid,
+            entries: std::mem::take(chunk),
+        };
+        if let Err(e) = encode_record(&record, buf) {
+            // Unreachable (see `encode_record`); refusing to continue is the
+            // only safe answer, as the entries cannot be made durable.
+            tracing::error!(group = gid, error = %e, "entries record over the frame limit");
+            panic!("group {gid}: entries record over the log frame limit: {e}");
+        }
+    };
+    for e in entries {
+        let size = e.data.len() + e.context.len() + ENTRY_RECORD_OVERHEAD;
+        if !chunk.is_empty() && bytes + size > ENTRIES_RECORD_BYTES {
+            flush(&mut chunk, buf);
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(EntryRecord {
+            term: e.term,
+            index: e.index,
+            kind: entry_kind(e.get_entry_type()),
+            data: e.data.to_vec(),
+            context: e.context.to_vec(),
+        });
+    }
+    flush(&mut chunk, buf);
+}
+
+/// Archived bytes of an `EntryRecord` beyond its data and context.
+const ENTRY_RECORD_OVERHEAD: usize = 64;
+
+/// Appends a group's snapshot: one `Snapshot` record if the state fits a
+/// [`SNAPSHOT_CHUNK`], else `SnapshotPart`s of that size and a `ChunkedSnapshot`.
+pub(crate) fn push_snapshot(
+    gid: u32,
+    index: u64,
+    term: u64,
+    voters: Vec<u64>,
+    state: &[u8],
+    buf: &mut Vec<u8>,
+) {
+    let put = |record: &LogRecord, buf: &mut Vec<u8>| {
+        if let Err(e) = encode_record(record, buf) {
+            // Unreachable: every record here carries at most SNAPSHOT_CHUNK bytes.
+            panic!("group {gid}: snapshot record over the log frame limit: {e}");
+        }
+    };
+    if state.len() <= SNAPSHOT_CHUNK {
+        let record = LogRecord::Snapshot {
+            group: gid,
+            index,
+            term,
+            voters,
+            state: state.to_vec(),
+        };
+        put(&record, buf);
+        return;
+    }
+    let mut offset = 0u64;
+    for part in state.chunks(SNAPSHOT_CHUNK) {
+        let record = LogRecord::SnapshotPart {
+            group: gid,
+            index,
+            offset,
+            data: part.to_vec(),
+        };
+        put(&record, buf);
+        offset += part.len() as u64;
+    }
+    let record = LogRecord::ChunkedSnapshot {
+        group: gid,
+        index,
+        term,
+        voters,
+        len: state.len() as u64,
+    };
+    put(&record, buf);
 }

@@ -12,15 +12,14 @@ use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{Ready, StateRole};
 use starcite_wire::record::{
-    decode_command, decode_snapshot, AppendCommand, Command, CreateCommand, EntryRecord, LogRecord,
-    Origin,
+    decode_command, decode_snapshot, AppendCommand, Command, CreateCommand, LogRecord, Origin,
 };
 
 use crate::error::EngineError;
 use crate::group::Group;
 use crate::limits::{MAX_PENDING_PROPOSALS, MAX_READ_EVENTS};
 use crate::placement::group_of;
-use crate::recovery::{encode_record, entry_kind, Recovered};
+use crate::recovery::{encode_record, push_entries, push_snapshot, Recovered};
 use crate::state::machine::{Notification, Outcome};
 use crate::state::{GroupMachine, Session};
 
@@ -403,6 +402,11 @@ impl<W> Shard<W> {
             token,
         };
         let data = starcite_wire::record::encode(&stamp(proposal, origin, now_us));
+        if data.len() > crate::limits::MAX_ENTRY {
+            // The gateway bounds bodies far below this; a command that would not
+            // fit the log's entry budget is refused, never written.
+            return Err((waiter, EngineError::TooLarge));
+        }
         if let Err(e) = group.node.propose(Vec::new(), data.to_vec()) {
             tracing::debug!(group = gid, error = %e, "proposal dropped by raft");
             return Err((waiter, EngineError::Unavailable));
@@ -439,6 +443,19 @@ impl<W> Shard<W> {
 
     /// Delivers a Raft message from a peer.
     pub fn step(&mut self, group: u32, mut msg: Message) {
+        if msg
+            .entries
+            .iter()
+            .any(|e| e.data.len() + e.context.len() > crate::limits::MAX_ENTRY)
+        {
+            // No proposer makes such an entry (see `propose`): a broken peer.
+            tracing::warn!(
+                group,
+                from = msg.from,
+                "raft message with an entry over the entry limit dropped"
+            );
+            return;
+        }
         if let Some(g) = self.groups.get_mut(&group) {
             if g.rejoin_filter(&msg) {
                 return;
@@ -596,14 +613,7 @@ impl<W> Shard<W> {
             .node
             .mut_store()
             .apply_snapshot(index, term, voters.clone(), snap.data.clone());
-        let record = LogRecord::Snapshot {
-            group: gid,
-            index,
-            term,
-            voters,
-            state: snap.data.to_vec(),
-        };
-        encode_record(&record, buf);
+        push_snapshot(gid, index, term, voters, &snap.data, buf);
         self.pending_pins.push((gid, self.segment));
     }
 
@@ -927,26 +937,6 @@ fn fail_pending_of<W>(
     }
 }
 
-pub(crate) fn push_entries(gid: u32, entries: &[Entry], buf: &mut Vec<u8>) {
-    let entries = entries
-        .iter()
-        .map(|e| EntryRecord {
-            term: e.term,
-            index: e.index,
-            kind: entry_kind(e.get_entry_type()),
-            data: e.data.to_vec(),
-            context: e.context.to_vec(),
-        })
-        .collect();
-    encode_record(
-        &LogRecord::Entries {
-            group: gid,
-            entries,
-        },
-        buf,
-    );
-}
-
 fn push_hard_state(gid: u32, hs: &raft::eraftpb::HardState, buf: &mut Vec<u8>) {
     let record = LogRecord::HardState {
         group: gid,
@@ -954,7 +944,15 @@ fn push_hard_state(gid: u32, hs: &raft::eraftpb::HardState, buf: &mut Vec<u8>) {
         vote: hs.vote,
         commit: hs.commit,
     };
-    encode_record(&record, buf);
+    push_small(&record, buf);
+}
+
+/// Appends a record of a few dozen bytes (a hard state).
+pub(crate) fn push_small(record: &LogRecord, buf: &mut Vec<u8>) {
+    if let Err(e) = encode_record(record, buf) {
+        // Unreachable: a hard state is a few dozen bytes.
+        panic!("small log record over the frame limit: {e}");
+    }
 }
 
 fn list_row(s: &Session) -> ListRow {

@@ -435,3 +435,216 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
         Err(EngineError::Archived { archived_seq: 250 })
     );
 }
+
+/// An append whose body is `len` bytes of JSON.
+fn big_append(session: &str, producer: &str, pseq: u64, len: usize) -> Proposal {
+    let head = "\"type\":\"t\",\"payload\":{\"s\":\"";
+    let fill = len - head.len() - 2;
+    Proposal::Append {
+        session: session.into(),
+        producer_id: producer.into(),
+        producer_seq: pseq,
+        fingerprint: [pseq as u8; 16],
+        expected_seq: None,
+        body: format!("{head}{}\"}}", "x".repeat(fill)),
+    }
+}
+
+/// `(offset, record kind)` of every frame in a segment, with its payload length.
+fn frames_of(bytes: &[u8]) -> Vec<(u64, &'static str, usize)> {
+    use starcite_wire::record::ArchivedLogRecord;
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(bytes);
+    let seg = starcite_wire::log::decode_segment(&aligned).unwrap();
+    seg.frames
+        .iter()
+        .map(|(offset, payload)| {
+            let record = rkyv::access::<ArchivedLogRecord, rkyv::rancor::Error>(payload).unwrap();
+            let kind = match record {
+                ArchivedLogRecord::Entries { .. } => "entries",
+                ArchivedLogRecord::HardState { .. } => "hard_state",
+                ArchivedLogRecord::Snapshot { .. } => "snapshot",
+                ArchivedLogRecord::SnapshotPart { .. } => "snapshot_part",
+                ArchivedLogRecord::ChunkedSnapshot { .. } => "chunked_snapshot",
+            };
+            (*offset, kind, payload.len())
+        })
+        .collect()
+}
+
+const BIG: usize = 7_900_000;
+
+/// Issue 13: nine ~7.9 MB appends to one session in one batch are more than a
+/// log frame (64 MiB) of entries. They are written as several records, all
+/// acknowledged, and recovered.
+#[test]
+fn a_batch_over_a_frame_is_split_into_records() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    shard.propose(create("big"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    for i in 1..=9 {
+        shard.propose(big_append("big", "p", i, BIG), i, 2).unwrap();
+    }
+    let mut buf = Vec::new();
+    shard.prepare_write(&mut buf);
+    assert!(
+        buf.len() > starcite_wire::log::MAX_FRAME_PAYLOAD,
+        "one batch over a frame"
+    );
+    log.segments.last_mut().unwrap().1.extend_from_slice(&buf);
+    let mut out = shard.on_durable();
+    out.extend(drive(&mut shard, &mut log));
+    let mut seqs: Vec<u64> = out
+        .completions
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(Outcome::Appended { seq, .. }) => *seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    let entries: Vec<usize> = log
+        .segments
+        .iter()
+        .flat_map(|(_, b)| frames_of(b))
+        .filter(|f| f.1 == "entries")
+        .map(|f| f.2)
+        .collect();
+    assert!(
+        entries.iter().filter(|len| **len > BIG).count() >= 4,
+        "{entries:?}"
+    );
+    assert!(entries
+        .iter()
+        .all(|len| *len <= starcite_wire::limits::ENTRIES_RECORD_BYTES + BIG + 4096));
+    drop(shard);
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    let read = shard.read("big", 0, 100).unwrap();
+    assert_eq!(read.events.len(), 9);
+    assert!(read.events.iter().all(|(_, frame)| frame.len() > BIG));
+}
+
+/// Issue 13: a checkpoint of a group holding more than a log frame of unarchived
+/// events writes its snapshot in parts, and recovery reassembles it.
+#[test]
+fn a_snapshot_over_a_frame_is_written_in_parts_and_recovered() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, 1024 * 1024);
+    settle(&mut shard, &mut log);
+    shard.propose(create("big"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    for i in 1..=9 {
+        shard.propose(big_append("big", "p", i, BIG), i, 2).unwrap();
+        drive(&mut shard, &mut log);
+    }
+    assert!(shard.hot_bytes() as usize > starcite_wire::log::MAX_FRAME_PAYLOAD);
+    // Retries dedupe: they grow the log, not the state, until a checkpoint is due.
+    let mut retries = 0;
+    while !log
+        .segments
+        .iter()
+        .any(|(_, b)| frames_of(b).iter().any(|f| f.1 == "chunked_snapshot"))
+    {
+        retries += 1;
+        assert!(retries < 40, "no checkpoint");
+        shard
+            .propose(big_append("big", "p", 9, BIG), 100 + retries, 3)
+            .unwrap();
+        drive(&mut shard, &mut log);
+    }
+    let frames: Vec<_> = log
+        .segments
+        .iter()
+        .flat_map(|(_, b)| frames_of(b))
+        .collect();
+    let parts = frames.iter().filter(|f| f.1 == "snapshot_part").count();
+    assert!(parts >= 9, "{parts} parts");
+    assert!(frames
+        .iter()
+        .all(|f| f.2 <= starcite_wire::limits::SNAPSHOT_CHUNK + 64 * 1024 || f.1 == "entries"));
+    let before = shard.read("big", 0, 100).unwrap();
+    drop(shard);
+    let mut shard = start(&log, 1024 * 1024);
+    settle(&mut shard, &mut log);
+    assert_eq!(shard.read("big", 0, 100).unwrap(), before);
+    assert_eq!(before.events.len(), 9);
+    // The producer window came back too: the retry still dedupes.
+    shard.propose(big_append("big", "p", 9, BIG), 1, 4).unwrap();
+    let out = drive(&mut shard, &mut log);
+    assert!(matches!(
+        out.completions[0].1,
+        Ok(Outcome::Appended {
+            seq: 9,
+            deduped: true,
+            ..
+        })
+    ));
+}
+
+/// Issue 13: recovery never skips a missing entries record.
+#[test]
+fn a_gap_in_the_entries_stops_recovery_with_file_and_offset() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    shard.propose(create("s"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    for i in 1..=6 {
+        shard.propose(append("s", "p", i), i, 1).unwrap();
+        drive(&mut shard, &mut log);
+    }
+    drop(shard);
+    // Cut out one entries record from the middle of the log.
+    let seg = &mut log.segments[0].1;
+    let frames = frames_of(seg);
+    let entries: Vec<_> = frames.iter().filter(|f| f.1 == "entries").collect();
+    let victim = entries[entries.len() / 2];
+    let start_at = victim.0 as usize;
+    let next = frames
+        .iter()
+        .find(|f| f.0 > victim.0)
+        .map_or(seg.len(), |f| f.0 as usize);
+    seg.drain(start_at..next);
+    let err = recover(&log.inputs(), 0, |_| true)
+        .err()
+        .expect("a gap is an error");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, starcite_shards::recovery::RecoveryError::Gap { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("raft-0-") && msg.contains("offset") && msg.contains("gap"),
+        "{msg}"
+    );
+}
+
+/// Issue 13: a flipped bit in the last frame, written completely and
+/// acknowledged, is corruption, not a torn tail to truncate.
+#[test]
+fn a_flipped_bit_in_the_last_acknowledged_frame_is_corruption() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    shard.propose(create("s"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    shard.propose(append("s", "p", 1), 1, 1).unwrap();
+    let out = drive(&mut shard, &mut log);
+    assert!(!out.completions.is_empty(), "acknowledged");
+    drop(shard);
+    let seg = &mut log.segments[0].1;
+    let last = frames_of(seg).last().unwrap().0 as usize;
+    seg[last + 16 + 3] ^= 0x10;
+    let err = recover(&log.inputs(), 0, |_| true)
+        .err()
+        .expect("damage to the last frame is an error");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("raft-0-") && msg.contains(&format!("offset {last}")),
+        "{msg}"
+    );
+}

@@ -44,9 +44,13 @@ fn header_token(value: &str) -> Result<String, AuthFailure> {
     checked(rest.trim())
 }
 
-/// Non-empty, and neither `,` nor a space (a list of credentials, or junk).
+/// Non-empty, at most [`AUTH_TOKEN`](starcite_wire::limits::AUTH_TOKEN) bytes, and
+/// neither `,` nor a space (a list of credentials, or junk).
 fn checked(token: &str) -> Result<String, AuthFailure> {
-    if token.is_empty() || token.contains([',', ' ']) {
+    if token.is_empty()
+        || token.len() > starcite_wire::limits::AUTH_TOKEN
+        || token.contains([',', ' '])
+    {
         return Err(AuthFailure::Malformed);
     }
     Ok(token.to_owned())
@@ -66,6 +70,22 @@ mod tests {
 
     fn auth(v: &str) -> Vec<(String, String)> {
         h(&[("host", "x"), ("authorization", v)])
+    }
+
+    #[test]
+    fn tokens_over_the_limit_are_malformed() {
+        let max = starcite_wire::limits::AUTH_TOKEN;
+        let ok = "a".repeat(max);
+        assert_eq!(
+            find_token(&auth(&format!("Bearer {ok}")), None, false),
+            Ok(ok.clone())
+        );
+        let long = "a".repeat(max + 1);
+        assert_eq!(
+            find_token(&auth(&format!("Bearer {long}")), None, false),
+            Err(Malformed)
+        );
+        assert_eq!(find_token(&h(&[]), Some(&long), true), Err(Malformed));
     }
 
     #[test]

@@ -17,7 +17,10 @@ use starcite_wire::peer::{encode_peer_frame, PeerFrame, MAX_PEER_FRAME};
 use super::handshake::{self, HANDSHAKE_TIMEOUT, MAX_HANDSHAKE_FRAME};
 use super::io::{write_all_timeout, FrameReader, ReadError};
 use super::sync::Latch;
-use super::transport::{Counters, Inbound, Replier, TransportConfig, MAX_PENDING_REQUESTS};
+use super::transport::{
+    Counters, Inbound, Replier, TransportConfig, MAX_PENDING_REQUESTS, MAX_RAFT_MESSAGE,
+    MAX_UNCHUNKED_RAFT_MESSAGE,
+};
 
 /// Cap on inbound cluster connections per core (each peer core opens one).
 pub const MAX_INBOUND_CONNECTIONS: usize = 1024;
@@ -185,6 +188,7 @@ impl InboundConn {
             Rc::clone(&self.counters),
         ));
         let inflight = Arc::new(AtomicUsize::new(0));
+        let mut assembly = ChunkAssembly::default();
         let timeout = self.cfg.peer_timeout;
         let end = loop {
             let bytes = std::mem::take(&mut rd.bytes_read);
@@ -234,6 +238,23 @@ impl InboundConn {
                     let _ = tx.try_send(Outgoing::Pong { at });
                 }
                 PeerFrame::Pong { .. } => {}
+                PeerFrame::RaftChunk {
+                    group,
+                    id,
+                    total,
+                    offset,
+                    data,
+                } => match assembly.push(group, id, total, offset, data) {
+                    Ok(Some((group, message))) => {
+                        self.counters.add(|s| s.raft_messages_received += 1);
+                        self.inbound.on_raft(&node, vec![(group, message)]);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        self.counters.add(|s| s.protocol_errors += 1);
+                        break Some((true, reason));
+                    }
+                },
                 other => {
                     self.counters.add(|s| s.protocol_errors += 1);
                     break Some((
@@ -310,4 +331,55 @@ async fn inbound_writer(
         }
     }
     closed.fire();
+}
+
+/// Reassembles the one Raft message a connection is receiving in `RaftChunk`s.
+/// Its memory is bounded by the message being assembled (at most
+/// [`MAX_RAFT_MESSAGE`]); a new message (offset 0) replaces a partial one whose
+/// sender gave up on it.
+#[derive(Default)]
+pub(crate) struct ChunkAssembly {
+    current: Option<(u32, u64, u64, Vec<u8>)>,
+}
+
+impl ChunkAssembly {
+    /// Adds a chunk; returns the whole message once its last chunk arrived, and
+    /// an error for chunks that break the protocol (out of order, over size).
+    pub(crate) fn push(
+        &mut self,
+        group: u32,
+        id: u64,
+        total: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Option<(u32, Vec<u8>)>, String> {
+        if total > MAX_RAFT_MESSAGE as u64 || total <= MAX_UNCHUNKED_RAFT_MESSAGE as u64 {
+            return Err(format!("raft chunk of a {total}-byte message (chunked messages are {MAX_UNCHUNKED_RAFT_MESSAGE}..={MAX_RAFT_MESSAGE} bytes)"));
+        }
+        if offset == 0 {
+            // Grow as chunks arrive: a peer cannot reserve memory it does not send.
+            self.current = Some((group, id, total, Vec::new()));
+        }
+        let Some((g, i, t, buf)) = self.current.as_mut() else {
+            return Err(format!("raft chunk at offset {offset} without its start"));
+        };
+        if (*g, *i, *t) != (group, id, total) || buf.len() as u64 != offset {
+            return Err(format!(
+                "raft chunk for message {id} at offset {offset} does not follow message {i} at {}",
+                buf.len()
+            ));
+        }
+        if offset + data.len() as u64 > total || data.is_empty() {
+            return Err(format!(
+                "raft chunk at offset {offset} of {} bytes overruns its {total}-byte message",
+                data.len()
+            ));
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() as u64 == total {
+            let (group, _, _, message) = self.current.take().expect("set above");
+            return Ok(Some((group, message)));
+        }
+        Ok(None)
+    }
 }

@@ -60,7 +60,7 @@ pub use handshake::HANDSHAKE_TIMEOUT;
 pub use inbound::serve_cluster;
 pub use transport::{
     Inbound, NodeAddr, Replier, Transport, TransportConfig, TransportError, TransportStats,
-    MAX_BODY, MAX_PENDING_REQUESTS, MAX_RAFT_MESSAGE,
+    MAX_BODY, MAX_PENDING_REQUESTS, MAX_RAFT_MESSAGE, MAX_UNCHUNKED_RAFT_MESSAGE, RAFT_CHUNK,
 };
 
 /// Binds a cluster listener for one core with `SO_REUSEPORT` (every core may bind

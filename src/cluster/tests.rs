@@ -282,12 +282,32 @@ fn raft_batches_control_and_peer_state() {
             ]
         );
 
-        // Unknown peers and oversized messages are dropped and counted.
+        // Unknown peers are dropped and counted.
         let dropped = a.transport.stats().raft_messages_dropped;
         a.transport.send_raft("nobody", vec![(1, vec![])]);
-        a.transport
-            .send_raft("b", vec![(1, vec![0; MAX_RAFT_MESSAGE + 1])]);
+        assert_eq!(a.transport.stats().raft_messages_dropped, dropped + 1);
+
+        // A message too large for one frame (a snapshot) crosses in chunks and
+        // arrives whole, even past the queue's byte bound, while small messages
+        // keep flowing; a second large one while it is in flight is dropped.
+        let big: Vec<u8> = (0..40 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        assert!(big.len() > MAX_UNCHUNKED_RAFT_MESSAGE);
+        a.transport.send_raft(
+            "b",
+            vec![
+                (7, big.clone()),
+                (8, vec![8; MAX_UNCHUNKED_RAFT_MESSAGE + 1]),
+                (9, vec![9; 5]),
+            ],
+        );
         assert_eq!(a.transport.stats().raft_messages_dropped, dropped + 2);
+        let arrived = |g: u32| b.rec.raft_messages("a").iter().any(|(x, _)| *x == g);
+        wait_until("chunked message at b", WAIT, || arrived(7)).await;
+        let got = b.rec.raft_messages("a");
+        assert!(got.iter().any(|m| *m == (9, vec![9; 5])));
+        assert!(!got.iter().any(|(g, _)| *g == 8));
+        assert_eq!(got.iter().filter(|(g, _)| *g == 7).count(), 1);
+        assert!(got.iter().any(|(g, m)| *g == 7 && *m == big));
 
         // Stopping a node: its peers see it go.
         a.stop_all();
@@ -876,4 +896,43 @@ fn silent_peer_is_detected_as_down() {
         a.stop_all();
         drop(fake_task);
     });
+}
+
+#[test]
+fn chunk_assembly_rejects_what_breaks_the_protocol() {
+    use super::inbound::ChunkAssembly;
+    let total = (MAX_UNCHUNKED_RAFT_MESSAGE + 10) as u64;
+    let first = vec![1u8; RAFT_CHUNK];
+    let rest = vec![2u8; total as usize - RAFT_CHUNK];
+    // In order: whole message.
+    let mut a = ChunkAssembly::default();
+    assert_eq!(a.push(3, 1, total, 0, first.clone()), Ok(None));
+    let (g, m) = a
+        .push(3, 1, total, RAFT_CHUNK as u64, rest.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!((g, m.len() as u64), (3, total));
+    assert_eq!(&m[..RAFT_CHUNK], &first[..]);
+    // A new message replaces an abandoned one.
+    assert_eq!(a.push(3, 2, total, 0, first.clone()), Ok(None));
+    assert_eq!(a.push(3, 3, total, 0, first.clone()), Ok(None));
+    assert!(a
+        .push(3, 2, total, RAFT_CHUNK as u64, rest.clone())
+        .is_err());
+    // Gaps, overruns, a middle without a start, sizes that need no chunking.
+    let mut a = ChunkAssembly::default();
+    assert!(a.push(3, 1, total, 5, vec![1]).is_err());
+    assert_eq!(a.push(3, 1, total, 0, first.clone()), Ok(None));
+    assert!(a.push(3, 1, total, RAFT_CHUNK as u64 + 1, vec![1]).is_err());
+    let mut a = ChunkAssembly::default();
+    assert_eq!(a.push(3, 1, total, 0, first.clone()), Ok(None));
+    assert!(a
+        .push(3, 1, total, RAFT_CHUNK as u64, vec![0; total as usize])
+        .is_err());
+    assert!(ChunkAssembly::default()
+        .push(3, 1, 100, 0, vec![1])
+        .is_err());
+    assert!(ChunkAssembly::default()
+        .push(3, 1, MAX_RAFT_MESSAGE as u64 + 1, 0, vec![1])
+        .is_err());
 }

@@ -45,10 +45,13 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// unanswered requests per connection too (extra ones are dropped).
 pub const MAX_PENDING_REQUESTS: usize = 4096;
 /// Largest request, response or control body.
-pub const MAX_BODY: usize = MAX_PEER_FRAME - 1024;
-/// Largest single Raft message. Larger ones (e.g. a big snapshot) are dropped and
-/// counted; the engine must keep its messages below this.
-pub const MAX_RAFT_MESSAGE: usize = MAX_PEER_FRAME - 1024;
+pub const MAX_BODY: usize = starcite_wire::limits::PEER_BODY;
+/// Largest Raft message sent whole in a Raft frame. Larger ones (a snapshot for a
+/// follower) are sent as [`RAFT_CHUNK`]-byte `RaftChunk` frames, up to
+/// [`MAX_RAFT_MESSAGE`]; beyond that they are dropped and counted.
+pub const MAX_UNCHUNKED_RAFT_MESSAGE: usize = starcite_wire::limits::MAX_UNCHUNKED_RAFT_MESSAGE;
+pub const MAX_RAFT_MESSAGE: usize = starcite_wire::limits::MAX_RAFT_MESSAGE;
+pub const RAFT_CHUNK: usize = starcite_wire::limits::RAFT_CHUNK;
 /// A Raft frame is closed once it holds this many bytes; the rest of the queue
 /// goes in the next frame of the same write.
 const RAFT_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -263,6 +266,9 @@ struct PeerState {
     http_port: Option<u16>,
     raft: Vec<RaftEnvelope>,
     raft_bytes: usize,
+    /// One Raft message too large for a frame, being sent in chunks (at most
+    /// one per peer at a time; others are dropped and Raft sends them again).
+    bulk: Option<Bulk>,
     control: VecDeque<Vec<u8>>,
     requests: VecDeque<(u64, Vec<u8>)>,
     /// Bytes of `control` and `requests`.
@@ -272,6 +278,15 @@ struct PeerState {
     ever_connected: bool,
     /// Whether the current outage was already logged at warn level.
     outage_logged: bool,
+}
+
+/// A Raft message sent as [`RAFT_CHUNK`]-byte `RaftChunk` frames, one per flush
+/// so other traffic to the peer (heartbeats) is not held up behind it.
+struct Bulk {
+    group: u32,
+    id: u64,
+    data: Vec<u8>,
+    sent: usize,
 }
 
 /// The transport of one core. Lives on that core's monoio runtime.
@@ -399,6 +414,20 @@ impl Transport {
                             "raft message too large for the transport, dropped"
                         );
                         dropped += 1;
+                    } else if data.len() > MAX_UNCHUNKED_RAFT_MESSAGE {
+                        if st.bulk.is_some() {
+                            // One large message at a time: Raft resends this one.
+                            dropped += 1;
+                        } else {
+                            let id = self.next_id.get();
+                            self.next_id.set(id + 1);
+                            st.bulk = Some(Bulk {
+                                group,
+                                id,
+                                data,
+                                sent: 0,
+                            });
+                        }
                     } else if st.raft_bytes + size > bound {
                         dropped += 1;
                     } else {
@@ -617,7 +646,7 @@ impl Transport {
         let (was_connected, dropped, pending) = {
             let mut st = peer.st.borrow_mut();
             let was = std::mem::replace(&mut st.connected, false);
-            let dropped = st.raft.len() as u64;
+            let dropped = st.raft.len() as u64 + u64::from(st.bulk.take().is_some());
             st.raft = Vec::new();
             st.raft_bytes = 0;
             st.control.clear();
@@ -743,9 +772,24 @@ impl Transport {
     /// messages (one frame, or more when over [`RAFT_BATCH_BYTES`]), control
     /// messages and requests still awaited.
     fn fill(&self, peer: &Peer, out: &mut Vec<u8>, ping: Option<u64>) {
-        let (raft, control, requests) = {
+        let (raft, control, requests, chunk) = {
             let mut guard = peer.st.borrow_mut();
             let st = &mut *guard;
+            let chunk = st.bulk.as_mut().map(|b| {
+                let end = (b.sent + RAFT_CHUNK).min(b.data.len());
+                let frame = PeerFrame::RaftChunk {
+                    group: b.group,
+                    id: b.id,
+                    total: b.data.len() as u64,
+                    offset: b.sent as u64,
+                    data: b.data[b.sent..end].to_vec(),
+                };
+                b.sent = end;
+                (frame, end == b.data.len())
+            });
+            if chunk.as_ref().is_some_and(|(_, last)| *last) {
+                st.bulk = None;
+            }
             st.raft_bytes = 0;
             st.other_bytes = 0;
             let requests: Vec<(u64, Vec<u8>)> = st
@@ -757,6 +801,7 @@ impl Transport {
                 std::mem::take(&mut st.raft),
                 std::mem::take(&mut st.control),
                 requests,
+                chunk,
             )
         };
         let mut frames = 0u64;
@@ -801,6 +846,18 @@ impl Transport {
                 batch_bytes = 0;
             }
         }
+        let mut chunk_msgs = 0u64;
+        if let Some((frame, last)) = chunk {
+            if encode(&frame, out) {
+                raft_frames += 1;
+                chunk_msgs += u64::from(last);
+            } else {
+                // Cannot happen (RAFT_CHUNK fits a frame); the receiver drops
+                // the partial message when the next one starts.
+                peer.st.borrow_mut().bulk = None;
+                dropped += 1;
+            }
+        }
         let mut control_dropped = 0u64;
         for body in control {
             if !encode(&PeerFrame::Control { body }, out) {
@@ -814,7 +871,7 @@ impl Transport {
         self.counters.add(|s| {
             s.frames_sent += frames;
             s.raft_frames_sent += raft_frames;
-            s.raft_messages_sent += raft_count - dropped;
+            s.raft_messages_sent += (raft_count + chunk_msgs).saturating_sub(dropped);
             s.raft_messages_dropped += dropped;
             s.control_dropped += control_dropped;
         });

@@ -60,11 +60,11 @@ pub use stream::HttpStream;
 pub use ws::{websocket_accept, WebSocket, WsEvent, WsReader, WsWriter, WS_EVENT_CHANNEL};
 
 /// Default cap on the request head (request line + headers), in bytes.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = starcite_wire::limits::REQUEST_HEAD;
 /// Default cap on the number of request headers.
-pub const DEFAULT_MAX_HEADERS: usize = 64;
+pub const DEFAULT_MAX_HEADERS: usize = starcite_wire::limits::REQUEST_HEADERS;
 /// Default cap on a request body (the reference API's 8,000,000-byte limit).
-pub const DEFAULT_MAX_BODY: usize = 8_000_000;
+pub const DEFAULT_MAX_BODY: usize = starcite_wire::limits::REQUEST_BODY;
 /// Default time for a whole request head to arrive (slowloris protection).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time for a whole request body to arrive.
@@ -72,7 +72,7 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time an idle keep-alive connection is kept open between requests.
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Default cap on one inbound WebSocket frame payload.
-pub const DEFAULT_WS_MAX_FRAME: usize = 64 * 1024;
+pub const DEFAULT_WS_MAX_FRAME: usize = starcite_wire::limits::WS_INBOUND_FRAME;
 /// Default WebSocket idle timeout: no inbound frame for this long closes the socket
 /// (the reference API's 120,000 ms).
 pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -90,7 +90,7 @@ async fn ws_session(ws: WebSocket) {
                 let _ = wr.send_pong(p).await;
             }
             WsEvent::Pong => {}
-            WsEvent::Message => {
+            WsEvent::Message | WsEvent::Text(_) => {
                 let _ = wr.send_text(Bytes::from_static(b"message")).await;
             }
             WsEvent::Close(code) => {

@@ -112,8 +112,11 @@ pub enum WsEvent {
     Ping(Vec<u8>),
     Pong,
     /// A complete (possibly fragmented) text or binary message; its content is
-    /// discarded.
+    /// discarded (see [`WebSocket::split_keeping_text`] for sockets that read).
     Message,
+    /// A complete text message, on sockets split with
+    /// [`WebSocket::split_keeping_text`] (payload unmasked, at most the cap).
+    Text(Vec<u8>),
     /// The client sent a close frame (with its code, if any). The reader stops.
     Close(Option<u16>),
     /// The stream ended: EOF, I/O error, protocol violation, oversized frame or idle
@@ -162,6 +165,19 @@ impl WebSocket {
     /// receiver plus the writer. The task stops when the [`WsReader`] is dropped, after
     /// a close frame, or when the stream ends.
     pub fn split(self) -> (WsReader, WsWriter) {
+        self.split_with(0)
+    }
+
+    /// Like [`split`](Self::split), but complete text messages of up to
+    /// `max_text` bytes (fragments included) are delivered as [`WsEvent::Text`];
+    /// a longer one ends the socket (close 1009). Binary messages are still
+    /// discarded ([`WsEvent::Message`]). For protocols where the client talks
+    /// (the Phoenix socket).
+    pub fn split_keeping_text(self, max_text: usize) -> (WsReader, WsWriter) {
+        self.split_with(max_text.max(1))
+    }
+
+    fn split_with(self, keep_text: usize) -> (WsReader, WsWriter) {
         let (rd, wr) = self.stream.into_split();
         let (tx, rx) = flume::bounded(WS_EVENT_CHANNEL);
         let (stop_tx, stop_rx) = flume::bounded(1);
@@ -169,7 +185,7 @@ impl WebSocket {
         let task = ReadTask {
             rd,
             buf: self.buffered,
-            parser: FrameParser::new(self.limits.ws_max_frame),
+            parser: FrameParser::new(self.limits.ws_max_frame).keeping_text(keep_text),
             tx,
             stop: stop_rx,
             hint: Rc::clone(&hint),
@@ -390,6 +406,14 @@ struct FrameParser {
     skip: u64,
     /// The data frame being skipped ends a message.
     skip_ends_message: bool,
+    /// Keep text messages up to this many bytes (0: discard every payload).
+    keep_text: usize,
+    /// The current message is a text message being kept in `text`.
+    collecting: bool,
+    text: Vec<u8>,
+    /// Mask of the current data frame and the payload offset reached in it.
+    mask: [u8; 4],
+    mask_pos: usize,
 }
 
 impl FrameParser {
@@ -399,6 +423,26 @@ impl FrameParser {
             in_message: false,
             skip: 0,
             skip_ends_message: false,
+            keep_text: 0,
+            collecting: false,
+            text: Vec::new(),
+            mask: [0; 4],
+            mask_pos: 0,
+        }
+    }
+
+    fn keeping_text(mut self, max_text: usize) -> Self {
+        self.keep_text = max_text;
+        self
+    }
+
+    /// The event that ends the current message.
+    fn message_done(&mut self) -> WsEvent {
+        if self.collecting {
+            self.collecting = false;
+            WsEvent::Text(std::mem::take(&mut self.text))
+        } else {
+            WsEvent::Message
         }
     }
 
@@ -422,9 +466,19 @@ impl FrameParser {
             return None;
         }
         let n = usize::try_from(self.skip).map_or(input.len(), |s| s.min(input.len()));
+        if self.collecting {
+            let (mask, pos) = (self.mask, self.mask_pos);
+            self.text.extend(
+                input[..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[(pos + i) % 4]),
+            );
+            self.mask_pos += n;
+        }
         self.skip -= n as u64;
         let frame_done = self.skip == 0;
-        let event = (frame_done && self.skip_ends_message).then_some(WsEvent::Message);
+        let event = (frame_done && self.skip_ends_message).then(|| self.message_done());
         Some(Step {
             consumed: n,
             frame_done,
@@ -441,8 +495,17 @@ impl FrameParser {
             return Err(CLOSE_PROTOCOL_ERROR);
         }
         self.in_message = !h.fin;
+        if !continuation {
+            self.collecting = self.keep_text > 0 && h.opcode == OP_TEXT;
+            self.text.clear();
+        }
+        if self.collecting && self.text.len() as u64 + h.len > self.keep_text as u64 {
+            return Err(CLOSE_TOO_BIG);
+        }
+        self.mask = h.mask;
+        self.mask_pos = 0;
         if h.len == 0 {
-            let event = h.fin.then_some(WsEvent::Message);
+            let event = h.fin.then(|| self.message_done());
             return Ok(Step {
                 consumed: h.header_len,
                 frame_done: true,
@@ -726,6 +789,54 @@ mod tests {
                 WsEvent::Close(Some(1000))
             ]
         );
+    }
+
+    #[test]
+    fn keeps_text_messages_when_asked() {
+        let mut input = client_frame(0x81, b"[null,\"1\",\"phoenix\",\"heartbeat\",{}]");
+        input.extend(client_frame(0x01, b"ab")); // fragmented text
+        input.extend(client_frame(0x89, b"p")); // ping between fragments
+        input.extend(client_frame(0x80, b"cd"));
+        input.extend(client_frame(0x82, b"bin")); // binary: discarded
+        input.extend(client_frame(0x81, b""));
+        let mut p = FrameParser::new(1024).keeping_text(64);
+        let mut events = Vec::new();
+        let mut buf = Vec::new();
+        for &b in &input {
+            buf.push(b);
+            while let Some(step) = p.step(&buf).unwrap() {
+                buf.drain(..step.consumed);
+                events.extend(step.event);
+            }
+        }
+        assert_eq!(
+            events,
+            vec![
+                WsEvent::Text(br#"[null,"1","phoenix","heartbeat",{}]"#.to_vec()),
+                WsEvent::Ping(b"p".to_vec()),
+                WsEvent::Text(b"abcd".to_vec()),
+                WsEvent::Message,
+                WsEvent::Text(Vec::new()),
+            ]
+        );
+        // Over the cap, across fragments: 1009.
+        let mut big = client_frame(0x01, &[b'x'; 40]);
+        big.extend(client_frame(0x80, &[b'x'; 40]));
+        let mut p = FrameParser::new(1024).keeping_text(64);
+        let mut res = Ok(None);
+        let mut buf = Vec::new();
+        for &b in &big {
+            buf.push(b);
+            res = p.step(&buf);
+            match &res {
+                Ok(Some(step)) => {
+                    buf.drain(..step.consumed);
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        assert_eq!(res.err(), Some(CLOSE_TOO_BIG));
     }
 
     #[test]

@@ -261,6 +261,7 @@ async fn core_main(ctx: CoreContext) -> bool {
         cold: ctx.cold.clone(),
     });
     *inbound.gateway.borrow_mut() = Some(gateway.clone());
+    crate::phoenix::install(&gateway);
     let wire_task = wire.map(|listener| {
         let limits = Rc::new(crate::wire_server::WireLimits::default());
         monoio::spawn(crate::wire_server::serve(
@@ -481,22 +482,52 @@ fn check_layout(cfg: &Config) -> Result<(), String> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_durably(&cfg.data_dir, "layout.json", want.to_string().as_bytes())
+            write_atomically(&path, want.to_string().as_bytes())
                 .map_err(|e| format!("{}: {e}", path.display()))
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-/// Writes `dir/name` atomically and durably: a temporary file, synced, renamed
-/// over the name, then the directory synced. A power cut leaves either no file
-/// or the whole file, never an empty one.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `path` so that a crash leaves either no file or the whole file, never a
+/// torn one: a temporary file is written and synced, renamed over `path`, and
+/// the directory is synced so the rename itself is durable.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::write_atomically;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layout.json");
+        write_atomically(&path, b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
+        // A stale temporary from a crash is simply overwritten.
+        std::fs::write(dir.path().join("layout.json.tmp"), b"torn").unwrap();
+        write_atomically(&path, b"{\"b\":2}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"b\":2}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("layout.json")]);
+    }
 }

@@ -21,7 +21,6 @@ use super::control::{routing_candidates, ControlState};
 use super::messages::{CoreRequest, Reply as ReplyTx};
 use super::peer_rpc::{self, PeerRequest, PeerResponse};
 use super::shutdown::Shutdown;
-use super::tail::{run_tail, TailSource, TailSpec};
 use super::topology::Topology;
 use crate::api::error::ApiError;
 use crate::api::principal::{AuthContext, Principal, PrincipalType};
@@ -36,6 +35,7 @@ use crate::api::validate::{
 use crate::auth::{find_token, AuthFailure, AuthService};
 use crate::cluster::transport::{Transport, TransportError};
 use crate::http::{Handler, Reply, Request, Response};
+use crate::tail::{run_tail, Engine, TailSource, TailSpec};
 
 /// Consensus command timeout (contract §12.3).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(2_000);
@@ -114,6 +114,7 @@ fn route_name(req: &Request) -> &'static str {
         "/v1/sessions" => "list",
         _ if v1.is_some_and(|r| r.ends_with("/append")) => "append",
         _ if v1.is_some_and(|r| r.ends_with("/tail")) => "tail",
+        "/v1/socket/websocket" => "socket",
         _ if p.starts_with("/health/") => "health",
         "/metrics" => "metrics",
         _ => "other",
@@ -152,6 +153,7 @@ impl Gateway {
             ("GET", ["health", "live"]) => Ok(json(200, r#"{"status":"ok"}"#.to_owned())?),
             ("GET", ["health", "ready"]) => Ok(self.health_ready()?),
             ("GET", ["metrics"]) if self.telemetry => Ok(self.metrics().await?),
+            ("GET", ["v1", "socket", "websocket"]) => Ok(crate::phoenix::upgrade(&req).await),
             (_, ["v1", "sessions", ..]) => {
                 let route = self
                     .v1_route(method, &segments[2..])
@@ -640,16 +642,19 @@ impl Gateway {
         let query = parse_query(req.query.as_deref().unwrap_or("").as_bytes());
         let params = tail_params(&query)?;
         let (source, subscriber_id, tenant_id) = self.tail_source(auth, &id).await?;
-        let spec = TailSpec {
-            session: id.clone(),
-            cursor: params.cursor,
-            batch_size: params.batch_size as usize,
+        let engine = Engine::new(
+            id,
+            tenant_id,
             source,
             subscriber_id,
+            self.cold.clone(),
+            params.cursor,
+        );
+        let spec = TailSpec {
+            engine,
+            batch_size: params.batch_size as usize,
             shutdown: self.shutdown.clone(),
             expires_at: caller.expires_at,
-            tenant_id,
-            cold: self.cold.clone(),
         };
         Ok(Reply::WebSocket(Box::new(move |ws| {
             Box::pin(run_tail(ws, spec))
@@ -964,6 +969,7 @@ fn engine_error(e: EngineError) -> ApiError {
         } => ApiError::producer_seq_conflict(&producer_id, expected, got),
         EngineError::ProducerReplayConflict => ApiError::producer_replay_conflict(),
         EngineError::Backpressure => ApiError::event_store_backpressure(),
+        EngineError::TooLarge => ApiError::payload_too_large(),
         EngineError::NotLeader { .. } | EngineError::Unavailable => ApiError::raft_unavailable(),
         EngineError::ArchiveReadUnavailable | EngineError::Archived { .. } => {
             ApiError::archive_read_unavailable()

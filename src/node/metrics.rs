@@ -62,7 +62,7 @@ impl Histogram {
 
 /// Routes counted by `starcite_http_requests_total`.
 pub const ROUTES: &[&str] = &[
-    "create", "list", "append", "tail", "health", "metrics", "other",
+    "create", "list", "append", "tail", "socket", "health", "metrics", "other",
 ];
 /// Statuses counted individually; anything else is `other`.
 pub const STATUSES: &[u16] = &[

@@ -25,7 +25,6 @@ pub mod peer_inbound;
 pub mod peer_rpc;
 pub mod segment_log;
 pub mod shutdown;
-pub mod tail;
 pub mod topology;
 
 pub use bootstrap::run;

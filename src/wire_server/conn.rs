@@ -313,7 +313,16 @@ async fn dispatch(conn: &Rc<Conn>, msg: ClientMsg, dec: &mut Decoder) -> bool {
                 .insert(session.clone(), done_rx.clone());
             let c = conn.clone();
             monoio::spawn(async move {
-                let body = append_json(&fields).and_then(|b| parse_body(&b));
+                let body = append_json(&fields)
+                    .and_then(|b| {
+                        // The HTTP path's body limit holds on this path too.
+                        if b.len() > starcite_wire::limits::REQUEST_BODY {
+                            Err(ApiError::payload_too_large())
+                        } else {
+                            Ok(b)
+                        }
+                    })
+                    .and_then(|b| parse_body(&b));
                 let result = c.gw.append_body(&auth, session.clone(), body).await;
                 let leader = c.gw.leader_node(&session).filter(|n| *n != c.gw.topo.me);
                 let answer = match result {
@@ -440,6 +449,7 @@ async fn hello(conn: &Rc<Conn>, rid: u64, token: Option<String>, dec: &mut Decod
         None => Ok((AuthContext::none(), None)),
         Some(service) => match token {
             None => Err(ApiError::unauthorized()),
+            Some(t) if t.len() > starcite_wire::limits::AUTH_TOKEN => Err(ApiError::unauthorized()),
             Some(t) => service
                 .authenticate(t)
                 .await

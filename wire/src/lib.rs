@@ -1,5 +1,6 @@
 #[cfg(feature = "client")]
 pub mod client;
+pub mod limits;
 pub mod log;
 pub mod peer;
 pub mod proto;

@@ -72,22 +72,29 @@
 //! The first frame that is not valid ends the scan:
 //! - An incomplete frame is a **torn tail**.
 //! - An invalid frame is **corruption**, [`LogError::Corrupt`] at its offset,
-//!   if a valid frame follows it. Otherwise it is a **torn tail**. "A valid
-//!   frame follows" means that scanning forward on 16-byte boundaries finds
-//!   a position where a frame is valid in the sense above (correct magic, both
-//!   checksums, entirely within the file). The scan starts right after the
-//!   invalid frame's header. If that header was authenticated (only the
-//!   payload checksum failed), its length can be trusted, and the scan starts
-//!   at the frame's declared end, so a payload that happens to contain
-//!   encoded frames does not cause a false alarm. If the header itself is
-//!   damaged, such a payload can still be reported as corruption, which
-//!   errs on the safe side.
+//!   if a valid frame follows it. "A valid frame follows" means that scanning
+//!   forward on 16-byte boundaries finds a position where a frame is valid in
+//!   the sense above (correct magic, both checksums, entirely within the
+//!   file). The scan starts right after the invalid frame's header. If that
+//!   header was authenticated (only the payload checksum failed), its length
+//!   can be trusted, and the scan starts at the frame's declared end, so a
+//!   payload that happens to contain encoded frames does not cause a false
+//!   alarm. If the header itself is damaged, such a payload can still be
+//!   reported as corruption, which errs on the safe side.
+//! - An invalid frame with no valid frame after it is a **torn tail** only if
+//!   it looks like bytes that were never written: its header is all zeros,
+//!   or (only its payload checksum failed) its payload ends in at least
+//!   [`TORN_ZERO_RUN`] zero bytes or holds a [`TORN_SECTOR`]-aligned block of
+//!   zeros. Any other damage to the last frame — a flipped bit in a frame
+//!   that was written completely, and so may have been acknowledged — is
+//!   **corruption**: truncating it would lose an acknowledged record
+//!   silently.
 //!
 //! For a torn tail, `valid_len` and `torn.offset` are the offset of the
 //! frame where decoding stopped. The caller truncates the file to
 //! `valid_len`. This rule also covers zero bytes after the last frame
-//! (preallocated, or partially written). Zeros have the wrong frame magic,
-//! and no valid frame follows them.
+//! (preallocated, or partially written): zeros have the wrong frame magic,
+//! an all-zero header, and no valid frame follows them.
 //!
 //! Corruption in the middle of a file must stop start-up instead of being
 //! truncated away: the frames after it were acknowledged as durable.
@@ -117,7 +124,7 @@ pub const FRAME_MAGIC: u32 = 0x5354_4652;
 pub const FRAME_ALIGN: usize = 16;
 /// Largest payload one frame may carry (64 MiB). It bounds the memory that one
 /// record can use, and it keeps a corrupt length from looking plausible.
-pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024 * 1024;
+pub const MAX_FRAME_PAYLOAD: usize = crate::limits::LOG_FRAME;
 
 // Byte ranges of the fields inside the segment header.
 const SEG_MAGIC_RANGE: std::ops::Range<usize> = 0..8;
@@ -252,11 +259,23 @@ pub fn decode_segment<'a>(bytes: &'a [u8]) -> Result<DecodedSegment<'a>, LogErro
                 continue;
             }
             FrameCheck::Incomplete { reason } => reason,
-            FrameCheck::Invalid { reason, resume_at } => {
+            FrameCheck::Invalid {
+                reason,
+                resume_at,
+                payload,
+            } => {
                 if let Some(next) = find_valid_frame(bytes, resume_at) {
                     return Err(LogError::Corrupt {
                         offset: to_u64(pos),
                         reason: format!("{reason}; a valid frame follows at offset {next}"),
+                    });
+                }
+                if !looks_unwritten(bytes, pos, payload) {
+                    return Err(LogError::Corrupt {
+                        offset: to_u64(pos),
+                        reason: format!(
+                            "{reason}; the last frame is complete and not zero-filled, so it is damage, not an interrupted write"
+                        ),
                     });
                 }
                 reason
@@ -345,8 +364,55 @@ enum FrameCheck<'a> {
     /// The frame was cut off by end-of-file.
     Incomplete { reason: String },
     /// The frame is damaged. `resume_at` is where the search for later valid
-    /// frames starts.
-    Invalid { reason: String, resume_at: usize },
+    /// frames starts. `payload` is the payload's byte range when the header is
+    /// authenticated and the frame lies within the file (only the payload
+    /// checksum failed).
+    Invalid {
+        reason: String,
+        resume_at: usize,
+        payload: Option<(usize, usize)>,
+    },
+}
+
+/// Zero bytes a complete last frame's payload must end in to count as an
+/// interrupted write. A record never ends in this many zeros (an archived
+/// record ends with its root, whose last 40 bytes hold non-zero lengths,
+/// offsets or a tag), so a flipped bit cannot pass for a tear by chance.
+pub const TORN_ZERO_RUN: usize = 64;
+/// Disk sector size assumed for a write torn in the middle: a sector-aligned
+/// block of zeros inside the last frame is a sector that never reached the disk.
+pub const TORN_SECTOR: usize = 512;
+
+/// Whether a damaged last frame (nothing valid after it) looks like a write
+/// that never completed rather than damage to a written frame:
+/// - a frame header that is all zeros (the zeroed tail of a file, or a
+///   preallocated region);
+/// - a complete frame whose payload checksum fails and whose payload ends in at
+///   least [`TORN_ZERO_RUN`] zero bytes or holds a [`TORN_SECTOR`]-aligned block
+///   of zeros (sectors that were never written).
+///
+/// Anything else — a flipped bit in a frame that was written completely — is
+/// corruption: that frame was acknowledged, and truncating it would lose it
+/// silently.
+fn looks_unwritten(bytes: &[u8], pos: usize, payload: Option<(usize, usize)>) -> bool {
+    let Some((start, end)) = payload else {
+        let header = pos
+            .checked_add(FRAME_HEADER_LEN)
+            .and_then(|end| bytes.get(pos..end));
+        return header.is_some_and(|h| h.iter().all(|&b| b == 0));
+    };
+    let Some(payload) = bytes.get(start..end) else {
+        return true;
+    };
+    let trailing_zeros = payload.iter().rev().take_while(|&&b| b == 0).count();
+    if trailing_zeros >= TORN_ZERO_RUN.min(payload.len()) && trailing_zeros > 0 {
+        return true;
+    }
+    let first_sector = start.next_multiple_of(TORN_SECTOR);
+    (first_sector..end)
+        .step_by(TORN_SECTOR)
+        .filter_map(|s| bytes.get(s..s.checked_add(TORN_SECTOR)?.min(end)))
+        .any(|block| block.len() == TORN_SECTOR && block.iter().all(|&b| b == 0))
 }
 
 /// Checks the frame whose header starts at `pos`. It never panics, for any
@@ -365,6 +431,7 @@ fn check_frame(bytes: &[u8], pos: usize) -> FrameCheck<'_> {
     let invalid = |reason: String| FrameCheck::Invalid {
         reason,
         resume_at: payload_start,
+        payload: None,
     };
 
     let magic = field(FRAME_MAGIC_OFFSET);
@@ -403,6 +470,7 @@ fn check_frame(bytes: &[u8], pos: usize) -> FrameCheck<'_> {
         return FrameCheck::Invalid {
             reason: "frame payload checksum mismatch".to_string(),
             resume_at: end,
+            payload: Some((payload_start, payload_end)),
         };
     }
     FrameCheck::Valid { payload, end }
@@ -636,7 +704,9 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_in_the_last_frame_is_a_torn_tail() {
+    fn flipped_bit_in_the_last_frame_is_corruption() {
+        // The last frame was written completely (and so may have been
+        // acknowledged): damage to it must never be truncated as a torn tail.
         let sizes = [5, 64, 17];
         let (bytes, offsets) = build_segment(&sizes);
         let last = offsets[2] as usize;
@@ -644,18 +714,68 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[byte] ^= 1 << bit;
-                let decoded = decode_segment(&damaged)
-                    .unwrap_or_else(|e| panic!("byte {byte} bit {bit}: {e}"));
-                assert_prefix(&decoded, &sizes, &offsets, 2);
-                assert_torn_at(&decoded, last as u64);
+                match decode_segment(&damaged) {
+                    Err(LogError::Corrupt { offset, .. }) => assert_eq!(offset, last as u64),
+                    other => panic!("byte {byte} bit {bit}: expected Corrupt, got {other:?}"),
+                }
             }
         }
     }
 
     #[test]
-    fn damaged_frame_whose_payload_holds_frames_is_still_torn() {
+    fn unwritten_sector_inside_the_last_frame_is_a_torn_tail() {
+        // A large last frame whose header and end reached the disk but one
+        // sector in the middle did not (written back out of order).
+        let sizes = [10, 3000];
+        let (mut bytes, offsets) = build_segment(&sizes);
+        let last = offsets[1] as usize;
+        let sector = (last + FRAME_HEADER_LEN).next_multiple_of(TORN_SECTOR);
+        bytes[sector..sector + TORN_SECTOR].fill(0);
+        let decoded = decode_segment(&bytes).unwrap();
+        assert_prefix(&decoded, &sizes, &offsets, 1);
+        assert_torn_at(&decoded, last as u64);
+        // Zeros that do not fill a sector nor end the payload are damage.
+        let (mut bytes, _) = build_segment(&sizes);
+        bytes[sector + 1..sector + TORN_SECTOR].fill(0);
+        assert!(matches!(
+            decode_segment(&bytes),
+            Err(LogError::Corrupt { offset, .. }) if offset == last as u64
+        ));
+    }
+
+    #[test]
+    fn a_short_zero_run_at_the_end_is_not_a_tear() {
+        let sizes = [10, 200];
+        let (mut bytes, offsets) = build_segment(&sizes);
+        let last = offsets[1] as usize;
+        let end = last + FRAME_HEADER_LEN + 200;
+        bytes[end - (TORN_ZERO_RUN - 1)..end].fill(0);
+        assert!(matches!(
+            decode_segment(&bytes),
+            Err(LogError::Corrupt { offset, .. }) if offset == last as u64
+        ));
+    }
+
+    #[test]
+    fn garbage_header_at_the_end_is_corruption_zeros_are_not() {
+        let (bytes, _) = build_segment(&[10, 20]);
+        let end = bytes.len();
+        let mut garbage = bytes.clone();
+        garbage.extend_from_slice(&[0xAB; FRAME_HEADER_LEN]);
+        assert!(matches!(
+            decode_segment(&garbage),
+            Err(LogError::Corrupt { offset, .. }) if offset == end as u64
+        ));
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        assert_torn_at(&decode_segment(&zeros).unwrap(), end as u64);
+    }
+
+    #[test]
+    fn damaged_frame_whose_payload_holds_frames_is_judged_by_its_own_extent() {
         // The last frame's payload is itself an encoded frame. When only its
-        // payload checksum fails, the scan must skip its (trusted) extent.
+        // payload checksum fails, the scan must skip its (trusted) extent: the
+        // error is about the outer frame, not "a valid frame follows".
         let mut inner = Vec::new();
         encode_frame(b"inner record", &mut inner).unwrap();
         let mut bytes = Vec::new();
@@ -667,9 +787,13 @@ mod tests {
         // valid, and only the outer frame's payload checksum fails.
         let inner_padding = last + FRAME_HEADER_LEN + inner.len() - 1;
         bytes[inner_padding] ^= 0x01;
-        let decoded = decode_segment(&bytes).unwrap();
-        assert_eq!(decoded.frames.len(), 1);
-        assert_torn_at(&decoded, last as u64);
+        match decode_segment(&bytes) {
+            Err(LogError::Corrupt { offset, reason }) => {
+                assert_eq!(offset, last as u64);
+                assert!(!reason.contains("valid frame follows"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
     }
 
     #[test]

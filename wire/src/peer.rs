@@ -27,7 +27,7 @@ use crate::log::{encode_frame, FRAME_ALIGN, FRAME_HEADER_LEN, FRAME_MAGIC};
 
 /// Largest payload of one peer frame (16 MiB). A Raft batch or a request body that
 /// would not fit must be split (or chunked) by the sender.
-pub const MAX_PEER_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_PEER_FRAME: usize = crate::limits::PEER_FRAME;
 
 /// Version of the inter-node protocol, sent in [`PeerFrame::Hello`]. A node refuses
 /// a peer that speaks another version.
@@ -86,6 +86,17 @@ pub enum PeerFrame {
     Pong {
         at: u64,
     },
+    /// Bytes `offset..offset + data.len()` of one Raft message of `total` bytes
+    /// that is too large for one frame (a snapshot for a follower). The chunks
+    /// of one message follow each other in order on one connection; `id` tells
+    /// messages apart. The receiver hands the message on once it is complete.
+    RaftChunk {
+        group: u32,
+        id: u64,
+        total: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// One Raft message for one group. `data` is a protobuf-encoded `raft` `Message`,
@@ -109,6 +120,7 @@ impl PeerFrame {
             PeerFrame::Control { .. } => "control",
             PeerFrame::Ping { .. } => "ping",
             PeerFrame::Pong { .. } => "pong",
+            PeerFrame::RaftChunk { .. } => "raft_chunk",
         }
     }
 }

@@ -30,10 +30,10 @@ pub const VERSION_MIN: u16 = 1;
 pub const VERSION_MAX: u16 = 1;
 /// Default and absolute cap on one frame's payload (16 MiB). The server
 /// announces its own limit in [`ServerMsg::HelloOk`].
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_FRAME: usize = crate::limits::WIRE_FRAME;
 /// Payload cap before `Hello` is accepted: an unauthenticated peer cannot make
 /// the server buffer more than this.
-pub const MAX_PREAUTH_FRAME: usize = 64 * 1024;
+pub const MAX_PREAUTH_FRAME: usize = crate::limits::WIRE_PREAUTH_FRAME;
 
 /// One side's connection preface: `MAGIC`, then the lowest and highest
 /// protocol versions it speaks (u16 little-endian each).
