@@ -98,6 +98,7 @@ fn record_kinds(data_dir: &Path) -> Vec<&'static str> {
                     ArchivedLogRecord::Snapshot { .. } => "snapshot",
                     ArchivedLogRecord::SnapshotPart { .. } => "snapshot_part",
                     ArchivedLogRecord::ChunkedSnapshot { .. } => "chunked_snapshot",
+                    ArchivedLogRecord::Membership { .. } => "membership",
                 });
             }
         }

@@ -45,7 +45,7 @@ mod parse;
 mod request;
 mod server;
 mod stream;
-mod unwind;
+pub(crate) mod unwind;
 mod ws;
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (boot_tx, boot_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (core, inbox) in receivers.into_iter().enumerate() {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         stops.push(stop_tx);
@@ -94,6 +95,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             serve_opts: serve_opts.clone(),
             cold: cold.clone(),
             stop: stop_rx,
+            stopping: stopping.clone(),
             boot: boot_tx.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -114,6 +116,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     wait_for_signal()?;
     tracing::info!("shutting down: closing listeners and tails, finishing in-flight requests");
     archiver_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     for stop in &stops {
         let _ = stop.send(());
     }
@@ -140,6 +143,8 @@ struct CoreContext {
     /// The archive read path, shared by every core.
     cold: crate::archive::cold::ColdTier,
     stop: flume::Receiver<()>,
+    /// Set before the stop signal: a core thread ending after it is expected.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     boot: std::sync::mpsc::Sender<Result<u32, String>>,
 }
 
@@ -162,10 +167,31 @@ fn run_core(ctx: CoreContext) {
         driver = if uring { "io_uring" } else { "epoll" },
         "core runtime started"
     );
-    runtime.block_on(core_main(ctx));
+    let core = ctx.core;
+    let stopping = ctx.stopping.clone();
+    let boot = ctx.boot.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(core_main(ctx))
+    }));
+    match ran {
+        Err(panic) => core_failed(
+            core,
+            &format!(
+                "core thread panicked: {}",
+                crate::http::unwind::panic_message(&*panic)
+            ),
+        ),
+        // Ended during start-up: the boot channel reported why.
+        Ok(false) => {}
+        Ok(true) if stopping.load(std::sync::atomic::Ordering::Relaxed) => {}
+        Ok(true) => core_failed(core, "core thread ended while the node was serving"),
+    }
+    drop(boot);
 }
 
-async fn core_main(ctx: CoreContext) {
+/// Serves until shutdown; `false` if the core could not start (reported on
+/// the boot channel).
+async fn core_main(ctx: CoreContext) -> bool {
     let core = ctx.core;
     let shutdown = Shutdown::default();
     let inbound = Rc::new(PeerInbound {
@@ -215,12 +241,23 @@ async fn core_main(ctx: CoreContext) {
         Ok(v) => v,
         Err(e) => {
             let _ = ctx.boot.send(Err(e));
-            return;
+            return false;
         }
     };
+    // monoio does not catch task panics: a panicking engine would leave the
+    // core dead while the node keeps answering. Any end of the engine other
+    // than a requested shutdown stops the process.
     let engine_task = monoio::spawn(async move {
-        if let Err(e) = engine.run().await {
-            core_failed(core, &e);
+        match crate::http::unwind::catch_unwind_future(engine.run()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => core_failed(core, &e),
+            Err(panic) => core_failed(
+                core,
+                &format!(
+                    "engine panicked: {}",
+                    crate::http::unwind::panic_message(&*panic)
+                ),
+            ),
         }
     });
     let transport = cluster.as_ref().map(|(t, _)| t.clone());
@@ -303,6 +340,7 @@ async fn core_main(ctx: CoreContext) {
         .send_async(CoreRequest::Shutdown)
         .await;
     engine_task.await;
+    true
 }
 
 fn transport_config(cfg: &Config, topo: &Topology) -> TransportConfig {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,10 @@ use super::topology::Topology;
 
 /// Suspect → lost after this long (decision 9).
 pub const LOST_AFTER_MS: u64 = 30_000;
+
+/// A core that has not reported for this long is stalled (or dead): the node is
+/// not ready. Cores report every tick (100 ms), also under full load.
+pub const CORE_REPORT_STALE_MS: u64 = 2_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +96,8 @@ pub struct ControlState {
     pub core_ready: Vec<AtomicBool>,
     /// Per core: groups it leads.
     pub core_leaders: Vec<AtomicU32>,
+    /// Per core: when it last reported (ms since the epoch).
+    pub core_reported_ms: Vec<AtomicU64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -124,6 +130,7 @@ impl ControlState {
             inner: Mutex::new(inner),
             core_ready: (0..cores).map(|_| AtomicBool::new(false)).collect(),
             core_leaders: (0..cores).map(|_| AtomicU32::new(0)).collect(),
+            core_reported_ms: (0..cores).map(|_| AtomicU64::new(now)).collect(),
             topo,
             data_dir,
         };
@@ -170,6 +177,7 @@ impl ControlState {
     ) {
         self.core_ready[core].store(sync.is_ok(), Ordering::Relaxed);
         self.core_leaders[core].store(leaders, Ordering::Relaxed);
+        self.core_reported_ms[core].store(now_ms(), Ordering::Relaxed);
         let mut inner = self.lock();
         inner.core_sync[core] = sync.err();
         inner.own_commits[core] = led;
@@ -404,8 +412,21 @@ impl ControlState {
         }
     }
 
+    /// Every core is synced and reported recently: a core that stopped
+    /// ticking (stalled or dead) makes the node not ready.
     pub fn local_consensus_ready(&self) -> bool {
         self.core_ready.iter().all(|r| r.load(Ordering::Relaxed))
+            && self.stalled_core(now_ms()).is_none()
+    }
+
+    /// The first core whose last report is older than `CORE_REPORT_STALE_MS`,
+    /// with the report's age in ms.
+    pub fn stalled_core(&self, now: u64) -> Option<(usize, u64)> {
+        self.core_reported_ms
+            .iter()
+            .map(|t| now.saturating_sub(t.load(Ordering::Relaxed)))
+            .enumerate()
+            .find(|(_, age)| *age > CORE_REPORT_STALE_MS)
     }
 
     pub fn local_leaders(&self) -> u32 {

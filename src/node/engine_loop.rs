@@ -95,13 +95,16 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                     return Ok(());
                 }
             }
-            if self.shard.has_ready() {
-                self.write_batch().await?;
-                continue;
-            }
+            // The tick deadline comes before the next batch: under sustained
+            // load there is always a batch ready, and heartbeats, elections,
+            // the snapshot watchdog, readiness reports and leader balancing
+            // all run on ticks. A tick is late by at most one batch.
             if self.clock.now() >= next_tick {
                 self.on_tick();
                 next_tick = self.clock.now() + tick;
+            }
+            if self.shard.has_ready() {
+                self.write_batch().await?;
                 continue;
             }
             let woke = first_of(self.inbox.recv_async(), self.clock.sleep_until(next_tick)).await;
@@ -356,6 +359,7 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                 reply,
                 since,
             } => {
+                test_fault::on_propose(&proposal);
                 let (now, wall) = (self.clock.now(), self.clock.wall_us());
                 super::stages::record(
                     super::stages::Stage::Handoff,
@@ -463,4 +467,55 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
 /// rather than leaving one core dead while the others serve.
 fn disk_error(what: &str, e: &std::io::Error) -> String {
     format!("log {what} failed: {e}")
+}
+
+/// Test-only fault points, compiled into debug builds only (the real-process
+/// tests run target/debug/starcite). `STARCITE_TEST_FAULT`:
+/// - `core_panic:<prefix>`: the engine panics on a command for a session whose
+///   id starts with `<prefix>` (a core dying);
+/// - `core_stall:<prefix>:<ms>`: the engine blocks its thread for `<ms>` on
+///   such a command (a core that stops ticking);
+/// - `skip_fdatasync`: log appends are never synced (see segment_log.rs).
+#[cfg(debug_assertions)]
+pub(crate) mod test_fault {
+    use starcite_shards::shard::Proposal;
+    use std::sync::OnceLock;
+
+    pub(crate) fn get() -> Option<&'static str> {
+        static FAULT: OnceLock<Option<String>> = OnceLock::new();
+        FAULT
+            .get_or_init(|| std::env::var("STARCITE_TEST_FAULT").ok())
+            .as_deref()
+    }
+
+    pub(super) fn on_propose(p: &Proposal) {
+        let Some(fault) = get() else { return };
+        let session = match p {
+            Proposal::Append { session, .. } => session.as_str(),
+            Proposal::Create { id, .. } => id.as_str(),
+            _ => return,
+        };
+        let mut parts = fault.split(':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("core_panic"), Some(prefix), None) if session.starts_with(prefix) => {
+                panic!("test fault point: core panic on a command for {session}")
+            }
+            (Some("core_stall"), Some(prefix), Some(ms)) if session.starts_with(prefix) => {
+                let ms = ms.parse().unwrap_or(5_000);
+                tracing::warn!(session, ms, "test fault point: stalling this core");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub(crate) mod test_fault {
+    #[inline(always)]
+    pub(crate) fn get() -> Option<&'static str> {
+        None
+    }
+    #[inline(always)]
+    pub(super) fn on_propose(_: &starcite_shards::shard::Proposal) {}
 }

@@ -702,6 +702,14 @@ impl Gateway {
             "consensus_probe_age_ms": 0,
             "checked_groups": checked,
         });
+        if let Some((core, age)) = self.control.stalled_core(super::control::now_ms()) {
+            // A core stopped reporting: stalled or dead, so nothing it says is fresh.
+            detail["consensus_probe_fresh?"] = false.into();
+            detail["consensus_probe_age_ms"] = age.into();
+            detail["stalled_core"] = core.into();
+            detail["probe_result"] = "core_stalled".into();
+            return detail;
+        }
         let Some((group, reason)) = self.control.sync_failure() else {
             detail["probe_result"] = "startup_sync".into();
             return detail;

@@ -94,7 +94,9 @@ impl UringDisk {
         let disk = UringDisk {
             dir: dir.to_owned(),
             core,
-            direct: std::cell::Cell::new(direct),
+            // The test fault that skips syncs needs the buffered path: a
+            // direct write is synchronous by itself.
+            direct: std::cell::Cell::new(direct && !skip_fdatasync()),
             prealloc_bytes: segment_bytes + PREALLOC_SLACK,
             next: std::cell::RefCell::new(None),
         };
@@ -220,10 +222,16 @@ impl LogDisk for UringDisk {
         match file {
             UringFile::Buffered(file) => {
                 let (res, buf) = file.write_all_at(buf, offset).await;
-                if res.is_err() || !sync {
+                if res.is_err() || !sync || skip_fdatasync() {
                     return (res, buf);
                 }
-                (file.sync_data().await, buf)
+                // Name the failing call: a write that went through but a sync
+                // that failed is a device error (EIO, or ENOSPC from thin storage).
+                let synced = file.sync_data().await;
+                (
+                    synced.map_err(|e| io::Error::new(e.kind(), format!("fdatasync: {e}"))),
+                    buf,
+                )
             }
             UringFile::Direct { file, path } => {
                 // Half way through a segment, zero-fill the next one off-core.
@@ -231,7 +239,10 @@ impl LogDisk for UringDisk {
                     self.prepare_next();
                 }
                 let res = file.append(path, offset, &buf, sync).await;
-                (res, buf)
+                (
+                    res.map_err(|e| io::Error::new(e.kind(), format!("O_DSYNC write: {e}"))),
+                    buf,
+                )
             }
         }
     }
@@ -430,4 +441,10 @@ async fn truncate<D: LogDisk>(
         disk.truncate(name, valid_len)
             .map_err(|e| format!("{name}: {e}"))
     }
+}
+
+/// Test-only (debug builds): `STARCITE_TEST_FAULT=skip_fdatasync` acknowledges
+/// without syncing, so the power-cut test can show that it catches exactly that.
+fn skip_fdatasync() -> bool {
+    super::engine_loop::test_fault::get() == Some("skip_fdatasync")
 }
