@@ -310,9 +310,15 @@ fn follower_catches_up_by_a_chunked_snapshot() {
         assert!(n < 40, "no compaction after {n} retries");
     }
 
+    let t0 = Instant::now();
     c.restart(victim);
     // The follower serves the events from its own replica once it caught up.
     let events = read_all(c.http_port(victim), "big", 3);
+    eprintln!(
+        "follower restarted and served {} MB from its replica in {:?}",
+        3 * BIG_PAYLOAD / 1_000_000,
+        t0.elapsed()
+    );
     assert!(events.iter().all(|e| payload_len(e) == BIG_PAYLOAD));
     let kinds = record_kinds(c.data_dir(victim));
     assert!(

@@ -15,8 +15,6 @@ use rkyv::util::AlignedVec;
 use starcite_wire::log::{decode_segment, LogError};
 use starcite_wire::record::{ArchivedLogRecord, EntryRecord, LogRecord};
 
-#[allow(unused_imports)] // named in the docs
-use crate::limits::MAX_ENTRY;
 use crate::limits::{ENTRIES_RECORD_BYTES, SNAPSHOT_CHUNK};
 
 use crate::raft_storage::GroupStorage;
@@ -332,7 +330,7 @@ pub fn entry_kind(t: EntryType) -> u8 {
 ///
 /// Every record the engine writes is bounded below the log frame by
 /// construction, never by luck: `Entries` records are cut at
-/// [`ENTRIES_RECORD_BYTES`] plus one entry (a proposal is at most [`MAX_ENTRY`],
+/// [`ENTRIES_RECORD_BYTES`] plus one entry (a proposal is at most [`MAX_ENTRY`](crate::limits::MAX_ENTRY),
 /// an entry from a peer at most `MAX_STORED_ENTRY`; larger ones are refused),
 /// snapshots are cut
 /// into [`SNAPSHOT_CHUNK`] parts, and `starcite_wire::limits` checks at compile
