@@ -326,7 +326,9 @@ fn full_disk_stops_the_node_and_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut fs = Mount::new(
         &tmp.path().join("small"),
-        &["-t", "tmpfs", "-o", "size=24m", "tmpfs"],
+        // Room for the direct-I/O log's preallocated segments (2 cores x
+        // 20 MiB, plus a zero-filled spare each) and some appends.
+        &["-t", "tmpfs", "-o", "size=96m", "tmpfs"],
     );
     let data = fs.dir.join("data");
     let mut server = Server::start(ServerOpts::new().data_dir(&data));
@@ -350,7 +352,7 @@ fn full_disk_stops_the_node_and_loses_nothing() {
         acks.len()
     );
     // Grow the disk (same files) and restart.
-    sh(&["mount", "-o", "remount,size=256m", fs.dir.to_str().unwrap()]);
+    sh(&["mount", "-o", "remount,size=512m", fs.dir.to_str().unwrap()]);
     server.restart();
     let missing = missing_acks(server.port(), &acks);
     assert_eq!(
@@ -406,7 +408,8 @@ fn fsync_error_stops_the_node_and_loses_nothing() {
     assert!(
         log.contains("stopping the node")
             && (log.contains("log append failed: fdatasync: ")
-                || log.contains("log append failed: O_DSYNC write: "))
+                || log.contains("log append failed: O_DSYNC write: ")
+                || log.contains("log new segment failed: "))
             && [
                 "Input/output error",
                 "No space left on device",

@@ -713,3 +713,114 @@ fn jwt_socket_auth_join_checks_and_expiry() {
     // Joining with the expired token now fails.
     assert_eq!(e.join_error("tail:j1", json!({})), "token_expired");
 }
+
+/// The next `lifecycle` push's event (its `kind` checked).
+#[track_caller]
+fn lifecycle_event(c: &mut Phx, kind: &str) -> Value {
+    let m = c.expect("lifecycle", "lifecycle");
+    assert_eq!(m.msg_ref, Value::Null, "{m:?}");
+    let e = m.payload["event"].clone();
+    assert_eq!(e["kind"], kind, "{m:?}");
+    e
+}
+
+#[test]
+fn lifecycle_topic_pushes_session_changes_live() {
+    let s = Server::start_default();
+    let p = s.port();
+    create_session(p, "before");
+    let mut c = Phx::connect(p, "vsn=2.0.0");
+    c.join_ok("lifecycle", json!({}));
+    // Live only: the session created before the join is not replayed.
+    c.silent("lifecycle", Duration::from_millis(300));
+
+    create_session_with(p, json!({"id": "lc", "title": "A", "metadata": {"k": 1}}));
+    let e = lifecycle_event(&mut c, "session.activated");
+    assert_eq!(
+        e,
+        json!({"kind": "session.activated", "session_id": "lc", "tenant_id": "service"})
+    );
+    let e = lifecycle_event(&mut c, "session.created");
+    assert_eq!(e["session_id"], "lc");
+    assert_eq!(e["title"], "A");
+    assert_eq!(e["metadata"], json!({"k": 1}));
+    assert_eq!(e["version"], 1);
+    assert!(e["created_at"].is_string(), "{e}");
+
+    let r = request(
+        p,
+        "PATCH",
+        "/v1/sessions/lc",
+        &[("Content-Type", "application/json")],
+        Some(json!({"title": "B"}).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = lifecycle_event(&mut c, "session.updated");
+    assert_eq!(
+        (e["title"].clone(), e["version"].clone()),
+        (json!("B"), json!(2))
+    );
+    assert!(e["updated_at"].is_string(), "{e}");
+
+    assert_eq!(post_json(p, "/v1/sessions/lc/archive", &json!({})).0, 200);
+    let e = lifecycle_event(&mut c, "session.archived");
+    assert_eq!(e["archived"], true);
+    // Archiving again changes nothing, so nothing is pushed.
+    assert_eq!(post_json(p, "/v1/sessions/lc/archive", &json!({})).0, 200);
+    c.silent("lifecycle", Duration::from_millis(300));
+    assert_eq!(post_json(p, "/v1/sessions/lc/unarchive", &json!({})).0, 200);
+    assert_eq!(
+        lifecycle_event(&mut c, "session.unarchived")["archived"],
+        false
+    );
+
+    // Leave: ok reply, phx_close, and nothing more afterwards.
+    let r = c.send(Some("1"), "lifecycle", "phx_leave", json!({}));
+    let m = c.expect("lifecycle", "phx_reply");
+    assert_eq!(
+        (m.msg_ref, m.payload["status"].clone()),
+        (json!(r), json!("ok"))
+    );
+    c.expect("lifecycle", "phx_close");
+    create_session(p, "after-leave");
+    c.silent("lifecycle", Duration::from_millis(300));
+}
+
+#[test]
+fn jwt_lifecycle_is_for_services_of_the_tenant() {
+    let key = RS256KeyPair::generate(2048).unwrap().with_key_id("k1");
+    let s = jwt_server(&key);
+    let p = s.port();
+    let all = "session:create session:append session:read";
+    for (sub, reason) in [("user:u", "forbidden"), ("agent:a", "forbidden")] {
+        let t = token(&key, sub, "acme", all, None, 300);
+        let mut c = Phx::connect(p, &format!("vsn=2.0.0&token={t}"));
+        assert_eq!(c.join_error("lifecycle", json!({})), reason, "{sub}");
+    }
+    let locked = token(&key, "service:b", "acme", all, Some("x"), 300);
+    let mut c = Phx::connect(p, &format!("vsn=2.0.0&token={locked}"));
+    assert_eq!(c.join_error("lifecycle", json!({})), "forbidden_session");
+    let no_read = token(&key, "service:b", "acme", "session:create", None, 300);
+    let mut c = Phx::connect(p, &format!("vsn=2.0.0&token={no_read}"));
+    assert_eq!(c.join_error("lifecycle", json!({})), "forbidden_scope");
+
+    // A service of acme sees acme's sessions, not globex's.
+    let acme = token(&key, "service:b", "acme", all, None, 300);
+    let globex = token(&key, "service:g", "globex", all, None, 300);
+    let mut c = Phx::connect(p, &format!("vsn=2.0.0&token={acme}"));
+    c.join_ok("lifecycle", json!({}));
+    let r = authed(p, "POST", "/v1/sessions", &globex, &json!({"id": "g1"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = authed(p, "POST", "/v1/sessions", &acme, &json!({"id": "a1"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let e = lifecycle_event(&mut c, "session.activated");
+    assert_eq!(
+        (e["session_id"].clone(), e["tenant_id"].clone()),
+        (json!("a1"), json!("acme"))
+    );
+    assert_eq!(
+        lifecycle_event(&mut c, "session.created")["session_id"],
+        "a1"
+    );
+    c.silent("lifecycle", Duration::from_millis(300));
+}

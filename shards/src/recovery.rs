@@ -303,8 +303,10 @@ fn replay(
 
 fn install(g: &mut RecoveredGroup, index: u64, term: u64, voters: Vec<u64>, data: bytes::Bytes) {
     // The full membership follows in a `Membership` record (older logs: voters only).
-    let mut conf = raft::eraftpb::ConfState::default();
-    conf.voters = voters;
+    let conf = raft::eraftpb::ConfState {
+        voters,
+        ..Default::default()
+    };
     g.storage.apply_snapshot(index, term, conf, data.clone());
     g.snapshot_state = Some(data);
     g.gap = None;

@@ -164,7 +164,9 @@ mod tests {
         };
         let bytes = encode_request(&req);
         assert_eq!(bytes[0], b'{');
-        assert!(matches!(decode_request(&bytes), Some(PeerRequest::Info { session }) if session == "s"));
+        assert!(
+            matches!(decode_request(&bytes), Some(PeerRequest::Info { session }) if session == "s")
+        );
     }
 
     #[test]

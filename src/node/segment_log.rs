@@ -161,6 +161,9 @@ impl LogDisk for UringDisk {
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let f = fs::OpenOptions::new().write(true).open(self.path(name))?;
+        if f.metadata()?.len() == len {
+            return Ok(());
+        }
         f.set_len(len)?;
         f.sync_all()
     }
@@ -347,6 +350,11 @@ impl<D: LogDisk> SegmentLog<D> {
             self.disk.sync(&mut self.file).await?;
             self.unsynced = false;
         }
+        // Cut the preallocated zeroes after the last frame (direct I/O): only
+        // the last segment may end in them. Synced before the next segment
+        // exists, so a crash in between leaves this one last.
+        self.disk
+            .truncate(&segment_file_name(self.core, self.seq), self.len)?;
         let next = self.seq + 1;
         let header = header(self.core);
         let len = header.len() as u64;

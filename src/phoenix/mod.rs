@@ -26,6 +26,7 @@
 //! per socket.
 
 pub mod frame;
+pub mod lifecycle;
 pub mod tail;
 
 use std::cell::{Cell, RefCell};
@@ -335,12 +336,7 @@ impl Socket {
                 monoio::spawn(tail::run(channel, join_msg_ref, session, payload, ctl_rx));
             }
             Kind::Lifecycle => {
-                monoio::spawn(async move {
-                    let response = reason_json("unauthorized");
-                    let _ = channel.reply(&join_msg_ref, false, &response).await;
-                    channel.ended();
-                    drop(ctl_rx);
-                });
+                monoio::spawn(lifecycle::run(channel, join_msg_ref, ctl_rx));
             }
         }
     }
