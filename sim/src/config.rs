@@ -26,7 +26,8 @@ pub struct SimConfig {
     pub fault_window_us: u64,
     pub crash_interval_us: u64,
     pub partition_interval_us: u64,
-    pub disk_full: f64,
+    /// Chance that a log append, sync or segment creation fails (EIO/ENOSPC).
+    pub disk_error: f64,
     /// Client gives up on an attempt after this long and retries.
     pub client_timeout_us: u64,
     pub use_expected_seq: f64,
@@ -65,7 +66,7 @@ impl SimConfig {
             fault_window_us: r.range(2, 12) * 1_000_000,
             crash_interval_us: r.range(1, 6) * 1_000_000,
             partition_interval_us: r.range(1, 6) * 1_000_000,
-            disk_full: [0.0, 0.001][r.range(0, 1) as usize],
+            disk_error: [0.0, 0.002][r.range(0, 1) as usize],
             client_timeout_us: r.range(500, 3_000) * 1_000,
             use_expected_seq: [0.0, 0.2][r.range(0, 1) as usize],
             checkpoint_bytes: [4 * 1024, 64 * 1024, u64::MAX][r.range(0, 2) as usize],

@@ -1,145 +1,241 @@
-//! A simulated disk for one core's log: what was synced survives a crash; what
-//! was written but not synced is lost, kept, or torn at a random byte.
+//! The simulated disk under one core's production `SegmentLog`.
+//!
+//! Bytes appended become visible at once (the page cache) but durable only
+//! when a sync completes. A crash loses, keeps, or tears at a random byte what
+//! was not yet synced. While faults are on, an append or a sync can fail with
+//! EIO or ENOSPC (a failed append may have written a prefix), and syncs take a
+//! random time, sometimes a long spike; all of it in virtual time.
 
-use rkyv::util::AlignedVec;
-use starcite_shards::recovery::SegmentInput;
-use starcite_wire::log::{encode_segment_header, segment_file_name};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::rc::Rc;
 
+use starcite::node::segment_log::LogDisk;
+
+use crate::exec::SimClock;
 use crate::rng::Rng;
 
-#[derive(Debug, Clone)]
-struct Segment {
-    seq: u64,
-    durable: Vec<u8>,
-    pending: Vec<u8>,
+#[derive(Debug, Clone, Default)]
+struct SimFile {
+    data: Vec<u8>,
+    /// Bytes `..synced` are on stable storage.
+    synced: usize,
 }
 
-#[derive(Debug, Clone)]
-pub struct SimDisk {
-    core: u32,
-    segments: Vec<Segment>,
+/// What the disk needs from the world: time, randomness, fault switches.
+pub struct DiskEnv {
+    pub clock: SimClock,
+    pub rng: RefCell<Rng>,
+    /// fsync latency bounds (µs) and the chance of a 20–80 ms spike.
+    pub fsync_us: (u64, u64),
+    pub fsync_spike: f64,
+    /// Chance that an append or a sync fails (EIO or ENOSPC) while faults are on.
+    pub error: f64,
+    pub faults_on: Cell<bool>,
+    pub errors: Cell<u64>,
+    pub spikes: Cell<u64>,
+    /// Segment files removed (checkpoints made them obsolete).
+    pub removed: Cell<u64>,
+}
+
+impl DiskEnv {
+    fn chance(&self, p: f64) -> bool {
+        self.rng.borrow_mut().chance(p)
+    }
+
+    fn range(&self, lo: u64, hi: u64) -> u64 {
+        self.rng.borrow_mut().range(lo, hi)
+    }
+
+    /// An injected failure, if one fires now.
+    fn fault(&self) -> Option<io::Error> {
+        if !self.faults_on.get() || !self.chance(self.error) {
+            return None;
+        }
+        self.errors.set(self.errors.get() + 1);
+        Some(if self.chance(0.5) {
+            io::Error::from_raw_os_error(5) // EIO
+        } else {
+            io::Error::from_raw_os_error(28) // ENOSPC
+        })
+    }
+
+    fn sync_latency(&self) -> u64 {
+        let mut us = self.range(self.fsync_us.0, self.fsync_us.1);
+        if self.chance(self.fsync_spike) {
+            us += self.range(20_000, 80_000);
+            self.spikes.set(self.spikes.get() + 1);
+        }
+        us
+    }
 }
 
 /// What a crash did to unsynced bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashLoss {
-    Nothing,
     Lost,
     Torn,
     Kept,
 }
 
+/// One core's log directory; clones share it (it outlives the process that
+/// had it open, like a real disk).
+#[derive(Clone)]
+pub struct SimDisk {
+    files: Rc<RefCell<BTreeMap<String, SimFile>>>,
+    env: Rc<DiskEnv>,
+}
+
 impl SimDisk {
-    pub fn new(core: u32) -> Self {
-        let mut header = Vec::new();
-        encode_segment_header(core, &mut header);
-        Self {
-            core,
-            segments: vec![Segment {
-                seq: 1,
-                durable: header,
-                pending: Vec::new(),
-            }],
+    pub fn new(env: Rc<DiskEnv>) -> Self {
+        SimDisk {
+            files: Rc::default(),
+            env,
         }
     }
 
-    pub fn write(&mut self, bytes: &[u8]) {
-        self.segments
-            .last_mut()
-            .expect("a segment")
-            .pending
-            .extend_from_slice(bytes);
-    }
-
-    pub fn sync(&mut self) {
-        for s in &mut self.segments {
-            let pending = std::mem::take(&mut s.pending);
-            s.durable.extend_from_slice(&pending);
-        }
-    }
-
-    /// Starts the next segment (its header durable at once, as the driver syncs it).
-    pub fn start_segment(&mut self) -> u64 {
-        // The driver syncs the old segment first: only the last segment may
-        // ever end torn.
-        self.sync();
-        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
-        let mut durable = Vec::new();
-        encode_segment_header(self.core, &mut durable);
-        self.segments.push(Segment {
-            seq,
-            durable,
-            pending: Vec::new(),
-        });
-        seq
-    }
-
-    /// Deletes segments numbered below `before` (never the current one).
-    pub fn delete_before(&mut self, before: u64) {
-        let last = self.segments.last().map_or(0, |s| s.seq);
-        self.segments.retain(|s| s.seq >= before || s.seq == last);
-    }
-
-    pub fn crash(&mut self, rng: &mut Rng) -> CrashLoss {
-        let mut loss = CrashLoss::Nothing;
-        for s in &mut self.segments {
-            if s.pending.is_empty() {
+    /// Power loss: every file keeps its synced bytes; what was not synced is
+    /// lost, kept whole, or torn at a random byte.
+    pub fn crash(&self, rng: &mut Rng) -> Vec<CrashLoss> {
+        let mut losses = Vec::new();
+        for f in self.files.borrow_mut().values_mut() {
+            if f.data.len() == f.synced {
                 continue;
             }
-            let pending = std::mem::take(&mut s.pending);
-            loss = match rng.range(0, 2) {
-                0 => CrashLoss::Lost,
+            let loss = match rng.range(0, 2) {
+                0 => {
+                    f.data.truncate(f.synced);
+                    CrashLoss::Lost
+                }
                 1 => {
-                    let cut = rng.range(0, pending.len() as u64) as usize;
-                    s.durable.extend_from_slice(&pending[..cut]);
+                    let cut = rng.range(f.synced as u64, f.data.len() as u64 - 1) as usize;
+                    f.data.truncate(cut);
                     CrashLoss::Torn
                 }
-                _ => {
-                    s.durable.extend_from_slice(&pending);
-                    CrashLoss::Kept
-                }
+                _ => CrashLoss::Kept,
             };
+            f.synced = f.data.len();
+            losses.push(loss);
         }
-        loss
+        losses
     }
 
-    /// Applies recovery's truncation of a torn tail.
-    pub fn truncate(&mut self, name: &str, len: u64) {
-        for s in &mut self.segments {
-            if segment_file_name(self.core, s.seq) == name {
-                if len < 16 {
-                    s.durable.clear();
-                    encode_segment_header(self.core, &mut s.durable);
-                } else {
-                    s.durable.truncate(len as usize);
-                }
-            }
-        }
-    }
-
-    pub fn inputs(&self) -> Vec<SegmentInput> {
-        self.segments
-            .iter()
-            .map(|s| {
-                let mut bytes = AlignedVec::<16>::with_capacity(s.durable.len());
-                bytes.extend_from_slice(&s.durable);
-                SegmentInput {
-                    name: segment_file_name(self.core, s.seq),
-                    seq: s.seq,
-                    bytes,
-                }
-            })
-            .collect()
-    }
-
-    pub fn oldest(&self) -> u64 {
-        self.segments.first().map_or(0, |s| s.seq)
+    /// A replaced drive: nothing on it.
+    pub fn wipe(&self) {
+        self.files.borrow_mut().clear();
     }
 
     pub fn bytes(&self) -> usize {
-        self.segments
-            .iter()
-            .map(|s| s.durable.len() + s.pending.len())
-            .sum()
+        self.files.borrow().values().map(|f| f.data.len()).sum()
+    }
+
+    fn with_file<T>(&self, name: &str, f: impl FnOnce(&mut SimFile) -> T) -> io::Result<T> {
+        let mut files = self.files.borrow_mut();
+        let file = files
+            .get_mut(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))?;
+        Ok(f(file))
+    }
+
+    async fn sync_file(&self, name: &str) -> io::Result<()> {
+        let target = self.with_file(name, |f| f.data.len())?;
+        self.env.clock.sleep_us(self.env.sync_latency()).await;
+        if let Some(e) = self.env.fault() {
+            // As on Linux after a failed fsync: nothing is known to be durable.
+            return Err(e);
+        }
+        self.with_file(name, |f| f.synced = f.synced.max(target.min(f.data.len())))
+    }
+}
+
+impl LogDisk for SimDisk {
+    type File = String;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.files.borrow().keys().cloned().collect())
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.with_file(name, |f| f.data.clone())
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        self.with_file(name, |f| {
+            f.data.truncate(len as usize);
+            f.synced = f.data.len();
+        })
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.env.removed.set(self.env.removed.get() + 1);
+        self.files
+            .borrow_mut()
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_owned()))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<(String, u64)> {
+        let len = self.with_file(name, |f| f.data.len())?;
+        Ok((name.to_owned(), len as u64))
+    }
+
+    async fn create(&self, name: &str, contents: Vec<u8>) -> io::Result<String> {
+        if self.files.borrow().contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_owned(),
+            ));
+        }
+        if let Some(e) = self.env.fault() {
+            return Err(e);
+        }
+        self.files.borrow_mut().insert(
+            name.to_owned(),
+            SimFile {
+                data: contents,
+                synced: 0,
+            },
+        );
+        self.sync_file(name).await?;
+        Ok(name.to_owned())
+    }
+
+    async fn append(
+        &self,
+        file: &mut String,
+        offset: u64,
+        buf: Vec<u8>,
+        sync: bool,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let len = match self.with_file(file, |f| f.data.len()) {
+            Ok(len) => len,
+            Err(e) => return (Err(e), buf),
+        };
+        if offset != len as u64 {
+            let e = io::Error::other(format!("append at {offset} to a file of {len} bytes"));
+            return (Err(e), buf);
+        }
+        if let Some(e) = self.env.fault() {
+            // A failed write may have put any prefix in the page cache.
+            let cut = self.env.range(0, buf.len() as u64) as usize;
+            let _ = self.with_file(file, |f| f.data.extend_from_slice(&buf[..cut]));
+            return (Err(e), buf);
+        }
+        let _ = self.with_file(file, |f| f.data.extend_from_slice(&buf));
+        if !sync {
+            self.env.clock.sleep_us(self.env.range(5, 50)).await;
+            return (Ok(()), buf);
+        }
+        (self.sync_file(file).await, buf)
+    }
+
+    async fn sync(&self, file: &mut String) -> io::Result<()> {
+        self.sync_file(file).await
     }
 }

@@ -1,11 +1,14 @@
 //! Deterministic simulation of a whole Starcite cluster.
 //!
-//! The production engine (`starcite_shards::Shard`) runs unchanged; only the
-//! clock, network, disk and randomness are simulated. See docs/testing.md.
+//! The production engine loop (`starcite::node::engine_loop::EngineLoop`, with
+//! its `Shard` and segment log) runs unchanged; only the clock, network, disk
+//! and randomness are simulated. See docs/testing.md.
 
 pub mod checker;
 pub mod config;
 pub mod disk;
+pub mod exec;
+pub mod net;
 pub mod rng;
 pub mod workload;
 pub mod world;

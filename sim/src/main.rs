@@ -82,10 +82,10 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{count} seeds in {secs:.1} s ({:.1} seeds/s); acknowledged appends {}; faults: crashes {}, torn writes {}, lost unsynced writes {}, partitions {}, dropped msgs {}, duplicated msgs {}, fsync spikes {}, disk-full stops {}, disk wipes (replacements) {}, client timeouts {}; checkpoints {}, dedupes {}, expected_seq conflicts {}",
+        "{count} seeds in {secs:.1} s ({:.1} seeds/s); acknowledged appends {}; faults: crashes {}, torn writes {}, lost unsynced writes {}, partitions {}, dropped msgs {}, duplicated msgs {}, fsync spikes {}, disk errors {} (node stops {}), disk wipes (replacements) {}, client timeouts {}; segments deleted after checkpoints {}, dedupes {}, expected_seq conflicts {}",
         count as f64 / secs,
         totals.acked, totals.crashes, totals.torn_writes, totals.lost_writes, totals.partitions,
-        totals.dropped, totals.duplicated, totals.fsync_spikes, totals.disk_full, totals.disk_wipes, totals.client_timeouts,
+        totals.dropped, totals.duplicated, totals.fsync_spikes, totals.disk_errors, totals.core_stops, totals.disk_wipes, totals.client_timeouts,
         totals.checkpoints, totals.dedupes, totals.expected_conflicts
     );
     println!("fault points (reached / fired):");
@@ -116,7 +116,8 @@ fn add(t: &mut starcite_sim::world::Stats, s: &starcite_sim::world::Stats) {
     t.dropped += s.dropped;
     t.duplicated += s.duplicated;
     t.fsync_spikes += s.fsync_spikes;
-    t.disk_full += s.disk_full;
+    t.disk_errors += s.disk_errors;
+    t.core_stops += s.core_stops;
     t.disk_wipes += s.disk_wipes;
     t.client_timeouts += s.client_timeouts;
     t.checkpoints += s.checkpoints;

@@ -1,27 +1,55 @@
-//! The simulated world: virtual clock, nodes of shards, network, disks, clients.
+//! The simulated world: virtual clock, nodes, network, disks, clients.
 //!
-//! Every node runs the production `Shard` per core. The world plays the role of
-//! the io_uring driver (write, fdatasync, on_durable), of the inter-node
-//! transport (Raft messages with delay, loss, duplication, partitions), and of
-//! the clients. One `u64` seed decides everything; the run is reproducible.
+//! Every core of every node runs the production engine loop
+//! (`starcite::node::engine_loop::EngineLoop`) over the production segment log,
+//! on a simulated disk (`disk.rs`), a simulated peer network (`net.rs`) and a
+//! virtual clock, polled by a deterministic executor (`exec.rs`). Raft batches
+//! arrive through the production `PeerInbound`; clients route with the
+//! production `Route`. The world only plays what is outside a node: the wire
+//! between nodes (delay, loss, duplication, partitions), power (crashes,
+//! restarts, replaced drives), the operator (who approves a replacement with
+//! `starcite ops replace-node`), gossip between control planes and the
+//! clients. One `u64` seed decides everything; the run is reproducible.
+//!
+//! A replaced drive is a Raft membership change: the node restarts with an
+//! empty disk as a new incarnation (`starcite_shards::membership`), the
+//! operator approves it, gossip spreads the approval and every group's leader
+//! swaps the old incarnation for the new one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
-use raft::eraftpb::Message;
+use raft::eraftpb::ConfState;
+use starcite::node::control::ControlState;
+use starcite::node::engine_loop::{Cluster, EngineLoop};
+use starcite::node::messages::{CoreRequest, CORE_INBOX_DEPTH};
+use starcite::node::peer_inbound::PeerInbound;
+use starcite::node::peer_rpc::{self, ControlMessage};
+use starcite::node::segment_log::SegmentLog;
+use starcite::node::topology::Topology;
+use starcite::service::lifecycle::LifecycleHub;
 use starcite_shards::membership;
 use starcite_shards::placement::{core_of, group_of, replicas};
-use starcite_shards::recovery::recover;
-use starcite_shards::shard::{Outputs, Proposal, Shard, ShardConfig};
+use starcite_shards::shard::{ReadResult, Shard, ShardConfig};
 use starcite_shards::state::machine::Outcome;
 use starcite_shards::EngineError;
 
 use crate::checker::Checker;
 use crate::config::SimConfig;
-use crate::disk::{CrashLoss, SimDisk};
+use crate::disk::{CrashLoss, DiskEnv, SimDisk};
+use crate::exec::{Executor, SimClock};
+use crate::net::{NetShared, SimNet};
 use crate::rng::Rng;
 use crate::workload::{OpKind, Producer, Tail, Workload};
 
-const TICK_US: u64 = starcite_shards::limits::TICK_MS * 1_000;
+/// Polls without virtual time moving before the engine counts as spinning.
+const MAX_POLLS_PER_STEP: u64 = 1_000_000;
+/// Every node gossips its control-plane view this often (production: 1 s).
+const GOSSIP_INTERVAL_US: u64 = 1_000_000;
+/// At most this many disk replacements per run, one at a time.
+const MAX_DISK_WIPES: u64 = 3;
 
 /// Fault and activity counters of a run.
 #[derive(Debug, Default, Clone)]
@@ -36,7 +64,10 @@ pub struct Stats {
     pub restarts: u64,
     pub partitions: u64,
     pub fsync_spikes: u64,
-    pub disk_full: u64,
+    /// Injected EIO/ENOSPC on append, sync or segment creation.
+    pub disk_errors: u64,
+    /// Cores that stopped their node (a log error ends the process).
+    pub core_stops: u64,
     pub disk_wipes: u64,
     pub checkpoints: u64,
     pub client_timeouts: u64,
@@ -47,29 +78,22 @@ pub struct Stats {
     pub virtual_us: u64,
 }
 
-enum Input {
-    Step(u32, Message),
-    Propose(u64, Proposal),
-    Tick,
-}
-
 enum Event {
-    Tick {
-        node: usize,
-        epoch: u64,
-    },
     Deliver {
-        node: usize,
-        group: u32,
-        msg: Message,
+        from: usize,
+        to: usize,
+        batch: Vec<(u32, Vec<u8>)>,
     },
-    /// A batch write finished; `synced` if it was fdatasync'ed.
-    SyncDone {
-        node: usize,
-        core: usize,
+    /// A control message (gossip) from `from` while it ran as `epoch`.
+    Control {
+        from: usize,
         epoch: u64,
-        synced: bool,
+        to: usize,
+        body: Vec<u8>,
     },
+    /// Every up node gossips; the world also samples every replica's
+    /// membership (for the one-replacement-at-a-time rule).
+    GossipRound,
     Send {
         attempt: u64,
         node: usize,
@@ -95,35 +119,53 @@ enum Event {
     },
 }
 
-struct Core {
-    shard: Option<Shard<u64>>,
-    disk: SimDisk,
-    writing: bool,
-    inbox: VecDeque<Input>,
-}
+type LogView = Option<(u64, Vec<(u64, u64, bytes::Bytes)>)>;
+type MembershipRx = flume::Receiver<Vec<(u32, ConfState)>>;
 
 struct Node {
     up: bool,
     epoch: u64,
-    cores: Vec<Core>,
-    /// Its disk was replaced (empty) before its last restart.
-    wiped: bool,
-    /// Raft incarnation: 0 for the original disk, higher after each wipe
-    /// (a new member; see `starcite_shards::membership`).
+    /// The inboxes of its cores (replaced at every start).
+    senders: Arc<Vec<flume::Sender<CoreRequest>>>,
+    inbound: Option<PeerInbound>,
+    tasks: Vec<usize>,
+    disks: Vec<SimDisk>,
+    /// Its control plane (replaced at every start).
+    control: Option<Arc<ControlState>>,
+    /// Raft incarnation: 0 for the original disk, one more after each
+    /// replacement (production takes the time; only the order matters).
     incarnation: u64,
+    /// Applied membership of each local group, sampled since the last start.
+    conf: BTreeMap<u32, ConfState>,
 }
+
+/// A core's engine ended: (node, epoch, why). In production the process exits.
+type Stops = Rc<RefCell<Vec<(usize, u64, String)>>>;
 
 pub struct World {
     cfg: SimConfig,
     rng: Rng,
-    now: u64,
+    clock: SimClock,
+    exec: Executor,
     seq: u64,
     queue: BTreeMap<(u64, u64), Event>,
     nodes: Vec<Node>,
     names: Vec<String>,
+    net: Rc<NetShared>,
+    disk_env: Rc<DiskEnv>,
+    stops: Stops,
     /// Nodes on side A of a partition; messages across sides are dropped.
     partition: Option<Vec<bool>>,
     leader_hint: BTreeMap<u32, usize>,
+    /// Appends in flight inside nodes: (attempt, reply channel).
+    replies: Vec<(u64, flume::Receiver<Result<Outcome, EngineError>>)>,
+    /// Tail reads in flight: (tail, reply channel).
+    reads: Vec<(usize, flume::Receiver<Result<ReadResult, EngineError>>)>,
+    /// Membership samples in flight: (node, epoch, reply channel).
+    probes: Vec<(usize, u64, MembershipRx)>,
+    /// Holds every node's data dir (control-plane files such as the
+    /// approved replacements); one subdirectory per node and incarnation.
+    data_root: tempfile::TempDir,
     pub work: Workload,
     pub checker: Checker,
     pub stats: Stats,
@@ -136,52 +178,84 @@ fn logger() -> slog::Logger {
 
 impl World {
     pub fn new(cfg: SimConfig) -> Self {
-        let rng = Rng::new(cfg.seed);
+        let mut rng = Rng::new(cfg.seed);
         let names: Vec<String> = (0..cfg.nodes).map(|i| format!("n{i}")).collect();
+        let clock = SimClock::new();
+        let net = Rc::new(NetShared {
+            names: names.clone(),
+            outbox: RefCell::default(),
+            up: RefCell::new(vec![vec![false; cfg.nodes]; cfg.nodes]),
+        });
+        let disk_env = Rc::new(DiskEnv {
+            clock: clock.clone(),
+            rng: RefCell::new(Rng::new(rng.next_u64())),
+            fsync_us: cfg.fsync_us,
+            fsync_spike: cfg.fsync_spike,
+            error: cfg.disk_error,
+            faults_on: Cell::new(true),
+            errors: Cell::new(0),
+            spikes: Cell::new(0),
+            removed: Cell::new(0),
+        });
         let mut w = World {
             rng,
-            now: 0,
+            clock,
+            exec: Executor::default(),
             seq: 0,
             queue: BTreeMap::new(),
             nodes: Vec::new(),
             names,
+            net,
+            disk_env,
+            stops: Rc::default(),
             partition: None,
             leader_hint: BTreeMap::new(),
+            replies: Vec::new(),
+            reads: Vec::new(),
+            probes: Vec::new(),
+            data_root: tempfile::tempdir().expect("a temporary directory for the simulated nodes"),
             work: Workload::default(),
             checker: Checker::default(),
             stats: Stats::default(),
             faults_over: false,
             cfg,
         };
-        for node in 0..w.cfg.nodes {
-            let cores = (0..w.cfg.cores)
-                .map(|c| Core {
-                    shard: None,
-                    disk: SimDisk::new(c),
-                    writing: false,
-                    inbox: VecDeque::new(),
-                })
+        for _ in 0..w.cfg.nodes {
+            let disks = (0..w.cfg.cores)
+                .map(|_| SimDisk::new(w.disk_env.clone()))
                 .collect();
             w.nodes.push(Node {
                 up: false,
                 epoch: 0,
-                cores,
-                wiped: false,
+                senders: Arc::new(Vec::new()),
+                inbound: None,
+                tasks: Vec::new(),
+                disks,
+                control: None,
                 incarnation: 0,
+                conf: BTreeMap::new(),
             });
+        }
+        for node in 0..w.cfg.nodes {
             w.start_node(node);
         }
         w.plan_workload();
         w.plan_faults();
+        let first = w.rng.range(0, GOSSIP_INTERVAL_US);
+        w.schedule(first, Event::GossipRound);
         w
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_us()
     }
 
     fn schedule(&mut self, delay_us: u64, event: Event) {
         self.seq += 1;
-        self.queue.insert((self.now + delay_us, self.seq), event);
+        self.queue.insert((self.now() + delay_us, self.seq), event);
     }
 
-    fn shard_config(&mut self, node: usize, core: u32) -> ShardConfig {
+    fn shard_config(&mut self, node: usize, core: u32, raft_id: u64) -> ShardConfig {
         let groups = (0..self.cfg.groups)
             .filter(|g| core_of(*g, self.cfg.cores) == core)
             .filter_map(|g| {
@@ -196,10 +270,7 @@ impl World {
             core,
             cores: self.cfg.cores,
             num_groups: self.cfg.groups,
-            raft_id: membership::raft_id(
-                node as u64 + 1,
-                self.nodes.get(node).map_or(0, |n| n.incarnation),
-            ),
+            raft_id,
             groups,
             dedupe_window: 128,
             producer_cap: 10_000,
@@ -210,67 +281,115 @@ impl World {
         }
     }
 
-    /// Tells every running shard which new incarnations are approved.
-    fn approve_replacements(&mut self) {
-        let ids: Vec<u64> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.incarnation > 0)
-            .map(|(i, n)| membership::raft_id(i as u64 + 1, n.incarnation))
-            .collect();
-        for n in &mut self.nodes {
-            for c in &mut n.cores {
-                if let Some(shard) = c.shard.as_mut() {
-                    shard.approve_replacements(ids.clone());
-                }
-            }
-        }
-    }
-
+    /// The Raft id of a node's original incarnation (the initial membership).
     fn raft_id(&self, name: &str) -> u64 {
         self.names
             .iter()
             .position(|n| n == name)
-            .map_or(0, |i| i as u64 + 1)
+            .map_or(0, |i| membership::raft_id(i as u64 + 1, 0))
     }
 
-    /// (Re)starts a node from what its disks hold.
+    /// The Raft id a node runs now.
+    fn current_raft_id(&self, node: usize) -> u64 {
+        membership::raft_id(node as u64 + 1, self.nodes[node].incarnation)
+    }
+
+    /// A node's data dir for its current incarnation (a replaced drive
+    /// starts with an empty one).
+    fn data_dir(&self, node: usize) -> std::path::PathBuf {
+        let inc = self.nodes[node].incarnation;
+        let dir = self.data_root.path().join(format!("n{node}.{inc}"));
+        // A failure shows as a logged persistence error, like a broken disk.
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    /// Which links are usable: both ends up, same side of any partition.
+    fn refresh_links(&mut self) {
+        let n = self.cfg.nodes;
+        let mut up = self.net.up.borrow_mut();
+        for a in 0..n {
+            for b in 0..n {
+                let cut = self.partition.as_ref().is_some_and(|s| s[a] != s[b]);
+                up[a][b] = a != b && self.nodes[a].up && self.nodes[b].up && !cut;
+            }
+        }
+    }
+
+    /// (Re)starts a node: every core recovers its log from its disk and runs
+    /// the production engine loop.
     fn start_node(&mut self, node: usize) {
-        for core in 0..self.cfg.cores {
-            let cfg = self.shard_config(node, core);
-            let owned: Vec<u32> = cfg.groups.iter().map(|(g, _)| *g).collect();
-            let disk = &mut self.nodes[node].cores[core as usize].disk;
-            let recovered = match recover(&disk.inputs(), core, |g| owned.contains(&g)) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.checker
-                        .violations
-                        .push(format!("n{node} core {core}: recovery failed: {e}"));
-                    return;
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..self.cfg.cores)
+            .map(|_| flume::bounded::<CoreRequest>(CORE_INBOX_DEPTH))
+            .unzip();
+        let senders = Arc::new(senders);
+        let topo = Arc::new(
+            Topology::from_parts(
+                &self.names[node],
+                self.names.clone(),
+                self.names.clone(),
+                self.cfg.groups,
+                self.cfg.cores,
+                self.cfg.rf,
+            )
+            .with_incarnation(self.nodes[node].incarnation),
+        );
+        let raft_id = topo.raft_id(&self.names[node]).unwrap_or(0);
+        debug_assert_eq!(raft_id, self.current_raft_id(node));
+        let control = Arc::new(ControlState::new(topo.clone(), self.data_dir(node)));
+        for peer in topo.peers() {
+            control.peer_connection(peer, true);
+        }
+        let epoch = self.nodes[node].epoch + 1;
+        let mut tasks = Vec::new();
+        for (core, inbox) in inboxes.into_iter().enumerate() {
+            let core = core as u32;
+            let shard_cfg = self.shard_config(node, core, raft_id);
+            let owned: Vec<u32> = shard_cfg.groups.iter().map(|(g, _)| *g).collect();
+            let disk = self.nodes[node].disks[core as usize].clone();
+            let clock = self.clock.clone();
+            let control = control.clone();
+            let cluster = Cluster {
+                transport: Rc::new(SimNet {
+                    me: node,
+                    shared: self.net.clone(),
+                }),
+                topo: topo.clone(),
+            };
+            let stops = self.stops.clone();
+            let task = async move {
+                let stop = |why: String| stops.borrow_mut().push((node, epoch, why));
+                let (log, recovered) =
+                    match SegmentLog::open(disk, core, |g| owned.contains(&g)).await {
+                        Ok(v) => v,
+                        Err(e) => return stop(format!("recovery failed: {e}")),
+                    };
+                let shard = match Shard::new(shard_cfg, recovered, &logger()) {
+                    Ok(s) => s,
+                    Err(e) => return stop(format!("start failed: {e}")),
+                };
+                let engine = EngineLoop::new(shard, log, clock, inbox, control, Some(cluster));
+                match engine.run().await {
+                    Ok(()) => stop("engine returned".to_owned()),
+                    Err(e) => stop(e),
                 }
             };
-            if let Some((name, len)) = &recovered.truncate {
-                disk.truncate(name, *len);
-            }
-            match Shard::new(cfg, recovered, &logger()) {
-                Ok(shard) => self.nodes[node].cores[core as usize].shard = Some(shard),
-                Err(e) => self
-                    .checker
-                    .violations
-                    .push(format!("n{node} core {core}: start failed: {e}")),
-            }
+            tasks.push(self.exec.spawn(task));
         }
-        self.approve_replacements();
         let n = &mut self.nodes[node];
+        n.inbound = Some(PeerInbound {
+            cores: senders.clone(),
+            control: control.clone(),
+            lifecycle: Arc::new(LifecycleHub::new()),
+            gateway: RefCell::new(None),
+        });
+        n.control = Some(control);
+        n.senders = senders;
+        n.tasks = tasks;
         n.up = true;
-        n.epoch += 1;
-        let epoch = n.epoch;
-        let first = self.rng.range(0, TICK_US);
-        self.schedule(first, Event::Tick { node, epoch });
-        for core in 0..self.cfg.cores as usize {
-            self.pump(node, core);
-        }
+        n.epoch = epoch;
+        n.conf.clear();
+        self.refresh_links();
     }
 
     fn plan_workload(&mut self) {
@@ -342,28 +461,141 @@ impl World {
         self.schedule(end, Event::Heal);
     }
 
+    /// Polls every woken engine, then collects what they produced: messages
+    /// for the wire, answers for clients, cores that stopped their node.
+    fn run_engines(&mut self) {
+        if !self.exec.run_ready(MAX_POLLS_PER_STEP) {
+            self.checker.violations.push(format!(
+                "an engine loop kept running for {MAX_POLLS_PER_STEP} polls without time passing"
+            ));
+        }
+        let outbox = std::mem::take(&mut *self.net.outbox.borrow_mut());
+        for (from, to, batch) in outbox {
+            self.send_batch(from, to, batch);
+        }
+        let mut i = 0;
+        while i < self.replies.len() {
+            match self.replies[i].1.try_recv() {
+                Ok(result) => {
+                    let (attempt, _) = self.replies.remove(i);
+                    if !self.faults_over && self.rng.chance(self.cfg.drop) {
+                        self.stats.dropped += 1; // the client's timeout retries
+                        continue;
+                    }
+                    let d = self.net_delay();
+                    self.schedule(d, Event::Reply { attempt, result });
+                }
+                Err(flume::TryRecvError::Disconnected) => {
+                    self.replies.remove(i);
+                }
+                Err(flume::TryRecvError::Empty) => i += 1,
+            }
+        }
+        let mut i = 0;
+        while i < self.reads.len() {
+            match self.reads[i].1.try_recv() {
+                Ok(result) => {
+                    let (tail, _) = self.reads.remove(i);
+                    self.tail_read(tail, result);
+                }
+                Err(flume::TryRecvError::Disconnected) => {
+                    self.reads.remove(i);
+                }
+                Err(flume::TryRecvError::Empty) => i += 1,
+            }
+        }
+        let mut i = 0;
+        while i < self.probes.len() {
+            match self.probes[i].2.try_recv() {
+                Ok(groups) => {
+                    let (node, epoch, _) = self.probes.remove(i);
+                    let n = &mut self.nodes[node];
+                    if n.up && n.epoch == epoch {
+                        n.conf.extend(groups);
+                    }
+                }
+                Err(flume::TryRecvError::Disconnected) => {
+                    self.probes.remove(i);
+                }
+                Err(flume::TryRecvError::Empty) => i += 1,
+            }
+        }
+        let stops = std::mem::take(&mut *self.stops.borrow_mut());
+        for (node, epoch, why) in stops {
+            if self.nodes[node].epoch != epoch || !self.nodes[node].up {
+                continue;
+            }
+            // An injected I/O error during recovery is a failed boot (the
+            // service manager retries); anything else there is a bug.
+            let io_error = why.contains("(os error");
+            if !io_error && (why.starts_with("recovery failed") || why.starts_with("start failed"))
+            {
+                self.checker.violations.push(format!("n{node}: {why}"));
+                continue;
+            }
+            // A log error ends the process (production: exit 70); the
+            // service manager starts it again.
+            self.stats.core_stops += 1;
+            self.power_off(node);
+            let d = self.rng.range(100_000, 1_000_000);
+            self.schedule(d, Event::Restart { node });
+        }
+    }
+
+    /// The next moment something happens: a timer inside a node or an event.
+    fn step(&mut self, skip_clients: bool) -> bool {
+        loop {
+            self.run_engines();
+            if !self.checker.violations.is_empty() {
+                return false;
+            }
+            let timer = self.clock.next_timer();
+            let event = self.queue.first_key_value().map(|((at, _), _)| *at);
+            match (timer, event) {
+                (Some(t), e) if e.is_none_or(|e| t <= e) => {
+                    self.clock.advance_to(t);
+                    self.clock.fire_due();
+                    return true;
+                }
+                (_, Some(_)) => {
+                    let ((at, _), event) = self.queue.pop_first().expect("an event");
+                    self.clock.advance_to(at);
+                    if skip_clients
+                        && matches!(
+                            event,
+                            Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }
+                        )
+                    {
+                        continue;
+                    }
+                    self.stats.events += 1;
+                    if at >= self.cfg.fault_window_us && !self.faults_over {
+                        self.heal_all();
+                    }
+                    self.handle(event);
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
     /// Runs to the end; returns whether it finished without violations.
     pub fn run(&mut self) -> bool {
         let deadline = self.cfg.fault_window_us + self.cfg.liveness_bound_us;
-        while let Some(((at, _), event)) = self.queue.pop_first() {
-            self.now = at;
-            self.stats.events += 1;
-            if at >= self.cfg.fault_window_us && !self.faults_over {
-                self.heal_all();
-            }
-            if at > deadline {
+        while self.step(false) {
+            if self.now() > deadline {
                 break;
             }
-            self.handle(event);
             if self.work.pending() == 0 && self.faults_over && self.tails_caught_up() {
                 break;
             }
-            if !self.checker.violations.is_empty() {
-                break;
-            }
         }
-        self.stats.virtual_us = self.now;
+        self.stats.virtual_us = self.now();
         self.stats.acked = self.checker.acked() as u64;
+        self.stats.fsync_spikes = self.disk_env.spikes.get();
+        self.stats.disk_errors = self.disk_env.errors.get();
+        self.stats.checkpoints = self.disk_env.removed.get();
         if self.checker.violations.is_empty() {
             self.final_checks();
         }
@@ -372,6 +604,7 @@ impl World {
 
     fn heal_all(&mut self) {
         self.faults_over = true;
+        self.disk_env.faults_on.set(false);
         self.partition = None;
         for node in 0..self.nodes.len() {
             if !self.nodes[node].up {
@@ -379,30 +612,36 @@ impl World {
                 self.stats.restarts += 1;
             }
         }
+        self.refresh_links();
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Tick { node, epoch } => {
-                if self.nodes[node].up && self.nodes[node].epoch == epoch {
-                    for core in 0..self.cfg.cores as usize {
-                        self.input(node, core, Input::Tick);
+            Event::Deliver { from, to, batch } => {
+                if self.nodes[to].up {
+                    if let Some(inbound) = &self.nodes[to].inbound {
+                        use starcite::cluster::transport::Inbound;
+                        inbound.on_raft(&self.names[from], batch);
                     }
-                    self.schedule(TICK_US, Event::Tick { node, epoch });
                 }
             }
-            Event::Deliver { node, group, msg } => {
-                if self.nodes[node].up {
-                    let core = core_of(group, self.cfg.cores) as usize;
-                    self.input(node, core, Input::Step(group, msg));
-                }
-            }
-            Event::SyncDone {
-                node,
-                core,
+            Event::Control {
+                from,
                 epoch,
-                synced,
-            } => self.sync_done(node, core, epoch, synced),
+                to,
+                body,
+            } => {
+                // A connection dies with its process: nothing a stopped
+                // incarnation sent arrives later.
+                let sender_alive = self.nodes[from].up && self.nodes[from].epoch == epoch;
+                if sender_alive && self.nodes[to].up {
+                    if let Some(inbound) = &self.nodes[to].inbound {
+                        use starcite::cluster::transport::Inbound;
+                        inbound.on_control(&self.names[from], body);
+                    }
+                }
+            }
+            Event::GossipRound => self.gossip_round(),
             Event::Send { attempt, node } => self.send(attempt, node),
             Event::Reply { attempt, result } => self.reply(attempt, result),
             Event::Timeout { op, attempts } => {
@@ -415,29 +654,35 @@ impl World {
                     self.retry(op, 0);
                 }
             }
-            Event::Crash { node } => self.crash(node),
+            Event::Crash { node } => {
+                if self.nodes[node].up && !self.faults_over {
+                    self.stats.crashes += 1;
+                    self.power_off(node);
+                }
+            }
             Event::Restart { node } => {
                 if !self.nodes[node].up && !self.faults_over {
                     // One replacement at a time: two replicas losing their
                     // disks before the first is replaced is two lost copies,
                     // beyond RF 3. A later wipe (of any node, the replaced one
                     // included) waits until the previous replacement is done.
-                    if self.stats.disk_wipes < 3
+                    let wipe = self.stats.disk_wipes < MAX_DISK_WIPES
                         && self.rng.chance(self.cfg.disk_wipe)
-                        && self.membership_settled(Some(node))
-                    {
+                        && self.membership_settled(Some(node));
+                    if wipe {
                         self.stats.disk_wipes += 1;
-                        for (core, c) in self.nodes[node].cores.iter_mut().enumerate() {
-                            c.disk = SimDisk::new(core as u32);
+                        for d in &self.nodes[node].disks {
+                            d.wipe();
                         }
-                        self.nodes[node].wiped = true;
-                        // The replacement is a new member (`STARCITE_REJOIN`):
-                        // a new incarnation, approved once it runs (the
-                        // operator's `starcite ops replace-node`).
+                        // An empty data dir with `STARCITE_REJOIN`: a new
+                        // incarnation, a new member of its groups.
                         self.nodes[node].incarnation += 1;
                     }
                     self.start_node(node);
                     self.stats.restarts += 1;
+                    if wipe {
+                        self.replace_node(node);
+                    }
                 }
             }
             Event::Partition => {
@@ -446,110 +691,14 @@ impl World {
                         (0..self.cfg.nodes).map(|_| self.rng.chance(0.5)).collect();
                     self.partition = Some(sides);
                     self.stats.partitions += 1;
+                    self.refresh_links();
                 }
             }
-            Event::Heal => self.partition = None,
+            Event::Heal => {
+                self.partition = None;
+                self.refresh_links();
+            }
             Event::TailPoll { tail } => self.tail_poll(tail),
-        }
-    }
-
-    fn input(&mut self, node: usize, core: usize, input: Input) {
-        self.nodes[node].cores[core].inbox.push_back(input);
-        self.pump(node, core);
-    }
-
-    /// The engine loop of one core: drain inputs, then one write at a time.
-    fn pump(&mut self, node: usize, core: usize) {
-        if !self.nodes[node].up || self.nodes[node].cores[core].writing {
-            return;
-        }
-        let mut out = Outputs::default();
-        let c = &mut self.nodes[node].cores[core];
-        let Some(shard) = c.shard.as_mut() else {
-            return;
-        };
-        while let Some(input) = c.inbox.pop_front() {
-            match input {
-                Input::Step(g, m) => shard.step(g, m),
-                Input::Tick => shard.tick(),
-                Input::Propose(attempt, p) => {
-                    if let Err((w, e)) = shard.propose(p, attempt, self.now as i64) {
-                        out.completions.push((w, Err(e)));
-                    }
-                }
-            }
-        }
-        if shard.has_ready() {
-            let mut buf = Vec::new();
-            out.extend(shard.prepare_write(&mut buf));
-            c.disk.write(&buf);
-            c.writing = true;
-            let synced = shard.batch_needs_sync();
-            let mut latency = if synced {
-                self.rng.range(self.cfg.fsync_us.0, self.cfg.fsync_us.1)
-            } else {
-                self.rng.range(5, 50)
-            };
-            if synced && self.rng.chance(self.cfg.fsync_spike) {
-                latency += self.rng.range(20_000, 80_000);
-                self.stats.fsync_spikes += 1;
-            }
-            let epoch = self.nodes[node].epoch;
-            self.schedule(
-                latency,
-                Event::SyncDone {
-                    node,
-                    core,
-                    epoch,
-                    synced,
-                },
-            );
-        }
-        self.dispatch(node, out);
-    }
-
-    fn sync_done(&mut self, node: usize, core: usize, epoch: u64, synced: bool) {
-        if !self.nodes[node].up || self.nodes[node].epoch != epoch {
-            return;
-        }
-        if !self.faults_over && self.rng.chance(self.cfg.disk_full) {
-            // A failed fsync/full disk stops the process in production.
-            self.stats.disk_full += 1;
-            self.crash(node);
-            return;
-        }
-        let c = &mut self.nodes[node].cores[core];
-        if synced {
-            c.disk.sync();
-        }
-        c.writing = false;
-        let shard = c.shard.as_mut().expect("running core has a shard");
-        let out = shard.on_durable();
-        if shard.wants_new_segment() {
-            let seq = c.disk.start_segment();
-            shard.segment_started(seq);
-        }
-        let before = shard.obsolete_before();
-        if c.disk.oldest() < before {
-            c.disk.delete_before(before);
-            shard.segments_deleted(before);
-            self.stats.checkpoints += 1;
-        }
-        self.dispatch(node, out);
-        self.pump(node, core);
-    }
-
-    fn dispatch(&mut self, node: usize, out: Outputs<u64>) {
-        for (group, msg) in out.messages {
-            self.send_message(node, group, msg);
-        }
-        for (attempt, result) in out.completions {
-            if !self.faults_over && self.rng.chance(self.cfg.drop) {
-                self.stats.dropped += 1; // the client's timeout retries
-                continue;
-            }
-            let d = self.net_delay();
-            self.schedule(d, Event::Reply { attempt, result });
         }
     }
 
@@ -557,9 +706,9 @@ impl World {
         self.rng.range(self.cfg.delay_us.0, self.cfg.delay_us.1)
     }
 
-    fn send_message(&mut self, from: usize, group: u32, msg: Message) {
+    /// One transport batch on the wire.
+    fn send_batch(&mut self, from: usize, to: usize, batch: Vec<(u32, Vec<u8>)>) {
         self.stats.messages += 1;
-        let to = membership::slot_of(msg.to) as usize - 1;
         let cut = self
             .partition
             .as_ref()
@@ -571,50 +720,44 @@ impl World {
         if !self.faults_over && self.rng.chance(self.cfg.duplicate) {
             self.stats.duplicated += 1;
             let d = self.net_delay();
-            self.schedule(
-                d,
-                Event::Deliver {
-                    node: to,
-                    group,
-                    msg: msg.clone(),
-                },
-            );
+            let batch = batch.clone();
+            self.schedule(d, Event::Deliver { from, to, batch });
         }
         let d = self.net_delay();
-        self.schedule(
-            d,
-            Event::Deliver {
-                node: to,
-                group,
-                msg,
-            },
-        );
+        self.schedule(d, Event::Deliver { from, to, batch });
     }
 
-    fn crash(&mut self, node: usize) {
-        if !self.nodes[node].up || self.faults_over {
-            return;
+    /// The process is gone: its tasks stop where they stand, its disks keep
+    /// only what was synced (or a torn part of what was not).
+    fn power_off(&mut self, node: usize) {
+        let tasks = std::mem::take(&mut self.nodes[node].tasks);
+        for t in tasks {
+            self.exec.cancel(t);
         }
-        self.stats.crashes += 1;
         let n = &mut self.nodes[node];
         n.up = false;
         n.epoch += 1;
-        for c in &mut n.cores {
-            match c.disk.crash(&mut self.rng) {
-                CrashLoss::Torn => self.stats.torn_writes += 1,
-                CrashLoss::Lost => self.stats.lost_writes += 1,
-                _ => {}
+        n.inbound = None;
+        n.control = None;
+        n.conf.clear();
+        n.senders = Arc::new(Vec::new());
+        let disks = n.disks.clone();
+        for d in disks {
+            for loss in d.crash(&mut self.rng) {
+                match loss {
+                    CrashLoss::Torn => self.stats.torn_writes += 1,
+                    CrashLoss::Lost => self.stats.lost_writes += 1,
+                    CrashLoss::Kept => {}
+                }
             }
-            c.shard = None;
-            c.writing = false;
-            c.inbox.clear();
         }
+        self.refresh_links();
     }
 
     // ---- clients ----
 
     fn start_op(&mut self, op: usize, delay: u64) {
-        self.work.ops[op].started_us = self.now + delay;
+        self.work.ops[op].started_us = self.now() + delay;
         let expected = match &self.work.ops[op].kind {
             OpKind::Append { .. }
                 if self.work.ops[op].attempts == 0
@@ -678,24 +821,16 @@ impl World {
         }
         let group = self.work.ops[a.op].group;
         let core = core_of(group, self.cfg.cores) as usize;
-        let owns = self.nodes[node].cores[core]
-            .shard
-            .as_ref()
-            .is_some_and(|s| s.group_ids().contains(&group));
-        if !owns {
-            // Not a replica: answer "not leader" with no hint.
-            let d = self.net_delay();
-            self.schedule(
-                d,
-                Event::Reply {
-                    attempt,
-                    result: Err(EngineError::NotLeader { leader: None }),
-                },
-            );
-            return;
-        }
         let proposal = self.work.ops[a.op].proposal(a.expected_seq);
-        self.input(node, core, Input::Propose(attempt, proposal));
+        let (reply, rx) = flume::bounded(1);
+        let sent = self.nodes[node].senders[core].try_send(CoreRequest::Propose {
+            proposal,
+            reply,
+            since: std::time::Instant::now(),
+        });
+        if sent.is_ok() {
+            self.replies.push((attempt, rx));
+        }
     }
 
     fn reply(&mut self, attempt: u64, result: Result<Outcome, EngineError>) {
@@ -849,27 +984,40 @@ impl World {
         let group = group_of(&session, self.cfg.groups);
         let core = core_of(group, self.cfg.cores) as usize;
         let node = self.rng.range(0, self.cfg.nodes as u64 - 1) as usize;
-        let cursor = self.work.tails[t].cursor;
-        let read = self.nodes[node].cores[core]
-            .shard
-            .as_ref()
-            .filter(|_| self.nodes[node].up)
-            .map(|s| s.read(&session, cursor, 1000));
-        if let Some(Ok(r)) = read {
-            for (seq, frame) in r.events {
-                if seq != self.work.tails[t].cursor + 1 {
-                    self.checker.violations.push(format!(
-                        "tail {t}: {session} read gave seq {seq} after cursor {}",
-                        self.work.tails[t].cursor
-                    ));
-                    return;
-                }
-                self.work.tails[t].cursor = seq;
-                self.work.tails[t].seen.push((seq, frame));
+        let after = self.work.tails[t].cursor;
+        if self.nodes[node].up {
+            let (reply, rx) = flume::bounded(1);
+            let req = CoreRequest::Read {
+                session,
+                after,
+                limit: 1000,
+                reply,
+            };
+            if self.nodes[node].senders[core].try_send(req).is_ok() {
+                self.reads.push((t, rx));
             }
         }
         let d = self.rng.range(50_000, 500_000);
         self.schedule(d, Event::TailPoll { tail: t });
+    }
+
+    fn tail_read(&mut self, t: usize, read: Result<ReadResult, EngineError>) {
+        let Ok(r) = read else { return };
+        let session = self.work.sessions[self.work.tails[t].session].clone();
+        for (seq, frame) in r.events {
+            if seq <= self.work.tails[t].cursor {
+                continue; // an older read answered late
+            }
+            if seq != self.work.tails[t].cursor + 1 {
+                self.checker.violations.push(format!(
+                    "tail {t}: {session} read gave seq {seq} after cursor {}",
+                    self.work.tails[t].cursor
+                ));
+                return;
+            }
+            self.work.tails[t].cursor = seq;
+            self.work.tails[t].seen.push((seq, frame));
+        }
     }
 
     fn tails_caught_up(&self) -> bool {
@@ -886,7 +1034,7 @@ impl World {
             let stuck = self.work.ops.iter().filter(|o| !o.done).count();
             self.checker.violations.push(format!(
                 "liveness: {stuck} operations still pending {} µs after faults healed",
-                self.now.saturating_sub(self.cfg.fault_window_us)
+                self.now().saturating_sub(self.cfg.fault_window_us)
             ));
             return;
         }
@@ -897,23 +1045,19 @@ impl World {
         for g in 0..self.cfg.groups {
             self.check_group_logs(g);
         }
+        if !self.checker.violations.is_empty() {
+            return;
+        }
+        self.sample_membership();
         if !self.membership_settled(None) {
             let views: Vec<String> = (0..self.cfg.groups)
-                .flat_map(|g| {
-                    let core = core_of(g, self.cfg.cores) as usize;
-                    self.replicas_of(g).into_iter().map(move |n| (g, n, core))
-                })
-                .map(|(g, n, core)| {
-                    let cs = self.nodes[n].cores[core]
-                        .shard
-                        .as_ref()
-                        .and_then(|s| s.conf_state(g));
-                    let shard = self.nodes[n].cores[core].shard.as_ref();
-                    let progress = shard.map(|s| s.progress_view(g)).unwrap_or_default();
-                    let log = shard
-                        .and_then(|s| s.log_view(g))
-                        .map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
-                    format!("group {g} n{n}: {cs:?} progress {progress:?} log {log:?}")
+                .flat_map(|g| self.replicas_of(g).into_iter().map(move |n| (g, n)))
+                .map(|(g, n)| {
+                    let cs = self.nodes[n].conf.get(&g);
+                    format!(
+                        "group {g} n{n} (raft id {}): {cs:?}",
+                        self.current_raft_id(n)
+                    )
                 })
                 .collect();
             self.checker.violations.push(format!(
@@ -923,25 +1067,93 @@ impl World {
         }
     }
 
+    /// The operator approves the replacement of `node` by the incarnation it
+    /// runs now (`starcite ops replace-node`, here on the node itself; gossip
+    /// spreads the approval, every node persists it).
+    fn replace_node(&mut self, node: usize) {
+        let Some(control) = self.nodes[node].control.clone() else {
+            return;
+        };
+        if let Err(e) = control.replace_node(&self.names[node]) {
+            self.checker
+                .violations
+                .push(format!("n{node}: replace-node refused: {e}"));
+        }
+    }
+
+    /// Every up node gossips to the peers it is connected to (the production
+    /// gossip through the production `PeerInbound`); the world also samples
+    /// every replica's membership.
+    fn gossip_round(&mut self) {
+        for from in 0..self.cfg.nodes {
+            let Some(control) = self.nodes[from].control.clone() else {
+                continue;
+            };
+            let body = peer_rpc::encode(&ControlMessage::Gossip(control.gossip()));
+            let epoch = self.nodes[from].epoch;
+            for to in 0..self.cfg.nodes {
+                if !self.net.up.borrow()[from][to] {
+                    continue;
+                }
+                if !self.faults_over && self.rng.chance(self.cfg.drop) {
+                    self.stats.dropped += 1;
+                    continue;
+                }
+                let d = self.net_delay();
+                let body = body.clone();
+                self.schedule(
+                    d,
+                    Event::Control {
+                        from,
+                        epoch,
+                        to,
+                        body,
+                    },
+                );
+            }
+        }
+        if self.cfg.disk_wipe > 0.0 && !self.faults_over {
+            for node in 0..self.cfg.nodes {
+                for core in 0..self.cfg.cores as usize {
+                    if !self.nodes[node].up {
+                        continue;
+                    }
+                    let (reply, rx) = flume::bounded(1);
+                    let req = CoreRequest::Membership { reply };
+                    if self.nodes[node].senders[core].try_send(req).is_ok() {
+                        self.probes.push((node, self.nodes[node].epoch, rx));
+                    }
+                }
+            }
+        }
+        self.schedule(GOSSIP_INTERVAL_US, Event::GossipRound);
+    }
+
+    /// Asks every up replica for its groups' membership now.
+    fn sample_membership(&mut self) {
+        for node in 0..self.cfg.nodes {
+            self.nodes[node].conf.clear();
+            for core in 0..self.cfg.cores as usize {
+                let groups = self.ask(node, core, |reply| CoreRequest::Membership { reply });
+                self.nodes[node].conf.extend(groups.unwrap_or_default());
+            }
+        }
+    }
+
     /// Every group's replicas (but `except`, which is down) are up and have
     /// applied the membership "current incarnations of the placement, all
-    /// voters": no replacement is in progress.
+    /// voters": no replacement is in progress. Judged on the latest samples
+    /// (a node's are dropped when it stops, so a sample is never of an older
+    /// run of the node); a sample can only lag behind, never show a
+    /// replacement done before it is.
     fn membership_settled(&self, except: Option<usize>) -> bool {
         (0..self.cfg.groups).all(|g| {
-            let core = core_of(g, self.cfg.cores) as usize;
             let reps = self.replicas_of(g);
-            let mut want: Vec<u64> = reps
-                .iter()
-                .map(|n| membership::raft_id(*n as u64 + 1, self.nodes[*n].incarnation))
-                .collect();
+            let mut want: Vec<u64> = reps.iter().map(|n| self.current_raft_id(*n)).collect();
             want.sort_unstable();
             reps.iter().filter(|n| Some(**n) != except).all(|n| {
-                let Some(cs) = self.nodes[*n].cores[core]
-                    .shard
-                    .as_ref()
-                    .filter(|_| self.nodes[*n].up)
-                    .and_then(|s| s.conf_state(g))
-                else {
+                let node = &self.nodes[*n];
+                let Some(cs) = node.conf.get(&g).filter(|_| node.up) else {
                     return false;
                 };
                 let mut voters = cs.voters.clone();
@@ -953,26 +1165,38 @@ impl World {
 
     /// Lets followers catch up: run ticks and messages for a while, no clients.
     fn settle(&mut self) {
-        let until = self.now + 5_000_000;
-        while let Some(((at, _), event)) = self.queue.pop_first() {
-            if at > until {
-                break;
+        let until = self.now() + 5_000_000;
+        while self.now() < until && self.step(true) {}
+    }
+
+    /// Asks a node's core and runs the world (no clients) until it answers.
+    fn ask<T>(
+        &mut self,
+        node: usize,
+        core: usize,
+        req: impl FnOnce(flume::Sender<T>) -> CoreRequest,
+    ) -> Option<T> {
+        if !self.nodes[node].up {
+            return None;
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.nodes[node].senders[core].try_send(req(tx)).ok()?;
+        let until = self.now() + 5_000_000;
+        loop {
+            self.run_engines();
+            if let Ok(v) = rx.try_recv() {
+                return Some(v);
             }
-            self.now = at;
-            if matches!(
-                event,
-                Event::Timeout { .. } | Event::Send { .. } | Event::TailPoll { .. }
-            ) {
-                continue;
+            if self.now() > until || !self.step(true) {
+                return None;
             }
-            self.handle(event);
         }
     }
 
     fn replicas_of(&self, group: u32) -> Vec<usize> {
         replicas(group, &self.names, self.cfg.rf)
             .iter()
-            .map(|n| self.raft_id(n) as usize - 1)
+            .filter_map(|n| self.names.iter().position(|x| x == n))
             .collect()
     }
 
@@ -982,22 +1206,20 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut histories = Vec::new();
         for node in self.replicas_of(group) {
-            let Some(shard) = self.nodes[node].cores[core].shard.as_ref() else {
-                continue;
-            };
-            let mut events = Vec::new();
+            let mut events: Vec<(u64, bytes::Bytes)> = Vec::new();
             loop {
-                let after = events.last().map_or(0, |(s, _): &(u64, bytes::Bytes)| *s);
-                match shard.read(&session, after, 1000) {
-                    Ok(r) if !r.events.is_empty() => events.extend(r.events),
+                let after = events.last().map_or(0, |(s, _)| *s);
+                let session = session.clone();
+                let read = self.ask(node, core, |reply| CoreRequest::Read {
+                    session,
+                    after,
+                    limit: 1000,
+                    reply,
+                });
+                match read {
+                    Some(Ok(r)) if !r.events.is_empty() => events.extend(r.events),
                     _ => break,
                 }
-            }
-            if std::env::var("SIM_DEBUG").is_ok() {
-                let v = shard
-                    .log_view(group)
-                    .map(|(c, e)| (c, e.first().map(|x| x.1), e.last().map(|x| x.1)));
-                eprintln!("debug n{node} {session} group {group}: events {} log (commit, first, last) {v:?} leader {:?} progress {:?}", events.len(), shard.leader_of(group), shard.progress_view(group));
             }
             self.checker
                 .check_history(&format!("n{node}"), &session, &events);
@@ -1028,11 +1250,9 @@ impl World {
         let core = core_of(group, self.cfg.cores) as usize;
         let mut views = Vec::new();
         for node in self.replicas_of(group) {
-            if let Some(v) = self.nodes[node].cores[core]
-                .shard
-                .as_ref()
-                .and_then(|s| s.log_view(group))
-            {
+            let view: Option<LogView> =
+                self.ask(node, core, |reply| CoreRequest::LogView { group, reply });
+            if let Some(Some(v)) = view {
                 views.push((node, v));
             }
         }

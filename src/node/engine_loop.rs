@@ -448,6 +448,12 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
             CoreRequest::LogView { group, reply } => {
                 let _ = reply.send(self.shard.log_view(group));
             }
+            CoreRequest::Membership { reply } => {
+                let groups = (self.shard.config().groups.iter())
+                    .filter_map(|(g, _)| Some((*g, self.shard.conf_state(*g)?)))
+                    .collect();
+                let _ = reply.send(groups);
+            }
             CoreRequest::HandOff => {
                 self.handing_off = true;
                 self.move_leadership();

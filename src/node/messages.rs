@@ -91,6 +91,11 @@ pub enum CoreRequest {
         group: u32,
         reply: Reply<Option<(u64, Vec<(u64, u64, Bytes)>)>>,
     },
+    /// Every local group's applied membership (the simulator checks that
+    /// replacements complete with it).
+    Membership {
+        reply: Reply<Vec<(u32, raft::eraftpb::ConfState)>>,
+    },
     /// The node is stopping: hand this core's leaderships to other replicas.
     HandOff,
     Shutdown,
