@@ -1,13 +1,12 @@
 // The official Phoenix JavaScript client (npm `phoenix`, with `ws` as the
 // WebSocket) against a running starcite: join from a cursor, batches, reconnect
 // with rejoin from the last cursor, gap handling, many topics on one socket,
-// lifecycle (when the server offers it).
+// lifecycle.
 //
 // Environment:
 //   STARCITE_WRITE_URL   http base URL used for creates and appends
 //   STARCITE_SOCKET_URL  http base URL whose /v1/socket is joined (may be another node)
 //   STARCITE_PREFIX      session id prefix (unique per run)
-//   STARCITE_LIFECYCLE   "1" to also check the lifecycle topic
 // Exits 0 when every check passed; prints one line per check.
 
 import { Socket } from "phoenix";
@@ -200,19 +199,33 @@ async function main() {
   check(many.every((t) => same(t.seqs, [1, 2, 3])), "many topics seqs");
   console.log("ok 12 tail topics + 2 more on one socket");
 
-  // 6. Lifecycle.
-  if (process.env.STARCITE_LIFECYCLE === "1") {
+  // 6. Lifecycle: create, PATCH, archive twice (one event), unarchive,
+  // published by the node that ran the command and seen on this socket's node.
+  {
     const events = [];
     const lc = socket.channel("lifecycle", {});
     lc.on("lifecycle", (p) => events.push(p.event));
     await joinOk(lc, "lifecycle");
     const id = `${PREFIX}-lc`;
+    const kinds = () => events.filter((e) => e.session_id === id).map((e) => e.kind);
     await create(id);
-    await waitFor("session.created", () =>
-      events.some((e) => e.kind === "session.created" && e.session_id === id));
+    await waitFor("session.created", () => kinds().includes("session.created"));
     const created = events.find((e) => e.kind === "session.created" && e.session_id === id);
-    check(created.tenant_id && created.title === id, `lifecycle event ${JSON.stringify(created)}`);
-    console.log("ok lifecycle session.created");
+    check(created.tenant_id && created.title === id && created.version === 1,
+      `lifecycle event ${JSON.stringify(created)}`);
+    const p = await http("PATCH", `/v1/sessions/${id}`, { title: "renamed" });
+    check(p.status === 200, `patch ${id}: ${p.status} ${JSON.stringify(p.json)}`);
+    for (const path of ["archive", "archive", "unarchive"]) {
+      const r = await http("POST", `/v1/sessions/${id}/${path}`, {});
+      check(r.status === 200, `${path} ${id}: ${r.status} ${JSON.stringify(r.json)}`);
+    }
+    await waitFor("session.unarchived", () => kinds().includes("session.unarchived"));
+    const want = ["session.activated", "session.created", "session.updated",
+      "session.archived", "session.unarchived"];
+    check(same(kinds(), want), `lifecycle kinds ${JSON.stringify(kinds())}`);
+    const updated = events.find((e) => e.kind === "session.updated" && e.session_id === id);
+    check(updated.title === "renamed" && updated.version === 2, `updated ${JSON.stringify(updated)}`);
+    console.log("ok lifecycle created, updated, archived once, unarchived");
   }
 
   socket.disconnect();
