@@ -37,7 +37,7 @@ fn parse_args() -> Result<Args, String> {
             "--replay" => args.replay = Some(num("--replay")?),
             "-v" | "--verbose" => args.verbose = true,
             "-h" | "--help" => {
-                println!("usage: starcite-sim [--from SEED] [--seeds N] [--replay SEED] [-v]\n\nRuns seeds of the deterministic cluster simulation and prints seeds/s, faults\ninjected and invariant violations. Exit status 1 if any seed violates an invariant.");
+                println!("usage: starcite-sim [--from SEED] [--seeds N] [--replay SEED] [-v]\n\nRuns seeds of the deterministic cluster simulation and prints seeds/s, faults\ninjected and invariant violations. Exit status 1 if any seed violates an invariant.\nSIM_DISK_WIPE=1 in the environment forces disk wipes (replacements) on in every seed.");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -76,7 +76,12 @@ fn main() {
             for v in report.violations.iter().take(10) {
                 println!("  {v}");
             }
-            println!("  replay: cargo run --release -p starcite-sim -- --replay {seed} -v");
+            let env = if std::env::var("SIM_DISK_WIPE").is_ok() {
+                "SIM_DISK_WIPE=1 "
+            } else {
+                ""
+            };
+            println!("  replay: {env}cargo run --release -p starcite-sim -- --replay {seed} -v");
             failed.push(seed);
         }
     }
