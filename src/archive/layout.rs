@@ -166,6 +166,26 @@ pub fn read_frames(
     })
 }
 
+/// The session-blob write rule: the blob to store for `incoming` given the
+/// stored one, or None when the stored record is as new or newer (its
+/// `(version, updated_at)` is not smaller). A stored blob that cannot be parsed
+/// is replaced: the incoming record is the replicated state, the stored one
+/// holds nothing readable.
+pub fn session_update(
+    key: &str,
+    existing: Option<&str>,
+    incoming: &SessionRecord,
+) -> Option<String> {
+    if let Some(body) = existing {
+        match SessionRecord::from_blob(body) {
+            Ok(stored) if !incoming.supersedes(&stored) => return None,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key, error = %e, "replacing an unreadable session blob"),
+        }
+    }
+    Some(incoming.to_blob())
+}
+
 /// Step 2 of the §11.1 write algorithm: the existing lines win, incoming seqs not
 /// yet present are added. Returns the merged body and how many seqs were new
 /// (0 → nothing to write).
