@@ -461,7 +461,10 @@ fn catalog_changes_reach_the_archive(kind: Kind) {
         port,
         json!({"id": id, "title": "first", "metadata": {"a": "1", "n": {"x": 1}}}),
     );
-    assert_eq!((&created["version"], &created["archived"]), (&json!(1), &json!(false)));
+    assert_eq!(
+        (&created["version"], &created["archived"]),
+        (&json!(1), &json!(false))
+    );
     wait_for_record(&b, &id, &created);
     let record = b.raw_session(&id).unwrap();
     let (st, shown) = get_json(port, &path);
@@ -483,7 +486,9 @@ fn catalog_changes_reach_the_archive(kind: Kind) {
         port,
         "PATCH",
         &path,
-        Some(&json!({"title": "second", "metadata": {"b": 2, "n": {"y": 2}}, "expected_version": 1})),
+        Some(
+            &json!({"title": "second", "metadata": {"b": 2, "n": {"y": 2}}, "expected_version": 1}),
+        ),
     );
     assert_eq!(st, 200, "{patched}");
     let (st, archived) = call(port, "POST", &format!("{path}/archive"), None);
@@ -491,7 +496,10 @@ fn catalog_changes_reach_the_archive(kind: Kind) {
     assert_eq!(archived["version"], 2);
     assert_eq!(archived["archived"], true);
     assert_eq!(archived["title"], "second");
-    assert_eq!(archived["metadata"], json!({"a": "1", "n": {"y": 2}, "b": 2}));
+    assert_eq!(
+        archived["metadata"],
+        json!({"a": "1", "n": {"y": 2}, "b": 2})
+    );
     wait_for_record(&b, &id, &archived);
 
     let (st, unarchived) = call(port, "POST", &format!("{path}/unarchive"), None);
@@ -518,7 +526,10 @@ fn catalog_changes_reach_the_archive(kind: Kind) {
     wait_for_record(&b, &id, &unarchived);
     let (st, again) = call(port, "PATCH", &path, Some(&json!({"title": null})));
     assert_eq!(st, 200, "{again}");
-    assert_eq!((&again["version"], &again["title"]), (&json!(3), &Value::Null));
+    assert_eq!(
+        (&again["version"], &again["title"]),
+        (&json!(3), &Value::Null)
+    );
     wait_for_record(&b, &id, &again);
     assert_eq!(metric(port, "starcite_archive_sessions_written_total"), 1);
 }

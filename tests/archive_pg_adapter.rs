@@ -367,7 +367,9 @@ fn revisions(id: &str) -> Vec<SessionRecord> {
     let mut patched = archived.clone();
     patched.version = 2;
     patched.title = None;
-    patched.metadata.insert("added".into(), json!({"deep": [1, 2]}));
+    patched
+        .metadata
+        .insert("added".into(), json!({"deep": [1, 2]}));
     patched.updated_at_us += 2_000;
     let mut unarchived = patched.clone();
     unarchived.archived = false;
@@ -378,7 +380,15 @@ fn revisions(id: &str) -> Vec<SessionRecord> {
 /// The catalog columns of a row, straight from the table:
 /// (title, metadata, version, updated_at as RFC 3339 µs text or NULL, archived,
 /// tenant_id, creator_principal).
-type CatalogRow = (Option<String>, Value, i64, Option<String>, bool, String, Value);
+type CatalogRow = (
+    Option<String>,
+    Value,
+    i64,
+    Option<String>,
+    bool,
+    String,
+    Value,
+);
 
 fn catalog_row(db: &mut Client, id: &str) -> CatalogRow {
     let r = db
@@ -425,7 +435,11 @@ fn pg_session_rows_keep_the_newest_revision() {
     let id = unique("ses-rev");
     let revs = revisions(&id);
     for (i, r) in revs.iter().enumerate() {
-        assert_eq!(a.write_sessions(std::slice::from_ref(r)).unwrap(), 1, "rev {i}");
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(r)).unwrap(),
+            1,
+            "rev {i}"
+        );
         assert_eq!(catalog_row(&mut db, &id), expected_row(r), "rev {i}");
     }
     let newest = revs.last().unwrap();
@@ -482,11 +496,18 @@ fn pg_rows_of_earlier_versions_read_with_defaults_and_get_replaced() {
     assert_eq!((row.2, row.3, row.4), (1, None, false), "column defaults");
     assert_eq!(a.read_session(&id).unwrap(), Some(old.clone()));
     assert_eq!(a.write_sessions(std::slice::from_ref(&old)).unwrap(), 0);
-    assert_eq!(catalog_row(&mut db, &id).3, None, "same revision: untouched");
+    assert_eq!(
+        catalog_row(&mut db, &id).3,
+        None,
+        "same revision: untouched"
+    );
     let mut archived = old.clone();
     archived.archived = true;
     archived.updated_at_us += 1;
-    assert_eq!(a.write_sessions(std::slice::from_ref(&archived)).unwrap(), 1);
+    assert_eq!(
+        a.write_sessions(std::slice::from_ref(&archived)).unwrap(),
+        1
+    );
     assert_eq!(catalog_row(&mut db, &id), expected_row(&archived));
 }
 

@@ -310,7 +310,9 @@ fn revisions(id: &str) -> Vec<SessionRecord> {
     let mut patched = archived.clone();
     patched.version = 2;
     patched.title = Some("Renamed".into());
-    patched.metadata.insert("added".into(), json!({"deep": [1, 2]}));
+    patched
+        .metadata
+        .insert("added".into(), json!({"deep": [1, 2]}));
     patched.updated_at_us += 2_000;
     let mut unarchived = patched.clone();
     unarchived.archived = false;
@@ -334,7 +336,11 @@ fn s3_session_blobs_keep_the_newest_revision() {
     let mut b = S3Adapter::open(&c).unwrap();
     let revs = revisions("ses-rev");
     for (i, r) in revs.iter().enumerate() {
-        assert_eq!(a.write_sessions(std::slice::from_ref(r)).unwrap(), 1, "rev {i}");
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(r)).unwrap(),
+            1,
+            "rev {i}"
+        );
         let blob = raw.get(&key).unwrap();
         assert_eq!(blob.body, r.to_blob());
         assert_eq!(blob.content_type.as_deref(), Some("application/json"));
@@ -379,7 +385,9 @@ fn s3_session_blobs_keep_the_newest_revision() {
 /// interleaving.
 #[test]
 fn s3_concurrent_session_writers_keep_the_newest() {
-    let Some(mut c) = config("sessions-race") else { return };
+    let Some(mut c) = config("sessions-race") else {
+        return;
+    };
     let _shared = SERVER.read().unwrap();
     c.max_write_retries = 20;
     let raw = Raw::new(&c);

@@ -459,7 +459,10 @@ fn archive_scan_returns_sessions_whose_catalog_changed() {
         w.iter().map(|w| w.session.id.clone()).collect::<Vec<_>>()
     };
     let stamp = catalog_gen();
-    assert!(shard.archive_scan(None, 100, usize::MAX, stamp).0.is_empty());
+    assert!(shard
+        .archive_scan(None, 100, usize::MAX, stamp)
+        .0
+        .is_empty());
 
     shard
         .propose(
@@ -495,7 +498,10 @@ fn archive_scan_returns_sessions_whose_catalog_changed() {
     shard.propose(archive("c3", true), 3, 300).unwrap();
     drive(&mut shard, &mut log);
     assert!(
-        shard.archive_scan(None, 100, usize::MAX, stamp).0.is_empty(),
+        shard
+            .archive_scan(None, 100, usize::MAX, stamp)
+            .0
+            .is_empty(),
         "a no-op archive changes nothing to write"
     );
     shard.propose(archive("c3", false), 4, 300).unwrap();
@@ -512,7 +518,10 @@ fn archive_scan_returns_sessions_whose_catalog_changed() {
     let (work, _) = shard.archive_scan(None, 100, usize::MAX, stamp);
     assert_eq!(ids(&work), vec!["c1", "c2", "c3"]);
     let stamp = catalog_gen();
-    assert!(shard.archive_scan(None, 100, usize::MAX, stamp).0.is_empty());
+    assert!(shard
+        .archive_scan(None, 100, usize::MAX, stamp)
+        .0
+        .is_empty());
 }
 
 /// An append whose body is `len` bytes of JSON.

@@ -112,8 +112,7 @@ impl Archiver {
         for core in 0..self.cores.len() {
             let mut after: Option<String> = None;
             loop {
-                let Some((work, more)) = self.scan(core, after.clone(), state.catalog_after)
-                else {
+                let Some((work, more)) = self.scan(core, after.clone(), state.catalog_after) else {
                     result = Err(TickError::Core);
                     break;
                 };

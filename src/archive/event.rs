@@ -301,8 +301,9 @@ impl SessionRecord {
             .ok_or_else(|| unreadable(format!("bad created_at {created_at:?}")))?;
         let updated_at_us = match obj.remove("updated_at") {
             None | Some(Value::Null) => created_at_us,
-            Some(Value::String(t)) => parse_timestamp(&t)
-                .ok_or_else(|| unreadable(format!("bad updated_at {t:?}")))?,
+            Some(Value::String(t)) => {
+                parse_timestamp(&t).ok_or_else(|| unreadable(format!("bad updated_at {t:?}")))?
+            }
             Some(other) => return Err(unreadable(format!("bad updated_at {other}"))),
         };
         let version = match obj.remove("version") {
@@ -668,9 +669,15 @@ mod tests {
         assert!(archived.supersedes(&v1));
         assert!(patched.supersedes(&archived));
         assert!(patched.supersedes(&v1));
-        assert!(!v1.supersedes(&archived), "an older state never replaces a newer one");
+        assert!(
+            !v1.supersedes(&archived),
+            "an older state never replaces a newer one"
+        );
         assert!(!archived.supersedes(&patched));
-        assert!(!patched.supersedes(&patched.clone()), "equal: the stored one stays");
+        assert!(
+            !patched.supersedes(&patched.clone()),
+            "equal: the stored one stays"
+        );
         // A higher version wins even with an earlier timestamp (leader clocks).
         let mut skewed = patched.clone();
         skewed.version = 3;

@@ -377,7 +377,13 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, ArchiveError> {
             .map_err(|e| ArchiveError::Unreadable(format!("creator_principal: {e}")))?,
         None => Map::new(),
     };
-    let field = |k: &str| principal.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let field = |k: &str| {
+        principal
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     let created: i64 = row.try_get(5).map_err(|e| bad("created_at", e))?;
     let version: i64 = row.try_get(6).map_err(|e| bad("version", e))?;
     Ok(SessionRecord {

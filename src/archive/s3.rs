@@ -215,7 +215,12 @@ impl ChunkStore for S3Adapter {
             if added == 0 {
                 return Ok(0);
             }
-            match self.put(&key, body.as_bytes(), NDJSON, precondition(&key, &existing)?)? {
+            match self.put(
+                &key,
+                body.as_bytes(),
+                NDJSON,
+                precondition(&key, &existing)?,
+            )? {
                 Put::Stored => return Ok(added),
                 Put::PreconditionFailed => continue,
             }
@@ -232,7 +237,8 @@ impl S3Adapter {
         for attempt in 0..=self.max_write_retries {
             conflict_pause(attempt);
             let existing = self.get(&key)?;
-            let Some(blob) = session_update(&key, existing.as_ref().map(|o| o.body.as_str()), session)
+            let Some(blob) =
+                session_update(&key, existing.as_ref().map(|o| o.body.as_str()), session)
             else {
                 return Ok(false);
             };
