@@ -231,8 +231,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = FsAdapter::open(dir.path()).unwrap();
         let s = session();
-        assert_eq!(a.write_sessions(&[s.clone()]).unwrap(), 1);
-        assert_eq!(a.write_sessions(&[s.clone()]).unwrap(), 0);
+        assert_eq!(a.write_sessions(std::slice::from_ref(&s)).unwrap(), 1);
+        assert_eq!(a.write_sessions(std::slice::from_ref(&s)).unwrap(), 0);
         let evs: Vec<_> = (1..=300).map(ev).collect();
         assert_eq!(a.write_events(&s, &evs[..100]).unwrap(), 100);
         assert_eq!(a.write_events(&s, &evs).unwrap(), 200);
@@ -264,8 +264,11 @@ mod tests {
         v2.metadata.insert("k".into(), "v".into());
         v2.updated_at_us = 20;
 
-        assert_eq!(a.write_sessions(&[v1.clone()]).unwrap(), 1);
-        assert_eq!(a.write_sessions(&[archived.clone()]).unwrap(), 1);
+        assert_eq!(a.write_sessions(std::slice::from_ref(&v1)).unwrap(), 1);
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(&archived)).unwrap(),
+            1
+        );
         assert_eq!(a.read_session("ses-1").unwrap(), Some(archived.clone()));
         assert_eq!(a.write_sessions(&[v2.clone()]).unwrap(), 1);
         assert_eq!(fs::read_to_string(&blob).unwrap(), v2.to_blob());
