@@ -113,8 +113,12 @@ impl GroupStorage {
     /// Installs a snapshot: the log restarts after it.
     pub fn apply_snapshot(&mut self, index: u64, term: u64, conf: ConfState, data: bytes::Bytes) {
         // Keep entries after the snapshot if they agree with it (restart from a
-        // checkpoint); otherwise the log restarts empty.
-        let tail: Vec<Entry> = if index >= self.first() && index <= self.last() {
+        // checkpoint); otherwise the log restarts empty. The snapshot already
+        // held (a checkpoint written again at the same index) keeps them all.
+        let same_point = index == self.snapshot_meta.index && term == self.snapshot_meta.term;
+        let tail: Vec<Entry> = if same_point {
+            std::mem::take(&mut self.entries)
+        } else if index >= self.first() && index <= self.last() {
             let at = (index - self.first()) as usize;
             if self.entries[at].term == term {
                 self.entries[at + 1..].to_vec()

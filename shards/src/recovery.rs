@@ -1,8 +1,9 @@
 //! Rebuilding a core's groups from its log segments.
 //!
 //! Segments are replayed in order. A `Snapshot` record resets a group (its log
-//! restarts after the snapshot index), `Entries` append with Raft's suffix
-//! replacement, `HardState` replaces the hard state. A snapshot too large for
+//! restarts after the snapshot index, keeping the entries after it that agree
+//! with it), `Entries` append with Raft's suffix replacement, `HardState`
+//! replaces the hard state. A snapshot too large for
 //! one frame arrives as `SnapshotPart`s closed by a `ChunkedSnapshot`. A torn
 //! tail in the LAST segment is truncated (the driver does the file operation); a
 //! torn or corrupt frame anywhere else stops start-up with the file name and
@@ -32,9 +33,13 @@ pub struct RecoveredGroup {
     pub storage: GroupStorage,
     /// State-machine snapshot at `storage.snapshot_index()`, if any.
     pub snapshot_state: Option<bytes::Bytes>,
-    /// The segment holding the latest snapshot record (or the group's first
-    /// record): the oldest segment this group needs.
+    /// The oldest segment this group needs: the one holding the latest
+    /// snapshot record (or the group's first record), or an older one that
+    /// holds entries after that snapshot which no later record rewrote (a
+    /// checkpoint whose copy of them a crash cut off).
     pub pin_segment: Option<u64>,
+    /// `first index → segment` of each run of entries as last written.
+    runs: BTreeMap<u64, u64>,
     /// Parts of a chunked snapshot read so far: (index, bytes).
     parts: Option<(u64, Vec<u8>)>,
     /// `(file, offset, expected index, found index)` of the first `Entries`
@@ -129,11 +134,25 @@ pub fn recover(
             if g.pin_segment.is_none() || matches!(record, ArchivedLogRecord::Snapshot { .. }) {
                 g.pin_segment = Some(seg.seq);
             }
+            let last_before = g.storage.last_index_now();
             replay(g, record, &seg.name, offset).map_err(|reason| RecoveryError::BadRecord {
                 file: seg.name.clone(),
                 offset,
                 reason,
             })?;
+            if let ArchivedLogRecord::Entries { entries, .. } = record {
+                let last = g.storage.last_index_now();
+                if g.gap.is_none() && (last != last_before || !entries.is_empty()) {
+                    let first = entries
+                        .first()
+                        .map_or(last, |e| e.index.to_native())
+                        .max(g.storage.snapshot_index() + 1);
+                    if first <= last {
+                        g.runs.split_off(&first);
+                        g.runs.insert(first, seg.seq);
+                    }
+                }
+            }
             out.records += 1;
         }
         out.last_segment = Some(seg.seq);
@@ -143,6 +162,16 @@ pub fn recover(
                 .valid_len
                 .max(starcite_wire::log::SEGMENT_HEADER_LEN as u64),
         ));
+    }
+    for g in out.groups.values_mut() {
+        // Entries after the snapshot still live where they were last written.
+        let next = g.storage.snapshot_index() + 1;
+        if g.storage.last_index_now() >= next {
+            if let Some((_, &seg)) = g.runs.range(..=next).next_back() {
+                g.pin_segment = g.pin_segment.map(|p| p.min(seg));
+            }
+        }
+        g.runs.clear();
     }
     for (&group, g) in &out.groups {
         if let Some((file, offset, expected, found)) = &g.gap {

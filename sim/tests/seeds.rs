@@ -1,9 +1,8 @@
 //! A bounded batch of simulation seeds must run clean, and the same seed must
 //! give the same run twice (bit-for-bit reproducibility).
 
-use starcite_sim::run_seed;
-#[cfg(not(feature = "broken-ack-before-sync"))]
-use starcite_sim::{config::SimConfig, run_config};
+use starcite_sim::config::SimConfig;
+use starcite_sim::{run_config, run_seed};
 
 /// Seeds run by `cargo test`; CI runs this on every change. The soak command in
 /// docs/testing.md runs many more.
@@ -67,6 +66,18 @@ fn a_seed_replays_identically() {
         assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats));
         assert_eq!(a.violations, b.violations);
     }
+    // Disk replacements too (approvals, gossip, the nodes' data dirs): seed
+    // 100014 with wipes forced on replaces two drives.
+    let wipes = || {
+        let mut cfg = SimConfig::from_seed(100_014);
+        cfg.disk_wipe = 0.5;
+        run_config(cfg)
+    };
+    let (a, b) = (wipes(), wipes());
+    assert_eq!(format!("{:?}", a.stats), format!("{:?}", b.stats));
+    assert_eq!(a.violations, b.violations);
+    #[cfg(not(feature = "broken-ack-before-sync"))]
+    assert_eq!(a.stats.disk_wipes, 2, "{:?}", a.stats);
 }
 
 /// The checker bites: an engine that acknowledges before its log is durable
