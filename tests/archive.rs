@@ -549,6 +549,68 @@ fn postgres_catalog_changes_reach_the_archive() {
     catalog_changes_reach_the_archive(Kind::Pg);
 }
 
+/// A catalog change the group's leader could not archive (backend down) reaches
+/// the archive through the next leader: the leader is killed while the backend
+/// is away, and the node that takes over — whose archiver had already passed
+/// the change while it was a follower — writes the record once the backend is
+/// back (it looks at every session of a group it comes to lead).
+#[test]
+fn fs_cluster_catalog_change_survives_a_leader_change() {
+    use common::cluster::{Cluster, ClusterOpts};
+    let b = backend(Kind::Fs).unwrap();
+    let mut opts = ClusterOpts {
+        num_groups: 1,
+        env: b.env.clone(),
+        ..ClusterOpts::default()
+    };
+    opts.env
+        .retain(|(k, _)| k != "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS");
+    opts.env
+        .push(("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(), "100".into()));
+    let mut c = Cluster::start(opts);
+    let id = unique("catalog-fo");
+    let path = format!("/v1/sessions/{}", pct(&id));
+    let (st, created) = post_json(
+        c.http_port(0),
+        "/v1/sessions",
+        &json!({"id": id, "title": "before"}),
+    );
+    assert_eq!(st, 201, "{created}");
+    wait_for_record(&b, &id, &created);
+
+    b.stop();
+    let outage = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let port = c.http_port(1);
+        let (st, patched) = call(port, "PATCH", &path, Some(&json!({"title": "after"})));
+        assert_eq!(st, 200, "{patched}");
+        let (st, archived) = call(port, "POST", &format!("{path}/archive"), None);
+        assert_eq!(st, 200, "{archived}");
+        // Followers' archivers tick past the change (they lead nothing).
+        std::thread::sleep(Duration::from_secs(1));
+        let leader = c
+            .own_leaders()
+            .into_iter()
+            .find(|(_, n)| *n == 1)
+            .map(|(i, _)| i)
+            .expect("one node leads the group");
+        c.kill9(leader);
+        let survivors: Vec<usize> = c.all().into_iter().filter(|i| *i != leader).collect();
+        wait_for("a new leader", Duration::from_secs(30), || {
+            c.own_leaders().values().sum::<u64>() == 1
+        });
+        (leader, survivors, archived)
+    }));
+    b.start();
+    let (leader, survivors, archived) = outage.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    assert_eq!(b.raw_session(&id).unwrap()["title"], "before");
+    wait_for_record(&b, &id, &archived);
+    let (st, shown) = get_json(c.http_port(survivors[0]), &path);
+    assert_eq!(st, 200);
+    assert_eq!(catalog(&shown), catalog(&archived));
+    c.restart(leader);
+    c.assert_no_panics();
+}
+
 /// The backend goes away: appends go on (hot tier grows), archiving resumes after
 /// it returns, nothing lost or duplicated.
 fn backend_outage(kind: Kind) {

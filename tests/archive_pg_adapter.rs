@@ -464,6 +464,77 @@ fn pg_session_rows_keep_the_newest_revision() {
     assert_eq!(b.read_session(&unique("ses-none")).unwrap(), None);
 }
 
+/// The catalog migration on a database an earlier version created and filled:
+/// existing rows get version 1, not archived, `updated_at` = `created_at`, and
+/// running the migrations again changes nothing.
+#[test]
+fn pg_catalog_migration_upgrades_existing_rows() {
+    let Some(url) = pg_url() else { return };
+    let _shared = SERVER.read().unwrap();
+    let mut db = sql(&url);
+    let schema = unique("upgrade").replace(['-', '/'], "_").to_lowercase();
+    db.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let mut old = sql(&url);
+    old.batch_execute(&format!("SET search_path TO {schema}"))
+        .unwrap();
+    // The schema as the previous release left it.
+    let (catalog_step, earlier) = starcite::archive::postgres::MIGRATIONS
+        .split_last()
+        .unwrap();
+    old.batch_execute(
+        "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, inserted_at timestamp(0))",
+    )
+    .unwrap();
+    for (version, step) in earlier {
+        old.batch_execute(step).unwrap();
+        old.execute(
+            "INSERT INTO schema_migrations VALUES ($1, now())",
+            &[version],
+        )
+        .unwrap();
+    }
+    old.batch_execute(
+        "INSERT INTO sessions (id, title, metadata, created_at, creator_principal, tenant_id)
+         VALUES ('s1', 't', '{\"a\":1}', '2026-03-01 10:15:31', NULL, 'acme'),
+                ('s2', NULL, '{}', '2026-03-02 00:00:00', NULL, 'acme')",
+    )
+    .unwrap();
+    let state = |db: &mut Client| -> Vec<(String, i64, bool, String)> {
+        db.query(
+            "SELECT id, version, archived,
+                    to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+             FROM sessions ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    for _ in 0..2 {
+        starcite::archive::postgres::migrate(&mut old).unwrap();
+        assert_eq!(
+            state(&mut old),
+            vec![
+                ("s1".into(), 1, false, "2026-03-01 10:15:31.000000".into()),
+                ("s2".into(), 1, false, "2026-03-02 00:00:00.000000".into()),
+            ]
+        );
+    }
+    let applied: i64 = old
+        .query_one(
+            "SELECT count(*) FROM schema_migrations WHERE version = $1",
+            &[&catalog_step.0],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+    drop(old);
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
+
 /// A row inserted the way earlier versions did (no catalog columns) reads as
 /// version 1, not archived, `updated_at` = `created_at`; its own state does not
 /// rewrite it, any change does.
