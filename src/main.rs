@@ -4,6 +4,11 @@
 use clap::{Parser, Subcommand};
 use starcite::config::{Config, ProcessEnv, Profile};
 
+/// mimalloc instead of glibc malloc: per-thread free lists without arena
+/// locks or consolidation passes; chosen by measurement (docs/performance.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "starcite",

@@ -143,6 +143,71 @@ impl Backend {
         .expect("archive config")
     }
 
+    fn var(&self, name: &str) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} not in the backend's environment"))
+    }
+
+    /// A session's record read straight from the backend (the blob in the
+    /// directory or bucket, the `sessions` row), None if absent: its JSON, with
+    /// a row's columns as a blob's keys (`updated_at` null for a NULL column).
+    fn raw_session(&self, id: &str) -> Option<Value> {
+        use starcite::archive::layout::session_key;
+        match self.kind {
+            Kind::Fs => {
+                let path = self.fs_dir().join(session_key("starcite", id));
+                let body = std::fs::read_to_string(path).ok()?;
+                Some(serde_json::from_str(&body).expect("blob is JSON"))
+            }
+            Kind::S3 => {
+                use rusty_s3::actions::S3Action;
+                let bucket = rusty_s3::Bucket::new(
+                    self.var("STARCITE_S3_ENDPOINT").parse().unwrap(),
+                    rusty_s3::UrlStyle::Path,
+                    self.var("STARCITE_S3_BUCKET"),
+                    self.var("STARCITE_S3_REGION"),
+                )
+                .unwrap();
+                let creds = rusty_s3::Credentials::new(
+                    self.var("STARCITE_S3_ACCESS_KEY_ID"),
+                    self.var("STARCITE_S3_SECRET_ACCESS_KEY"),
+                );
+                let key = session_key(&self.var("STARCITE_S3_PREFIX"), id);
+                let url = bucket
+                    .get_object(Some(&creds), &key)
+                    .sign(Duration::from_secs(60));
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
+                match agent.request_url("GET", &url).call() {
+                    Ok(r) => Some(serde_json::from_str(&r.into_string().unwrap()).unwrap()),
+                    Err(ureq::Error::Status(404, _)) => None,
+                    Err(e) => panic!("GET {key}: {e}"),
+                }
+            }
+            Kind::Pg => {
+                let mut db = postgres::Client::connect(&self.var("DATABASE_URL"), postgres::NoTls)
+                    .expect("connect to postgres");
+                let row = db
+                    .query_opt(
+                        "SELECT json_build_object(
+                            'id', id, 'title', title, 'tenant_id', tenant_id,
+                            'creator_principal', creator_principal, 'metadata', metadata,
+                            'updated_at', to_char(updated_at AT TIME ZONE 'UTC',
+                                                  'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                            'version', version, 'archived', archived)::text
+                         FROM sessions WHERE id = $1",
+                        &[&id],
+                    )
+                    .expect("query sessions")?;
+                Some(serde_json::from_str(&row.get::<_, String>(0)).unwrap())
+            }
+        }
+    }
+
     fn read(&self, session: &str, from: u64, to: u64) -> Vec<ArchiveEvent> {
         let mut a = self.config().open().expect("open archive");
         a.read_events(session, from, to).expect("read archive")
@@ -332,6 +397,218 @@ fn s3_archives_evicts_and_replays() {
 #[test]
 fn postgres_archives_evicts_and_replays() {
     archive_evict_replay(Kind::Pg);
+}
+
+fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let text = body.map(Value::to_string);
+    let r = request(
+        port,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        text.as_deref().map(str::as_bytes),
+    );
+    let v = r.json();
+    (r.status, v)
+}
+
+/// The catalog members of a session body (GET/PATCH/archive answers) and of an
+/// archived record, to compare them.
+fn catalog(v: &Value) -> Value {
+    json!({
+        "id": v["id"],
+        "title": v["title"],
+        "metadata": v["metadata"],
+        "updated_at": v["updated_at"],
+        "version": v["version"],
+        "archived": v["archived"],
+    })
+}
+
+/// Waits until the backend's record of `id` has `want`'s catalog members.
+fn wait_for_record(b: &Backend, id: &str, want: &Value) {
+    let want = catalog(want);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = b.raw_session(id).map(|v| catalog(&v));
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive's record of {id} is {got:?}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Session state changes reach the archive's session record (issue 15): create,
+/// flush; PATCH + archive, flush; unarchive, flush — each time the record read
+/// straight from the backend has the session's catalog state (title, metadata,
+/// version, updated_at, archived), and the node's own GET agrees. A restarted
+/// node does not rewrite records that are current.
+fn catalog_changes_reach_the_archive(kind: Kind) {
+    let Some(b) = backend(kind) else {
+        eprintln!("skipped: no {kind:?} service");
+        return;
+    };
+    let _g = SERVICES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut server = Server::start(b.opts());
+    let port = server.port();
+    let id = unique("catalog");
+    let path = format!("/v1/sessions/{}", pct(&id));
+    let created = create_session_with(
+        port,
+        json!({"id": id, "title": "first", "metadata": {"a": "1", "n": {"x": 1}}}),
+    );
+    assert_eq!(
+        (&created["version"], &created["archived"]),
+        (&json!(1), &json!(false))
+    );
+    wait_for_record(&b, &id, &created);
+    let record = b.raw_session(&id).unwrap();
+    let (st, shown) = get_json(port, &path);
+    assert_eq!(st, 200);
+    assert_eq!(catalog(&shown), catalog(&created));
+    assert_eq!(record["tenant_id"], shown["tenant_id"]);
+    assert_eq!(record["creator_principal"], shown["creator_principal"]);
+    append_range(port, &id, 1, 3);
+    wait_for("the events archived", Duration::from_secs(30), || {
+        b.read(&id, 1, 10).len() == 3
+    });
+    // The record follows the catalog, not appends (which move updated_at only).
+    let (st, shown) = get_json(port, &path);
+    assert_eq!(st, 200);
+    assert_eq!(b.raw_session(&id).unwrap()["version"], 1);
+    assert_ne!(shown["updated_at"], created["updated_at"]);
+
+    let (st, patched) = call(
+        port,
+        "PATCH",
+        &path,
+        Some(
+            &json!({"title": "second", "metadata": {"b": 2, "n": {"y": 2}}, "expected_version": 1}),
+        ),
+    );
+    assert_eq!(st, 200, "{patched}");
+    let (st, archived) = call(port, "POST", &format!("{path}/archive"), None);
+    assert_eq!(st, 200, "{archived}");
+    assert_eq!(archived["version"], 2);
+    assert_eq!(archived["archived"], true);
+    assert_eq!(archived["title"], "second");
+    assert_eq!(
+        archived["metadata"],
+        json!({"a": "1", "n": {"y": 2}, "b": 2})
+    );
+    wait_for_record(&b, &id, &archived);
+
+    let (st, unarchived) = call(port, "POST", &format!("{path}/unarchive"), None);
+    assert_eq!(st, 200, "{unarchived}");
+    assert_eq!(unarchived["archived"], false);
+    wait_for_record(&b, &id, &unarchived);
+    // The same state through the adapter (what a reader of the archive gets).
+    let mut adapter = b.config().open().unwrap();
+    let rec = adapter.read_session(&id).unwrap().unwrap();
+    assert_eq!(
+        (rec.version, rec.archived, rec.title.as_deref()),
+        (2, false, Some("second"))
+    );
+
+    // A restart: the archiver looks at every session again, and finds the
+    // records current (nothing rewritten); changes after it still arrive.
+    server.restart();
+    let port = server.port();
+    wait_for("three archiver ticks", Duration::from_secs(30), || {
+        metric(port, "starcite_archive_flushes_total") >= 3
+    });
+    assert_eq!(metric(port, "starcite_archive_sessions_written_total"), 0);
+    assert_eq!(metric(port, "starcite_archive_write_errors_total"), 0);
+    wait_for_record(&b, &id, &unarchived);
+    let (st, again) = call(port, "PATCH", &path, Some(&json!({"title": null})));
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(
+        (&again["version"], &again["title"]),
+        (&json!(3), &Value::Null)
+    );
+    wait_for_record(&b, &id, &again);
+    assert_eq!(metric(port, "starcite_archive_sessions_written_total"), 1);
+}
+
+#[test]
+fn fs_catalog_changes_reach_the_archive() {
+    catalog_changes_reach_the_archive(Kind::Fs);
+}
+
+#[test]
+fn s3_catalog_changes_reach_the_archive() {
+    catalog_changes_reach_the_archive(Kind::S3);
+}
+
+#[test]
+fn postgres_catalog_changes_reach_the_archive() {
+    catalog_changes_reach_the_archive(Kind::Pg);
+}
+
+/// A catalog change the group's leader could not archive (backend down) reaches
+/// the archive through the next leader: the leader is killed while the backend
+/// is away, and the node that takes over — whose archiver had already passed
+/// the change while it was a follower — writes the record once the backend is
+/// back (it looks at every session of a group it comes to lead).
+#[test]
+fn fs_cluster_catalog_change_survives_a_leader_change() {
+    use common::cluster::{Cluster, ClusterOpts};
+    let b = backend(Kind::Fs).unwrap();
+    let mut opts = ClusterOpts {
+        num_groups: 1,
+        env: b.env.clone(),
+        ..ClusterOpts::default()
+    };
+    opts.env
+        .retain(|(k, _)| k != "STARCITE_ARCHIVE_FLUSH_INTERVAL_MS");
+    opts.env
+        .push(("STARCITE_ARCHIVE_FLUSH_INTERVAL_MS".into(), "100".into()));
+    let mut c = Cluster::start(opts);
+    let id = unique("catalog-fo");
+    let path = format!("/v1/sessions/{}", pct(&id));
+    let (st, created) = post_json(
+        c.http_port(0),
+        "/v1/sessions",
+        &json!({"id": id, "title": "before"}),
+    );
+    assert_eq!(st, 201, "{created}");
+    wait_for_record(&b, &id, &created);
+
+    b.stop();
+    let outage = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let port = c.http_port(1);
+        let (st, patched) = call(port, "PATCH", &path, Some(&json!({"title": "after"})));
+        assert_eq!(st, 200, "{patched}");
+        let (st, archived) = call(port, "POST", &format!("{path}/archive"), None);
+        assert_eq!(st, 200, "{archived}");
+        // Followers' archivers tick past the change (they lead nothing).
+        std::thread::sleep(Duration::from_secs(1));
+        let leader = c
+            .own_leaders()
+            .into_iter()
+            .find(|(_, n)| *n == 1)
+            .map(|(i, _)| i)
+            .expect("one node leads the group");
+        c.kill9(leader);
+        let survivors: Vec<usize> = c.all().into_iter().filter(|i| *i != leader).collect();
+        wait_for("a new leader", Duration::from_secs(30), || {
+            c.own_leaders().values().sum::<u64>() == 1
+        });
+        (leader, survivors, archived)
+    }));
+    b.start();
+    let (leader, survivors, archived) = outage.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    assert_eq!(b.raw_session(&id).unwrap()["title"], "before");
+    wait_for_record(&b, &id, &archived);
+    let (st, shown) = get_json(c.http_port(survivors[0]), &path);
+    assert_eq!(st, 200);
+    assert_eq!(catalog(&shown), catalog(&archived));
+    c.restart(leader);
+    c.assert_no_panics();
 }
 
 /// The backend goes away: appends go on (hot tier grows), archiving resumes after

@@ -69,16 +69,15 @@ fn services(cmd: &str) {
 }
 
 fn session(id: &str) -> SessionRecord {
-    SessionRecord {
-        id: id.to_owned(),
-        title: Some("Support chat".into()),
-        tenant_id: "acme".into(),
-        principal_id: "alice".into(),
-        principal_type: "user".into(),
-        metadata: json!({"k": "v", "n": 1}).as_object().unwrap().clone(),
+    SessionRecord::created(
+        id,
+        Some("Support chat".into()),
+        "acme",
+        ("alice", "user"),
+        json!({"k": "v", "n": 1}).as_object().unwrap().clone(),
         // 2026-03-01T10:15:31.904518Z: stored as …:31, truncated, not rounded.
-        created_at_us: 1_772_360_131_904_518,
-    }
+        1_772_360_131_904_518,
+    )
 }
 
 const BASE_US: i64 = 1_772_360_131_000_000;
@@ -189,6 +188,16 @@ fn pg_schema_is_the_contract_one_and_migrations_are_idempotent() {
             c("created_at", ts, false, None),
             c("creator_principal", "jsonb", true, None),
             c("tenant_id", "text", false, None),
+            // The catalog state, upstream's names and types (docs/archive.md).
+            c("version", "bigint", false, Some("1")),
+            c("archived", "boolean", false, Some("false")),
+            (
+                "updated_at".into(),
+                "timestamp with time zone".into(),
+                true,
+                None,
+                Some(6)
+            ),
         ]
     );
     let indexes: Vec<(String, String)> = db
@@ -227,7 +236,14 @@ fn pg_schema_is_the_contract_one_and_migrations_are_idempotent() {
     );
     assert!(has("sessions", "USING gin (metadata)"), "{indexes:#?}");
     assert!(has("sessions", "USING btree (tenant_id)"), "{indexes:#?}");
-    assert_eq!(indexes.len(), 5, "{indexes:#?}");
+    assert!(
+        has(
+            "sessions",
+            "sessions_tenant_id_archived_id_index ON public.sessions USING btree (tenant_id, archived, id)"
+        ),
+        "{indexes:#?}"
+    );
+    assert_eq!(indexes.len(), 6, "{indexes:#?}");
 
     let versions: Vec<i64> = db
         .query(
@@ -341,30 +357,229 @@ fn pg_writes_are_idempotent_in_batches_and_count_only_new_rows() {
     assert_eq!(a.read_events(&s.id, 10, 10).unwrap(), events(10..=10));
 }
 
+/// Catalog states of one session, oldest first: created, archived, patched
+/// (version 2), unarchived.
+fn revisions(id: &str) -> Vec<SessionRecord> {
+    let v1 = session(id);
+    let mut archived = v1.clone();
+    archived.archived = true;
+    archived.updated_at_us += 1_000;
+    let mut patched = archived.clone();
+    patched.version = 2;
+    patched.title = None;
+    patched
+        .metadata
+        .insert("added".into(), json!({"deep": [1, 2]}));
+    patched.updated_at_us += 2_000;
+    let mut unarchived = patched.clone();
+    unarchived.archived = false;
+    unarchived.updated_at_us += 1;
+    vec![v1, archived, patched, unarchived]
+}
+
+/// The catalog columns of a row, straight from the table:
+/// (title, metadata, version, updated_at as RFC 3339 µs text or NULL, archived,
+/// tenant_id, creator_principal).
+type CatalogRow = (
+    Option<String>,
+    Value,
+    i64,
+    Option<String>,
+    bool,
+    String,
+    Value,
+);
+
+fn catalog_row(db: &mut Client, id: &str) -> CatalogRow {
+    let r = db
+        .query_one(
+            "SELECT title, metadata::text, version,
+                    to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    archived, tenant_id, creator_principal::text,
+                    count(*) OVER ()
+             FROM sessions WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(7), 1, "one row");
+    (
+        r.get(0),
+        serde_json::from_str(&r.get::<_, String>(1)).unwrap(),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        serde_json::from_str(&r.get::<_, String>(6)).unwrap(),
+    )
+}
+
+fn expected_row(s: &SessionRecord) -> CatalogRow {
+    (
+        s.title.clone(),
+        Value::Object(s.metadata.clone()),
+        s.version as i64,
+        Some(starcite_shards::time::format_micros(s.updated_at_us)),
+        s.archived,
+        s.tenant_id.clone(),
+        serde_json::from_str(&s.principal_json()).unwrap(),
+    )
+}
+
 #[test]
-fn pg_sessions_are_written_once_first_writer_wins() {
+fn pg_session_rows_keep_the_newest_revision() {
     let Some(url) = pg_url() else { return };
     let _shared = SERVER.read().unwrap();
     let mut a = PostgresAdapter::open(&config(&url)).unwrap();
-    let first = session(&unique("ses-once"));
-    let mut second = first.clone();
-    second.title = None;
-    second.tenant_id = "other".into();
-    a.write_sessions(std::slice::from_ref(&first)).unwrap();
-    a.write_sessions(&[second.clone(), first.clone()]).unwrap();
+    let mut b = PostgresAdapter::open(&config(&url)).unwrap();
     let mut db = sql(&url);
-    let row = db
-        .query_one(
-            "SELECT title, tenant_id, count(*) OVER () FROM sessions WHERE id = $1",
-            &[&first.id],
+    let id = unique("ses-rev");
+    let revs = revisions(&id);
+    for (i, r) in revs.iter().enumerate() {
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(r)).unwrap(),
+            1,
+            "rev {i}"
+        );
+        assert_eq!(catalog_row(&mut db, &id), expected_row(r), "rev {i}");
+    }
+    let newest = revs.last().unwrap();
+    // Late writers of older states, and the same state again: no change.
+    assert_eq!(b.write_sessions(&revs[..3]).unwrap(), 0);
+    assert_eq!(a.write_sessions(std::slice::from_ref(newest)).unwrap(), 0);
+    assert_eq!(catalog_row(&mut db, &id), expected_row(newest));
+    // The creation columns never change, even from a newer record.
+    let mut newer = newest.clone();
+    newer.version = 3;
+    newer.tenant_id = "other".into();
+    newer.created_at_us += 60_000_000;
+    assert_eq!(a.write_sessions(std::slice::from_ref(&newer)).unwrap(), 1);
+    let row = catalog_row(&mut db, &id);
+    assert_eq!((row.2, row.5.as_str()), (3, "acme"));
+    // Read back through the adapter: created_at is whole seconds (timestamp(0)).
+    let back = b.read_session(&id).unwrap().unwrap();
+    let mut want = newer.clone();
+    want.tenant_id = "acme".into();
+    want.created_at_us = newest.created_at_us / 1_000_000 * 1_000_000;
+    assert_eq!(back, want);
+    assert_eq!(b.read_session(&unique("ses-none")).unwrap(), None);
+}
+
+/// The catalog migration on a database an earlier version created and filled:
+/// existing rows get version 1, not archived, `updated_at` = `created_at`, and
+/// running the migrations again changes nothing.
+#[test]
+fn pg_catalog_migration_upgrades_existing_rows() {
+    let Some(url) = pg_url() else { return };
+    let _shared = SERVER.read().unwrap();
+    let mut db = sql(&url);
+    let schema = unique("upgrade").replace(['-', '/'], "_").to_lowercase();
+    db.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let mut old = sql(&url);
+    old.batch_execute(&format!("SET search_path TO {schema}"))
+        .unwrap();
+    // The schema as the previous release left it.
+    let (catalog_step, earlier) = starcite::archive::postgres::MIGRATIONS
+        .split_last()
+        .unwrap();
+    old.batch_execute(
+        "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, inserted_at timestamp(0))",
+    )
+    .unwrap();
+    for (version, step) in earlier {
+        old.batch_execute(step).unwrap();
+        old.execute(
+            "INSERT INTO schema_migrations VALUES ($1, now())",
+            &[version],
         )
         .unwrap();
+    }
+    old.batch_execute(
+        "INSERT INTO sessions (id, title, metadata, created_at, creator_principal, tenant_id)
+         VALUES ('s1', 't', '{\"a\":1}', '2026-03-01 10:15:31', NULL, 'acme'),
+                ('s2', NULL, '{}', '2026-03-02 00:00:00', NULL, 'acme')",
+    )
+    .unwrap();
+    let state = |db: &mut Client| -> Vec<(String, i64, bool, String)> {
+        db.query(
+            "SELECT id, version, archived,
+                    to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+             FROM sessions ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    for _ in 0..2 {
+        starcite::archive::postgres::migrate(&mut old).unwrap();
+        assert_eq!(
+            state(&mut old),
+            vec![
+                ("s1".into(), 1, false, "2026-03-01 10:15:31.000000".into()),
+                ("s2".into(), 1, false, "2026-03-02 00:00:00.000000".into()),
+            ]
+        );
+    }
+    let applied: i64 = old
+        .query_one(
+            "SELECT count(*) FROM schema_migrations WHERE version = $1",
+            &[&catalog_step.0],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+    drop(old);
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}
+
+/// A row inserted the way earlier versions did (no catalog columns) reads as
+/// version 1, not archived, `updated_at` = `created_at`; its own state does not
+/// rewrite it, any change does.
+#[test]
+fn pg_rows_of_earlier_versions_read_with_defaults_and_get_replaced() {
+    let Some(url) = pg_url() else { return };
+    let _shared = SERVER.read().unwrap();
+    let mut a = PostgresAdapter::open(&config(&url)).unwrap();
+    let mut db = sql(&url);
+    let id = unique("ses-old");
+    let mut old = session(&id);
+    // Whole seconds, as an earlier version stored created_at.
+    old.created_at_us = 1_772_360_131_000_000;
+    old.updated_at_us = old.created_at_us;
+    db.execute(
+        "INSERT INTO sessions (id, title, metadata, created_at, creator_principal, tenant_id)
+         VALUES ($1, $2, $3::text::jsonb, to_timestamp($4::bigint) AT TIME ZONE 'UTC',
+                 $5::text::jsonb, $6)",
+        &[
+            &id,
+            &old.title,
+            &serde_json::to_string(&old.metadata).unwrap(),
+            &(old.created_at_us / 1_000_000),
+            &old.principal_json(),
+            &old.tenant_id,
+        ],
+    )
+    .unwrap();
+    let row = catalog_row(&mut db, &id);
+    assert_eq!((row.2, row.3, row.4), (1, None, false), "column defaults");
+    assert_eq!(a.read_session(&id).unwrap(), Some(old.clone()));
+    assert_eq!(a.write_sessions(std::slice::from_ref(&old)).unwrap(), 0);
     assert_eq!(
-        row.get::<_, Option<String>>(0).as_deref(),
-        Some("Support chat")
+        catalog_row(&mut db, &id).3,
+        None,
+        "same revision: untouched"
     );
-    assert_eq!(row.get::<_, String>(1), "acme");
-    assert_eq!(row.get::<_, i64>(2), 1);
+    let mut archived = old.clone();
+    archived.archived = true;
+    archived.updated_at_us += 1;
+    assert_eq!(
+        a.write_sessions(std::slice::from_ref(&archived)).unwrap(),
+        1
+    );
+    assert_eq!(catalog_row(&mut db, &id), expected_row(&archived));
 }
 
 #[test]

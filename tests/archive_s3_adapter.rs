@@ -140,15 +140,14 @@ impl Raw {
 }
 
 fn session(id: &str) -> SessionRecord {
-    SessionRecord {
-        id: id.to_owned(),
-        title: Some("Support chat".into()),
-        tenant_id: "acme".into(),
-        principal_id: "alice".into(),
-        principal_type: "user".into(),
-        metadata: json!({"k": "v", "n": 1}).as_object().unwrap().clone(),
-        created_at_us: 1_772_360_131_004_518,
-    }
+    SessionRecord::created(
+        id,
+        Some("Support chat".into()),
+        "acme",
+        ("alice", "user"),
+        json!({"k": "v", "n": 1}).as_object().unwrap().clone(),
+        1_772_360_131_004_518,
+    )
 }
 
 fn ev(seq: u64) -> ArchiveEvent {
@@ -258,10 +257,15 @@ fn s3_objects_have_the_contract_layout() {
             "tenant_id",
             "creator_principal",
             "metadata",
-            "created_at"
+            "created_at",
+            "updated_at",
+            "version",
+            "archived"
         ]
     );
     assert_eq!(v["created_at"], "2026-03-01T10:15:31.004518Z");
+    assert_eq!(v["updated_at"], "2026-03-01T10:15:31.004518Z");
+    assert_eq!((&v["version"], &v["archived"]), (&json!(1), &json!(false)));
     assert_eq!(
         v["creator_principal"],
         json!({"tenant_id": "acme", "id": "alice", "type": "user"})
@@ -296,23 +300,118 @@ fn s3_writes_are_idempotent_and_overlaps_count_only_new_events() {
     assert_eq!(a.read_events("ses-idem", 10, 10).unwrap(), vec![ev(10)]);
 }
 
+/// Catalog states of one session, oldest first: created, archived, patched
+/// (version 2), unarchived.
+fn revisions(id: &str) -> Vec<SessionRecord> {
+    let v1 = session(id);
+    let mut archived = v1.clone();
+    archived.archived = true;
+    archived.updated_at_us += 1_000;
+    let mut patched = archived.clone();
+    patched.version = 2;
+    patched.title = Some("Renamed".into());
+    patched
+        .metadata
+        .insert("added".into(), json!({"deep": [1, 2]}));
+    patched.updated_at_us += 2_000;
+    let mut unarchived = patched.clone();
+    unarchived.archived = false;
+    unarchived.updated_at_us += 1;
+    vec![v1, archived, patched, unarchived]
+}
+
+/// The blob of an earlier version: the six keys only.
+fn six_key_blob(s: &SessionRecord) -> String {
+    let full = s.to_blob();
+    format!("{}}}", &full[..full.find(",\"updated_at\"").unwrap()])
+}
+
 #[test]
-fn s3_sessions_are_written_once_first_writer_wins() {
+fn s3_session_blobs_keep_the_newest_revision() {
     let Some(c) = config("sessions") else { return };
     let _shared = SERVER.read().unwrap();
     let raw = Raw::new(&c);
+    let key = session_key(&c.prefix, "ses-rev");
     let mut a = S3Adapter::open(&c).unwrap();
-    let first = session("ses-once");
-    let mut second = first.clone();
-    second.title = Some("another title".into());
-    second.tenant_id = "other".into();
-    a.write_sessions(std::slice::from_ref(&first)).unwrap();
-    a.write_sessions(&[second.clone(), first.clone()]).unwrap();
     let mut b = S3Adapter::open(&c).unwrap();
-    b.write_sessions(&[second]).unwrap();
-    let blob = raw.get(&session_key(&c.prefix, "ses-once")).unwrap();
-    assert_eq!(blob.body, first.to_blob());
-    assert_eq!(SessionRecord::from_blob(&blob.body).unwrap(), first);
+    let revs = revisions("ses-rev");
+    for (i, r) in revs.iter().enumerate() {
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(r)).unwrap(),
+            1,
+            "rev {i}"
+        );
+        let blob = raw.get(&key).unwrap();
+        assert_eq!(blob.body, r.to_blob());
+        assert_eq!(blob.content_type.as_deref(), Some("application/json"));
+    }
+    let newest = revs.last().unwrap();
+    let v: Value = serde_json::from_str(&raw.get(&key).unwrap().body).unwrap();
+    assert_eq!(v["title"], "Renamed");
+    assert_eq!(v["metadata"]["added"], json!({"deep": [1, 2]}));
+    assert_eq!((&v["version"], &v["archived"]), (&json!(2), &json!(false)));
+    // Late writers of older states (a previous leader's archiver), and the same
+    // state again, leave the blob alone.
+    assert_eq!(b.write_sessions(&revs[..3]).unwrap(), 0);
+    assert_eq!(a.write_sessions(std::slice::from_ref(newest)).unwrap(), 0);
+    assert_eq!(raw.get(&key).unwrap().body, newest.to_blob());
+    assert_eq!(b.read_session("ses-rev").unwrap().as_ref(), Some(newest));
+    assert_eq!(b.read_session("ses-none").unwrap(), None);
+
+    // A blob written by an earlier version (six keys) reads with defaults, is
+    // kept by its own state, and replaced by any change.
+    let old = session("ses-old");
+    let old_key = session_key(&c.prefix, "ses-old");
+    raw.put(&old_key, &six_key_blob(&old));
+    assert_eq!(a.read_session("ses-old").unwrap(), Some(old.clone()));
+    assert_eq!(a.write_sessions(std::slice::from_ref(&old)).unwrap(), 0);
+    assert_eq!(raw.get(&old_key).unwrap().body, six_key_blob(&old));
+    let changed = revisions("ses-old").remove(1);
+    assert_eq!(a.write_sessions(std::slice::from_ref(&changed)).unwrap(), 1);
+    assert_eq!(raw.get(&old_key).unwrap().body, changed.to_blob());
+
+    // An unreadable blob: reads report it, the next write replaces it.
+    raw.put(&old_key, "{\"id\":");
+    assert!(matches!(
+        a.read_session("ses-old"),
+        Err(ArchiveError::Unreadable(_))
+    ));
+    assert_eq!(a.write_sessions(std::slice::from_ref(&changed)).unwrap(), 1);
+    assert_eq!(a.read_session("ses-old").unwrap(), Some(changed));
+}
+
+/// Writers racing with different revisions of one session (conditional PUTs,
+/// retried on 409/412): the blob ends as the newest revision, whatever the
+/// interleaving.
+#[test]
+fn s3_concurrent_session_writers_keep_the_newest() {
+    let Some(mut c) = config("sessions-race") else {
+        return;
+    };
+    let _shared = SERVER.read().unwrap();
+    c.max_write_retries = 20;
+    let raw = Raw::new(&c);
+    for round in 0..3 {
+        let id = format!("ses-race-{round}");
+        let revs = revisions(&id);
+        let barrier = Arc::new(Barrier::new(revs.len()));
+        let writers: Vec<_> = revs
+            .iter()
+            .cloned()
+            .map(|r| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut a = S3Adapter::open(&c).unwrap();
+                    barrier.wait();
+                    a.write_sessions(&[r]).unwrap()
+                })
+            })
+            .collect();
+        let stored: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(stored >= 1, "someone wrote");
+        let blob = raw.get(&session_key(&c.prefix, &id)).unwrap();
+        assert_eq!(blob.body, revs.last().unwrap().to_blob(), "round {round}");
+    }
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub struct Group {
     pub applied: u64,
     /// Commit index advanced by a light ready that no log record holds yet.
     pub commit_unpersisted: bool,
+    /// Local: the catalog stamp (`state::session::next_catalog_gen`) of the
+    /// last time this replica became the group's leader, 0 if never. The
+    /// archiver looks at every session of a group it has newly come to lead.
+    pub led_gen: u64,
 }
 
 impl Group {
@@ -62,6 +66,7 @@ impl Group {
             chosen_timeout: ELECTION_TICKS,
             snapshot_waits: Default::default(),
             lost_state: false,
+            led_gen: 0,
         };
 
         group.choose_election_timeout(0);

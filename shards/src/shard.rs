@@ -650,6 +650,7 @@ impl<W> Shard<W> {
             if let Some(ss) = rd.ss() {
                 if ss.raft_state == StateRole::Leader {
                     self.elections_won += 1;
+                    group.led_gen = crate::state::session::next_catalog_gen();
                 }
                 if ss.raft_state != StateRole::Leader {
                     fail_pending_of(&mut self.pending, &mut self.reserved_bytes, gid, &mut out);
@@ -886,18 +887,21 @@ impl<W> Shard<W> {
         })
     }
 
-    /// Work for the archiver: sessions of groups this replica leads with
-    /// committed events not yet archived, in id order after `after`, at most
-    /// `per_session` events each and about `budget_bytes` of frames in all.
-    /// Also returns whether the scan stopped early (more work after the last
-    /// session returned). Sessions without events created at or after
-    /// `empty_since_us` come too, so their records reach the archive.
+    /// Work for the archiver: sessions of groups this replica leads, in id
+    /// order after `after`, that have committed events not yet archived (at
+    /// most `per_session` events each, about `budget_bytes` of frames in all)
+    /// or whose catalog record may have to be (re)written: the session's
+    /// catalog stamp, or its group's leadership stamp, is above
+    /// `catalog_after` (see `state::session::catalog_gen`; created, patched,
+    /// archived/unarchived or restored since the archiver's last complete
+    /// pass, or led by this replica since then). Also returns whether the scan
+    /// stopped early (more work after the last session returned).
     pub fn archive_scan(
         &self,
         after: Option<&str>,
         per_session: usize,
         budget_bytes: usize,
-        empty_since_us: i64,
+        catalog_after: u64,
     ) -> (Vec<ArchiveWork>, bool) {
         use std::ops::Bound::{Excluded, Unbounded};
         let lower = after.map_or(Unbounded, |c| Excluded(c.to_owned()));
@@ -913,8 +917,8 @@ impl<W> Shard<W> {
             let Some(s) = group.machine.sessions.get(id) else {
                 continue;
             };
-            let empty = s.last_seq == 0 && s.created_at_us >= empty_since_us;
-            if s.last_seq <= s.archived_seq && !empty {
+            let catalog = s.catalog_gen > catalog_after || group.led_gen > catalog_after;
+            if s.last_seq <= s.archived_seq && !catalog {
                 continue;
             }
             if used >= budget_bytes {

@@ -366,6 +366,7 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
         n += 1;
     }
     let last = n - 1;
+    let stamp = starcite_shards::state::session::catalog_gen();
 
     let (work, more) = shard.archive_scan(None, 100, usize::MAX, 0);
     assert!(!more);
@@ -373,13 +374,17 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
     assert_eq!(
         ids,
         vec!["a", "b", "empty"],
-        "empty sessions created since 0 come too"
+        "sessions created since stamp 0 come too, even empty"
     );
     assert_eq!(work[0].events.len(), 100, "per-session cap");
     assert_eq!(work[0].events[0].0, 1);
     assert!(work[2].events.is_empty());
-    let (later, _) = shard.archive_scan(None, 100, usize::MAX, 101);
-    assert_eq!(later.len(), 2, "old empty sessions are not scanned again");
+    let (later, _) = shard.archive_scan(None, 100, usize::MAX, stamp);
+    assert_eq!(
+        later.len(),
+        2,
+        "sessions without events or catalog changes since the stamp are skipped"
+    );
     let (budgeted, more) = shard.archive_scan(None, 100, 1, 0);
     assert_eq!(
         (budgeted.len(), more),
@@ -418,7 +423,7 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
     // Room again.
     shard.propose(append("a", "p", n), n, 1).unwrap();
     drive(&mut shard, &mut log);
-    let (work, _) = shard.archive_scan(None, 10_000, usize::MAX, 101);
+    let (work, _) = shard.archive_scan(None, 10_000, usize::MAX, stamp);
     assert_eq!(work.len(), 1);
     assert_eq!((work[0].archived_seq, work[0].events[0].0), (250, 251));
     assert_eq!(work[0].events.last().unwrap().0, last + 1);
@@ -433,6 +438,90 @@ fn archive_scan_and_ack_evict_and_survive_recovery() {
         shard.read("a", 0, 1),
         Err(EngineError::Archived { archived_seq: 250 })
     );
+}
+
+/// Catalog changes reach the archiver's scan: a session without unarchived
+/// events comes back once it is patched, archived or unarchived after the
+/// archiver's stamp (a no-op archive does not bring it back), with its new
+/// catalog state; a restart (restore) brings every session back once.
+#[test]
+fn archive_scan_returns_sessions_whose_catalog_changed() {
+    use starcite_shards::state::session::catalog_gen;
+    let mut log = MemLog::new();
+    let cfg = config(16 * 1024);
+    let mut shard: Shard<u64> = Shard::new(cfg.clone(), log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    for s in ["c1", "c2", "c3"] {
+        shard.propose(create(s), 0, 100).unwrap();
+    }
+    drive(&mut shard, &mut log);
+    let ids = |w: &[starcite_shards::shard::ArchiveWork]| {
+        w.iter().map(|w| w.session.id.clone()).collect::<Vec<_>>()
+    };
+    let stamp = catalog_gen();
+    assert!(shard
+        .archive_scan(None, 100, usize::MAX, stamp)
+        .0
+        .is_empty());
+
+    shard
+        .propose(
+            Proposal::Patch {
+                session: "c2".into(),
+                set_title: true,
+                title: Some("renamed".into()),
+                metadata_json: Some(r#"{"k":"v"}"#.into()),
+                expected_version: None,
+            },
+            1,
+            200,
+        )
+        .unwrap();
+    let archive = |s: &str, archived| Proposal::SetArchived {
+        session: s.into(),
+        archived,
+    };
+    shard.propose(archive("c3", true), 2, 200).unwrap();
+    drive(&mut shard, &mut log);
+    let (work, more) = shard.archive_scan(None, 100, usize::MAX, stamp);
+    assert!(!more);
+    assert_eq!(ids(&work), vec!["c2", "c3"]);
+    assert!(work.iter().all(|w| w.events.is_empty()));
+    let c2 = &work[0].session;
+    assert_eq!((c2.version, c2.title.as_deref()), (2, Some("renamed")));
+    assert_eq!(c2.metadata["k"], "v");
+    let c3 = &work[1].session;
+    assert_eq!((c3.version, c3.archived), (1, true));
+    assert!(c3.updated_at_us > c3.created_at_us);
+
+    let stamp = catalog_gen();
+    shard.propose(archive("c3", true), 3, 300).unwrap();
+    drive(&mut shard, &mut log);
+    assert!(
+        shard
+            .archive_scan(None, 100, usize::MAX, stamp)
+            .0
+            .is_empty(),
+        "a no-op archive changes nothing to write"
+    );
+    shard.propose(archive("c3", false), 4, 300).unwrap();
+    drive(&mut shard, &mut log);
+    let (work, _) = shard.archive_scan(None, 100, usize::MAX, stamp);
+    assert_eq!(ids(&work), vec!["c3"]);
+    assert!(!work[0].session.archived);
+
+    // A restarted replica has not archived anything yet: every session comes.
+    let stamp = catalog_gen();
+    drop(shard);
+    let mut shard: Shard<u64> = Shard::new(cfg, log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    let (work, _) = shard.archive_scan(None, 100, usize::MAX, stamp);
+    assert_eq!(ids(&work), vec!["c1", "c2", "c3"]);
+    let stamp = catalog_gen();
+    assert!(shard
+        .archive_scan(None, 100, usize::MAX, stamp)
+        .0
+        .is_empty());
 }
 
 /// An append whose body is `len` bytes of JSON.

@@ -26,13 +26,22 @@ impl From<super::event::Unreadable> for ArchiveError {
 }
 
 /// A backend holding committed history. Writes are idempotent on `(session, seq)`
-/// and on session id: the archiver is at-least-once.
+/// and, for session records, ordered by their revision (newer wins): the archiver
+/// is at-least-once and two archivers (a leader change) may race.
 pub trait Adapter: Send {
     /// `s3`, `postgres` or `fs` (metrics label).
     fn name(&self) -> &'static str;
 
-    /// Stores session records; an existing record wins (first writer wins).
-    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), ArchiveError>;
+    /// Stores session records, each only if it is newer than the stored one
+    /// (greater `(version, updated_at)`, [`SessionRecord::supersedes`]); an
+    /// older or equal record leaves the stored one as it is. Returns how many
+    /// records were created or replaced.
+    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<usize, ArchiveError>;
+
+    /// The stored record of a session, None if there is none. Records of
+    /// earlier versions read with version 1, `updated_at` = `created_at`, not
+    /// archived.
+    fn read_session(&mut self, session: &str) -> Result<Option<SessionRecord>, ArchiveError>;
 
     /// Stores `events` (ascending seqs of one session); existing seqs are kept as
     /// they are. Returns how many seqs were newly stored.

@@ -2,14 +2,15 @@
 //!
 //! Every `STARCITE_ARCHIVE_FLUSH_INTERVAL_MS` (measured from the end of the previous
 //! tick) it asks each core for the committed, unarchived events of the groups this
-//! node leads ([`CoreRequest::ArchiveScan`]), writes them through the adapter
-//! (idempotent), puts them in the read cache, then proposes `ack_archived(upto)`
-//! through Raft so every replica evicts them. Only what the adapter confirmed is
-//! acknowledged. A failing backend backs the archiver off (1 s doubling to 30 s);
+//! node leads, and for the sessions whose catalog changed since its last complete
+//! pass ([`CoreRequest::ArchiveScan`]); writes the session records that changed
+//! (newer revision wins) and the events through the adapter (idempotent), puts the
+//! events in the read cache, then proposes `ack_archived(upto)` through Raft so
+//! every replica evicts them. Only what the adapter confirmed is acknowledged. A failing backend backs the archiver off (1 s doubling to 30 s);
 //! appends are never touched — the hot tier grows until its bound (429).
 //! Restarts and leader changes resume exactly where `archived_seq` says.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +33,9 @@ const SCAN_BUDGET_BYTES: usize = 32 << 20;
 const CORE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Session records remembered as written (cleared when full; rewrites are harmless).
+/// Session records remembered as written, with their catalog state (cleared when
+/// full; rewrites are harmless: the adapter keeps the newer revision).
 const KNOWN_SESSIONS: usize = 100_000;
-/// Sessions created this long before the previous scan are scanned again.
-const EMPTY_SESSION_MARGIN_US: i64 = 30_000_000;
 
 pub struct Archiver {
     pub config: ArchiveConfig,
@@ -64,19 +64,21 @@ impl Archiver {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
         let mut state = State {
             adapter: None,
-            known: HashSet::new(),
-            empty_since_us: 0,
+            known: HashMap::new(),
+            catalog_after: 0,
         };
         let mut backoff = Duration::ZERO;
         loop {
             if self.sleep(interval.max(backoff)) {
                 return;
             }
-            let started_us = now_us();
+            // Catalog changes stamped up to here are all seen by this tick's scans
+            // (they run after this on the cores); later ones are above it.
+            let started_gen = starcite_shards::state::session::catalog_gen();
             match self.tick(&mut state) {
                 Ok(()) => {
                     backoff = Duration::ZERO;
-                    state.empty_since_us = started_us - EMPTY_SESSION_MARGIN_US;
+                    state.catalog_after = started_gen;
                     ArchiveStats::add(&self.stats.flushes, 1);
                 }
                 Err(TickError::Stopped) => return,
@@ -110,8 +112,7 @@ impl Archiver {
         for core in 0..self.cores.len() {
             let mut after: Option<String> = None;
             loop {
-                let Some((work, more)) = self.scan(core, after.clone(), state.empty_since_us)
-                else {
+                let Some((work, more)) = self.scan(core, after.clone(), state.catalog_after) else {
                     result = Err(TickError::Core);
                     break;
                 };
@@ -140,14 +141,14 @@ impl Archiver {
         &self,
         core: usize,
         after: Option<String>,
-        empty_since_us: i64,
+        catalog_after: u64,
     ) -> Option<(Vec<ArchiveWork>, bool)> {
         let (reply, answer) = flume::bounded(1);
         let req = CoreRequest::ArchiveScan {
             after,
             per_session: BATCH_PER_SESSION,
             budget_bytes: SCAN_BUDGET_BYTES,
-            empty_since_us,
+            empty_since_us: catalog_after,
             reply,
         };
         self.cores[core].send_timeout(req, CORE_TIMEOUT).ok()?;
@@ -168,15 +169,20 @@ impl Archiver {
                 return Err(TickError::Stopped);
             }
             let record = session_record(&w);
-            if !state.known.contains(&record.id) {
-                state
+            // Written when this archiver has not written this catalog state yet
+            // (a new session, a PATCH, an archive/unarchive, or a first look
+            // since start); the adapter keeps whichever revision is newer.
+            let catalog = (record.version, record.archived);
+            if state.known.get(&record.id) != Some(&catalog) {
+                let stored = state
                     .adapter(&self.config)?
                     .write_sessions(std::slice::from_ref(&record))
                     .map_err(TickError::Backend)?;
+                ArchiveStats::add(&self.stats.sessions_written, stored as u64);
                 if state.known.len() >= KNOWN_SESSIONS {
                     state.known.clear();
                 }
-                state.known.insert(record.id.clone());
+                state.known.insert(record.id.clone(), catalog);
             }
             let Some(upto) = contiguous_end(w.archived_seq, &w.events) else {
                 continue;
@@ -245,8 +251,11 @@ impl Archiver {
 
 struct State {
     adapter: Option<Box<dyn Adapter>>,
-    known: HashSet<String>,
-    empty_since_us: i64,
+    /// Session id → the `(version, archived)` whose record this archiver wrote.
+    known: HashMap<String, (u64, bool)>,
+    /// The catalog stamp the last complete tick started at: sessions stamped
+    /// above it (or in groups led since) are scanned for their records.
+    catalog_after: u64,
 }
 
 impl State {
@@ -289,13 +298,10 @@ fn session_record(w: &ArchiveWork) -> SessionRecord {
         principal_type: s.principal_type.clone(),
         metadata: s.metadata.clone(),
         created_at_us: s.created_at_us,
+        updated_at_us: s.updated_at_us,
+        version: s.version,
+        archived: s.archived,
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 #[cfg(test)]

@@ -47,7 +47,10 @@ pub struct ArchiveEvent {
     pub inserted_at_us: i64,
 }
 
-/// A session as the archive keeps it (§11.1 session blob, §11.2 `sessions` row).
+/// A session as the archive keeps it (§11.1 session blob, §11.2 `sessions` row),
+/// with its catalog state: `version` (1 at create, +1 per PATCH), `updated_at`
+/// and `archived`. Records written by earlier versions lack the last three; they
+/// read as version 1, `updated_at` = `created_at`, not archived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
     pub id: String,
@@ -57,6 +60,9 @@ pub struct SessionRecord {
     pub principal_type: String,
     pub metadata: Map<String, Value>,
     pub created_at_us: i64,
+    pub updated_at_us: i64,
+    pub version: u64,
+    pub archived: bool,
 }
 
 impl ArchiveEvent {
@@ -206,7 +212,46 @@ fn render(p: &Parts<'_>, style: Style) -> String {
 }
 
 impl SessionRecord {
-    /// The session blob of §11.1.
+    /// A new session's record: version 1, `updated_at` = `created_at`, not
+    /// archived.
+    pub fn created(
+        id: impl Into<String>,
+        title: Option<String>,
+        tenant_id: impl Into<String>,
+        principal: (&str, &str),
+        metadata: Map<String, Value>,
+        created_at_us: i64,
+    ) -> Self {
+        SessionRecord {
+            id: id.into(),
+            title,
+            tenant_id: tenant_id.into(),
+            principal_id: principal.0.to_owned(),
+            principal_type: principal.1.to_owned(),
+            metadata,
+            created_at_us,
+            updated_at_us: created_at_us,
+            version: 1,
+            archived: false,
+        }
+    }
+
+    /// The order of a session's catalog states: a record replaces a stored one
+    /// only if its key is greater ("newer version wins"). PATCH bumps `version`;
+    /// archive/unarchive keep it and move `updated_at` strictly forward (the
+    /// state machine guarantees it), so later states have greater keys.
+    pub fn revision(&self) -> (u64, i64) {
+        (self.version, self.updated_at_us)
+    }
+
+    /// Whether this record should replace `stored` (newer wins; equal keys hold
+    /// equal catalog content, so the stored one stays).
+    pub fn supersedes(&self, stored: &SessionRecord) -> bool {
+        self.revision() > stored.revision()
+    }
+
+    /// The session blob of §11.1: its six keys in their order, then
+    /// `updated_at`, `version`, `archived`.
     pub fn to_blob(&self) -> String {
         let mut out = String::with_capacity(256);
         out.push_str("{\"id\":");
@@ -221,7 +266,13 @@ impl SessionRecord {
         push_json_map(&mut out, &self.metadata);
         out.push_str(",\"created_at\":");
         push_json_str(&mut out, &format_micros(self.created_at_us));
-        out.push('}');
+        out.push_str(",\"updated_at\":");
+        push_json_str(&mut out, &format_micros(self.updated_at_us));
+        let _ = write!(
+            out,
+            ",\"version\":{},\"archived\":{}}}",
+            self.version, self.archived
+        );
         out
     }
 
@@ -237,12 +288,36 @@ impl SessionRecord {
         out
     }
 
-    /// Parses a session blob; all six keys must be present (§11.1).
+    /// Parses a session blob. The six keys of §11.1 must be present; the catalog
+    /// keys may be absent (blobs written by earlier versions): version 1,
+    /// `updated_at` = `created_at`, not archived. Present, they must be well
+    /// formed (`version` ≥ 1, `updated_at` a timestamp, `archived` a boolean).
     pub fn from_blob(blob: &str) -> Result<Self, Unreadable> {
         let mut obj: Map<String, Value> =
             serde_json::from_str(blob).map_err(|e| unreadable(format!("session blob: {e}")))?;
         let mut principal = take_object(&mut obj, "creator_principal")?;
         let created_at = take_str(&mut obj, "created_at")?;
+        let created_at_us = parse_timestamp(&created_at)
+            .ok_or_else(|| unreadable(format!("bad created_at {created_at:?}")))?;
+        let updated_at_us = match obj.remove("updated_at") {
+            None | Some(Value::Null) => created_at_us,
+            Some(Value::String(t)) => {
+                parse_timestamp(&t).ok_or_else(|| unreadable(format!("bad updated_at {t:?}")))?
+            }
+            Some(other) => return Err(unreadable(format!("bad updated_at {other}"))),
+        };
+        let version = match obj.remove("version") {
+            None | Some(Value::Null) => 1,
+            Some(v) => v
+                .as_u64()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| unreadable(format!("bad version {v}")))?,
+        };
+        let archived = match obj.remove("archived") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(other) => return Err(unreadable(format!("bad archived {other}"))),
+        };
         Ok(SessionRecord {
             id: take_str(&mut obj, "id")?,
             title: match obj.remove("title") {
@@ -254,8 +329,10 @@ impl SessionRecord {
             principal_id: take_str(&mut principal, "id")?,
             principal_type: take_str(&mut principal, "type")?,
             metadata: take_object(&mut obj, "metadata")?,
-            created_at_us: parse_timestamp(&created_at)
-                .ok_or_else(|| unreadable(format!("bad created_at {created_at:?}")))?,
+            created_at_us,
+            updated_at_us,
+            version,
+            archived,
         })
     }
 }
@@ -502,24 +579,119 @@ mod tests {
         assert!(ArchiveEvent::from_line(frame).is_err());
     }
 
+    fn record() -> SessionRecord {
+        SessionRecord::created(
+            "ses/1",
+            None,
+            "acme",
+            ("alice", "user"),
+            serde_json::from_str(r#"{"a":"b"}"#).unwrap(),
+            1_000_001,
+        )
+    }
+
     #[test]
     fn session_blob_round_trips() {
-        let s = SessionRecord {
-            id: "ses/1".into(),
-            title: None,
-            tenant_id: "acme".into(),
-            principal_id: "alice".into(),
-            principal_type: "user".into(),
-            metadata: serde_json::from_str(r#"{"a":"b"}"#).unwrap(),
-            created_at_us: 1_000_001,
-        };
+        let mut s = record();
         let blob = s.to_blob();
         assert_eq!(
             blob,
-            r#"{"id":"ses/1","title":null,"tenant_id":"acme","creator_principal":{"tenant_id":"acme","id":"alice","type":"user"},"metadata":{"a":"b"},"created_at":"1970-01-01T00:00:01.000001Z"}"#
+            r#"{"id":"ses/1","title":null,"tenant_id":"acme","creator_principal":{"tenant_id":"acme","id":"alice","type":"user"},"metadata":{"a":"b"},"created_at":"1970-01-01T00:00:01.000001Z","updated_at":"1970-01-01T00:00:01.000001Z","version":1,"archived":false}"#
         );
         assert_eq!(SessionRecord::from_blob(&blob).unwrap(), s);
+        s.title = Some("t\"2".into());
+        s.version = 7;
+        s.updated_at_us = 2_500_000;
+        s.archived = true;
+        let blob = s.to_blob();
+        assert!(blob.ends_with(
+            r#""updated_at":"1970-01-01T00:00:02.500000Z","version":7,"archived":true}"#
+        ));
+        assert_eq!(SessionRecord::from_blob(&blob).unwrap(), s);
         assert!(SessionRecord::from_blob(r#"{"id":"x"}"#).is_err());
+    }
+
+    /// A blob of an earlier version: the six keys only.
+    #[test]
+    fn a_six_key_blob_reads_with_catalog_defaults() {
+        let old = r#"{"id":"ses/1","title":"old","tenant_id":"acme","creator_principal":{"tenant_id":"acme","id":"alice","type":"user"},"metadata":{"a":"b"},"created_at":"1970-01-01T00:00:01.000001Z"}"#;
+        let r = SessionRecord::from_blob(old).unwrap();
+        assert_eq!(r.title.as_deref(), Some("old"));
+        assert_eq!(
+            (r.version, r.updated_at_us, r.archived),
+            (1, 1_000_001, false)
+        );
+        // Every one of the six keys is still required.
+        let full: Map<String, Value> = serde_json::from_str(old).unwrap();
+        for key in [
+            "id",
+            "title",
+            "tenant_id",
+            "creator_principal",
+            "metadata",
+            "created_at",
+        ] {
+            let mut v = full.clone();
+            v.remove(key);
+            let broken = serde_json::to_string(&v).unwrap();
+            assert!(SessionRecord::from_blob(&broken).is_err(), "without {key}");
+        }
+        // Catalog keys, when present, must be well formed.
+        let with = |extra: &str| format!("{},{extra}}}", &old[..old.len() - 1]);
+        assert_eq!(
+            SessionRecord::from_blob(&with(r#""version":3,"archived":true"#))
+                .unwrap()
+                .revision(),
+            (3, 1_000_001)
+        );
+        for bad in [
+            r#""version":0"#,
+            r#""version":"2""#,
+            r#""version":-1"#,
+            r#""archived":"yes""#,
+            r#""updated_at":5"#,
+            r#""updated_at":"later""#,
+        ] {
+            assert!(SessionRecord::from_blob(&with(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_newer_revision_supersedes_an_older_one_only() {
+        let v1 = record();
+        let mut archived = v1.clone();
+        archived.archived = true;
+        archived.updated_at_us += 1;
+        let mut patched = archived.clone();
+        patched.version = 2;
+        patched.title = Some("new".into());
+        patched.updated_at_us += 5;
+        assert!(archived.supersedes(&v1));
+        assert!(patched.supersedes(&archived));
+        assert!(patched.supersedes(&v1));
+        assert!(
+            !v1.supersedes(&archived),
+            "an older state never replaces a newer one"
+        );
+        assert!(!archived.supersedes(&patched));
+        assert!(
+            !patched.supersedes(&patched.clone()),
+            "equal: the stored one stays"
+        );
+        // A higher version wins even with an earlier timestamp (leader clocks).
+        let mut skewed = patched.clone();
+        skewed.version = 3;
+        skewed.updated_at_us = 0;
+        assert!(skewed.supersedes(&patched));
+        // An old six-key blob is superseded by any change of its session.
+        let old = SessionRecord::from_blob(&{
+            let b = v1.to_blob();
+            let cut = b.find(",\"updated_at\"").unwrap();
+            format!("{}}}", &b[..cut])
+        })
+        .unwrap();
+        assert_eq!(old, v1);
+        assert!(archived.supersedes(&old) && !v1.supersedes(&old));
     }
 
     #[test]

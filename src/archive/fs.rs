@@ -5,7 +5,8 @@
 //! read–merge–write under an exclusive `flock` on a sidecar lock file, and the new
 //! body replaces the old one by `rename` of a fsynced temporary file, so readers see
 //! either the old or the new chunk and two archivers (a leader change) never lose
-//! each other's lines. Session files are created with `O_EXCL` (first writer wins).
+//! each other's lines. A session file is rewritten the same way (under its own
+//! lock, by rename) when the incoming record is newer than the stored one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::adapter::{Adapter, ArchiveError};
 use super::event::{ArchiveEvent, SessionRecord};
-use super::layout::{self, event_key, merge_chunk, session_key, ChunkStore};
+use super::layout::{self, event_key, merge_chunk, session_key, session_update, ChunkStore};
 
 /// Key prefix inside the directory (the S3 prefix's default).
 const PREFIX: &str = "starcite";
@@ -82,27 +83,33 @@ impl Adapter for FsAdapter {
         "fs"
     }
 
-    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), ArchiveError> {
+    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<usize, ArchiveError> {
+        let mut stored = 0;
         for s in sessions {
-            let path = self.path(&session_key(PREFIX, &s.id));
-            if path.exists() {
-                continue;
-            }
+            let key = session_key(PREFIX, &s.id);
+            let path = self.path(&key);
             let dir = path.parent().unwrap_or(&self.root).to_owned();
             fs::create_dir_all(&dir).map_err(|e| unavailable("create", &dir, e))?;
-            // Write aside, then link into place: the link fails if another writer
-            // got there first (first writer wins), and nobody sees a partial blob.
-            let tmp = temp_path(&path);
-            write_synced(&tmp, s.to_blob().as_bytes())?;
-            let linked = fs::hard_link(&tmp, &path);
-            let _ = fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => sync_dir(&dir)?,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(unavailable("link", &path, e)),
+            // Read, decide and replace under the lock: two archivers (a leader
+            // change) cannot interleave, and readers see the old or the new blob.
+            let _lock = Lock::take(&path.with_extension("lock"))?;
+            let existing = self.read_opt(&path)?;
+            if let Some(blob) = session_update(&key, existing.as_deref(), s) {
+                replace(&path, blob.as_bytes())?;
+                stored += 1;
             }
         }
-        Ok(())
+        Ok(stored)
+    }
+
+    fn read_session(&mut self, session: &str) -> Result<Option<SessionRecord>, ArchiveError> {
+        let path = self.path(&session_key(PREFIX, session));
+        match self.read_opt(&path)? {
+            None => Ok(None),
+            Some(body) => SessionRecord::from_blob(&body)
+                .map(Some)
+                .map_err(|e| ArchiveError::Unreadable(format!("{}: {e}", path.display()))),
+        }
     }
 
     fn write_events(
@@ -193,15 +200,14 @@ mod tests {
     use super::*;
 
     fn session() -> SessionRecord {
-        SessionRecord {
-            id: "ses-1".into(),
-            title: Some("t".into()),
-            tenant_id: "acme".into(),
-            principal_id: "svc".into(),
-            principal_type: "service".into(),
-            metadata: Default::default(),
-            created_at_us: 5,
-        }
+        SessionRecord::created(
+            "ses-1",
+            Some("t".into()),
+            "acme",
+            ("svc", "service"),
+            Default::default(),
+            5,
+        )
     }
 
     fn ev(seq: u64) -> ArchiveEvent {
@@ -225,8 +231,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = FsAdapter::open(dir.path()).unwrap();
         let s = session();
-        a.write_sessions(&[s.clone()]).unwrap();
-        a.write_sessions(&[s.clone()]).unwrap();
+        assert_eq!(a.write_sessions(std::slice::from_ref(&s)).unwrap(), 1);
+        assert_eq!(a.write_sessions(std::slice::from_ref(&s)).unwrap(), 0);
         let evs: Vec<_> = (1..=300).map(ev).collect();
         assert_eq!(a.write_events(&s, &evs[..100]).unwrap(), 100);
         assert_eq!(a.write_events(&s, &evs).unwrap(), 200);
@@ -239,6 +245,62 @@ mod tests {
         assert_eq!(body.lines().count(), 44);
         let blob = dir.path().join("starcite/sessions/v1/c2VzLTE.json");
         assert_eq!(fs::read_to_string(blob).unwrap(), s.to_blob());
+    }
+
+    /// Catalog changes replace the blob; an older revision never does; a blob
+    /// of an earlier version (six keys) reads and is replaced by a change.
+    #[test]
+    fn session_blobs_keep_the_newest_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = FsAdapter::open(dir.path()).unwrap();
+        let blob = dir.path().join("starcite/sessions/v1/c2VzLTE.json");
+        let v1 = session();
+        let mut archived = v1.clone();
+        archived.archived = true;
+        archived.updated_at_us = 10;
+        let mut v2 = archived.clone();
+        v2.version = 2;
+        v2.title = Some("renamed".into());
+        v2.metadata.insert("k".into(), "v".into());
+        v2.updated_at_us = 20;
+
+        assert_eq!(a.write_sessions(std::slice::from_ref(&v1)).unwrap(), 1);
+        assert_eq!(
+            a.write_sessions(std::slice::from_ref(&archived)).unwrap(),
+            1
+        );
+        assert_eq!(a.read_session("ses-1").unwrap(), Some(archived.clone()));
+        assert_eq!(a.write_sessions(&[v2.clone()]).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&blob).unwrap(), v2.to_blob());
+        // Late writers of older states (a previous leader's archiver).
+        assert_eq!(a.write_sessions(&[archived, v1.clone()]).unwrap(), 0);
+        assert_eq!(a.read_session("ses-1").unwrap(), Some(v2.clone()));
+        assert_eq!(a.read_session("other").unwrap(), None);
+
+        // A six-key blob (an earlier version wrote it) reads with defaults...
+        let six = v1.to_blob();
+        let six = format!("{}}}", &six[..six.find(",\"updated_at\"").unwrap()]);
+        fs::write(&blob, &six).unwrap();
+        assert_eq!(a.read_session("ses-1").unwrap(), Some(v1.clone()));
+        assert_eq!(a.write_sessions(&[v1]).unwrap(), 0, "same revision: kept");
+        assert_eq!(fs::read_to_string(&blob).unwrap(), six);
+        // ...and is replaced by the session's current state.
+        assert_eq!(a.write_sessions(&[v2.clone()]).unwrap(), 1);
+        assert_eq!(a.read_session("ses-1").unwrap(), Some(v2.clone()));
+        // An unreadable blob is reported by reads and replaced by writes.
+        fs::write(&blob, "{not json").unwrap();
+        assert!(matches!(
+            a.read_session("ses-1"),
+            Err(ArchiveError::Unreadable(_))
+        ));
+        assert_eq!(a.write_sessions(&[v2.clone()]).unwrap(), 1);
+        assert_eq!(a.read_session("ses-1").unwrap(), Some(v2));
+        let stray: Vec<_> = fs::read_dir(blob.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(stray.is_empty(), "no temporary files left: {stray:?}");
     }
 
     #[test]

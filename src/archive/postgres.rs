@@ -1,5 +1,7 @@
 //! Postgres adapter (§11.2): tables `events` and `sessions`, created or migrated at
-//! boot (`MIGRATE_ON_BOOT`), written with `INSERT … ON CONFLICT DO NOTHING`.
+//! boot (`MIGRATE_ON_BOOT`). Events are written with `INSERT … ON CONFLICT DO
+//! NOTHING`; session rows with an upsert that replaces a row only by a newer
+//! revision (`(version, updated_at)`, see `SessionRecord::supersedes`).
 //!
 //! One synchronous connection per adapter instance (each archiver or cold-read thread
 //! opens its own adapter, so `DB_POOL_SIZE` has nothing to size here). A failed
@@ -10,7 +12,8 @@
 //! parsed by the workspace's `serde_json` (arbitrary precision): numbers keep every
 //! digit Postgres keeps (`numeric`); jsonb normalises key order and whitespace.
 //! Timestamps are `timestamp(0)` holding UTC; `inserted_at`/`created_at` are truncated
-//! (not rounded) to whole seconds before they are sent.
+//! (not rounded) to whole seconds before they are sent. `sessions.updated_at` is
+//! `timestamptz` with microseconds (as upstream's), sent as RFC 3339 text.
 
 use std::time::Duration;
 
@@ -90,6 +93,23 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         20_261_127_000_001,
         "ALTER TABLE events ADD COLUMN IF NOT EXISTS frame text;",
     ),
+    (
+        // The session catalog's state, with upstream's column names and types
+        // (`version bigint`, `archived boolean`, `updated_at timestamptz`) and its
+        // `(tenant_id, archived, id)` index. Rows of earlier versions (and rows
+        // inserted by them during a rolling upgrade) get version 1, not archived,
+        // and `updated_at` = `created_at`; `updated_at` stays nullable so such
+        // inserts keep working, and readers take `created_at` for a NULL.
+        20_261_204_000_001,
+        "ALTER TABLE sessions
+            ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1,
+            ADD COLUMN IF NOT EXISTS archived boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS updated_at timestamptz;
+        UPDATE sessions SET updated_at = created_at AT TIME ZONE 'UTC'
+            WHERE updated_at IS NULL;
+        CREATE INDEX IF NOT EXISTS sessions_tenant_id_archived_id_index
+            ON sessions (tenant_id, archived, id);",
+    ),
 ];
 
 const INSERT_EVENTS: &str = "INSERT INTO events
@@ -105,11 +125,30 @@ const INSERT_EVENTS: &str = "INSERT INTO events
               producer_id, producer_seq, frame)
     ON CONFLICT (session_id, seq) DO NOTHING";
 
-const INSERT_SESSION: &str = "INSERT INTO sessions
-        (id, title, metadata, created_at, creator_principal, tenant_id)
+/// Inserts a session row, or replaces the catalog columns of an existing one if
+/// the incoming revision is greater (the creation columns never change).
+const UPSERT_SESSION: &str = "INSERT INTO sessions
+        (id, title, metadata, created_at, creator_principal, tenant_id,
+         version, updated_at, archived)
     VALUES ($1, $2, $3::text::jsonb, to_timestamp($4::bigint) AT TIME ZONE 'UTC',
-            $5::text::jsonb, $6)
-    ON CONFLICT (id) DO NOTHING";
+            $5::text::jsonb, $6, $7, $8::text::timestamptz, $9)
+    ON CONFLICT (id) DO UPDATE SET
+        title = EXCLUDED.title,
+        metadata = EXCLUDED.metadata,
+        version = EXCLUDED.version,
+        updated_at = EXCLUDED.updated_at,
+        archived = EXCLUDED.archived
+    WHERE (sessions.version,
+           COALESCE(sessions.updated_at, sessions.created_at AT TIME ZONE 'UTC'))
+        < (EXCLUDED.version, EXCLUDED.updated_at)";
+
+const SELECT_SESSION: &str = "SELECT id, title, tenant_id, creator_principal::text,
+           metadata::text, extract(epoch FROM created_at)::bigint, version,
+           (extract(epoch FROM COALESCE(updated_at, created_at AT TIME ZONE 'UTC'))
+              * 1000000)::bigint,
+           archived
+    FROM sessions
+    WHERE id = $1";
 
 const SELECT_EVENTS: &str = "SELECT seq, type, payload::text, actor, source, metadata::text,
            refs::text, idempotency_key,
@@ -328,6 +367,42 @@ fn json_no_nul(v: &Value) -> String {
     serde_json::to_string(&scrub(v)).expect("JSON value serialises")
 }
 
+/// A `sessions` row ([`SELECT_SESSION`]). A row without a creator (written by
+/// another tool) reads with an empty principal.
+fn session_from_row(row: &Row) -> Result<SessionRecord, ArchiveError> {
+    let bad = |what: &str, e: postgres::Error| ArchiveError::Unreadable(format!("{what}: {e}"));
+    let principal: Option<String> = row.try_get(3).map_err(|e| bad("creator_principal", e))?;
+    let principal: Map<String, Value> = match principal {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| ArchiveError::Unreadable(format!("creator_principal: {e}")))?,
+        None => Map::new(),
+    };
+    let field = |k: &str| {
+        principal
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let created: i64 = row.try_get(5).map_err(|e| bad("created_at", e))?;
+    let version: i64 = row.try_get(6).map_err(|e| bad("version", e))?;
+    Ok(SessionRecord {
+        id: row.try_get(0).map_err(|e| bad("id", e))?,
+        title: row.try_get(1).map_err(|e| bad("title", e))?,
+        tenant_id: row.try_get(2).map_err(|e| bad("tenant_id", e))?,
+        principal_id: field("id"),
+        principal_type: field("type"),
+        metadata: json_object(row, 4, "metadata")?,
+        created_at_us: created.saturating_mul(1_000_000),
+        updated_at_us: row.try_get(7).map_err(|e| bad("updated_at", e))?,
+        version: u64::try_from(version)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| ArchiveError::Unreadable(format!("version {version}")))?,
+        archived: row.try_get(8).map_err(|e| bad("archived", e))?,
+    })
+}
+
 fn event_from_row(row: &Row) -> Result<ArchiveEvent, ArchiveError> {
     let bad = |what: &str, e: postgres::Error| ArchiveError::Unreadable(format!("{what}: {e}"));
     let frame: Option<String> = row.try_get(11).map_err(|e| bad("frame", e))?;
@@ -361,26 +436,42 @@ impl Adapter for PostgresAdapter {
         "postgres"
     }
 
-    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), ArchiveError> {
+    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<usize, ArchiveError> {
+        let mut stored = 0;
         for s in sessions {
-            let metadata = serde_json::to_string(&s.metadata).expect("JSON map serialises");
+            let metadata = json_no_nul(&Value::Object(s.metadata.clone()));
             let principal = s.principal_json();
             let created = whole_seconds(s.created_at_us);
+            let version = to_i64(s.version);
+            let updated = starcite_shards::time::format_micros(s.updated_at_us);
+            let title = s.title.as_deref().map(no_nul);
             let client = self.client()?;
             let result = client.execute(
-                INSERT_SESSION,
+                UPSERT_SESSION,
                 &[
                     &s.id,
-                    &s.title,
+                    &title,
                     &metadata,
                     &created,
                     &principal,
                     &s.tenant_id,
+                    &version,
+                    &updated,
+                    &s.archived,
                 ],
             );
-            self.check(result)?;
+            stored += self.check(result)? as usize;
         }
-        Ok(())
+        Ok(stored)
+    }
+
+    fn read_session(&mut self, session: &str) -> Result<Option<SessionRecord>, ArchiveError> {
+        let client = self.client()?;
+        let result = client.query_opt(SELECT_SESSION, &[&session]);
+        match self.check(result)? {
+            None => Ok(None),
+            Some(row) => session_from_row(&row).map(Some),
+        }
     }
 
     fn write_events(

@@ -6,10 +6,12 @@
 //! blocking `ureq` agent (rustls, the process's outbound TLS configuration), with a
 //! connect timeout and an overall timeout on every request.
 //!
-//! Writes are idempotent and safe against a concurrent writer of the same chunk (two
-//! archivers across a leader change): read the chunk, merge (existing lines win), and
-//! write it back conditionally — `If-None-Match: *` when it did not exist,
-//! `If-Match: <etag>` otherwise — starting over on `409`/`412`.
+//! Writes are idempotent and safe against a concurrent writer of the same object
+//! (two archivers across a leader change): read the object, decide (a chunk:
+//! merge, existing lines win; a session blob: keep the newer revision), and write
+//! it back conditionally — `If-None-Match: *` when it did not exist,
+//! `If-Match: <etag>` otherwise — starting over on `409`/`412`, at most
+//! `STARCITE_S3_MAX_WRITE_RETRIES` times.
 
 use std::io::Read;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use super::adapter::{Adapter, ArchiveError, S3Config};
 use super::event::{ArchiveEvent, SessionRecord};
-use super::layout::{self, event_key, merge_chunk, session_key, ChunkStore};
+use super::layout::{self, event_key, merge_chunk, session_key, session_update, ChunkStore};
 
 /// TCP connect timeout of every request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -203,13 +205,7 @@ impl ChunkStore for S3Adapter {
     ) -> Result<usize, ArchiveError> {
         let key = event_key(&self.prefix, &session.id, chunk);
         for attempt in 0..=self.max_write_retries {
-            if attempt > 0 {
-                // Someone else wrote the chunk between our GET and PUT. Start over
-                // after a short random pause, so two writers in lockstep drift apart
-                // instead of colliding on every round.
-                let cap_ms = CONFLICT_BACKOFF_MS << (attempt - 1).min(4);
-                std::thread::sleep(Duration::from_millis(rand::random::<u64>() % (cap_ms + 1)));
-            }
+            conflict_pause(attempt);
             let existing = self.get(&key)?;
             let (body, added) = merge_chunk(
                 existing.as_ref().map(|o| o.body.as_str()),
@@ -219,24 +215,72 @@ impl ChunkStore for S3Adapter {
             if added == 0 {
                 return Ok(0);
             }
-            let precondition = match &existing {
-                None => Precondition::Absent,
-                Some(Object {
-                    etag: Some(etag), ..
-                }) => Precondition::Matches(etag),
-                Some(Object { etag: None, .. }) => {
-                    return Err(unavailable(format!("GET {key}: the store sent no ETag")))
-                }
-            };
-            match self.put(&key, body.as_bytes(), NDJSON, precondition)? {
+            match self.put(
+                &key,
+                body.as_bytes(),
+                NDJSON,
+                precondition(&key, &existing)?,
+            )? {
                 Put::Stored => return Ok(added),
                 Put::PreconditionFailed => continue,
             }
         }
-        Err(unavailable(format!(
+        Err(self.still_conflicting(&key))
+    }
+}
+
+impl S3Adapter {
+    /// One session blob, newer revision wins: GET, compare, conditional PUT,
+    /// starting over on a conflict. Returns whether it stored the blob.
+    fn write_session(&mut self, session: &SessionRecord) -> Result<bool, ArchiveError> {
+        let key = session_key(&self.prefix, &session.id);
+        for attempt in 0..=self.max_write_retries {
+            conflict_pause(attempt);
+            let existing = self.get(&key)?;
+            let Some(blob) =
+                session_update(&key, existing.as_ref().map(|o| o.body.as_str()), session)
+            else {
+                return Ok(false);
+            };
+            match self.put(&key, blob.as_bytes(), JSON, precondition(&key, &existing)?)? {
+                Put::Stored => return Ok(true),
+                Put::PreconditionFailed => continue,
+            }
+        }
+        Err(self.still_conflicting(&key))
+    }
+
+    fn still_conflicting(&self, key: &str) -> ArchiveError {
+        unavailable(format!(
             "PUT {key}: still conflicting after {} retries",
             self.max_write_retries
-        )))
+        ))
+    }
+}
+
+/// Before retry `attempt` (≥ 1) of a conditional write someone else beat: a short
+/// random pause, so two writers in lockstep drift apart instead of colliding on
+/// every round.
+fn conflict_pause(attempt: u32) {
+    if attempt > 0 {
+        let cap_ms = CONFLICT_BACKOFF_MS << (attempt - 1).min(4);
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % (cap_ms + 1)));
+    }
+}
+
+/// The precondition replacing exactly what was read (`None`: nothing was there).
+fn precondition<'a>(
+    key: &str,
+    existing: &'a Option<Object>,
+) -> Result<Precondition<'a>, ArchiveError> {
+    match existing {
+        None => Ok(Precondition::Absent),
+        Some(Object {
+            etag: Some(etag), ..
+        }) => Ok(Precondition::Matches(etag)),
+        Some(Object { etag: None, .. }) => {
+            Err(unavailable(format!("GET {key}: the store sent no ETag")))
+        }
     }
 }
 
@@ -257,13 +301,22 @@ impl Adapter for S3Adapter {
         "s3"
     }
 
-    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), ArchiveError> {
+    fn write_sessions(&mut self, sessions: &[SessionRecord]) -> Result<usize, ArchiveError> {
+        let mut stored = 0;
         for s in sessions {
-            let key = session_key(&self.prefix, &s.id);
-            // First writer wins: a 409/412 means the blob is already there.
-            self.put(&key, s.to_blob().as_bytes(), JSON, Precondition::Absent)?;
+            stored += usize::from(self.write_session(s)?);
         }
-        Ok(())
+        Ok(stored)
+    }
+
+    fn read_session(&mut self, session: &str) -> Result<Option<SessionRecord>, ArchiveError> {
+        let key = session_key(&self.prefix, session);
+        match self.get(&key)? {
+            None => Ok(None),
+            Some(o) => SessionRecord::from_blob(&o.body)
+                .map(Some)
+                .map_err(|e| ArchiveError::Unreadable(format!("{key}: {e}"))),
+        }
     }
 
     fn write_events(
@@ -340,11 +393,16 @@ mod tests {
     /// status mapping of §11.1 only; the behaviour against a real store is in
     /// tests/archive_s3_adapter.rs).
     fn answering(status: &'static str) -> String {
+        answering_by_method(status, status)
+    }
+
+    /// Like [`answering`], with one status for GETs and another for the rest.
+    fn answering_by_method(get: &'static str, other: &'static str) -> String {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            for conn in listener.incoming().take(8) {
+            for conn in listener.incoming().take(32) {
                 let Ok(mut conn) = conn else { return };
                 let mut buf = [0u8; 65536];
                 let mut got = Vec::new();
@@ -354,6 +412,7 @@ mod tests {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                let status = if got.starts_with(b"GET ") { get } else { other };
                 let _ = write!(
                     conn,
                     "HTTP/1.1 {status}\r\nLocation: http://127.0.0.1:9/elsewhere\r\n\
@@ -365,15 +424,7 @@ mod tests {
     }
 
     fn session() -> SessionRecord {
-        SessionRecord {
-            id: "s".into(),
-            title: None,
-            tenant_id: "t".into(),
-            principal_id: "p".into(),
-            principal_type: "user".into(),
-            metadata: Default::default(),
-            created_at_us: 0,
-        }
+        SessionRecord::created("s", None, "t", ("p", "user"), Default::default(), 0)
     }
 
     #[test]
@@ -383,12 +434,23 @@ mod tests {
             c.endpoint = Some(answering(status));
             S3Adapter::open(&c).unwrap()
         };
-        // A session blob already there (409/412) is success: first writer wins.
-        assert_eq!(
-            with("412 Precondition Failed").write_sessions(&[session()]),
-            Ok(())
-        );
-        assert_eq!(with("409 Conflict").write_sessions(&[session()]), Ok(()));
+        // A conflicting session-blob PUT (409/412) is read again and retried, at
+        // most STARCITE_S3_MAX_WRITE_RETRIES times, then "unavailable".
+        for status in ["412 Precondition Failed", "409 Conflict"] {
+            let mut c = config();
+            c.endpoint = Some(answering_by_method("404 Not Found", status));
+            c.max_write_retries = 2;
+            let r = S3Adapter::open(&c).unwrap().write_sessions(&[session()]);
+            assert!(
+                matches!(&r, Err(ArchiveError::Unavailable(m)) if m.contains("after 2 retries")),
+                "{status}: {r:?}"
+            );
+        }
+        let mut c = config();
+        c.endpoint = Some(answering_by_method("404 Not Found", "200 OK"));
+        let mut a = S3Adapter::open(&c).unwrap();
+        assert_eq!(a.write_sessions(&[session()]), Ok(1));
+        assert_eq!(a.read_session("s"), Ok(None));
         // A redirect is never followed, and like any other status is "unavailable".
         for status in [
             "307 Temporary Redirect",

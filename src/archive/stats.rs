@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct ArchiveStats {
     /// Events the backend newly stored.
     pub events_written: AtomicU64,
+    /// Session records the backend created or replaced (a newer revision).
+    pub sessions_written: AtomicU64,
     /// Events acknowledged through Raft (evicted from the hot tier).
     pub events_acked: AtomicU64,
     /// Failed backend writes (each is retried later).
@@ -37,12 +39,18 @@ impl ArchiveStats {
     /// Prometheus text for these counters (`adapter` label), plus the read cache size.
     pub fn render(&self, adapter: &str, cache_bytes: usize, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let rows: [(&str, &str, &str, u64); 10] = [
             (
                 "starcite_archive_events_written_total",
                 "Events newly stored by the archive backend.",
                 "counter",
                 Self::get(&self.events_written),
+            ),
+            (
+                "starcite_archive_sessions_written_total",
+                "Session records created or replaced by a newer revision in the archive backend.",
+                "counter",
+                Self::get(&self.sessions_written),
             ),
             (
                 "starcite_archive_events_acked_total",

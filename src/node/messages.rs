@@ -72,13 +72,16 @@ pub enum CoreRequest {
     Stats {
         reply: Reply<CoreStats>,
     },
-    /// Committed, unarchived events of the groups this core leads, for the
-    /// archiver (see `Shard::archive_scan`).
+    /// Committed, unarchived events and changed catalog entries of the groups
+    /// this core leads, for the archiver (see `Shard::archive_scan`).
     ArchiveScan {
         after: Option<String>,
         per_session: usize,
         budget_bytes: usize,
-        empty_since_us: i64,
+        /// The catalog stamp the archiver's last complete pass started at
+        /// (`Shard::archive_scan`'s `catalog_after`; the field keeps the name
+        /// the engine loop destructures).
+        empty_since_us: u64,
         reply: Reply<(Vec<ArchiveWork>, bool)>,
     },
     /// Raft messages from peers for groups this core owns.

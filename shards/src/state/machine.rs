@@ -9,7 +9,7 @@ use starcite_wire::record::{
 };
 
 use super::producers::{ProducerCheck, Producers};
-use super::session::{render_frame, HotEntry, Session};
+use super::session::{next_catalog_gen, render_frame, HotEntry, Session};
 use crate::error::EngineError;
 use crate::limits::HOT_EVENT_OVERHEAD;
 use crate::time::format_micros;
@@ -115,7 +115,8 @@ impl GroupMachine {
             }
         }
         s.version += 1;
-        s.updated_at_us = s.updated_at_us.max(p.updated_at_us);
+        s.updated_at_us = catalog_time(s.updated_at_us, p.updated_at_us);
+        s.catalog_gen = next_catalog_gen();
         catalog_changed(origin, s, true)
     }
 
@@ -127,7 +128,8 @@ impl GroupMachine {
         let changed = s.archived != a.archived;
         if changed {
             s.archived = a.archived;
-            s.updated_at_us = s.updated_at_us.max(a.updated_at_us);
+            s.updated_at_us = catalog_time(s.updated_at_us, a.updated_at_us);
+            s.catalog_gen = next_catalog_gen();
         }
         catalog_changed(origin, s, changed)
     }
@@ -154,6 +156,7 @@ impl GroupMachine {
             archived_seq: 0,
             producers: Producers::new(self.dedupe_window, self.producer_cap),
             hot: VecDeque::new(),
+            catalog_gen: next_catalog_gen(),
         };
         self.sessions.insert(c.id.clone(), session);
         Applied {
@@ -229,7 +232,9 @@ impl GroupMachine {
             },
         );
         s.last_seq = seq;
-        s.updated_at_us = a.inserted_at_us;
+        // Never backwards (a new leader's clock may be behind the old one's):
+        // archive records are ordered by (version, updated_at).
+        s.updated_at_us = s.updated_at_us.max(a.inserted_at_us);
         s.hot.push_back(HotEntry {
             seq,
             frame: frame.clone(),
@@ -310,6 +315,14 @@ impl GroupMachine {
     }
 }
 
+/// `updated_at` after a catalog change stamped `now_us` by the leader: strictly
+/// later than before, even if the leader's clock is behind the previous stamp,
+/// so that `(version, updated_at)` orders every catalog state of a session
+/// (the archive keeps the greatest; see docs/archive.md).
+fn catalog_time(before_us: i64, now_us: i64) -> i64 {
+    now_us.max(before_us.saturating_add(1))
+}
+
 fn failed(origin: Origin, err: EngineError) -> Applied {
     Applied {
         origin,
@@ -381,6 +394,7 @@ fn restore_session(s: SessionSnapshot, window: usize, cap: usize) -> Session {
                 frame: Bytes::from(e.frame),
             })
             .collect(),
+        catalog_gen: next_catalog_gen(),
     }
 }
 

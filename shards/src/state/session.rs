@@ -1,6 +1,7 @@
 //! One session's replicated state and its hot tier.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -35,6 +36,26 @@ pub struct Session {
     pub producers: Producers,
     /// Events `archived_seq + 1 ..= last_seq`, ascending.
     pub hot: VecDeque<HotEntry>,
+    /// Local, not replicated: the [`next_catalog_gen`] stamp of this replica's
+    /// last apply of a catalog change (create, PATCH, a real archive/unarchive)
+    /// or of its restore from a snapshot or checkpoint. The archiver rewrites
+    /// the session's archive record when this moved past what it last scanned.
+    pub catalog_gen: u64,
+}
+
+/// The process-wide catalog generation: a local, monotone stamp (never
+/// replicated, never persisted; it restarts with the process, as does the
+/// archiver that reads it).
+static CATALOG_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh catalog stamp, greater than every earlier one of this process.
+pub fn next_catalog_gen() -> u64 {
+    CATALOG_GEN.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// The latest catalog stamp handed out. Anything stamped later is greater.
+pub fn catalog_gen() -> u64 {
+    CATALOG_GEN.load(Ordering::SeqCst)
 }
 
 impl Session {
