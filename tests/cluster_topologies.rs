@@ -139,8 +139,10 @@ fn router_node_in_front_of_three_writers() {
         o.stderr.contains("write node") || o.stderr.contains("invalid_write_node"),
         "drain on router: {o:?}"
     );
-    let ready = c.ready_nodes(r).expect("ready-nodes on the router");
-    assert_eq!(ready, vec![0, 1, 2], "router's ready set");
+    // The router learns the writers' readiness by gossip: right after they
+    // report ready it may not have heard from one of them yet.
+    c.wait_ready_set(r, &[0, 1, 2], Duration::from_secs(10))
+        .expect("router's ready set");
 
     // Everything through the router.
     let sessions = session_ids("routed", 5);

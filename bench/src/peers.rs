@@ -19,7 +19,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{ms, new_hist, plot, progress};
+use super::{ms, new_hist, nodecost, plot, progress};
 
 #[derive(Args, Clone)]
 pub struct PeerArgs {
@@ -45,6 +45,10 @@ pub struct PeerArgs {
     label: String,
     #[arg(long)]
     json: Option<String>,
+    /// Server process ids (comma-separated): their CPU time and context
+    /// switches over the measured window, per acknowledged append.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
 }
 
 trait Pub {
@@ -225,6 +229,8 @@ struct Run {
     secs: f64,
     hist: Histogram<u64>,
     samples: Vec<String>,
+    /// Server CPU and context switches per append (`--pids`), else null.
+    cost: Value,
 }
 
 fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
@@ -301,6 +307,11 @@ fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
             })
         })
         .collect();
+    // The servers' counters at the edges of the measured window.
+    std::thread::sleep(from.saturating_duration_since(Instant::now()));
+    let cost_before = nodecost::sample(&a.pids, &[]);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let cost_after = nodecost::sample(&a.pids, &[]);
     let mut run = Run {
         producers,
         ok: 0,
@@ -308,6 +319,7 @@ fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
         secs: measure.as_secs_f64(),
         hist: new_hist(),
         samples: Vec::new(),
+        cost: Value::Null,
     };
     for h in hs {
         let (hh, ok, err, s) = h.join().map_err(|_| "publisher panicked")?;
@@ -321,6 +333,15 @@ fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
         }
     }
     prog.finish();
+    if !a.pids.is_empty() {
+        // Only the process counters mean something for another system.
+        let c = nodecost::per_append(&cost_before, &cost_after, run.ok, true);
+        run.cost = json!({
+            "node_cpu_us": c["node_cpu_us"],
+            "voluntary_ctx_switches": c["voluntary_ctx_switches"],
+            "involuntary_ctx_switches": c["involuntary_ctx_switches"],
+        });
+    }
     Ok(run)
 }
 
@@ -423,6 +444,7 @@ pub fn cmd_peer(a: PeerArgs) -> i32 {
             "throughput_per_sec": r.ok as f64 / r.secs,
             "latency_ms": {"p50": q(&r.hist, 0.5), "p90": q(&r.hist, 0.9), "p99": q(&r.hist, 0.99), "p99_9": q(&r.hist, 0.999), "max": q(&r.hist, 1.0), "mean": r.hist.mean() / 1000.0},
             "error_samples": r.samples,
+            "per_append": r.cost,
         })).collect::<Vec<_>>(),
         "throughput_over_time": progress::take_all().into_iter().map(|(l, s)| json!({"run": l, "per_sec": s})).collect::<Vec<_>>(),
     });
