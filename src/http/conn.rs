@@ -165,9 +165,14 @@ impl<H: Handler> Conn<H> {
                     if write_parts_timeout(&mut self.stream, parts, self.limits.write_timeout)
                         .await
                         .is_err()
-                        || !keep
                     {
                         return;
+                    }
+                    if !keep {
+                        // Bytes the client sent after the request (a stray CRLF, a
+                        // pipelined request) would turn a plain close into a RST that
+                        // can destroy the response before the client reads it.
+                        return linger_close(self.stream).await;
                     }
                     self.inbuf.shrink_when_empty();
                 }
