@@ -132,6 +132,11 @@ struct AppendArgs {
     /// (`starcite-bench cluster` passes them).
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// Do not count the nodes' system calls and io_uring submissions (by
+    /// default counted with `perf stat` tracepoints over each window when
+    /// `--pids` is given and the machine allows it).
+    #[arg(long)]
+    no_perf: bool,
     /// Nodes whose /metrics are read before and after each window (log writes,
     /// fsyncs, stage times per append); default: every `--url`.
     #[arg(long)]
@@ -685,8 +690,14 @@ fn run_append(
     };
     sleep_until(measure_from);
     let cost_before = nodecost::sample(&args.pids, &metric_targets);
+    let probe = if args.no_perf {
+        None
+    } else {
+        nodecost::SyscallProbe::start(&args.pids, end.saturating_duration_since(Instant::now()))
+    };
     sleep_until(end);
     let cost_after = nodecost::sample(&args.pids, &metric_targets);
+    let syscalls = probe.and_then(nodecost::SyscallProbe::finish);
     let mut hist = new_hist();
     let mut ok = 0;
     let mut errors = 0;
@@ -714,7 +725,13 @@ fn run_append(
         ok,
         errors,
         measured_secs: measure.as_secs_f64(),
-        cost: nodecost::per_append(&cost_before, &cost_after, ok, !args.pids.is_empty()),
+        cost: nodecost::per_append(
+            &cost_before,
+            &cost_after,
+            ok,
+            !args.pids.is_empty(),
+            syscalls,
+        ),
         hist,
         error_samples: samples,
     })
@@ -1035,8 +1052,8 @@ fn cmd_append(args: AppendArgs) -> i32 {
     }
     if results.iter().any(|r| !r.cost.is_null()) {
         println!(
-            "per acknowledged append (all nodes): {:>9} {:>10} {:>10} {:>10} {:>8} {:>10}  stage µs",
-            "producers", "cpu µs", "vol cs", "invol cs", "fsyncs", "cmds/fsync"
+            "per acknowledged append (all nodes): {:>9} {:>10} {:>10} {:>10} {:>8} {:>10} {:>9} {:>9}  stage µs",
+            "producers", "cpu µs", "vol cs", "invol cs", "fsyncs", "cmds/fsync", "syscalls", "uring sqe"
         );
         for r in &results {
             let c = &r.cost;
@@ -1054,13 +1071,15 @@ fn cmd_append(args: AppendArgs) -> i32 {
                 })
                 .unwrap_or_default();
             println!(
-                "                                     {:>9} {:>10} {:>10} {:>10} {:>8} {:>10}  {}",
+                "                                     {:>9} {:>10} {:>10} {:>10} {:>8} {:>10} {:>9} {:>9}  {}",
                 r.producers,
                 f("node_cpu_us", 1),
                 f("voluntary_ctx_switches", 2),
                 f("involuntary_ctx_switches", 2),
                 f("fsyncs", 3),
                 f("commands_per_fsync", 1),
+                f("syscalls", 2),
+                f("uring_submissions", 2),
                 stages
             );
         }

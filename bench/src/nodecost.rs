@@ -3,6 +3,10 @@
 //! log and stage counters of their `/metrics`. Divided by the acknowledged
 //! appends of the window, these explain the cost of one append.
 
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use super::{get_once, Target};
@@ -108,8 +112,92 @@ fn metric(samples: &[NodeSample], key: &str) -> f64 {
         .sum()
 }
 
+/// Tracepoints counted by [`SyscallProbe`]: every system call, and every
+/// io_uring submission queue entry the kernel takes from the nodes' rings.
+const PERF_EVENTS: &str = "raw_syscalls:sys_enter,io_uring:io_uring_submit_req";
+
+/// System calls and io_uring submissions of the node processes over one
+/// window, counted by `perf stat` on two tracepoints (counting only, no
+/// sampling). `None` where the machine cannot count them: no `perf`, or the
+/// tracepoints not readable (`perf_event_paranoid`, containers). Threads that
+/// start after the window opened (io-wq workers) are not counted.
+pub struct SyscallProbe {
+    child: Child,
+    deadline: Instant,
+}
+
+/// What [`SyscallProbe::finish`] counted, summed over the processes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SyscallCounts {
+    pub syscalls: f64,
+    pub uring_submissions: f64,
+}
+
+impl SyscallProbe {
+    /// Starts counting now, for `window` (perf stops by itself after it).
+    pub fn start(pids: &[u32], window: Duration) -> Option<Self> {
+        if pids.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", PERF_EVENTS, "-p", &list.join(",")])
+            .args(["--", "sleep", &format!("{:.3}", window.as_secs_f64())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        Some(Self {
+            child,
+            deadline: Instant::now() + window + Duration::from_secs(5),
+        })
+    }
+
+    /// Waits for perf (bounded: killed 5 s after the window) and reads its counts.
+    pub fn finish(mut self) -> Option<SyscallCounts> {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < self.deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+        let mut text = String::new();
+        self.child.stderr.take()?.read_to_string(&mut text).ok()?;
+        parse_perf_csv(&text)
+    }
+}
+
+/// Reads `perf stat -x ,` output: `value,unit,event,...` per event; a value of
+/// `<not supported>` or `<not counted>` means the machine cannot count it.
+fn parse_perf_csv(text: &str) -> Option<SyscallCounts> {
+    let count = |event: &str| -> Option<f64> {
+        text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (fields.get(2) == Some(&event)).then(|| fields[0].trim().parse::<f64>().ok())?
+        })
+    };
+    Some(SyscallCounts {
+        syscalls: count("raw_syscalls:sys_enter")?,
+        uring_submissions: count("io_uring:io_uring_submit_req")?,
+    })
+}
+
 /// The cost of one acknowledged append over the window `before..after`.
-pub fn per_append(before: &[NodeSample], after: &[NodeSample], appends: u64, pids: bool) -> Value {
+pub fn per_append(
+    before: &[NodeSample],
+    after: &[NodeSample],
+    appends: u64,
+    pids: bool,
+    syscalls: Option<SyscallCounts>,
+) -> Value {
     if appends == 0 || before.is_empty() {
         return Value::Null;
     }
@@ -138,6 +226,30 @@ pub fn per_append(before: &[NodeSample], after: &[NodeSample], appends: u64, pid
         "fsyncs": fsyncs / n,
         "peer_frames": delta("starcite_peer_frames_sent_total") / n,
         "commands_per_fsync": if fsyncs > 0.0 { json!(applied / fsyncs) } else { Value::Null },
+        "syscalls": syscalls.map(|c| c.syscalls / n),
+        "uring_submissions": syscalls.map(|c| c.uring_submissions / n),
         "stage_us": stages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_perf_stat_csv() {
+        let text = "\n1234,,raw_syscalls:sys_enter,4000000,100.00,,\n\
+                    567,,io_uring:io_uring_submit_req,4000000,100.00,,\n";
+        assert_eq!(
+            parse_perf_csv(text),
+            Some(SyscallCounts {
+                syscalls: 1234.0,
+                uring_submissions: 567.0
+            })
+        );
+        let refused = "<not supported>,,raw_syscalls:sys_enter,0,100.00,,\n\
+                       <not supported>,,io_uring:io_uring_submit_req,0,100.00,,\n";
+        assert_eq!(parse_perf_csv(refused), None);
+        assert_eq!(parse_perf_csv("perf: command not found"), None);
+    }
 }

@@ -310,8 +310,11 @@ fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
     // The servers' counters at the edges of the measured window.
     std::thread::sleep(from.saturating_duration_since(Instant::now()));
     let cost_before = nodecost::sample(&a.pids, &[]);
+    let probe =
+        nodecost::SyscallProbe::start(&a.pids, end.saturating_duration_since(Instant::now()));
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let cost_after = nodecost::sample(&a.pids, &[]);
+    let syscalls = probe.and_then(nodecost::SyscallProbe::finish);
     let mut run = Run {
         producers,
         ok: 0,
@@ -335,11 +338,13 @@ fn run_one(a: &PeerArgs, producers: usize, tag: &str) -> Result<Run, String> {
     prog.finish();
     if !a.pids.is_empty() {
         // Only the process counters mean something for another system.
-        let c = nodecost::per_append(&cost_before, &cost_after, run.ok, true);
+        let c = nodecost::per_append(&cost_before, &cost_after, run.ok, true, syscalls);
         run.cost = json!({
             "node_cpu_us": c["node_cpu_us"],
             "voluntary_ctx_switches": c["voluntary_ctx_switches"],
             "involuntary_ctx_switches": c["involuntary_ctx_switches"],
+            "syscalls": c["syscalls"],
+            "uring_submissions": c["uring_submissions"],
         });
     }
     Ok(run)

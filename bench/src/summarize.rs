@@ -51,7 +51,7 @@ const NAMES: [(&str, &str); 5] = [
 pub fn cmd_summarize(a: SummarizeArgs) -> i32 {
     // system → producers → [(throughput, p50, p90, p99, p99.9, node CPU µs
     // per append)]
-    let mut by: BTreeMap<String, BTreeMap<u64, Vec<[f64; 6]>>> = BTreeMap::new();
+    let mut by: BTreeMap<String, BTreeMap<u64, Vec<[f64; 7]>>> = BTreeMap::new();
     let mut rounds: BTreeMap<String, usize> = BTreeMap::new();
     let runs = a.dir.join("runs");
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&runs)
@@ -82,10 +82,11 @@ pub fn cmd_summarize(a: SummarizeArgs) -> i32 {
                     f(&l["p99"]),
                     f(&l["p99_9"]),
                     f(&r["per_append"]["node_cpu_us"]),
+                    f(&r["per_append"]["syscalls"]),
                 ]);
         }
     }
-    let mut md = String::from("| system | producers | appends/s | p50 ms | p99 ms | node CPU µs/append | rounds |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut md = String::from("| system | producers | appends/s | p50 ms | p99 ms | node CPU µs/append | syscalls/append | rounds |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut out = serde_json::Map::new();
     let mut thr_series = Vec::new();
     let mut p99_series = Vec::new();
@@ -98,16 +99,17 @@ pub fn cmd_summarize(a: SummarizeArgs) -> i32 {
         for (&n, v) in m {
             let col = |i: usize| median(v.iter().map(|x| x[i]).collect());
             let (t, p50, p90, p99, p999) = (col(0), col(1), col(2), col(3), col(4));
-            let cpu = col(5);
+            let (cpu, syscalls) = (col(5), col(6));
             md.push_str(&format!(
-                "| {label} | {n} | {} | {} | {} | {} | {} |\n",
+                "| {label} | {n} | {} | {} | {} | {} | {} | {} |\n",
                 t.map_or("-".into(), |x| format!("{:.0}", x)),
                 p50.map_or("-".into(), |x| format!("{x:.2}")),
                 p99.map_or("-".into(), |x| format!("{x:.2}")),
                 cpu.map_or("-".into(), |x| format!("{x:.0}")),
+                syscalls.map_or("-".into(), |x| format!("{x:.1}")),
                 v.len()
             ));
-            rows.push(json!({"producers": n, "throughput_per_sec": t, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p99_9_ms": p999, "node_cpu_us_per_append": cpu, "rounds": v.len()}));
+            rows.push(json!({"producers": n, "throughput_per_sec": t, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p99_9_ms": p999, "node_cpu_us_per_append": cpu, "syscalls_per_append": syscalls, "rounds": v.len()}));
             if let Some(t) = t {
                 ts.push((xs(n), t));
             }
