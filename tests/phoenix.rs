@@ -512,7 +512,10 @@ fn a_client_that_stops_reading_still_gets_everything_in_order() {
     // The server did not hold those events for the client: its tails were
     // dropped back to replay.
     let dropped = dropped_to_replay();
-    assert!(dropped >= 1.0, "no tail fell behind after {n} events: {dropped}");
+    assert!(
+        dropped >= 1.0,
+        "no tail fell behind after {n} events: {dropped}"
+    );
     // Only now does the client read.
     let (a, _) = c.events("tail:slow1", n as usize);
     assert_eq!(seqs(&a), (1..=n).collect::<Vec<_>>());
