@@ -46,6 +46,13 @@ pub struct RecoveredGroup {
     /// record that did not connect to the log. Only a later snapshot (which
     /// replaces the whole log) clears it; at the end of recovery it is an error.
     gap: Option<(String, u64, u64, u64)>,
+    /// While `gap` is set: the consecutive entries read since (Raft's suffix
+    /// replacement applied), and `first index → segment` of their runs. A
+    /// checkpoint's snapshot at an index this run holds, with the same term,
+    /// connects them again: the entries after it are the log's tail (their
+    /// earlier records went with deleted segments).
+    floating: Vec<Entry>,
+    floating_runs: BTreeMap<u64, u64>,
 }
 
 pub struct Recovered {
@@ -135,10 +142,12 @@ pub fn recover(
                 g.pin_segment = Some(seg.seq);
             }
             let last_before = g.storage.last_index_now();
-            replay(g, record, &seg.name, offset).map_err(|reason| RecoveryError::BadRecord {
-                file: seg.name.clone(),
-                offset,
-                reason,
+            replay(g, record, &seg.name, seg.seq, offset).map_err(|reason| {
+                RecoveryError::BadRecord {
+                    file: seg.name.clone(),
+                    offset,
+                    reason,
+                }
             })?;
             if let ArchivedLogRecord::Entries { entries, .. } = record {
                 let last = g.storage.last_index_now();
@@ -206,13 +215,11 @@ fn replay(
     g: &mut RecoveredGroup,
     record: &ArchivedLogRecord,
     file: &str,
+    seq: u64,
     offset: u64,
 ) -> Result<(), String> {
     match record {
         ArchivedLogRecord::Entries { entries, .. } => {
-            if g.gap.is_some() {
-                return Ok(()); // nothing connects until a snapshot resets the log
-            }
             let first = g.storage.snapshot_index() + 1;
             let ents: Vec<Entry> = entries
                 .iter()
@@ -226,17 +233,25 @@ fn replay(
                     ..Default::default()
                 })
                 .collect();
-            if let Some(e) = ents.first() {
-                let expected = g.storage.last_index_now() + 1;
-                if e.index > expected {
-                    g.gap = Some((file.to_string(), offset, expected, e.index));
-                    return Ok(());
-                }
-                if ents.windows(2).any(|w| w[1].index != w[0].index + 1) {
-                    return Err("entries in one record are not consecutive".into());
-                }
-                g.storage.append(&ents);
+            if ents.windows(2).any(|w| w[1].index != w[0].index + 1) {
+                return Err("entries in one record are not consecutive".into());
             }
+            let Some(head) = ents.first().map(|e| e.index) else {
+                return Ok(());
+            };
+            if g.gap.is_some() {
+                // Nothing connects to the log until a snapshot resets it; keep
+                // the run aside for a checkpoint that connects it.
+                float(g, ents, seq);
+                return Ok(());
+            }
+            let expected = g.storage.last_index_now() + 1;
+            if head > expected {
+                g.gap = Some((file.to_string(), offset, expected, head));
+                float(g, ents, seq);
+                return Ok(());
+            }
+            g.storage.append(&ents);
         }
         ArchivedLogRecord::HardState {
             term, vote, commit, ..
@@ -330,15 +345,63 @@ fn replay(
     Ok(())
 }
 
+/// Adds a record's entries to the run kept aside while the log has a gap:
+/// suffix replacement when it starts inside (or right after) the run, a new
+/// run otherwise.
+fn float(g: &mut RecoveredGroup, ents: Vec<Entry>, seq: u64) {
+    let head = ents[0].index;
+    let run_first = g.floating.first().map(|e| e.index);
+    match run_first {
+        Some(first) if head >= first && head <= first + g.floating.len() as u64 => {
+            g.floating.truncate((head - first) as usize);
+            g.floating_runs.split_off(&head);
+        }
+        _ => {
+            g.floating.clear();
+            g.floating_runs.clear();
+        }
+    }
+    g.floating.extend(ents);
+    g.floating_runs.insert(head, seq);
+}
+
 fn install(g: &mut RecoveredGroup, index: u64, term: u64, voters: Vec<u64>, data: bytes::Bytes) {
     // The full membership follows in a `Membership` record (older logs: voters only).
     let conf = raft::eraftpb::ConfState {
         voters,
         ..Default::default()
     };
+    let had_gap = g.gap.take().is_some();
+    let floating = std::mem::take(&mut g.floating);
+    let floating_runs = std::mem::take(&mut g.floating_runs);
     g.storage.apply_snapshot(index, term, conf, data.clone());
     g.snapshot_state = Some(data);
-    g.gap = None;
+    // A checkpoint may sit after the entries it keeps (those after its
+    // index): written in the same batch, or re-read after a torn checkpoint
+    // lost its own copy of them. When the segments before those entries are
+    // gone, they were read while the log had a gap. They are the log this
+    // checkpoint was taken from when they connect to it (storage.md,
+    // Recovery): the run holds the snapshot's own entry with its term, or it
+    // starts right after it with no older term.
+    if had_gap && g.storage.last_index_now() == index {
+        if let Some(keep) = connects(&floating, index, term) {
+            if !keep.is_empty() {
+                g.storage.append(keep);
+                g.runs = floating_runs;
+            }
+        }
+    }
+}
+
+/// The entries of `run` that follow a snapshot at `(index, term)` when the run
+/// continues that snapshot's log; `None` when it does not connect.
+fn connects(run: &[Entry], index: u64, term: u64) -> Option<&[Entry]> {
+    let first = run.first()?;
+    if first.index == index + 1 {
+        return (first.term >= term).then_some(run);
+    }
+    let at = run.iter().position(|e| e.index == index)?;
+    (run[at].term == term).then(|| &run[at + 1..])
 }
 
 pub fn entry_type(kind: u8) -> EntryType {

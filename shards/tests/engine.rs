@@ -40,6 +40,8 @@ fn rand_incarnation() -> u64 {
 /// A whole "disk": segments as byte vectors.
 struct MemLog {
     segments: Vec<(u64, Vec<u8>)>,
+    /// Segments deleted as obsolete, oldest first (for crafting logs).
+    deleted: Vec<(u64, Vec<u8>)>,
 }
 
 impl MemLog {
@@ -48,6 +50,7 @@ impl MemLog {
         encode_segment_header(0, &mut header);
         Self {
             segments: vec![(1, header)],
+            deleted: Vec::new(),
         }
     }
 
@@ -87,7 +90,11 @@ fn drive(shard: &mut Shard<u64>, log: &mut MemLog) -> Outputs<u64> {
             shard.segment_started(next);
         }
         let before = shard.obsolete_before();
-        log.segments.retain(|(s, _)| *s >= before);
+        let (keep, gone) = std::mem::take(&mut log.segments)
+            .into_iter()
+            .partition(|(s, _)| *s >= before);
+        log.segments = keep;
+        log.deleted.extend::<Vec<_>>(gone);
         shard.segments_deleted(before);
     }
     all
@@ -855,4 +862,152 @@ fn a_torn_checkpoint_keeps_the_entries_an_earlier_segment_holds() {
     drop(shard);
     let shard: Shard<u64> = Shard::new(one_group(u64::MAX), log.recover(), &logger()).unwrap();
     assert_eq!(shard.read("s", 0, 100).unwrap().events.len(), 46);
+}
+
+/// First and last index of an entries record (None for other records).
+fn entries_span(bytes: &[u8], offset: u64) -> Option<(u64, u64)> {
+    use starcite_wire::record::ArchivedLogRecord;
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(bytes);
+    let seg = starcite_wire::log::decode_segment(&aligned).unwrap();
+    let (_, payload) = seg.frames.iter().find(|(o, _)| *o == offset)?;
+    match rkyv::access::<ArchivedLogRecord, rkyv::rancor::Error>(payload).unwrap() {
+        ArchivedLogRecord::Entries { entries, .. } => Some((
+            entries.first()?.index.to_native(),
+            entries.last()?.index.to_native(),
+        )),
+        _ => None,
+    }
+}
+
+/// A checkpoint's snapshot written after the entries it keeps, once the
+/// segments before those entries are deleted: recovery reads the kept entries
+/// while the log still has a gap (nothing before them), then the snapshot. The
+/// entries holding the snapshot's own index with its term are the log the
+/// checkpoint was taken from; the ones after it are kept, and the next records
+/// connect to them. Found by the simulator (seed 21435): recovery dropped the
+/// kept entries and then refused to start ("entries … start at 75 but the log
+/// holds up to 73").
+#[test]
+fn a_checkpoint_written_after_the_entries_it_keeps_reconnects_them() {
+    // The kept entries from one before the snapshot's index (seed 21435), and
+    // from right after it (seed 710538 with disk wipes: a torn checkpoint lost
+    // its copy of the tail, the entries before it were kept, and the
+    // segment before them was deleted).
+    checkpoint_after_its_entries(-1);
+    checkpoint_after_its_entries(1);
+    // A run that starts later does not continue the snapshot: still a gap.
+    checkpoint_after_its_entries(2);
+}
+
+/// Segment A: the entries from the snapshot's index + `from` up to two past
+/// it; segment B: the checkpoint, then the rest.
+fn checkpoint_after_its_entries(from: i64) {
+    let one_group = |checkpoint_bytes| {
+        let mut cfg = config(checkpoint_bytes);
+        cfg.num_groups = 1;
+        cfg.groups = vec![(0, vec![1])];
+        cfg
+    };
+    let mut log = MemLog::new();
+    let mut shard = Shard::new(one_group(u64::MAX), log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    shard.propose(create("s"), 0, 1).unwrap();
+    drive(&mut shard, &mut log);
+    for i in 1..=20 {
+        shard.propose(append("s", "p", i), i, 1).unwrap();
+        drive(&mut shard, &mut log);
+    }
+    drop(shard);
+    // One checkpoint (tiny threshold), then no more.
+    let mut shard = Shard::new(one_group(1), log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    shard.propose(append("s", "p", 21), 21, 1).unwrap();
+    drive(&mut shard, &mut log);
+    drop(shard);
+    let mut shard = Shard::new(one_group(u64::MAX), log.recover(), &logger()).unwrap();
+    settle(&mut shard, &mut log);
+    for i in 22..=25 {
+        shard.propose(append("s", "p", i), i, 1).unwrap();
+        drive(&mut shard, &mut log);
+    }
+    drop(shard);
+    let whole = log.recover();
+    let snap = whole.groups[&0].storage.snapshot_index();
+    let last = whole.groups[&0].storage.last_index_now();
+    assert!(snap > 3 && last > snap + 3, "snapshot {snap}, last {last}");
+
+    // Every entries record and the checkpoint's records, in log order.
+    let mut entries = Vec::new();
+    let mut checkpoint = Vec::new();
+    for (_, bytes) in log.deleted.iter().chain(&log.segments) {
+        let frames = frames_of(bytes);
+        for (i, f) in frames.iter().enumerate() {
+            let end = frames.get(i + 1).map_or(bytes.len(), |n| n.0 as usize);
+            let frame = bytes[f.0 as usize..end].to_vec();
+            if f.1 == "entries" {
+                entries.push((entries_span(bytes, f.0).unwrap(), frame));
+            } else if f.1 == "snapshot" && checkpoint.is_empty() {
+                checkpoint.push(frame);
+            } else if (1..3).contains(&checkpoint.len()) {
+                checkpoint.push(frame); // its membership and hard state
+            }
+        }
+    }
+    // Segment A: the entries from just before the snapshot to two past it
+    // (everything earlier deleted). Segment B: the checkpoint, then the
+    // entries after those, none of A's repeated.
+    let kept_to = snap + 2;
+    let mut a = Vec::new();
+    encode_segment_header(0, &mut a);
+    let mut covered = 0;
+    for ((first, end), frame) in &entries {
+        let joins = match covered {
+            0 => (*first..=*end).contains(&snap.saturating_add_signed(from)),
+            _ => *first == covered + 1 && covered < kept_to,
+        };
+        if joins {
+            a.extend_from_slice(frame);
+            covered = *end;
+        }
+    }
+    let mut b = Vec::new();
+    encode_segment_header(0, &mut b);
+    for frame in &checkpoint {
+        b.extend_from_slice(frame);
+    }
+    let mut next = covered + 1;
+    for ((first, end), frame) in &entries {
+        if *first == next {
+            b.extend_from_slice(frame);
+            next = end + 1;
+        }
+    }
+    assert_eq!(next, last + 1, "the crafted log reaches the end");
+    let crafted = MemLog {
+        segments: vec![(7, a), (8, b)],
+        deleted: Vec::new(),
+    };
+    if from > 1 {
+        let err = recover(&crafted.inputs(), 0, |_| true)
+            .err()
+            .expect("a gap");
+        assert!(
+            matches!(err, starcite_shards::recovery::RecoveryError::Gap { .. }),
+            "{err}"
+        );
+        return;
+    }
+    let recovered = crafted.recover();
+    let g = &recovered.groups[&0];
+    assert_eq!(g.storage.snapshot_index(), snap);
+    assert_eq!(g.storage.last_index_now(), last, "no entry lost");
+    let mut crafted = crafted;
+    let mut shard = Shard::new(one_group(u64::MAX), recovered, &logger()).unwrap();
+    settle(&mut shard, &mut crafted);
+    let read = shard.read("s", 0, 100).unwrap();
+    assert_eq!(
+        read.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (1..=25).collect::<Vec<_>>()
+    );
 }

@@ -126,6 +126,59 @@ impl SimDisk {
         self.files.borrow_mut().clear();
     }
 
+    /// Every segment's frames, one line each (debugging a failed seed:
+    /// `SIM_DUMP_LOG=1`): file, offset, record, group, indexes, terms.
+    pub fn dump(&self) -> String {
+        use starcite_wire::record::ArchivedLogRecord as R;
+        let mut out = String::new();
+        for (name, f) in self.files.borrow().iter() {
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&f.data);
+            out += &format!("{name}: {} bytes, {} synced\n", f.data.len(), f.synced);
+            let Ok(seg) = starcite_wire::log::decode_segment(&aligned) else {
+                out += "  (undecodable)\n";
+                continue;
+            };
+            for (offset, payload) in &seg.frames {
+                let line = match rkyv::access::<R, rkyv::rancor::Error>(payload) {
+                    Ok(R::Entries { group, entries }) => format!(
+                        "entries g{} {}..={} terms {:?}",
+                        group,
+                        entries.first().map_or(0, |e| e.index.to_native()),
+                        entries.last().map_or(0, |e| e.index.to_native()),
+                        entries
+                            .iter()
+                            .map(|e| e.term.to_native())
+                            .collect::<Vec<_>>()
+                    ),
+                    Ok(R::HardState {
+                        group,
+                        term,
+                        commit,
+                        ..
+                    }) => {
+                        format!("hard_state g{group} term {term} commit {commit}")
+                    }
+                    Ok(R::Snapshot {
+                        group, index, term, ..
+                    }) => {
+                        format!("snapshot g{group} @{index} term {term}")
+                    }
+                    Ok(R::ChunkedSnapshot { group, index, .. }) => {
+                        format!("chunked_snapshot g{group} @{index}")
+                    }
+                    Ok(R::SnapshotPart { group, index, .. }) => {
+                        format!("snapshot_part g{group} @{index}")
+                    }
+                    Ok(R::Membership { group, .. }) => format!("membership g{group}"),
+                    Err(_) => "(invalid)".to_owned(),
+                };
+                out += &format!("  {offset:>6} {line}\n");
+            }
+        }
+        out
+    }
+
     pub fn bytes(&self) -> usize {
         self.files.borrow().values().map(|f| f.data.len()).sum()
     }
@@ -181,7 +234,11 @@ impl LogDisk for SimDisk {
     }
 
     fn open_append(&self, name: &str) -> io::Result<(String, u64)> {
-        let len = self.with_file(name, |f| f.data.len())?;
+        // The production disk syncs the file here (a blocking boot-time call).
+        let len = self.with_file(name, |f| {
+            f.synced = f.data.len();
+            f.data.len()
+        })?;
         Ok((name.to_owned(), len as u64))
     }
 

@@ -347,6 +347,7 @@ impl World {
             let shard_cfg = self.shard_config(node, core, raft_id);
             let owned: Vec<u32> = shard_cfg.groups.iter().map(|(g, _)| *g).collect();
             let disk = self.nodes[node].disks[core as usize].clone();
+            let dump = disk.clone();
             let clock = self.clock.clone();
             let control = control.clone();
             let cluster = Cluster {
@@ -359,10 +360,18 @@ impl World {
             let stops = self.stops.clone();
             let task = async move {
                 let stop = |why: String| stops.borrow_mut().push((node, epoch, why));
+                if std::env::var_os("SIM_DUMP_LOG").is_some_and(|v| v == "all") {
+                    eprintln!("n{node} core {core} start, log:\n{}", dump.dump());
+                }
                 let (log, recovered) =
                     match SegmentLog::open(disk, core, |g| owned.contains(&g)).await {
                         Ok(v) => v,
-                        Err(e) => return stop(format!("recovery failed: {e}")),
+                        Err(e) => {
+                            if std::env::var_os("SIM_DUMP_LOG").is_some() {
+                                eprintln!("n{node} core {core} log:\n{}", dump.dump());
+                            }
+                            return stop(format!("recovery failed: {e}"));
+                        }
                     };
                 let shard = match Shard::new(shard_cfg, recovered, &logger()) {
                     Ok(s) => s,

@@ -48,7 +48,11 @@ pub trait LogDisk {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes creations and removals in the directory durable.
     fn sync_dir(&self) -> io::Result<()>;
-    /// Opens an existing file for appending; returns it with its length.
+    /// Opens an existing file for appending; returns it with its length. Every
+    /// byte in the file is durable when it returns: recovery read bytes that an
+    /// earlier run may have written without a completed sync (a failed write's
+    /// prefix, a failed fsync, a kill between write and sync, a device's
+    /// volatile cache), and the node is about to report them as persisted.
     fn open_append(&self, name: &str) -> io::Result<(Self::File, u64)>;
     /// Creates a new file holding `contents`, durably (file and directory entry).
     fn create(&self, name: &str, contents: Vec<u8>)
@@ -179,6 +183,13 @@ impl LogDisk for UringDisk {
     fn open_append(&self, name: &str) -> io::Result<(Self::File, u64)> {
         let path = self.path(name);
         let len = fs::metadata(&path)?.len();
+        // What recovery read must be on stable storage before the engine acts
+        // on it (storage.md, "Opening the last segment").
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .sync_data()
+            .map_err(|e| io::Error::new(e.kind(), format!("fdatasync at open: {e}")))?;
         if self.direct.get() {
             // Boot: make the rest of the segment written zeroes (pure overwrites).
             preallocate(&path, self.prealloc_bytes)?;
