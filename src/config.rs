@@ -51,6 +51,10 @@ pub struct Config {
     /// (`STARCITE_LOG_DIRECT_IO`, default true; falls back to buffered writes +
     /// fdatasync where the file system refuses O_DIRECT).
     pub log_direct_io: bool,
+    /// `STARCITE_LEADER_FOLLOWS_WRITER` (default true): a group whose
+    /// commands arrive through one other node moves its leadership there
+    /// (`node::writer_affinity`).
+    pub leader_follows_writer: bool,
     pub telemetry: bool,
     /// `STARCITE_REJOIN`: this node replaces one whose disk was lost.
     pub rejoin: bool,
@@ -251,6 +255,7 @@ impl Config {
             DEFAULT_CHECKPOINT_BYTES,
         )?;
         let log_direct_io = boolean(env, "STARCITE_LOG_DIRECT_IO", true)?;
+        let leader_follows_writer = boolean(env, "STARCITE_LEADER_FOLLOWS_WRITER", true)?;
         let telemetry = boolean(env, "STARCITE_ENABLE_TELEMETRY", true)?;
         let rejoin = boolean(env, "STARCITE_REJOIN", false)?;
         let (tls, tls_ca_file) = tls_settings(env)?;
@@ -284,6 +289,7 @@ impl Config {
             event_store_max_bytes,
             checkpoint_bytes,
             log_direct_io,
+            leader_follows_writer,
             telemetry,
             rejoin,
             auth,

@@ -474,6 +474,11 @@ impl<W> Shard<W> {
             let leader = group.leader_id();
             return Err((waiter, EngineError::NotLeader { leader }));
         }
+        if let Some(to) = group.node.raft.lead_transferee {
+            // Raft drops proposals while leadership moves; the command was
+            // not proposed, so the gateway may take it to the new leader.
+            return Err((waiter, EngineError::NotLeader { leader: Some(to) }));
+        }
         if self.pending.len() >= MAX_PENDING_PROPOSALS
             || crate::fault::point("shard.propose.reject")
         {

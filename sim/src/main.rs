@@ -87,11 +87,11 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{count} seeds in {secs:.1} s ({:.1} seeds/s); acknowledged appends {}; faults: crashes {}, torn writes {}, lost unsynced writes {}, partitions {}, dropped msgs {}, duplicated msgs {}, fsync spikes {}, disk errors {} (node stops {}), disk wipes (replacements) {}, client timeouts {}; segments deleted after checkpoints {}, dedupes {}, expected_seq conflicts {}",
+        "{count} seeds in {secs:.1} s ({:.1} seeds/s); acknowledged appends {}; faults: crashes {}, torn writes {}, lost unsynced writes {}, partitions {}, dropped msgs {}, duplicated msgs {}, fsync spikes {}, disk errors {} (node stops {}), disk wipes (replacements) {}, client timeouts {}; segments deleted after checkpoints {}, dedupes {}, expected_seq conflicts {}, leadership moves to the writer {}",
         count as f64 / secs,
         totals.acked, totals.crashes, totals.torn_writes, totals.lost_writes, totals.partitions,
         totals.dropped, totals.duplicated, totals.fsync_spikes, totals.disk_errors, totals.core_stops, totals.disk_wipes, totals.client_timeouts,
-        totals.checkpoints, totals.dedupes, totals.expected_conflicts
+        totals.checkpoints, totals.dedupes, totals.expected_conflicts, totals.follow_moves
     );
     println!("fault points (reached / fired):");
     for name in starcite_shards::fault::ALL_POINTS {
@@ -126,6 +126,7 @@ fn add(t: &mut starcite_sim::world::Stats, s: &starcite_sim::world::Stats) {
     t.disk_wipes += s.disk_wipes;
     t.client_timeouts += s.client_timeouts;
     t.checkpoints += s.checkpoints;
+    t.follow_moves += s.follow_moves;
     t.dedupes += s.dedupes;
     t.expected_conflicts += s.expected_conflicts;
 }

@@ -70,6 +70,8 @@ pub struct Stats {
     pub core_stops: u64,
     pub disk_wipes: u64,
     pub checkpoints: u64,
+    /// Leadership transfers toward a group's writer (nodes' current runs).
+    pub follow_moves: u64,
     pub client_timeouts: u64,
     pub not_leader: u64,
     pub acked: u64,
@@ -356,6 +358,14 @@ impl World {
                     shared: self.net.clone(),
                 }),
                 topo: topo.clone(),
+                // Leadership follows the writer, with a low bar so that the
+                // workload's groups move toward their writers' nodes (each
+                // group's commands carry one "gateway" node: `send`).
+                follow_writer: Some(starcite::node::writer_affinity::FollowPolicy {
+                    min_commands: 8,
+                    share_pct: 90,
+                    max_moves: 16,
+                }),
             };
             let stops = self.stops.clone();
             let task = async move {
@@ -608,6 +618,14 @@ impl World {
         if self.checker.violations.is_empty() {
             self.final_checks();
         }
+        // Leadership transfers toward a group's writer, by the nodes' current
+        // runs (a lower bound: a crash forgets its run's count).
+        for node in 0..self.cfg.nodes {
+            for core in 0..self.cfg.cores as usize {
+                let stats = self.ask(node, core, |reply| CoreRequest::Stats { reply });
+                self.stats.follow_moves += stats.map_or(0, |s| s.follow_moves);
+            }
+        }
         self.checker.violations.is_empty()
     }
 
@@ -836,6 +854,8 @@ impl World {
             proposal,
             reply,
             since: std::time::Instant::now(),
+            // Every group's client writes through one node (slot = index + 1).
+            origin: Some(u64::from(group) % self.cfg.nodes as u64 + 1),
         });
         if sent.is_ok() {
             self.replies.push((attempt, rx));

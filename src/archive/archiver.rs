@@ -221,6 +221,7 @@ impl Archiver {
                         proposal,
                         reply,
                         since: std::time::Instant::now(),
+                        origin: None,
                     },
                     CORE_TIMEOUT,
                 )

@@ -207,6 +207,10 @@ async fn core_main(ctx: CoreContext) -> bool {
                 cluster.as_ref().map(|(t, _)| Cluster {
                     transport: t.clone(),
                     topo: ctx.topo.clone(),
+                    follow_writer: ctx
+                        .cfg
+                        .leader_follows_writer
+                        .then_some(super::writer_affinity::FollowPolicy::DEFAULT),
                 }),
             )
             .await;

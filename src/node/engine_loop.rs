@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starcite_shards::limits::TICK_MS;
+use starcite_shards::membership;
 use starcite_shards::shard::{Outputs, Shard};
 use starcite_shards::state::machine::Notification;
 
@@ -19,6 +20,7 @@ use super::engine_io::{first_of, Clock, Either, PeerNet};
 use super::messages::{CommandResult, CoreRequest, CoreStats, LiveEvent, Reply, Subscriber};
 use super::segment_log::{LogDisk, SegmentLog};
 use super::topology::Topology;
+use super::writer_affinity::{Affinity, FollowPolicy, WriterTally};
 
 /// Ticks between leadership balancing rounds (and drain transfers).
 const BALANCE_EVERY_TICKS: u64 = 20;
@@ -48,12 +50,17 @@ pub struct EngineLoop<D: LogDisk, N: PeerNet, C: Clock> {
     ever_synced: bool,
     /// Shutting down: leadership moves away, like a drain.
     handing_off: bool,
+    /// Where this round's commands came from, per group.
+    writers: WriterTally,
 }
 
 /// What a core needs to talk to its peers.
 pub struct Cluster<N> {
     pub transport: Rc<N>,
     pub topo: Arc<Topology>,
+    /// Leadership follows the writer (`STARCITE_LEADER_FOLLOWS_WRITER`);
+    /// `None` turns it off.
+    pub follow_writer: Option<FollowPolicy>,
 }
 
 impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
@@ -80,6 +87,7 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
             sync_failures: 0,
             ever_synced: false,
             handing_off: false,
+            writers: WriterTally::default(),
         }
     }
 
@@ -156,8 +164,10 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         }
     }
 
-    /// Drain moves every leadership off this node; otherwise leaders are
-    /// balanced so no node leads far more than its share of this core's groups.
+    /// Drain moves every leadership off this node; otherwise a group whose
+    /// commands come from one other node moves there (`writer_affinity`), and
+    /// leaders are balanced so no node leads far more than its share of this
+    /// core's groups (groups whose writer is here stay).
     fn move_leadership(&mut self) {
         let Some(cluster) = &self.cluster else { return };
         let topo = cluster.topo.clone();
@@ -171,7 +181,12 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                     && self.control.is_current_raft_id(n, id)
             })
         };
-        let led = self.shard.led_groups();
+        let mine = topo.raft_id(&me).unwrap_or(0);
+        let affinity = match &cluster.follow_writer {
+            Some(policy) => self.writers.end_round(membership::slot_of(mine), policy),
+            None => HashMap::new(),
+        };
+        let mut led = self.shard.led_groups();
         if drained || self.handing_off {
             for (group, voters) in led {
                 if let Some(to) = voters.iter().copied().find(|v| eligible(*v)) {
@@ -179,6 +194,28 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                 }
             }
             return;
+        }
+        // Follow the writer: a group whose commands came from one other voter.
+        if let Some(policy) = &cluster.follow_writer {
+            let mut moves = 0;
+            led.retain(|(group, voters)| {
+                let Some(Affinity::Remote(slot)) = affinity.get(group).copied() else {
+                    return true;
+                };
+                let to = voters
+                    .iter()
+                    .copied()
+                    .find(|v| membership::slot_of(*v) == slot && eligible(*v));
+                let Some(to) = to.filter(|_| moves < policy.max_moves) else {
+                    return true;
+                };
+                self.shard.transfer_leader(*group, to);
+                self.stats.follow_moves += 1;
+                moves += 1;
+                false
+            });
+            // The balancer moves only groups without a local writer.
+            led.retain(|(group, _)| affinity.get(group) != Some(&Affinity::Local));
         }
         // Balance: leaders per node among this core's groups.
         let mut counts: HashMap<u64, usize> = HashMap::new();
@@ -190,7 +227,6 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         }
         let writers = topo.writers.len().max(1);
         let fair = leaders.len().div_ceil(writers);
-        let mine = topo.raft_id(&me).unwrap_or(0);
         let my_count = counts.get(&mine).copied().unwrap_or(0);
         // Keep every node within 1.25× (+1) of its fair share of leaders.
         let mut excess = my_count.saturating_sub((fair * 5 / 4).max(fair + 1));
@@ -358,8 +394,19 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                 proposal,
                 reply,
                 since,
+                origin,
             } => {
                 test_fault::on_propose(&proposal);
+                if let Some(origin) = origin {
+                    if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.follow_writer.is_some())
+                    {
+                        let group = self.shard.group_of(proposal.session());
+                        self.writers.record(group, origin);
+                    }
+                }
                 let (now, wall) = (self.clock.now(), self.clock.wall_us());
                 super::stages::record(
                     super::stages::Stage::Handoff,

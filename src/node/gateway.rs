@@ -326,21 +326,25 @@ impl Gateway {
         }
     }
 
-    /// Proposes on this node's replica of the session's group.
+    /// Proposes on this node's replica of the session's group. `via` is the
+    /// node whose gateway received the client's request (`None`: this one).
     pub async fn local_propose(
         &self,
         proposal: Proposal,
+        via: Option<&str>,
     ) -> Result<Result<Outcome, EngineError>, ApiError> {
         if !self.topo.replicates(self.topo.group(proposal.session())) {
             return Ok(Err(EngineError::NotLeader { leader: None }));
         }
         let core = self.owner(proposal.session());
+        let origin = self.topo.slot(via.unwrap_or(&self.topo.me));
         let since = Instant::now();
         let answer = self
             .ask(core, COMMAND_TIMEOUT, |reply| CoreRequest::Propose {
                 proposal,
                 reply,
                 since,
+                origin,
             })
             .await;
         stages::record(Stage::Owner, since.elapsed());
@@ -437,7 +441,7 @@ impl Gateway {
         proposal: &Proposal,
     ) -> Result<Attempt, ApiError> {
         let answer = if target == self.topo.me {
-            Some(self.local_propose(proposal.clone()).await?)
+            Some(self.local_propose(proposal.clone(), None).await?)
         } else {
             let since = Instant::now();
             let answer = self
@@ -804,6 +808,12 @@ impl Gateway {
             "Times a local replica became leader.",
             "counter",
             |s| s.elections_won,
+        );
+        per_core(
+            "starcite_raft_leader_follow_moves_total",
+            "Leadership transfers started because a group's commands came from another node.",
+            "counter",
+            |s| s.follow_moves,
         );
         per_core(
             "starcite_raft_apply_lag_entries",

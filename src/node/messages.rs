@@ -35,6 +35,11 @@ pub enum CoreRequest {
         reply: Reply<CommandResult>,
         /// When the requester queued it (the `handoff` stage).
         since: std::time::Instant,
+        /// Slot (`Topology::slot`) of the node whose gateway received the
+        /// client's request (leadership follows the writer:
+        /// `writer_affinity`); `None` for the node's own commands (the
+        /// archiver's).
+        origin: Option<u64>,
     },
     Info {
         session: String,
@@ -119,6 +124,8 @@ pub struct CoreStats {
     /// Subscribers dropped back to replay for falling behind.
     pub tail_dropped: u64,
     pub elections_won: u64,
+    /// Leadership transfers started because a group's writer is another node.
+    pub follow_moves: u64,
     /// Committed but not yet applied entries, summed over groups.
     pub apply_lag: u64,
     pub commit_latency: super::metrics::Histogram,
@@ -142,6 +149,7 @@ impl CoreStats {
             tail_subscribers: 0,
             tail_dropped: 0,
             elections_won: 0,
+            follow_moves: 0,
             apply_lag: 0,
             commit_latency: Histogram::new(LATENCY_BUCKETS),
             fsync_latency: Histogram::new(LATENCY_BUCKETS),

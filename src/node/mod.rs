@@ -29,5 +29,6 @@ pub mod segment_log;
 pub mod shutdown;
 pub mod stages;
 pub mod topology;
+pub mod writer_affinity;
 
 pub use bootstrap::run;

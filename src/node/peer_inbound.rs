@@ -66,8 +66,9 @@ impl Inbound for PeerInbound {
             reply.send(peer_rpc::encode(&PeerResponse::Unavailable));
             return;
         };
+        let from = from.to_owned();
         monoio::spawn(async move {
-            let response = serve(&gateway, request).await;
+            let response = serve(&gateway, request, &from).await;
             reply.send(peer_rpc::encode_response(&response));
         });
     }
@@ -90,7 +91,7 @@ impl Inbound for PeerInbound {
     }
 }
 
-async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
+async fn serve(gateway: &Gateway, request: PeerRequest, from: &str) -> PeerResponse {
     let session = match &request {
         PeerRequest::Propose { proposal } => Some(proposal.session().to_owned()),
         PeerRequest::Info { session }
@@ -112,10 +113,12 @@ async fn serve(gateway: &Gateway, request: PeerRequest) -> PeerResponse {
         }
     }
     match request {
-        PeerRequest::Propose { proposal } => match gateway.local_propose(proposal).await {
-            Ok(result) => PeerResponse::Command(result),
-            Err(_) => PeerResponse::Unavailable,
-        },
+        PeerRequest::Propose { proposal } => {
+            match gateway.local_propose(proposal, Some(from)).await {
+                Ok(result) => PeerResponse::Command(result),
+                Err(_) => PeerResponse::Unavailable,
+            }
+        }
         PeerRequest::Info { session } => match gateway.local_info(&session).await {
             Ok(info) => PeerResponse::Info(info),
             Err(_) => PeerResponse::Unavailable,

@@ -73,6 +73,12 @@ impl Topology {
 
     /// The Raft id of a write node: this node's current incarnation for
     /// `me`, the original incarnation (the initial membership) for others.
+    /// The node's slot (1-based position among the writers): the part of its
+    /// Raft id that every incarnation shares.
+    pub fn slot(&self, node: &str) -> Option<u64> {
+        Some(self.writers.iter().position(|w| w == node)? as u64 + 1)
+    }
+
     pub fn raft_id(&self, node: &str) -> Option<u64> {
         let slot = self.writers.iter().position(|w| w == node)? as u64 + 1;
         let incarnation = if node == self.me { self.incarnation } else { 0 };
