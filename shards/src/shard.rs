@@ -215,6 +215,9 @@ pub struct Shard<W> {
     pub(crate) pending_pins: Vec<(u32, u64)>,
     /// Whether the batch being written must be fsynced (see `batch_needs_sync`).
     needs_sync: bool,
+    /// A conf change was applied and the commit index that covers it is not
+    /// yet durable here (see `conf_unsynced`).
+    conf_unsynced: bool,
     /// Times a local replica became leader (metrics).
     elections_won: u64,
     /// Approved replacements (Raft ids of new incarnations): leaders move
@@ -243,6 +246,7 @@ impl<W> Shard<W> {
             pins: BTreeMap::new(),
             pending_pins: Vec::new(),
             needs_sync: false,
+            conf_unsynced: false,
             elections_won: 0,
             approved: Vec::new(),
             cfg,
@@ -686,12 +690,20 @@ impl<W> Shard<W> {
                 group.commit_unpersisted = false;
                 group.node.mut_store().set_hard_state(hs.clone());
                 push_hard_state(gid, hs, buf);
+            } else if group.commit_unpersisted && self.conf_unsynced {
+                group.commit_unpersisted = false;
+                push_hard_state(gid, group.node.store().hard_state(), buf);
             }
             self.in_flight.push((gid, rd));
         }
         let before_compaction = buf.len();
         self.compact_some(buf);
         self.needs_sync |= buf.len() > before_compaction || !self.pending_pins.is_empty();
+        // A membership this replica applied must survive a crash: recovery
+        // re-applies conf changes only up to the durable commit index, and
+        // a replica that forgot a committed change may need the vote of a
+        // member that change removed (sim seeds 624426, 901508).
+        self.needs_sync |= self.conf_unsynced;
         *self.segment_sizes.entry(self.segment).or_default() += (buf.len() - start) as u64;
         out
     }
@@ -704,8 +716,18 @@ impl<W> Shard<W> {
         self.needs_sync
     }
 
+    /// A conf change was applied after the last synced batch: the driver
+    /// writes (and syncs) the next batch before it answers anything, so no
+    /// one sees a membership this replica could forget in a crash.
+    pub fn conf_unsynced(&self) -> bool {
+        self.conf_unsynced
+    }
+
     /// Called once the bytes of the last `prepare_write` are durable.
     pub fn on_durable(&mut self) -> Outputs<W> {
+        if self.needs_sync {
+            self.conf_unsynced = false; // the batch held every commit it needed
+        }
         for (gid, seg) in std::mem::take(&mut self.pending_pins) {
             self.pins.insert(gid, seg);
         }
@@ -771,6 +793,7 @@ impl<W> Shard<W> {
             group.applied = entry.index;
             if entry.get_entry_type() != EntryType::EntryNormal {
                 apply_conf_entry(group, &entry);
+                self.conf_unsynced = true;
                 continue;
             }
             if entry.data.is_empty() {

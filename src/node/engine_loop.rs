@@ -98,6 +98,12 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = self.clock.now() + tick;
         loop {
+            if self.shard.conf_unsynced() && self.shard.has_ready() {
+                // A membership change was applied: make its commit durable
+                // before answering anyone (`Shard::conf_unsynced`).
+                self.write_batch().await?;
+                continue;
+            }
             while let Ok(req) = self.inbox.try_recv() {
                 if !self.handle(req) {
                     return Ok(());
