@@ -647,7 +647,9 @@ impl<W> Shard<W> {
             if !group.node.has_ready() {
                 continue;
             }
-            if crate::fault::point("shard.prepare.defer_group") {
+            // (Never while a membership's commit must reach the disk: the
+            // batch that clears `conf_unsynced` holds every group's commit.)
+            if !self.conf_unsynced && crate::fault::point("shard.prepare.defer_group") {
                 // Leave it for the next batch: batching must not matter.
                 self.dirty.insert(gid);
                 continue;
