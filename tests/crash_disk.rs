@@ -432,7 +432,18 @@ fn fsync_error_stops_the_node_and_loses_nothing() {
         "remount,size=320m",
         backing.dir.to_str().unwrap(),
     ]);
-    // The kernel replays the journal on mount.
+    // Repair: e2fsck replays the journal and fixes what the failed writes
+    // left (exit 1 or 2: errors corrected). Without it the kernel may mount
+    // a file system marked with errors read-only.
+    let fsck = Command::new("e2fsck")
+        .args(["-fy", image.to_str().unwrap()])
+        .output()
+        .expect("e2fsck runs");
+    assert!(
+        matches!(fsck.status.code(), Some(0..=2)),
+        "e2fsck could not repair the image: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
     let fs2 = Mount::new(
         &tmp.path().join("fs2"),
         &["-o", "loop", image.to_str().unwrap()],
