@@ -122,6 +122,14 @@ fn append(session: &str, producer: &str, pseq: u64) -> Proposal {
     }
 }
 
+/// `config` with a single group.
+fn one_group(checkpoint_bytes: u64) -> ShardConfig {
+    let mut cfg = config(checkpoint_bytes);
+    cfg.num_groups = 1;
+    cfg.groups = vec![(0, vec![1])];
+    cfg
+}
+
 fn start(log: &MemLog, checkpoint_bytes: u64) -> Shard<u64> {
     Shard::new(config(checkpoint_bytes), log.recover(), &logger()).expect("shard starts")
 }
@@ -787,12 +795,6 @@ fn a_command_over_the_entry_limit_is_refused() {
 /// acknowledged entries this way.
 #[test]
 fn a_torn_checkpoint_keeps_the_entries_an_earlier_segment_holds() {
-    let one_group = |checkpoint_bytes| {
-        let mut cfg = config(checkpoint_bytes);
-        cfg.num_groups = 1;
-        cfg.groups = vec![(0, vec![1])];
-        cfg
-    };
     let mut log = MemLog::new();
     // Small checkpoints: the group is snapshotted into later segments.
     let mut shard = Shard::new(one_group(2048), log.recover(), &logger()).unwrap();
@@ -903,12 +905,6 @@ fn a_checkpoint_written_after_the_entries_it_keeps_reconnects_them() {
 /// Segment A: the entries from the snapshot's index + `from` up to two past
 /// it; segment B: the checkpoint, then the rest.
 fn checkpoint_after_its_entries(from: i64) {
-    let one_group = |checkpoint_bytes| {
-        let mut cfg = config(checkpoint_bytes);
-        cfg.num_groups = 1;
-        cfg.groups = vec![(0, vec![1])];
-        cfg
-    };
     let mut log = MemLog::new();
     let mut shard = Shard::new(one_group(u64::MAX), log.recover(), &logger()).unwrap();
     settle(&mut shard, &mut log);
