@@ -26,12 +26,20 @@ impl<W> Shard<W> {
         self.segment_sizes.get(&self.segment).copied().unwrap_or(0) >= self.cfg.segment_bytes
     }
 
-    /// The driver started segment `seq` (after the current one).
+    /// The driver started segment `seq` (after the current one). Records
+    /// collected but not yet sealed go to the new segment.
     pub fn segment_started(&mut self, seq: u64) {
         assert!(seq > self.segment, "segments only move forward");
+        let staged = self.staged.bytes;
+        if let Some(size) = self.segment_sizes.get_mut(&self.segment) {
+            *size = size.saturating_sub(staged);
+        }
         self.segment = seq;
         self.segment_sizes
-            .insert(seq, starcite_wire::log::SEGMENT_HEADER_LEN as u64);
+            .insert(seq, starcite_wire::log::SEGMENT_HEADER_LEN as u64 + staged);
+        for pin in &mut self.staged.pins {
+            pin.1 = seq;
+        }
     }
 
     /// Segments with a lower number hold nothing any group needs.
@@ -54,7 +62,10 @@ impl<W> Shard<W> {
             return false; // every group already pinned to the current segment
         }
         let threshold = self.cfg.checkpoint_bytes.max(2 * self.hot_bytes());
-        self.live_log_bytes() >= threshold || crate::fault::point("shard.checkpoint.force")
+        // The log as written before this batch: the batch's commands are not
+        // applied yet, so its bytes would count without their state.
+        let written = self.live_log_bytes().saturating_sub(self.staged.bytes);
+        written >= threshold || crate::fault::point("shard.checkpoint.force")
     }
 
     /// Appends snapshot records of the oldest-pinned groups to `buf` when
@@ -70,7 +81,7 @@ impl<W> Shard<W> {
             .collect();
         for gid in wanted {
             self.snapshot_group(gid, buf);
-            self.pending_pins.push((gid, self.segment));
+            self.staged.pins.push((gid, self.segment));
         }
         if !self.compaction_due() {
             return;
@@ -89,7 +100,7 @@ impl<W> Shard<W> {
                 break;
             }
             self.snapshot_group(gid, buf);
-            self.pending_pins.push((gid, current));
+            self.staged.pins.push((gid, current));
         }
     }
 

@@ -25,8 +25,6 @@ pub struct Group {
     pub lost_state: bool,
     /// Highest log index applied to `machine`.
     pub applied: u64,
-    /// Commit index advanced by a light ready that no log record holds yet.
-    pub commit_unpersisted: bool,
     /// Local: the catalog stamp (`state::session::next_catalog_gen`) of the
     /// last time this replica became the group's leader, 0 if never. The
     /// archiver looks at every session of a group it has newly come to lead.
@@ -34,6 +32,15 @@ pub struct Group {
 }
 
 impl Group {
+    /// Tells raft what the state machine has applied, once raft allows it:
+    /// an installed snapshot counts only after it is persisted.
+    pub fn report_applied(&mut self) {
+        let log = &self.node.raft.raft_log;
+        if self.applied > log.applied && self.applied <= log.committed.min(log.persisted) {
+            self.node.advance_apply_to(self.applied);
+        }
+    }
+
     /// Builds the replica from recovered storage whose entries up to `applied` are
     /// already reflected in `machine`.
     pub fn new(
@@ -61,7 +68,6 @@ impl Group {
             node,
             machine,
             applied,
-            commit_unpersisted: false,
             timeout_chosen_for: (u64::MAX, StateRole::Follower),
             chosen_timeout: ELECTION_TICKS,
             snapshot_waits: Default::default(),

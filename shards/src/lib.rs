@@ -12,9 +12,11 @@
 //!   ------                       -----
 //!   propose(op, waiter, now) --> RawNode::propose (group leader)
 //!   tick()                   --> RawNode::tick (every group)
-//!   prepare_write(&mut buf)  --> Ready of every dirty group -> log records
-//!   write(buf); fdatasync    
-//!   on_durable()             --> advance; apply committed; Outputs
+//!   collect(&mut buf)        --> Ready of every dirty group -> log records,
+//!                                apply committed; Outputs (a leader's messages)
+//!   prepare_write(&mut buf)  --> collect + checkpoints; seal the batch
+//!   write(buf); fdatasync        (collect keeps forming the next batch)
+//!   on_durable()             --> persisted; Outputs (messages that waited)
 //!   Outputs.completions      --> answer clients (after quorum + apply)
 //!   Outputs.notifications    --> tail subscribers
 //! ```

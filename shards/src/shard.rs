@@ -1,16 +1,20 @@
 //! The engine of one core: every local group replica it owns, driven sans-IO.
 //!
-//! One write at a time: `prepare_write` collects the `Ready` of every group with
-//! work into one buffer of log records; the driver appends it to the current
-//! segment and syncs once (group commit); `on_durable` advances every group,
-//! applies what is committed and returns the answers. Between the two calls the
-//! shard must not be given proposals or messages (raft's `Ready` contract).
+//! Pipelined group commit (raft's asynchronous `Ready`): `collect` takes the
+//! `Ready` of every group with work into a buffer of log records, applies what
+//! is committed (and durable here) and returns the answers and the messages a
+//! leader may send before its own write; `prepare_write` collects once more,
+//! adds checkpoints and seals the batch; the driver appends it to the current
+//! segment and syncs once; `on_durable` tells the groups their entries are
+//! persisted and releases the messages that had to wait for the disk. While a
+//! sealed batch is being written the shard keeps taking proposals, messages
+//! and reads, and `collect` forms the next batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{Ready, StateRole};
+use raft::StateRole;
 use starcite_wire::record::{
     decode_command, decode_snapshot, AppendCommand, Command, CreateCommand, LogRecord, Origin,
     PatchCommand, SetArchivedCommand,
@@ -195,6 +199,28 @@ struct Pending<W> {
     reserved: u64,
 }
 
+/// Log records collected for one write, and what their durability releases.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Each group's `Ready` numbers in it (`RawNode::on_persist_ready`).
+    readies: Vec<(u32, u64)>,
+    /// Messages to send once the batch is durable (a follower's acks, votes).
+    persisted: Vec<(u32, Message)>,
+    /// Pins that move once the batch is durable (see `checkpoint`).
+    pub(crate) pins: Vec<(u32, u64)>,
+    needs_sync: bool,
+    /// Bytes of log records in it.
+    pub(crate) bytes: u64,
+    /// `Shard::conf_applied` when it was sealed.
+    conf_applied: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.readies.is_empty() && self.bytes == 0 && self.pins.is_empty()
+    }
+}
+
 pub struct Shard<W> {
     pub(crate) cfg: ShardConfig,
     pub(crate) groups: BTreeMap<u32, Group>,
@@ -205,19 +231,19 @@ pub struct Shard<W> {
     hot_bytes: u64,
     reserved_bytes: u64,
     dirty: BTreeSet<u32>,
-    in_flight: Vec<(u32, Ready)>,
+    /// The batch `collect` is filling.
+    pub(crate) staged: Batch,
+    /// Batches handed to the driver, oldest first, not yet durable.
+    sealed: VecDeque<Batch>,
     /// The segment the driver appends to, and the bytes of every live segment.
     pub(crate) segment: u64,
     pub(crate) segment_sizes: BTreeMap<u64, u64>,
     /// Each group's oldest needed segment (see `checkpoint`).
     pub(crate) pins: BTreeMap<u32, u64>,
-    /// Pins that move once the current batch is durable.
-    pub(crate) pending_pins: Vec<(u32, u64)>,
-    /// Whether the batch being written must be fsynced (see `batch_needs_sync`).
-    needs_sync: bool,
-    /// A conf change was applied and the commit index that covers it is not
-    /// yet durable here (see `conf_unsynced`).
-    conf_unsynced: bool,
+    /// Conf changes applied so far, and how many of them a synced batch
+    /// covers (see `conf_unsynced`).
+    conf_applied: u64,
+    conf_synced: u64,
     /// Times a local replica became leader (metrics).
     elections_won: u64,
     /// Approved replacements (Raft ids of new incarnations): leaders move
@@ -240,13 +266,13 @@ impl<W> Shard<W> {
             hot_bytes: 0,
             reserved_bytes: 0,
             dirty: BTreeSet::new(),
-            in_flight: Vec::new(),
+            staged: Batch::default(),
+            sealed: VecDeque::new(),
             segment: recovered.segments.last().map_or(1, |s| s.0),
             segment_sizes: recovered.segments.iter().copied().collect(),
             pins: BTreeMap::new(),
-            pending_pins: Vec::new(),
-            needs_sync: false,
-            conf_unsynced: false,
+            conf_applied: 0,
+            conf_synced: 0,
             elections_won: 0,
             approved: Vec::new(),
             cfg,
@@ -466,10 +492,6 @@ impl<W> Shard<W> {
         waiter: W,
         now_us: i64,
     ) -> Result<(), (W, EngineError)> {
-        assert!(
-            self.in_flight.is_empty(),
-            "propose between prepare_write and on_durable"
-        );
         let gid = self.group_of(proposal.session());
         let Some(group) = self.groups.get_mut(&gid) else {
             return Err((waiter, EngineError::Unavailable));
@@ -616,46 +638,44 @@ impl<W> Shard<W> {
     }
 
     pub fn has_ready(&self) -> bool {
-        self.dirty.iter().any(|gid| {
-            self.groups
-                .get(gid)
-                .is_some_and(|g| g.node.has_ready() || g.commit_unpersisted)
-        })
+        self.dirty
+            .iter()
+            .any(|gid| self.groups.get(gid).is_some_and(|g| g.node.has_ready()))
     }
 
-    /// Collects every group's `Ready` into log records appended to `buf`.
-    /// Messages a leader may send before persisting, and entries already
-    /// committed, are handled at once and returned.
-    pub fn prepare_write(&mut self, buf: &mut Vec<u8>) -> Outputs<W> {
-        assert!(
-            self.in_flight.is_empty(),
-            "prepare_write twice without on_durable"
-        );
+    /// Whether the driver has anything to write or to release: a group with
+    /// a `Ready`, or a collected batch not yet sealed.
+    pub fn has_work(&self) -> bool {
+        self.has_ready() || !self.staged.is_empty()
+    }
+
+    /// Takes the `Ready` of every dirty group into the staged batch: its log
+    /// records go to `buf`, committed entries are applied (raft hands out only
+    /// entries durable here and on a quorum) and answered, and a leader's
+    /// messages are returned to send now (they may leave before the leader's
+    /// own write). Messages that must wait for the disk stay in the batch
+    /// until `on_durable`. May be called while an earlier batch is being
+    /// written.
+    pub fn collect(&mut self, buf: &mut Vec<u8>) -> Outputs<W> {
         let mut out = Outputs::default();
         let start = buf.len();
-        self.needs_sync = false;
         for gid in std::mem::take(&mut self.dirty) {
             let Some(group) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            if group.commit_unpersisted && !group.node.has_ready() {
-                group.commit_unpersisted = false;
-                let hs = group.node.store().hard_state();
-                push_hard_state(gid, hs, buf);
-                continue;
-            }
             if !group.node.has_ready() {
                 continue;
             }
             // (Never while a membership's commit must reach the disk: the
-            // batch that clears `conf_unsynced` holds every group's commit.)
-            if !self.conf_unsynced && crate::fault::point("shard.prepare.defer_group") {
+            // batch that syncs it holds every group's commit.)
+            let conf_unsynced = self.conf_applied > self.conf_synced;
+            if !conf_unsynced && crate::fault::point("shard.prepare.defer_group") {
                 // Leave it for the next batch: batching must not matter.
                 self.dirty.insert(gid);
                 continue;
             }
             let mut rd = group.node.ready();
-            self.needs_sync |= rd.must_sync();
+            self.staged.needs_sync |= rd.must_sync();
             out.messages
                 .extend(rd.take_messages().into_iter().map(|m| (gid, m)));
             if let Some(ss) = rd.ss() {
@@ -669,7 +689,7 @@ impl<W> Shard<W> {
             }
             if !rd.snapshot().is_empty() {
                 self.install_snapshot(gid, rd.snapshot().clone(), buf);
-                self.needs_sync = true;
+                self.staged.needs_sync = true;
             }
             let committed = rd.take_committed_entries();
             self.apply_committed(gid, committed, &mut out);
@@ -689,70 +709,85 @@ impl<W> Shard<W> {
             }
             let group = self.groups.get_mut(&gid).expect("group exists");
             if let Some(hs) = rd.hs() {
-                group.commit_unpersisted = false;
                 group.node.mut_store().set_hard_state(hs.clone());
                 push_hard_state(gid, hs, buf);
-            } else if group.commit_unpersisted && self.conf_unsynced {
-                group.commit_unpersisted = false;
-                push_hard_state(gid, group.node.store().hard_state(), buf);
             }
-            self.in_flight.push((gid, rd));
+            self.staged
+                .persisted
+                .extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
+            self.staged.readies.push((gid, rd.number()));
+            group.node.advance_append_async(rd);
+            group.report_applied();
         }
-        let before_compaction = buf.len();
+        self.staged_bytes(buf.len() - start);
+        out
+    }
+
+    fn staged_bytes(&mut self, n: usize) {
+        self.staged.bytes += n as u64;
+        *self.segment_sizes.entry(self.segment).or_default() += n as u64;
+    }
+
+    /// Collects once more, adds this batch's checkpoints and seals it: the
+    /// driver now writes `buf` (everything collected since the last seal) and
+    /// calls `on_durable` once it is on disk (with a sync if
+    /// `batch_needs_sync`). Batches are written and made durable in order.
+    pub fn prepare_write(&mut self, buf: &mut Vec<u8>) -> Outputs<W> {
+        let out = self.collect(buf);
+        let before = buf.len();
         self.compact_some(buf);
-        self.needs_sync |= buf.len() > before_compaction || !self.pending_pins.is_empty();
+        self.staged_bytes(buf.len() - before);
+        let mut batch = std::mem::take(&mut self.staged);
+        batch.needs_sync |= buf.len() > before || !batch.pins.is_empty();
         // A membership this replica applied must survive a crash: recovery
         // re-applies conf changes only up to the durable commit index, and
         // a replica that forgot a committed change may need the vote of a
         // member that change removed (sim seeds 624426, 901508).
-        self.needs_sync |= self.conf_unsynced;
-        *self.segment_sizes.entry(self.segment).or_default() += (buf.len() - start) as u64;
+        batch.needs_sync |= self.conf_unsynced();
+        batch.conf_applied = self.conf_applied;
+        self.sealed.push_back(batch);
         out
     }
 
-    /// Whether the last `prepare_write` batch must be fsynced before
-    /// `on_durable`: it holds entries, a term/vote change or a snapshot. A
-    /// batch that only advances commit indexes need not wait for the disk
-    /// (Raft recovers the commit index from its peers).
+    /// Whether the last sealed batch must be fsynced before its
+    /// `on_durable`: it holds entries, a term/vote change, a snapshot or a
+    /// membership's commit. A batch that only advances commit indexes need
+    /// not wait for the disk (Raft recovers the commit index from its peers).
     pub fn batch_needs_sync(&self) -> bool {
-        self.needs_sync
+        self.sealed.back().is_some_and(|b| b.needs_sync)
     }
 
-    /// A conf change was applied after the last synced batch: the driver
-    /// writes (and syncs) the next batch before it answers anything, so no
-    /// one sees a membership this replica could forget in a crash.
+    /// A conf change was applied and no synced batch holds the commit index
+    /// that covers it yet: the driver answers nothing more until the next
+    /// batch is written (and synced), so no one sees a membership this
+    /// replica could forget in a crash.
     pub fn conf_unsynced(&self) -> bool {
-        self.conf_unsynced
+        self.conf_applied > self.conf_synced
     }
 
-    /// Called once the bytes of the last `prepare_write` are durable.
+    /// Called once the oldest sealed batch is durable (or, for a batch that
+    /// needed no sync, written or held by the driver).
     pub fn on_durable(&mut self) -> Outputs<W> {
-        if self.needs_sync {
-            self.conf_unsynced = false; // the batch held every commit it needed
+        let mut out = Outputs::default();
+        let Some(batch) = self.sealed.pop_front() else {
+            return out;
+        };
+        if batch.needs_sync {
+            // The batch held every commit it needed.
+            self.conf_synced = self.conf_synced.max(batch.conf_applied);
         }
-        for (gid, seg) in std::mem::take(&mut self.pending_pins) {
+        for (gid, seg) in batch.pins {
             self.pins.insert(gid, seg);
         }
-        let mut out = Outputs::default();
-        for (gid, mut rd) in std::mem::take(&mut self.in_flight) {
-            out.messages
-                .extend(rd.take_persisted_messages().into_iter().map(|m| (gid, m)));
+        for (gid, number) in batch.readies {
             let group = self.groups.get_mut(&gid).expect("group exists");
-            let mut light = group.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                group.node.mut_store().set_commit(commit);
-                group.commit_unpersisted = true;
-            }
-            out.messages
-                .extend(light.take_messages().into_iter().map(|m| (gid, m)));
-            let committed = light.take_committed_entries();
-            self.apply_committed(gid, committed, &mut out);
-            let group = self.groups.get_mut(&gid).expect("group exists");
-            group.node.advance_apply();
-            if group.node.has_ready() || group.commit_unpersisted {
+            group.node.on_persist_ready(number);
+            group.report_applied();
+            if group.node.has_ready() {
                 self.dirty.insert(gid);
             }
         }
+        out.messages = batch.persisted;
         out
     }
 
@@ -783,7 +818,7 @@ impl<W> Shard<W> {
             .apply_snapshot(index, term, conf.clone(), snap.data.clone());
         push_snapshot(gid, index, term, voters, &snap.data, buf);
         push_small(&crate::membership::record(gid, index, &conf), buf);
-        self.pending_pins.push((gid, self.segment));
+        self.staged.pins.push((gid, self.segment));
     }
 
     fn apply_committed(&mut self, gid: u32, entries: Vec<Entry>, out: &mut Outputs<W>) {
@@ -795,7 +830,7 @@ impl<W> Shard<W> {
             group.applied = entry.index;
             if entry.get_entry_type() != EntryType::EntryNormal {
                 apply_conf_entry(group, &entry);
-                self.conf_unsynced = true;
+                self.conf_applied += 1;
                 continue;
             }
             if entry.data.is_empty() {

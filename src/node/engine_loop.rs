@@ -1,9 +1,12 @@
 //! The engine task of one core: the only code that touches its `Shard`.
 //!
 //! Each turn drains the inbox (proposals, reads, subscriptions), then writes
-//! every group's ready work as ONE batch with ONE `fdatasync` (group commit), then
-//! answers what became committed. While a batch is being synced new requests
-//! queue in the inbox and form the next batch.
+//! every group's ready work as ONE batch with ONE `fdatasync` (group commit).
+//! While a batch is on its way to the disk the loop keeps serving the inbox:
+//! proposals are replicated at once (a leader's messages need not wait for its
+//! own write), peers' acknowledgements are stepped, what became committed is
+//! answered, and the next batch forms (pipelined group commit, raft's
+//! asynchronous `Ready`; see docs/storage.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -37,12 +40,15 @@ type Waiter = (Reply<CommandResult>, Instant);
 /// (production: `UringDisk`, `Transport`, `RealClock`; the simulator has its own).
 pub struct EngineLoop<D: LogDisk, N: PeerNet, C: Clock> {
     shard: Shard<Waiter>,
-    log: SegmentLog<D>,
+    /// `None` only while a write owns it.
+    log: Option<SegmentLog<D>>,
     clock: C,
     inbox: flume::Receiver<CoreRequest>,
     subscribers: HashMap<String, Vec<Subscriber>>,
     stats: CoreStats,
-    write_buf: Vec<u8>,
+    /// Log records collected for the next write, and a spare buffer.
+    staged: Vec<u8>,
+    spare: Vec<u8>,
     cluster: Option<Cluster<N>>,
     control: Arc<ControlState>,
     ticks: u64,
@@ -75,12 +81,13 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         let stats = CoreStats::new(shard.config().core, shard.config().groups.len());
         Self {
             shard,
-            log,
+            log: Some(log),
             clock,
             inbox,
             subscribers: HashMap::new(),
             stats,
-            write_buf: Vec::new(),
+            staged: Vec::new(),
+            spare: Vec::new(),
             cluster,
             control,
             ticks: 0,
@@ -98,10 +105,12 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = self.clock.now() + tick;
         loop {
-            if self.shard.conf_unsynced() && self.shard.has_ready() {
+            if self.shard.conf_unsynced() && self.shard.has_work() {
                 // A membership change was applied: make its commit durable
                 // before answering anyone (`Shard::conf_unsynced`).
-                self.write_batch().await?;
+                if !self.write_batch().await? {
+                    return Ok(());
+                }
                 continue;
             }
             while let Ok(req) = self.inbox.try_recv() {
@@ -117,8 +126,10 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
                 self.on_tick();
                 next_tick = self.clock.now() + tick;
             }
-            if self.shard.has_ready() {
-                self.write_batch().await?;
+            if self.shard.has_work() {
+                if !self.write_batch().await? {
+                    return Ok(());
+                }
                 continue;
             }
             let woke = first_of(self.inbox.recv_async(), self.clock.sleep_until(next_tick)).await;
@@ -255,49 +266,102 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         }
     }
 
-    async fn write_batch(&mut self) -> Result<(), String> {
-        let mut buf = std::mem::take(&mut self.write_buf);
-        buf.clear();
+    /// Seals and writes the staged batch. While it is written, requests are
+    /// handled and the next batch is collected. False means shut down (a
+    /// `Shutdown` arrived during the write; the write finished first).
+    async fn write_batch(&mut self) -> Result<bool, String> {
+        let mut buf = std::mem::take(&mut self.staged);
         let early = self.shard.prepare_write(&mut buf);
         self.dispatch(early);
-        if !buf.is_empty() {
-            let sync = self.shard.batch_needs_sync();
+        let sync = self.shard.batch_needs_sync();
+        let mut log = self.log.take().expect("one write at a time");
+        self.staged = std::mem::take(&mut self.spare);
+        self.staged.clear();
+        let mut running = true;
+        let written = if buf.is_empty() {
+            // Nothing to write; a membership's commit may still need a sync.
+            let res = if sync { log.sync().await } else { Ok(()) };
+            (log, res.map(|()| buf))
+        } else {
             self.stats.writes += 1;
             self.stats.syncs += u64::from(sync);
             self.stats.write_bytes += buf.len() as u64;
             let started = self.clock.now();
-            let written = self.log.append(buf, sync).await;
+            let write = async move {
+                let res = log.append(buf, sync).await;
+                (log, res)
+            };
+            let done = self.serve_while(write, &mut running).await;
             if sync {
                 self.stats
                     .fsync_latency
                     .observe((self.clock.now() - started).as_secs_f64());
             }
-            match written {
-                Ok(b) => buf = b,
-                Err(e) => return Err(disk_error("append", &e)),
+            done
+        };
+        let (log, res) = written;
+        self.log = Some(log);
+        match res {
+            Ok(mut b) => {
+                b.clear();
+                self.spare = b;
             }
+            Err(e) => return Err(disk_error("append", &e)),
         }
-        self.write_buf = buf;
         let out = self.shard.on_durable();
-        if !out.completions.is_empty() {
-            self.stats
-                .batch_commands
-                .observe(out.completions.len() as f64);
-        }
         self.dispatch(out);
+        let log = self.log.as_mut().expect("log is back");
         if self.shard.wants_new_segment() {
-            match self.log.start_segment().await {
+            match log.start_segment().await {
                 Ok(seq) => self.shard.segment_started(seq),
                 Err(e) => return Err(disk_error("new segment", &e)),
             }
         }
         let before = self.shard.obsolete_before();
-        match self.log.delete_before(before) {
+        match log.delete_before(before) {
             Ok(0) => {}
             Ok(_) => self.shard.segments_deleted(before),
             Err(e) => return Err(disk_error("segment deletion", &e)),
         }
-        Ok(())
+        Ok(running)
+    }
+
+    /// Awaits `write` while serving the inbox: requests are handled and the
+    /// next batch is collected into `self.staged` (its leader messages go out
+    /// and its committed commands are answered now). Not while a membership's
+    /// commit waits for the disk, and not after `Shutdown` (`running` turns
+    /// false) or a closed inbox (the loop notices it next).
+    async fn serve_while<F: std::future::Future>(
+        &mut self,
+        write: F,
+        running: &mut bool,
+    ) -> F::Output {
+        let mut write = std::pin::pin!(write);
+        let mut open = true;
+        loop {
+            if !open || !*running || self.shard.conf_unsynced() {
+                return write.await;
+            }
+            match first_of(write.as_mut(), self.inbox.recv_async()).await {
+                Either::A(done) => return done,
+                Either::B(Ok(req)) => {
+                    *running = self.handle(req);
+                    while *running {
+                        match self.inbox.try_recv() {
+                            Ok(req) => *running = self.handle(req),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.shard.has_ready() && !self.shard.conf_unsynced() {
+                        let mut staged = std::mem::take(&mut self.staged);
+                        let out = self.shard.collect(&mut staged);
+                        self.staged = staged;
+                        self.dispatch(out);
+                    }
+                }
+                Either::B(Err(_)) => open = false,
+            }
+        }
     }
 
     fn dispatch(&mut self, out: Outputs<Waiter>) {

@@ -352,6 +352,15 @@ impl<D: LogDisk> SegmentLog<D> {
         Ok(buf)
     }
 
+    /// Makes everything appended so far durable.
+    pub async fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.disk.sync(&mut self.file).await?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
     /// Starts the next segment (header only, durable) and appends there from
     /// now on. Returns its number.
     pub async fn start_segment(&mut self) -> io::Result<u64> {
