@@ -142,6 +142,53 @@ fn settle(shard: &mut Shard<u64>, log: &mut MemLog) {
     );
 }
 
+/// Pipelined group commit: while one batch is being written the shard takes
+/// more proposals and collects the next batch, and answers each command only
+/// once the batch holding it is durable.
+#[test]
+fn the_next_batch_forms_while_one_is_written() {
+    let mut log = MemLog::new();
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    shard.propose(create("s"), 1, 10).unwrap();
+    drive(&mut shard, &mut log);
+    shard.propose(append("s", "p", 1), 2, 20).unwrap();
+    let mut first = Vec::new();
+    assert!(shard.prepare_write(&mut first).completions.is_empty());
+    assert!(shard.batch_needs_sync());
+    // The first batch is in flight: a second command is taken and collected.
+    shard.propose(append("s", "p", 2), 3, 21).unwrap();
+    let mut second = Vec::new();
+    assert!(shard.collect(&mut second).completions.is_empty());
+    assert!(
+        !second.is_empty(),
+        "the second command's entry is collected"
+    );
+    assert_eq!(shard.read("s", 0, 10).unwrap().last_seq, 0);
+    // The first batch is durable: its command is answered with the next
+    // collection; the second is not (its batch is not even written).
+    log.segments.last_mut().unwrap().1.extend_from_slice(&first);
+    assert!(shard.on_durable().completions.is_empty());
+    let answered = shard.prepare_write(&mut second).completions;
+    let answered: Vec<u64> = answered.into_iter().map(|(w, _)| w).collect();
+    assert_eq!(answered, vec![2]);
+    assert_eq!(shard.read("s", 0, 10).unwrap().last_seq, 1);
+    log.segments
+        .last_mut()
+        .unwrap()
+        .1
+        .extend_from_slice(&second);
+    shard.on_durable();
+    let out = drive(&mut shard, &mut log);
+    let answered: Vec<u64> = out.completions.into_iter().map(|(w, _)| w).collect();
+    assert_eq!(answered, vec![3]);
+    // Both survive a restart from the log.
+    drop(shard);
+    let mut shard = start(&log, u64::MAX);
+    settle(&mut shard, &mut log);
+    assert_eq!(shard.read("s", 0, 10).unwrap().last_seq, 2);
+}
+
 #[test]
 fn appends_are_answered_after_the_batch_is_durable() {
     let mut log = MemLog::new();

@@ -58,6 +58,9 @@ pub struct EngineLoop<D: LogDisk, N: PeerNet, C: Clock> {
     handing_off: bool,
     /// Where this round's commands came from, per group.
     writers: WriterTally,
+    /// Commands answered since the last write completed (the batch size
+    /// histogram).
+    answered: usize,
 }
 
 /// What a core needs to talk to its peers.
@@ -95,6 +98,7 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
             ever_synced: false,
             handing_off: false,
             writers: WriterTally::default(),
+            answered: 0,
         }
     }
 
@@ -310,6 +314,10 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         }
         let out = self.shard.on_durable();
         self.dispatch(out);
+        if self.answered > 0 {
+            self.stats.batch_commands.observe(self.answered as f64);
+            self.answered = 0;
+        }
         let log = self.log.as_mut().expect("log is back");
         if self.shard.wants_new_segment() {
             match log.start_segment().await {
@@ -369,6 +377,7 @@ impl<D: LogDisk, N: PeerNet, C: Clock> EngineLoop<D, N, C> {
         // Completions come both before a write (entries committed by peers'
         // acks) and after it: count them all.
         self.stats.entries_written += out.completions.len() as u64;
+        self.answered += out.completions.len();
         for ((waiter, since), result) in out.completions {
             let took = now.saturating_duration_since(since);
             super::stages::record(super::stages::Stage::Commit, took);
