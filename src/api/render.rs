@@ -100,9 +100,13 @@ pub fn render_event_body(input: &AppendInput, tenant_id: &str) -> String {
 /// A complete event frame: `{"seq":N,` + body + `,"inserted_at":"…"}`.
 pub fn render_event(seq: u64, body: &str, inserted_at_us: i64) -> String {
     let mut out = String::with_capacity(body.len() + 64);
-    let _ = write!(out, "{{\"seq\":{seq},{body},\"inserted_at\":");
-    push_json_str(&mut out, &format_micros(inserted_at_us));
-    out.push('}');
+    out.push_str("{\"seq\":");
+    out.push_str(itoa::Buffer::new().format(seq));
+    out.push(',');
+    out.push_str(body);
+    out.push_str(",\"inserted_at\":\"");
+    starcite_shards::time::push_micros(&mut out, inserted_at_us);
+    out.push_str("\"}");
     out
 }
 

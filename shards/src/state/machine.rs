@@ -12,7 +12,6 @@ use super::producers::{ProducerCheck, Producers};
 use super::session::{next_catalog_gen, render_frame, HotEntry, Session};
 use crate::error::EngineError;
 use crate::limits::HOT_EVENT_OVERHEAD;
-use crate::time::format_micros;
 
 /// The successful result of a command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -221,7 +220,7 @@ impl GroupMachine {
             }
         }
         let seq = s.last_seq + 1;
-        let frame = render_frame(seq, &a.body, &format_micros(a.inserted_at_us));
+        let frame = render_frame(seq, &a.body, a.inserted_at_us);
         let hot_delta = frame.len() as i64 + HOT_EVENT_OVERHEAD as i64;
         s.producers.record(
             &a.producer_id,

@@ -76,14 +76,14 @@ impl Session {
 }
 
 /// Renders the stored frame of an event: `{"seq":N,<body>,"inserted_at":"…"}`.
-pub fn render_frame(seq: u64, body: &str, inserted_at: &str) -> Bytes {
+pub fn render_frame(seq: u64, body: &str, inserted_at_us: i64) -> Bytes {
     let mut out = String::with_capacity(body.len() + 64);
     out.push_str("{\"seq\":");
-    out.push_str(&seq.to_string());
+    out.push_str(itoa::Buffer::new().format(seq));
     out.push(',');
     out.push_str(body);
     out.push_str(",\"inserted_at\":\"");
-    out.push_str(inserted_at);
+    crate::time::push_micros(&mut out, inserted_at_us);
     out.push_str("\"}");
     Bytes::from(out)
 }
