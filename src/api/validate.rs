@@ -53,7 +53,17 @@ pub const RESERVED_KEYS: [&str; 2] = [
 /// (outside string literals) deeper than the limit, and reserved first keys. Otherwise
 /// malformed input is left for the parser to reject.
 fn prescan(bytes: &[u8]) -> Result<(), ApiError> {
-    let mut depth = 0usize;
+    prescan_at(bytes, 0)
+}
+
+/// [`parse_body`]'s checks for a JSON value that sits directly inside a request
+/// body's object (one level deeper): the binary protocol's raw members.
+pub fn prescan_member(bytes: &[u8]) -> Result<(), ApiError> {
+    prescan_at(bytes, 1)
+}
+
+fn prescan_at(bytes: &[u8], start_depth: usize) -> Result<(), ApiError> {
+    let mut depth = start_depth;
     let mut after_open_brace = false;
     let mut i = 0;
     while i < bytes.len() {

@@ -22,15 +22,15 @@ use monoio::io::{
     AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable,
 };
 use starcite_wire::proto::{
-    codes, encode, AppendFields, ClientMsg, Decoder, FrameError, Preface, ServerMsg, MAX_FRAME,
+    codes, encode, ClientMsg, Decoder, FrameError, Preface, ServerMsg, MAX_FRAME,
     MAX_PREAUTH_FRAME, PREFACE_LEN,
 };
 
+use super::body::{append_value, create_json};
 use super::sub::{run_subscription, SubEnd};
 use super::WireLimits;
 use crate::api::error::ApiError;
 use crate::api::principal::AuthContext;
-use crate::api::render::push_json_str;
 use crate::api::validate::parse_body;
 use crate::node::gateway::Gateway;
 use crate::node::shutdown::Shutdown;
@@ -313,16 +313,8 @@ async fn dispatch(conn: &Rc<Conn>, msg: ClientMsg, dec: &mut Decoder) -> bool {
                 .insert(session.clone(), done_rx.clone());
             let c = conn.clone();
             monoio::spawn(async move {
-                let body = append_json(&fields)
-                    .and_then(|b| {
-                        // The HTTP path's body limit holds on this path too.
-                        if b.len() > starcite_wire::limits::REQUEST_BODY {
-                            Err(ApiError::payload_too_large())
-                        } else {
-                            Ok(b)
-                        }
-                    })
-                    .and_then(|b| parse_body(&b));
+                // The HTTP body's value, limit and errors (`body::append_value`).
+                let body = append_value(&fields);
                 let result = c.gw.append_body(&auth, session.clone(), body).await;
                 let leader = c.gw.leader_node(&session).filter(|n| *n != c.gw.topo.me);
                 let answer = match result {
@@ -552,115 +544,5 @@ fn push(m: &ServerMsg, buf: &mut Vec<u8>) {
     if encode(m, MAX_FRAME, buf).is_err() {
         let e = api_error(m.request_id(), &ApiError::internal_error(), None);
         let _ = encode(&e, MAX_FRAME, buf);
-    }
-}
-
-/// A JSON document given as bytes: one complete JSON value, else `invalid_event`.
-fn raw_json(bytes: &[u8]) -> Result<&str, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::invalid_event())?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| ApiError::invalid_event())?;
-    Ok(text)
-}
-
-/// The HTTP body equivalent of an `Append`, so validation is the HTTP path's
-/// (`parse_body` + `validate_append`, same checks, same order, same errors).
-pub(crate) fn append_json(f: &AppendFields) -> Result<Vec<u8>, ApiError> {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(128 + f.payload.len());
-    out.push_str("{\"type\":");
-    push_json_str(&mut out, &f.event_type);
-    if !f.payload.is_empty() {
-        out.push_str(",\"payload\":");
-        out.push_str(raw_json(&f.payload)?);
-    }
-    out.push_str(",\"producer_id\":");
-    push_json_str(&mut out, &f.producer_id);
-    let _ = write!(out, ",\"producer_seq\":{}", f.producer_seq);
-    for (key, v) in [
-        ("actor", &f.actor),
-        ("source", &f.source),
-        ("idempotency_key", &f.idempotency_key),
-    ] {
-        if let Some(v) = v {
-            let _ = write!(out, ",\"{key}\":");
-            push_json_str(&mut out, v);
-        }
-    }
-    for (key, v) in [("metadata", &f.metadata), ("refs", &f.refs)] {
-        if let Some(v) = v {
-            let _ = write!(out, ",\"{key}\":");
-            out.push_str(raw_json(v)?);
-        }
-    }
-    if let Some(e) = f.expected_seq {
-        let _ = write!(out, ",\"expected_seq\":{e}");
-    }
-    out.push('}');
-    Ok(out.into_bytes())
-}
-
-/// The HTTP body equivalent of a `CreateSession`.
-fn create_json(
-    id: Option<&str>,
-    title: Option<&str>,
-    metadata: Option<&[u8]>,
-) -> Result<Vec<u8>, ApiError> {
-    let mut out = String::from("{");
-    let mut sep = "";
-    for (key, v) in [("id", id), ("title", title)] {
-        if let Some(v) = v {
-            out.push_str(sep);
-            out.push('"');
-            out.push_str(key);
-            out.push_str("\":");
-            push_json_str(&mut out, v);
-            sep = ",";
-        }
-    }
-    if let Some(m) = metadata {
-        out.push_str(sep);
-        out.push_str("\"metadata\":");
-        out.push_str(raw_json(m)?);
-    }
-    out.push('}');
-    Ok(out.into_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn append_body_is_the_http_body() {
-        let f = AppendFields {
-            event_type: "m\"x".into(),
-            payload: b"{\"a\":[1,2]}".to_vec(),
-            producer_id: "p".into(),
-            producer_seq: 3,
-            source: Some("s".into()),
-            refs: Some(b" {} ".to_vec()),
-            expected_seq: Some(0),
-            ..Default::default()
-        };
-        let v: serde_json::Value = serde_json::from_slice(&append_json(&f).unwrap()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"type":"m\"x","payload":{"a":[1,2]},"producer_id":"p",
-                "producer_seq":3,"source":"s","refs":{},"expected_seq":0})
-        );
-        // Splicing cannot smuggle fields: each part must be one JSON value.
-        let evil = AppendFields {
-            payload: b"{}, \"actor\": \"x\"".to_vec(),
-            ..f.clone()
-        };
-        assert_eq!(append_json(&evil), Err(ApiError::invalid_event()));
-        let bad = AppendFields {
-            metadata: Some(b"{".to_vec()),
-            ..f
-        };
-        assert_eq!(append_json(&bad), Err(ApiError::invalid_event()));
-        let c = create_json(Some("x"), None, Some(b"{\"k\":1}")).unwrap();
-        assert_eq!(c, b"{\"id\":\"x\",\"metadata\":{\"k\":1}}".to_vec());
-        assert_eq!(create_json(None, None, None).unwrap(), b"{}".to_vec());
     }
 }

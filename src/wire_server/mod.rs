@@ -16,6 +16,7 @@
 //! `max_frame` bytes (64 KiB before `Hello`), and each subscription holds at
 //! most one subscriber buffer of the owner core.
 
+mod body;
 mod conn;
 mod sub;
 
