@@ -84,7 +84,13 @@ mod tests {
         super::push_micros(&mut out, 1_772_360_131_004_518);
         assert_eq!(out, "at 2026-03-01T10:15:31.004518Z");
         // Year 10000 and year -1 take the `format!` path, padded and signed alike.
-        assert_eq!(format_micros(253_402_300_800_000_000), "10000-01-01T00:00:00.000000Z");
-        assert_eq!(format_micros(-62_198_755_200_000_000), "-001-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format_micros(253_402_300_800_000_000),
+            "10000-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            format_micros(-62_198_755_200_000_000),
+            "-001-01-01T00:00:00.000000Z"
+        );
     }
 }
