@@ -47,6 +47,12 @@ pub struct TailArgs {
     warmup_secs: f64,
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
+    /// Threads reading the subscribers' sockets (epoll, sockets dealt round
+    /// robin). 0: one blocking thread per subscriber, as before 2026-12-06;
+    /// on a small host those threads' wake-ups dominate both the client's and
+    /// the node's CPU and the measured latency.
+    #[arg(long, default_value_t = 2)]
+    subscriber_threads: usize,
     /// Idle mode: open this many idle tail sockets instead and report the
     /// node's RSS (needs --pid, or --start-node).
     #[arg(long, default_value_t = 0)]
@@ -308,7 +314,7 @@ fn latency(a: &TailArgs, targets: &[Target], _pid: Option<u32>) -> Result<(Strin
     let stop = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicUsize::new(0));
     eprintln!("[tail] connecting {} subscribers", a.subscribers);
-    let subs: Vec<_> = (0..a.subscribers)
+    let urls: Vec<(std::net::SocketAddr, String)> = (0..a.subscribers)
         .map(|i| {
             let t = &targets[i % targets.len()];
             let url = format!(
@@ -316,16 +322,42 @@ fn latency(a: &TailArgs, targets: &[Target], _pid: Option<u32>) -> Result<(Strin
                 t.host_header,
                 pct(&session)
             );
-            let addr = t.addr;
-            let stop = stop.clone();
-            let connected = connected.clone();
-            std::thread::Builder::new()
-                .name(format!("sub-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || subscriber(addr, &url, base, stop, connected))
-                .expect("spawn subscriber")
+            (t.addr, url)
         })
         .collect();
+    let subs: Vec<std::thread::JoinHandle<Vec<SubResult>>> = if a.subscriber_threads == 0 {
+        urls.into_iter()
+            .enumerate()
+            .map(|(i, (addr, url))| {
+                let stop = stop.clone();
+                let connected = connected.clone();
+                std::thread::Builder::new()
+                    .name(format!("sub-{i}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || vec![subscriber(addr, &url, base, stop, connected)])
+                    .expect("spawn subscriber")
+            })
+            .collect()
+    } else {
+        let mut shares: Vec<Vec<(std::net::SocketAddr, String)>> =
+            vec![Vec::new(); a.subscriber_threads.min(a.subscribers.max(1))];
+        let n = shares.len();
+        for (i, u) in urls.into_iter().enumerate() {
+            shares[i % n].push(u);
+        }
+        shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, share)| {
+                let stop = stop.clone();
+                let connected = connected.clone();
+                std::thread::Builder::new()
+                    .name(format!("subs-{i}"))
+                    .spawn(move || subscriber_pool(share, base, stop, connected))
+                    .expect("spawn subscriber pool")
+            })
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while connected.load(Ordering::Relaxed) < a.subscribers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -384,7 +416,7 @@ fn latency(a: &TailArgs, targets: &[Target], _pid: Option<u32>) -> Result<(Strin
     let series = prog.finish();
     let mut results = Vec::new();
     for s in subs {
-        results.push(s.join().map_err(|_| "subscriber panicked")?);
+        results.extend(s.join().map_err(|_| "subscriber panicked")?);
     }
     let acks = acks.lock().unwrap();
     let from_ns = (measure_from - base).as_nanos() as u64;
@@ -501,6 +533,64 @@ fn fmt(v: Value) -> String {
 /// Receipts by all subscribers (for the bounded catch-up wait).
 static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Connects and upgrades one subscriber (blocking, bounded by timeouts).
+fn connect_ws(addr: std::net::SocketAddr, url: &str) -> Result<Ws, String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    tungstenite::client::client(url, stream)
+        .map(|(ws, _)| ws)
+        .map_err(|e| format!("upgrade: {e}"))
+}
+
+/// Notes every seq of a text frame as received at `now`.
+fn note_frame(out: &mut SubResult, b: &[u8], now: u64) {
+    // One event per frame (batch_size 1), or an array of them.
+    let mut off = 0;
+    while let Some(seq) = find_seq(&b[off..]) {
+        out.recv.push((seq, now));
+        progress::ok();
+        RECEIVED.fetch_add(1, Ordering::Relaxed);
+        off += super::find(&b[off..], b"\"seq\":").unwrap() + 6;
+    }
+}
+
+/// What one `read` of a subscriber socket meant. `false`: the subscriber ended.
+fn on_read(
+    out: &mut SubResult,
+    r: tungstenite::Result<tungstenite::Message>,
+    base: Instant,
+) -> Option<bool> {
+    match r {
+        Ok(tungstenite::Message::Text(t)) => {
+            note_frame(out, t.as_bytes(), now_ns(base));
+            Some(true)
+        }
+        Ok(tungstenite::Message::Close(c)) => {
+            out.error = Some(format!("closed: {c:?}"));
+            Some(false)
+        }
+        Ok(_) => Some(true),
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            out.error = Some(format!("read: {e}"));
+            Some(false)
+        }
+    }
+}
+
+/// One blocking thread per subscriber (`--subscriber-threads 0`).
 fn subscriber(
     addr: std::net::SocketAddr,
     url: &str,
@@ -512,54 +602,99 @@ fn subscriber(
         recv: Vec::with_capacity(1 << 14),
         error: None,
     };
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-        Ok(s) => s,
+    let mut ws = match connect_ws(addr, url) {
+        Ok(ws) => ws,
         Err(e) => {
-            out.error = Some(format!("connect: {e}"));
-            return out;
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut ws = match tungstenite::client::client(url, stream) {
-        Ok((ws, _)) => ws,
-        Err(e) => {
-            out.error = Some(format!("upgrade: {e}"));
+            out.error = Some(e);
             return out;
         }
     };
     connected.fetch_add(1, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
-        match ws.read() {
-            Ok(tungstenite::Message::Text(t)) => {
-                let now = now_ns(base);
-                // One event per frame (batch_size 1), or an array of them.
-                let b = t.as_bytes();
-                let mut off = 0;
-                while let Some(seq) = find_seq(&b[off..]) {
-                    out.recv.push((seq, now));
-                    progress::ok();
-                    RECEIVED.fetch_add(1, Ordering::Relaxed);
-                    off += super::find(&b[off..], b"\"seq\":").unwrap() + 6;
-                }
-            }
-            Ok(tungstenite::Message::Close(c)) => {
-                out.error = Some(format!("closed: {c:?}"));
-                break;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                out.error = Some(format!("read: {e}"));
-                break;
-            }
+        if on_read(&mut out, ws.read(), base) == Some(false) {
+            break;
         }
     }
     out
+}
+
+/// Several subscribers read by one thread: non-blocking sockets, one epoll
+/// set (level-triggered; each ready socket is read until it would block).
+fn subscriber_pool(
+    share: Vec<(std::net::SocketAddr, String)>,
+    base: Instant,
+    stop: Arc<AtomicBool>,
+    connected: Arc<AtomicUsize>,
+) -> Vec<SubResult> {
+    use std::os::fd::AsRawFd;
+    let mut outs: Vec<SubResult> = Vec::with_capacity(share.len());
+    let mut socks: Vec<Option<Ws>> = Vec::with_capacity(share.len());
+    // SAFETY: plain syscall; the fd is closed below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    for (addr, url) in &share {
+        let mut out = SubResult {
+            recv: Vec::with_capacity(1 << 14),
+            error: None,
+        };
+        let ws = match connect_ws(*addr, url) {
+            Ok(ws) if ep >= 0 && ws.get_ref().set_nonblocking(true).is_ok() => {
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: socks.len() as u64,
+                };
+                // SAFETY: valid epoll fd and socket fd, `ev` outlives the call.
+                let rc = unsafe {
+                    libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ws.get_ref().as_raw_fd(), &mut ev)
+                };
+                if rc == 0 {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    Some(ws)
+                } else {
+                    out.error = Some(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+                    None
+                }
+            }
+            Ok(_) => {
+                out.error = Some(format!(
+                    "epoll/nonblocking: {}",
+                    std::io::Error::last_os_error()
+                ));
+                None
+            }
+            Err(e) => {
+                out.error = Some(e);
+                None
+            }
+        };
+        outs.push(out);
+        socks.push(ws);
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; socks.len().max(1)];
+    while ep >= 0 && !stop.load(Ordering::Relaxed) && socks.iter().any(Option::is_some) {
+        // SAFETY: `events` has room for `len` entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 200) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let i = ev.u64 as usize;
+            let Some(ws) = socks[i].as_mut() else {
+                continue;
+            };
+            let alive = loop {
+                match on_read(&mut outs[i], ws.read(), base) {
+                    Some(true) => continue,
+                    Some(false) => break false,
+                    None => break true,
+                }
+            };
+            if !alive {
+                socks[i] = None; // closes the socket, which leaves the epoll set
+            }
+        }
+    }
+    if ep >= 0 {
+        // SAFETY: closing the epoll fd created above.
+        unsafe { libc::close(ep) };
+    }
+    outs
 }
 
 #[allow(clippy::too_many_arguments)]
