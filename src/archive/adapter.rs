@@ -51,6 +51,21 @@ pub trait Adapter: Send {
         events: &[ArchiveEvent],
     ) -> Result<usize, ArchiveError>;
 
+    /// Stores hot-tier frames (`(seq, frame)`, ascending seqs of one session):
+    /// `write_events` of the parsed frames. The chunk stores (fs, s3) render
+    /// their lines straight from the frames instead.
+    fn write_frames(
+        &mut self,
+        session: &SessionRecord,
+        frames: &[(u64, bytes::Bytes)],
+    ) -> Result<usize, ArchiveError> {
+        let events = frames
+            .iter()
+            .map(|(_, f)| ArchiveEvent::from_frame(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_events(session, &events)
+    }
+
     /// Events of `session` with `from ≤ seq ≤ to`, ascending. Missing seqs are simply
     /// absent (the caller checks contiguity).
     fn read_events(

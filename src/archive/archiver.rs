@@ -21,7 +21,7 @@ use starcite_shards::state::machine::Outcome;
 
 use super::adapter::{Adapter, ArchiveConfig, ArchiveError};
 use super::cache::ChunkCache;
-use super::event::{ArchiveEvent, SessionRecord};
+use super::event::SessionRecord;
 use super::stats::ArchiveStats;
 use crate::node::messages::{CommandResult, CoreRequest};
 
@@ -188,19 +188,17 @@ impl Archiver {
                 continue;
             };
             let frames = &w.events[..(upto - w.archived_seq) as usize];
-            let events = match parse_frames(frames) {
-                Ok(e) => e,
-                Err(e) => {
-                    // A frame we rendered ourselves cannot be parsed: a bug. Never
-                    // acknowledge what we could not write; say so loudly.
-                    tracing::error!(session = %record.id, error = %e, "cannot archive a hot event");
+            let added = match state.adapter(&self.config)?.write_frames(&record, frames) {
+                Ok(n) => n,
+                Err(ArchiveError::Unreadable(e)) => {
+                    // A frame we rendered, or a chunk already stored, cannot be
+                    // read: never acknowledge what we could not write; say so
+                    // loudly and go on with the other sessions.
+                    tracing::error!(session = %record.id, error = %e, "cannot archive these events");
                     continue;
                 }
+                Err(e) => return Err(TickError::Backend(e)),
             };
-            let added = state
-                .adapter(&self.config)?
-                .write_events(&record, &events)
-                .map_err(TickError::Backend)?;
             ArchiveStats::add(&self.stats.events_written, added as u64);
             self.cache.put(&record.id, frames);
             acks.push((record.id, w.archived_seq, upto));
@@ -280,13 +278,6 @@ fn contiguous_end(archived_seq: u64, events: &[(u64, Bytes)]) -> Option<u64> {
         .take_while(|(i, (seq, _))| *seq == archived_seq + 1 + *i as u64)
         .count();
     (n > 0).then(|| archived_seq + n as u64)
-}
-
-fn parse_frames(frames: &[(u64, Bytes)]) -> Result<Vec<ArchiveEvent>, super::event::Unreadable> {
-    frames
-        .iter()
-        .map(|(_, f)| ArchiveEvent::from_frame(f))
-        .collect()
 }
 
 fn session_record(w: &ArchiveWork) -> SessionRecord {

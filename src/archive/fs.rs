@@ -62,14 +62,14 @@ impl ChunkStore for FsAdapter {
         &mut self,
         session: &SessionRecord,
         chunk: u64,
-        events: &[ArchiveEvent],
+        lines: &[(u64, String)],
     ) -> Result<usize, ArchiveError> {
         let path = self.path(&event_key(PREFIX, &session.id, chunk));
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         fs::create_dir_all(&dir).map_err(|e| unavailable("create", &dir, e))?;
         let _lock = Lock::take(&path.with_extension("lock"))?;
         let existing = self.read_opt(&path)?;
-        let (body, added) = merge_chunk(existing.as_deref(), events, Some(&session.tenant_id))?;
+        let (body, added) = merge_chunk(existing.as_deref(), lines)?;
         if added == 0 {
             return Ok(0);
         }
@@ -118,6 +118,14 @@ impl Adapter for FsAdapter {
         events: &[ArchiveEvent],
     ) -> Result<usize, ArchiveError> {
         layout::write_events(self, session, events)
+    }
+
+    fn write_frames(
+        &mut self,
+        session: &SessionRecord,
+        frames: &[(u64, bytes::Bytes)],
+    ) -> Result<usize, ArchiveError> {
+        layout::write_frames(self, session, frames)
     }
 
     fn read_events(

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use super::adapter::ArchiveError;
-use super::event::{ArchiveEvent, SessionRecord, Unreadable};
+use super::event::{frame_to_line, ArchiveEvent, SessionRecord, Unreadable};
 
 /// Seqs per chunk object (and per read-cache entry). Fixed by the contract.
 pub const CHUNK: u64 = 256;
@@ -42,15 +42,16 @@ pub fn session_key(prefix: &str, session: &str) -> String {
     format!("{prefix}/sessions/v1/{}.json", session_b64(session))
 }
 
-/// Splits ascending events into runs that share a chunk: `(chunk_start, events)`.
-pub fn by_chunk(events: &[ArchiveEvent]) -> Vec<(u64, &[ArchiveEvent])> {
+/// Splits items with ascending seqs into runs that share a chunk:
+/// `(chunk_start, items)`.
+pub fn by_chunk<T>(items: &[T], seq: impl Fn(&T) -> u64) -> Vec<(u64, &[T])> {
     let mut out = Vec::new();
-    let mut rest = events;
+    let mut rest = items;
     while let Some(first) = rest.first() {
-        let chunk = chunk_start(first.seq);
+        let chunk = chunk_start(seq(first));
         let n = rest
             .iter()
-            .take_while(|e| chunk_start(e.seq) == chunk)
+            .take_while(|e| chunk_start(seq(e)) == chunk)
             .count();
         out.push((chunk, &rest[..n]));
         rest = &rest[n..];
@@ -92,13 +93,14 @@ pub trait ChunkStore {
     fn prefix(&self) -> &str;
     /// A chunk object's body, or None when it does not exist.
     fn get_chunk(&mut self, key: &str) -> Result<Option<String>, ArchiveError>;
-    /// The §11.1 write of one chunk's events: merge with what is stored, write if
-    /// anything is new. Returns how many seqs were new.
+    /// The §11.1 write of one chunk's lines (`(seq, line)`, ascending): merge
+    /// with what is stored, write if anything is new. Returns how many seqs
+    /// were new.
     fn write_chunk(
         &mut self,
         session: &SessionRecord,
         chunk: u64,
-        events: &[ArchiveEvent],
+        lines: &[(u64, String)],
     ) -> Result<usize, ArchiveError>;
 }
 
@@ -108,8 +110,34 @@ pub fn write_events(
     session: &SessionRecord,
     events: &[ArchiveEvent],
 ) -> Result<usize, ArchiveError> {
+    let tenant = Some(session.tenant_id.as_str());
+    let lines: Vec<(u64, String)> = events.iter().map(|e| (e.seq, e.to_line(tenant))).collect();
+    write_lines(store, session, &lines)
+}
+
+/// Writes ascending hot-tier frames of one session, chunk by chunk; each
+/// line is rendered from its frame without building JSON trees
+/// (`frame_to_line`).
+pub fn write_frames(
+    store: &mut impl ChunkStore,
+    session: &SessionRecord,
+    frames: &[(u64, bytes::Bytes)],
+) -> Result<usize, ArchiveError> {
+    let tenant = Some(session.tenant_id.as_str());
+    let lines = frames
+        .iter()
+        .map(|(_, f)| frame_to_line(f, tenant))
+        .collect::<Result<Vec<_>, Unreadable>>()?;
+    write_lines(store, session, &lines)
+}
+
+fn write_lines(
+    store: &mut impl ChunkStore,
+    session: &SessionRecord,
+    lines: &[(u64, String)],
+) -> Result<usize, ArchiveError> {
     let mut added = 0;
-    for (chunk, part) in by_chunk(events) {
+    for (chunk, part) in by_chunk(lines, |l| l.0) {
         added += store.write_chunk(session, chunk, part)?;
     }
     Ok(added)
@@ -191,21 +219,20 @@ pub fn session_update(
 /// (0 → nothing to write).
 pub fn merge_chunk(
     existing: Option<&str>,
-    incoming: &[ArchiveEvent],
-    tenant_id: Option<&str>,
+    incoming: &[(u64, String)],
 ) -> Result<(String, usize), Unreadable> {
-    let mut lines: BTreeMap<u64, String> = BTreeMap::new();
+    let mut lines: BTreeMap<u64, &str> = BTreeMap::new();
     if let Some(body) = existing {
         for line in body.split('\n').filter(|l| !l.trim().is_empty()) {
             // The reference drops `tenant_id` again when it rewrites an existing
             // line; we keep existing lines verbatim (extra keys are ignored on read).
-            lines.insert(line_seq(line)?, line.to_owned());
+            lines.insert(line_seq(line)?, line);
         }
     }
     let mut added = 0;
-    for e in incoming {
-        if let std::collections::btree_map::Entry::Vacant(v) = lines.entry(e.seq) {
-            v.insert(e.to_line(tenant_id));
+    for (seq, line) in incoming {
+        if let std::collections::btree_map::Entry::Vacant(v) = lines.entry(*seq) {
+            v.insert(line);
             added += 1;
         }
     }
@@ -267,7 +294,7 @@ mod tests {
         assert_eq!(chunk_start(257), 257);
         assert_eq!(chunk_start(513), 513);
         let evs: Vec<_> = (250..=260).map(ev).collect();
-        let parts = by_chunk(&evs);
+        let parts = by_chunk(&evs, |e| e.seq);
         assert_eq!(parts.len(), 2);
         assert_eq!((parts[0].0, parts[0].1.len()), (1, 7));
         assert_eq!((parts[1].0, parts[1].1.len()), (257, 4));
@@ -287,15 +314,19 @@ mod tests {
 
     #[test]
     fn merge_keeps_existing_lines_and_counts_new_ones() {
-        let first: Vec<_> = (1..=3).map(ev).collect();
-        let (body, added) = merge_chunk(None, &first, Some("t")).unwrap();
+        let lines =
+            |seqs: std::ops::RangeInclusive<u64>, tenant: Option<&str>| -> Vec<(u64, String)> {
+                seqs.map(|n| (n, ev(n).to_line(tenant))).collect()
+            };
+        let first = lines(1..=3, Some("t"));
+        let (body, added) = merge_chunk(None, &first).unwrap();
         assert_eq!(added, 3);
         assert!(!body.ends_with('\n'));
         assert_eq!(body.lines().count(), 3);
-        let (again, added) = merge_chunk(Some(&body), &first, Some("t")).unwrap();
+        let (again, added) = merge_chunk(Some(&body), &first).unwrap();
         assert_eq!((again.as_str(), added), (body.as_str(), 0));
-        let more: Vec<_> = (2..=5).map(ev).collect();
-        let (merged, added) = merge_chunk(Some(&body), &more, None).unwrap();
+        let more = lines(2..=5, None);
+        let (merged, added) = merge_chunk(Some(&body), &more).unwrap();
         assert_eq!(added, 2);
         let seqs: Vec<u64> = parse_chunk(&merged)
             .unwrap()
@@ -303,7 +334,7 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
-        assert!(merge_chunk(Some("{\"seq\":1}"), &more, None).is_err());
+        assert!(merge_chunk(Some("{\"seq\":1}"), &more).is_err());
         // One key short, or a seq that is not a number: still unreadable.
         let line = ev(9).to_line(None);
         assert_eq!(line_seq(&line).unwrap(), 9);

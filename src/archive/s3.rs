@@ -201,17 +201,13 @@ impl ChunkStore for S3Adapter {
         &mut self,
         session: &SessionRecord,
         chunk: u64,
-        events: &[ArchiveEvent],
+        lines: &[(u64, String)],
     ) -> Result<usize, ArchiveError> {
         let key = event_key(&self.prefix, &session.id, chunk);
         for attempt in 0..=self.max_write_retries {
             conflict_pause(attempt);
             let existing = self.get(&key)?;
-            let (body, added) = merge_chunk(
-                existing.as_ref().map(|o| o.body.as_str()),
-                events,
-                Some(&session.tenant_id),
-            )?;
+            let (body, added) = merge_chunk(existing.as_ref().map(|o| o.body.as_str()), lines)?;
             if added == 0 {
                 return Ok(0);
             }
@@ -325,6 +321,14 @@ impl Adapter for S3Adapter {
         events: &[ArchiveEvent],
     ) -> Result<usize, ArchiveError> {
         layout::write_events(self, session, events)
+    }
+
+    fn write_frames(
+        &mut self,
+        session: &SessionRecord,
+        frames: &[(u64, bytes::Bytes)],
+    ) -> Result<usize, ArchiveError> {
+        layout::write_frames(self, session, frames)
     }
 
     fn read_events(
