@@ -111,6 +111,11 @@ struct AppendArgs {
     /// connection; wire: pipelined on the client's connection).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// Wire: the most appends a producer sends at once when it refills its
+    /// pipeline (`Client::append_batch`, one write per connection); 1 sends
+    /// each append on its own, as before 2026-12-06.
+    #[arg(long, default_value_t = 32)]
+    wire_batch: usize,
     /// Wire addresses (`host:port`, comma-separated; the nodes' STARCITE_WIRE_PORT)
     /// for `--transport wire`. Sessions are still created over `--url`.
     #[arg(long)]
@@ -635,6 +640,7 @@ fn run_append(
             );
             let addr = t.addr;
             let pipeline = args.pipeline.max(1);
+            let wire_batch = args.wire_batch.max(1);
             let wire = wire_clients.as_ref().map(|c| c[i % c.len()].clone());
             let payload_bytes = args.payload_bytes;
             let open = args
@@ -649,7 +655,7 @@ fn run_append(
                         &session,
                         &producer_id,
                         payload_bytes,
-                        pipeline,
+                        (pipeline, wire_batch),
                         (start, measure_from, end),
                     ),
                     None if open.is_some() => {
@@ -912,7 +918,7 @@ mod wire {
         session: &str,
         producer_id: &str,
         payload_bytes: usize,
-        depth: usize,
+        (depth, batch): (usize, usize),
         (start, measure_from, end): (Instant, Instant, Instant),
     ) -> ProducerResult {
         let mut res = ProducerResult::default();
@@ -924,24 +930,7 @@ mod wire {
         }
         let mut seq = 1u64;
         let mut window: VecDeque<(Instant, Pending<Ack>)> = VecDeque::new();
-        loop {
-            let now = Instant::now();
-            if now < end && window.len() < depth {
-                let fields = AppendFields {
-                    event_type: "bench.append".into(),
-                    payload: format!("{{\"n\":{seq},\"pad\":\"{pad}\"}}").into_bytes(),
-                    producer_id: producer_id.to_owned(),
-                    producer_seq: seq,
-                    ..Default::default()
-                };
-                seq += 1;
-                window.push_back((now, client.append_async(session, fields)));
-                continue;
-            }
-            let Some((t0, p)) = window.pop_front() else {
-                break;
-            };
-            let r = p.wait();
+        let mut answered = |t0: Instant, r: Result<Ack, starcite_wire::client::ClientError>| {
             let t1 = Instant::now();
             let measured = t0 >= measure_from && t1 <= end;
             match r {
@@ -961,6 +950,42 @@ mod wire {
                         res.error_samples.push(format!("wire: {e}"));
                     }
                     std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        loop {
+            let now = Instant::now();
+            if now < end && window.len() < depth {
+                let n = (depth - window.len()).min(batch);
+                let fields: Vec<AppendFields> = (0..n)
+                    .map(|_| {
+                        let f = AppendFields {
+                            event_type: "bench.append".into(),
+                            payload: format!("{{\"n\":{seq},\"pad\":\"{pad}\"}}").into_bytes(),
+                            producer_id: producer_id.to_owned(),
+                            producer_seq: seq,
+                            ..Default::default()
+                        };
+                        seq += 1;
+                        f
+                    })
+                    .collect();
+                let sent = if n == 1 {
+                    vec![client.append_async(session, fields.into_iter().next().unwrap_or_default())]
+                } else {
+                    client.append_batch(session, fields)
+                };
+                window.extend(sent.into_iter().map(|p| (now, p)));
+                continue;
+            }
+            let Some((t0, p)) = window.pop_front() else {
+                break;
+            };
+            answered(t0, p.wait());
+            // Every answer already in, so that the refill goes out together.
+            while let Some(r) = window.front().and_then(|(_, p)| p.try_take()) {
+                if let Some((t0, _)) = window.pop_front() {
+                    answered(t0, r);
                 }
             }
         }

@@ -18,6 +18,9 @@ pub(crate) struct ConnHandle {
     /// The write side: requests are written by the submitting thread itself
     /// (no hand-off to another thread on the latency path).
     wr: Mutex<TcpStream>,
+    /// Frames held back while corked (`cork` / `uncork`): a batch of
+    /// requests leaves in one write.
+    corked: Mutex<Option<Vec<u8>>>,
     stream: TcpStream,
     draining: AtomicBool,
     dead: AtomicBool,
@@ -45,10 +48,37 @@ impl ConnHandle {
             // (Callers keep events below the server's max_frame.)
             return;
         }
+        if let Some(held) = self
+            .corked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            held.extend_from_slice(&buf);
+            return;
+        }
+        self.write(&buf);
+    }
+
+    fn write(&self, buf: &[u8]) {
         let mut wr = self.wr.lock().unwrap_or_else(|p| p.into_inner());
-        if wr.write_all(&buf).is_err() {
+        if wr.write_all(buf).is_err() {
             // The reader sees the connection end and moves what is unanswered.
             let _ = wr.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Holds the frames of the following `send`s until `uncork`.
+    pub(crate) fn cork(&self) {
+        let mut c = self.corked.lock().unwrap_or_else(|p| p.into_inner());
+        c.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the frames held since `cork`, in order, in one write.
+    pub(crate) fn uncork(&self) {
+        let held = self.corked.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(buf) = held.filter(|b| !b.is_empty()) {
+            self.write(&buf);
         }
     }
 
@@ -139,6 +169,7 @@ pub(crate) fn open(
         node,
         max_frame,
         wr: Mutex::new(stream.try_clone().map_err(connect_err)?),
+        corked: Mutex::new(None),
         stream: stream.try_clone().map_err(connect_err)?,
         draining: AtomicBool::new(false),
         dead: AtomicBool::new(false),

@@ -367,6 +367,45 @@ impl Client {
         self.append_with_slot(session, fields)
     }
 
+    /// Appends `batch` to `session` in order, pipelined like
+    /// [`append_async`](Self::append_async), with the requests of each
+    /// connection written together (one `write` for the batch instead of one
+    /// per event). Waits for in-flight slots as `append_async` does; a batch
+    /// larger than `max_inflight` goes out in parts of at most that size.
+    /// Each append is still its own request: its own ack, dedupe and errors.
+    pub fn append_batch(&self, session: &str, batch: Vec<AppendFields>) -> Vec<Pending<Ack>> {
+        let mut out = Vec::with_capacity(batch.len());
+        let mut batch = batch.into_iter().peekable();
+        let part_max = self.inner.cfg.max_inflight.clamp(1, MAX_CLIENT_INFLIGHT);
+        while batch.peek().is_some() {
+            let part: Vec<AppendFields> = batch.by_ref().take(part_max).collect();
+            for _ in 0..part.len() {
+                self.inner.acquire_slot();
+            }
+            let mut st = self.inner.lock();
+            let corked: Vec<Arc<ConnHandle>> = st.conns.clone();
+            for c in &corked {
+                c.cork();
+            }
+            let since = Instant::now();
+            for fields in part {
+                let (tx, rx) = flume::bounded(1);
+                let req = Req::Append {
+                    session: session.to_owned(),
+                    fields,
+                    reply: tx,
+                };
+                st = self.inner.send_req(st, req, None, since);
+                out.push(Pending { rx });
+            }
+            for c in &corked {
+                c.uncork();
+            }
+            drop(st);
+        }
+        out
+    }
+
     /// Like [`append_async`](Self::append_async), awaiting the in-flight slot
     /// without blocking the thread.
     pub async fn append_async_nb(&self, session: &str, fields: AppendFields) -> Pending<Ack> {
