@@ -970,11 +970,7 @@ mod wire {
                         f
                     })
                     .collect();
-                let sent = if n == 1 {
-                    vec![client.append_async(session, fields.into_iter().next().unwrap_or_default())]
-                } else {
-                    client.append_batch(session, fields)
-                };
+                let sent = client.append_batch(session, fields);
                 window.extend(sent.into_iter().map(|p| (now, p)));
                 continue;
             }

@@ -417,7 +417,9 @@ pub fn line_to_frame(line: &str, tenant_id: &str) -> Result<(u64, Bytes), Unread
 }
 
 /// A hot-tier frame borrowed, for the archiver's fast path: absent optionals
-/// are omitted in frames; unknown keys (`tenant_id`) are ignored.
+/// are omitted in frames; unknown keys (`tenant_id`) are ignored. It differs
+/// from [`LineRef`] only in that `source` and `idempotency_key` may be
+/// absent (a line must carry every key, `null` included).
 #[derive(serde::Deserialize)]
 struct FrameRef<'a> {
     seq: u64,
